@@ -1,0 +1,2 @@
+//! Reckon's ledger.
+pub mod wal;
