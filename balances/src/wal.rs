@@ -1,0 +1,1164 @@
+//! Write-ahead log of the ledger: a checksummed, segmented, append-only record
+//! log with group commit and torn-tail recovery.
+//!
+//! The log is payload-agnostic: a record is opaque bytes plus the log sequence
+//! number ([`Lsn`]) it was given. Work is split in two so the charging writer
+//! never waits on the disk while forming the next batch:
+//!
+//! * [`WalBatch`] lives on the single writer thread. It assigns LSNs and frames
+//!   records into an in-memory buffer. [`WalBatch::take`] hands the filled
+//!   batch to the sync thread and keeps numbering where it left off.
+//! * [`WalWriter`] lives on the sync thread. It owns the segment files, may
+//!   merge several pending batches ([`WalBatch::extend`]) and makes them durable
+//!   with one `write` and one `fdatasync` (group commit).
+//!
+//! Startup is [`open`] (validate, cut a torn tail, get the writer) followed by
+//! [`replay`] (stream the records after the snapshot's LSN into `apply`).
+//!
+//! # On-disk format (version 1)
+//!
+//! A log is a directory of segment files named `wal-{first_lsn:020}.log`,
+//! where `first_lsn` is the LSN of the segment's first record (or of the record
+//! it will hold first, if it has none yet). All integers are little-endian.
+//!
+//! Segment header, [`SEGMENT_HEADER_LEN`] = 24 bytes:
+//!
+//! | offset | size | field                                                        |
+//! |--------|------|--------------------------------------------------------------|
+//! | 0      | 8    | magic `RKWAL001`                                             |
+//! | 8      | 4    | `u32` format version, 1                                      |
+//! | 12     | 4    | `u32` CRC-32 of bytes 0..12 followed by bytes 16..24         |
+//! | 16     | 8    | `u64` first LSN; must equal the LSN in the file name         |
+//!
+//! Then records back to back, each [`RECORD_HEADER_LEN`] = 16 bytes of header
+//! plus the payload:
+//!
+//! | offset | size | field                                                        |
+//! |--------|------|--------------------------------------------------------------|
+//! | 0      | 4    | `u32` payload length, at most `record_bytes_max`             |
+//! | 4      | 4    | `u32` CRC-32 (IEEE, `crc32fast`) of the 8 LSN bytes ++ payload |
+//! | 8      | 8    | `u64` LSN                                                    |
+//! | 16     | len  | payload                                                      |
+//!
+//! LSNs start at 1 and are strictly consecutive across records and segments.
+//! Segment sizes are soft: a batch is never split across segments, so a
+//! segment holds at most `segment_bytes_max` bytes unless its first batch is
+//! bigger than that. Segments are never rewritten, except that [`open`]
+//! truncates a torn tail of the last one.
+//!
+//! # Recovery rules
+//!
+//! * A record that fails to parse (short, length over `record_bytes_max`,
+//!   checksum mismatch; this includes zero-filled bytes) in the **last**
+//!   segment is a torn tail, and is cut off with everything after it, only if
+//!   no valid record with an LSN at or above the expected one can be found at
+//!   any later byte offset of that segment. If one can, the damage is in the
+//!   middle of the log and [`open`] fails with [`WalError::Corrupt`]: records
+//!   that were acknowledged as durable are never dropped silently.
+//! * The same applies to a damaged header of the last segment (a crash just
+//!   after the segment was created): the header is rewritten.
+//! * Any damage in a segment that is not the last one is [`WalError::Corrupt`].
+//! * A checksummed record with an unexpected LSN, or a segment that does not
+//!   start right after its predecessor, is [`WalError::Gap`].
+//! * Lengths read from disk are bounded by `record_bytes_max` and by the bytes
+//!   present; nothing is allocated from an untrusted length.
+//!
+//! Known limit: after a power loss in the middle of an `fdatasync`, the disk
+//! may have persisted a later page of the unacknowledged batch but not an
+//! earlier one. That looks exactly like mid-log corruption, so [`open`]
+//! refuses to start rather than guess; an operator decides.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, info, warn};
+
+/// Magic bytes at the start of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"RKWAL001";
+/// Segment format version written by this code, the only one it reads.
+pub const SEGMENT_VERSION: u32 = 1;
+/// Size in bytes of the header at the start of every segment file.
+pub const SEGMENT_HEADER_LEN: usize = 24;
+/// Size in bytes of the header in front of every record's payload.
+pub const RECORD_HEADER_LEN: usize = 16;
+/// Default soft maximum size of one segment file: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// Default maximum payload size of one record: 1 MiB.
+pub const DEFAULT_RECORD_BYTES_MAX: u32 = 1 << 20;
+
+const SEGMENT_PREFIX: &str = "wal-";
+const SEGMENT_SUFFIX: &str = ".log";
+const SEGMENT_LSN_DIGITS: usize = 20;
+
+/// Log sequence number: position of a record in the log; the first record is 1.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Settings of a log directory.
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    /// Directory holding the segment files; created by [`open`] if absent.
+    pub dir: PathBuf,
+    /// Soft maximum size of a segment file; a new segment starts once the next batch would exceed it.
+    pub segment_bytes_max: u64,
+    /// Maximum payload size of one record; must never be lowered below a record already in the log.
+    pub record_bytes_max: u32,
+}
+
+impl WalConfig {
+    /// Settings for `dir` with the default sizes.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        WalConfig {
+            dir: dir.into(),
+            segment_bytes_max: DEFAULT_SEGMENT_BYTES_MAX,
+            record_bytes_max: DEFAULT_RECORD_BYTES_MAX,
+        }
+    }
+}
+
+/// Failure of a log operation.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// An operating-system call on a log file or directory failed.
+    #[error("wal: {op} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. "fdatasync".
+        op: &'static str,
+        /// File or directory the call was about.
+        path: PathBuf,
+        /// Error reported by the operating system.
+        #[source]
+        source: io::Error,
+    },
+    /// Damage that is not a torn tail; the log must not be used until someone looks at it.
+    #[error("wal: corrupt segment {segment} at offset {offset}: {reason}")]
+    Corrupt {
+        /// Segment file holding the damage.
+        segment: PathBuf,
+        /// Byte offset of the damage in the segment file.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A payload is larger than `record_bytes_max`.
+    #[error("wal: record payload of {len} bytes exceeds record_bytes_max {max}")]
+    RecordTooLarge {
+        /// Size of the rejected payload.
+        len: usize,
+        /// Configured maximum.
+        max: u32,
+    },
+    /// LSNs are not consecutive: a segment is missing, or records were truncated away.
+    #[error("wal: lsn gap at {at}: expected lsn {expected}, found {found}")]
+    Gap {
+        /// Segment file (or log directory) where the gap shows.
+        at: PathBuf,
+        /// LSN that should have come next.
+        expected: Lsn,
+        /// LSN actually found there.
+        found: Lsn,
+    },
+    /// The log ends before the LSN a replay was asked to start after: durable records are missing.
+    #[error("wal: log ends at lsn {last}, before the requested lsn {requested}")]
+    EndsBefore {
+        /// LSN the replay was asked to start after.
+        requested: Lsn,
+        /// Last LSN present in the log.
+        last: Lsn,
+    },
+    /// A segment was written by an unknown format version.
+    #[error("wal: segment {segment} has unsupported format version {version}")]
+    UnsupportedVersion {
+        /// Segment file with the unknown version.
+        segment: PathBuf,
+        /// Version found in its header.
+        version: u32,
+    },
+    /// A batch handed to the writer does not start right after the last durable record.
+    #[error("wal: batch out of sequence: expected first lsn {expected}, got {found}")]
+    OutOfSequence {
+        /// LSN the next batch must start with.
+        expected: Lsn,
+        /// LSN the batch starts with.
+        found: Lsn,
+    },
+    /// No LSN is left to assign (u64 exhausted).
+    #[error("wal: lsn space exhausted")]
+    LsnExhausted,
+    /// An earlier write or sync failed, so what is on disk is unknown; reopen the log to recover.
+    #[error("wal: writer failed earlier and accepts no more writes; reopen the log")]
+    Poisoned,
+}
+
+/// Failure of [`replay`]: the log's, or the callback's.
+#[derive(Debug)]
+pub enum ReplayError<E> {
+    /// Reading or validating the log failed.
+    Wal(WalError),
+    /// The callback returned an error; replay stopped at that record.
+    Callback(E),
+}
+
+impl<E: fmt::Display> fmt::Display for ReplayError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplayError::Wal(e) => e.fmt(f),
+            ReplayError::Callback(e) => write!(f, "wal replay callback failed: {e}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ReplayError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReplayError::Wal(e) => Some(e),
+            ReplayError::Callback(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<WalError> for ReplayError<E> {
+    fn from(e: WalError) -> Self {
+        ReplayError::Wal(e)
+    }
+}
+
+/// Appends framed records into an in-memory batch buffer. Lives on the single writer thread: it assigns LSNs in order.
+#[derive(Debug, Clone)]
+pub struct WalBatch {
+    // Framed records, exactly as they go to disk, so the sync thread only copies bytes.
+    buf: Vec<u8>,
+    // LSN of the first record of this batch (== next_lsn while empty).
+    start_lsn: Lsn,
+    next_lsn: Lsn,
+    record_bytes_max: u32,
+}
+
+impl WalBatch {
+    /// Empty batch whose first record gets `next_lsn`, accepting payloads up to [`DEFAULT_RECORD_BYTES_MAX`].
+    pub fn new(next_lsn: Lsn) -> Self {
+        Self::with_record_bytes_max(next_lsn, DEFAULT_RECORD_BYTES_MAX)
+    }
+
+    /// Empty batch whose first record gets `next_lsn`, accepting payloads up to `record_bytes_max`.
+    pub fn with_record_bytes_max(next_lsn: Lsn, record_bytes_max: u32) -> Self {
+        WalBatch {
+            buf: Vec::new(),
+            start_lsn: next_lsn,
+            next_lsn,
+            record_bytes_max,
+        }
+    }
+
+    /// Frames and checksums `payload` into the buffer and returns the LSN it was given.
+    pub fn push(&mut self, payload: &[u8]) -> Result<Lsn, WalError> {
+        let too_large = WalError::RecordTooLarge {
+            len: payload.len(),
+            max: self.record_bytes_max,
+        };
+        let len = match u32::try_from(payload.len()) {
+            Ok(len) if len <= self.record_bytes_max => len,
+            _ => return Err(too_large),
+        };
+        let lsn = self.next_lsn;
+        let next = lsn.0.checked_add(1).ok_or(WalError::LsnExhausted)?;
+        self.buf.reserve(RECORD_HEADER_LEN + payload.len());
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf
+            .extend_from_slice(&record_crc(lsn.0, payload).to_le_bytes());
+        self.buf.extend_from_slice(&lsn.0.to_le_bytes());
+        self.buf.extend_from_slice(payload);
+        self.next_lsn = Lsn(next);
+        Ok(lsn)
+    }
+
+    /// True when the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.next_lsn == self.start_lsn
+    }
+
+    /// Number of records in the batch.
+    pub fn len_records(&self) -> usize {
+        // Bounded by the buffer size (each record takes at least 16 bytes), so it fits.
+        usize::try_from(self.next_lsn.0 - self.start_lsn.0).unwrap_or(usize::MAX)
+    }
+
+    /// Number of framed bytes in the batch, i.e. what writing it adds to the segment.
+    pub fn len_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// LSN of the first record, if any.
+    pub fn first_lsn(&self) -> Option<Lsn> {
+        (!self.is_empty()).then_some(self.start_lsn)
+    }
+
+    /// LSN of the last record, if any.
+    pub fn last_lsn(&self) -> Option<Lsn> {
+        (!self.is_empty()).then(|| Lsn(self.next_lsn.0 - 1))
+    }
+
+    /// LSN the next pushed record will get.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next_lsn
+    }
+
+    /// The framed bytes, exactly as they will be written to the segment.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Takes the filled batch out, leaving an empty one that continues the LSN sequence.
+    ///
+    /// The writer keeps forming the next batch while the one taken out is being
+    /// synced on another thread.
+    pub fn take(&mut self) -> WalBatch {
+        let empty = WalBatch::with_record_bytes_max(self.next_lsn, self.record_bytes_max);
+        std::mem::replace(self, empty)
+    }
+
+    /// Appends `next`, which must directly follow this batch, so several pending batches become one write and one fsync.
+    ///
+    /// # Panics
+    ///
+    /// If `next` does not start at [`Self::next_lsn`]: merging unrelated
+    /// batches would write a log with an LSN gap, which is a bug in the caller,
+    /// not a condition to recover from.
+    pub fn extend(&mut self, next: WalBatch) {
+        assert_eq!(
+            next.start_lsn, self.next_lsn,
+            "WalBatch::extend: the appended batch must start at this batch's next lsn"
+        );
+        if self.buf.is_empty() {
+            // Reuse the other buffer instead of copying into an empty one.
+            self.buf = next.buf;
+        } else {
+            self.buf.extend_from_slice(&next.buf);
+        }
+        self.next_lsn = next.next_lsn;
+    }
+}
+
+/// A segment file known to the writer.
+#[derive(Debug)]
+struct Segment {
+    first_lsn: Lsn,
+    path: PathBuf,
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct ActiveSegment {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+/// The file side: owns the segment files; lives on the sync thread.
+#[derive(Debug)]
+pub struct WalWriter {
+    dir: PathBuf,
+    segment_bytes_max: u64,
+    record_bytes_max: u32,
+    // Oldest first; the last one is the active segment.
+    segments: Vec<Segment>,
+    active: Option<ActiveSegment>,
+    last_durable: Lsn,
+    // Set after a failed write or sync: the file state is then unknown (a failed
+    // fsync may have dropped dirty pages), so only a fresh `open` can tell.
+    poisoned: bool,
+}
+
+impl WalWriter {
+    /// Writes the batch to the current segment (rolling to a new one first if it would exceed `segment_bytes_max`), then fdatasyncs; returns when durable.
+    ///
+    /// A batch is never split across segments, so a segment may exceed the
+    /// maximum by one batch. When a new segment file is created the directory
+    /// is fsynced too, so the file's existence is durable. An empty batch is a
+    /// no-op. After an I/O error the writer is poisoned and every later call
+    /// fails with [`WalError::Poisoned`].
+    pub fn write_and_sync(&mut self, batch: &WalBatch) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let Some(last) = batch.last_lsn() else {
+            return Ok(());
+        };
+        // An empty log may start at any LSN (e.g. a snapshot restored without its
+        // log); otherwise the batch must continue the log exactly.
+        let expected = Lsn(self.last_durable.0.saturating_add(1));
+        let in_sequence = if self.segments.is_empty() {
+            batch.start_lsn.0 >= 1
+        } else {
+            batch.start_lsn == expected
+        };
+        if !in_sequence {
+            return Err(WalError::OutOfSequence {
+                expected,
+                found: batch.start_lsn,
+            });
+        }
+        let result = self.write_inner(batch);
+        if result.is_err() {
+            self.poisoned = true;
+        } else {
+            self.last_durable = last;
+        }
+        result
+    }
+
+    fn write_inner(&mut self, batch: &WalBatch) -> Result<(), WalError> {
+        let batch_len = batch.len_bytes() as u64;
+        let roll = match &self.active {
+            None => true,
+            // Only roll a segment that holds records: a batch bigger than the
+            // maximum would otherwise roll forever, creating empty segments.
+            Some(a) => {
+                a.len > SEGMENT_HEADER_LEN as u64
+                    && a.len.saturating_add(batch_len) > self.segment_bytes_max
+            }
+        };
+        if roll {
+            self.roll(batch.start_lsn)?;
+        }
+        let Some(active) = self.active.as_mut() else {
+            // roll() always installs an active segment; stay panic-free anyway.
+            return Err(WalError::Io {
+                op: "write (no active segment)",
+                path: self.dir.clone(),
+                source: io::Error::other("no active segment"),
+            });
+        };
+        active
+            .file
+            .write_all(batch.as_bytes())
+            .map_err(io_err("write", &active.path))?;
+        active
+            .file
+            .sync_data()
+            .map_err(io_err("fdatasync", &active.path))?;
+        active.len += batch_len;
+        Ok(())
+    }
+
+    /// Creates the segment whose first record is `first_lsn` and makes it the active one.
+    fn roll(&mut self, first_lsn: Lsn) -> Result<(), WalError> {
+        let path = segment_path(&self.dir, first_lsn);
+        // create_new: an existing file with this name would hold records we
+        // must not overwrite.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        file.write_all(&segment_header(first_lsn))
+            .map_err(io_err("write header", &path))?;
+        // The header reaches the disk with the first batch's fdatasync; the
+        // directory entry needs its own fsync.
+        sync_dir(&self.dir)?;
+        debug!(segment = %path.display(), first_lsn = first_lsn.0, "wal: new segment");
+        self.segments.push(Segment {
+            first_lsn,
+            path: path.clone(),
+        });
+        self.active = Some(ActiveSegment {
+            file,
+            path,
+            len: SEGMENT_HEADER_LEN as u64,
+        });
+        Ok(())
+    }
+
+    /// Deletes whole segments whose records all have lsn <= `upto` (made redundant by a checkpoint); never the active segment. Returns how many were deleted.
+    pub fn remove_segments_upto(&mut self, upto: Lsn) -> Result<usize, WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        // A segment's last LSN is the next segment's first minus one, so only
+        // segments with a successor qualify, which keeps the active one.
+        let mut count = 0;
+        while self.segments.len() >= 2 {
+            let next_first = self.segments[1].first_lsn.0;
+            if next_first.saturating_sub(1) > upto.0 {
+                break;
+            }
+            // Oldest first, so a crash midway leaves a log without holes.
+            let path = &self.segments[0].path;
+            fs::remove_file(path).map_err(io_err("remove", path))?;
+            info!(segment = %path.display(), "wal: removed segment");
+            self.segments.remove(0);
+            count += 1;
+        }
+        if count > 0 {
+            // Not needed for correctness (deletion is idempotent), but keeps a
+            // crash from resurrecting files a caller believes are gone.
+            sync_dir(&self.dir)?;
+        }
+        Ok(count)
+    }
+
+    /// LSN of the last record known durable (0 if the log is empty).
+    pub fn last_durable_lsn(&self) -> Lsn {
+        self.last_durable
+    }
+
+    /// Empty batch that continues this log, with the configured record size limit.
+    pub fn new_batch(&self) -> WalBatch {
+        WalBatch::with_record_bytes_max(
+            Lsn(self.last_durable.0.saturating_add(1)),
+            self.record_bytes_max,
+        )
+    }
+}
+
+/// What opening found.
+#[derive(Debug)]
+pub struct WalOpened {
+    /// Writer positioned at the end of the log.
+    pub writer: WalWriter,
+    /// LSN of the last record in the log (0 if empty).
+    pub last_lsn: Lsn,
+    /// Bytes cut off the tail of the last segment (0 if it was clean).
+    pub torn_tail_bytes: u64,
+    /// LSN of the first record still in the log, if it has any.
+    pub first_lsn: Option<Lsn>,
+}
+
+/// Opens (creating if absent) the log directory: validates all segments, truncates a torn tail of the last one (and fsyncs that), errors on any other damage.
+pub fn open(cfg: &WalConfig) -> Result<WalOpened, WalError> {
+    ensure_dir(&cfg.dir)?;
+    let segments = list_segments(&cfg.dir)?;
+    let mut buf = Vec::new();
+    let mut next_lsn: Option<u64> = None;
+    let mut torn_tail_bytes = 0;
+    let mut active = None;
+
+    for (i, seg) in segments.iter().enumerate() {
+        if let Some(expected) = next_lsn {
+            if seg.first_lsn.0 != expected {
+                return Err(WalError::Gap {
+                    at: seg.path.clone(),
+                    expected: Lsn(expected),
+                    found: seg.first_lsn,
+                });
+            }
+        }
+        let is_last = i + 1 == segments.len();
+        let mut file = if is_last {
+            // Read-write: the tail may need cutting, and the writer appends here.
+            OpenOptions::new().read(true).append(true).open(&seg.path)
+        } else {
+            File::open(&seg.path)
+        }
+        .map_err(io_err("open", &seg.path))?;
+        read_whole(&mut file, &seg.path, &mut buf)?;
+        let checked = check_segment(
+            &seg.path,
+            &buf,
+            seg.first_lsn.0,
+            cfg.record_bytes_max,
+            is_last,
+        )?;
+
+        if is_last {
+            let mut len = buf.len() as u64;
+            let clean = checked.header_ok && checked.valid_len == buf.len();
+            if !clean {
+                torn_tail_bytes = len - checked.valid_len as u64;
+                warn!(
+                    segment = %seg.path.display(),
+                    offset = checked.valid_len,
+                    bytes = torn_tail_bytes,
+                    "wal: cutting torn tail"
+                );
+                file.set_len(checked.valid_len as u64)
+                    .map_err(io_err("truncate", &seg.path))?;
+                len = checked.valid_len as u64;
+                if !checked.header_ok {
+                    // A crash right after the segment was created: give it the
+                    // header it should have, so the writer can continue in it.
+                    file.write_all(&segment_header(seg.first_lsn))
+                        .map_err(io_err("write header", &seg.path))?;
+                    len = SEGMENT_HEADER_LEN as u64;
+                }
+                // fsync, not fdatasync: the file size changed.
+                file.sync_all().map_err(io_err("fsync", &seg.path))?;
+            }
+            active = Some(ActiveSegment {
+                file,
+                path: seg.path.clone(),
+                len,
+            });
+        }
+        next_lsn = Some(checked.next_lsn);
+    }
+
+    let last_lsn = Lsn(next_lsn.map_or(0, |n| n - 1));
+    let first_lsn = segments
+        .first()
+        .map(|s| s.first_lsn)
+        .filter(|first| *first <= last_lsn);
+    info!(
+        dir = %cfg.dir.display(),
+        segments = segments.len(),
+        last_lsn = last_lsn.0,
+        torn_tail_bytes,
+        "wal: opened"
+    );
+    Ok(WalOpened {
+        writer: WalWriter {
+            dir: cfg.dir.clone(),
+            segment_bytes_max: cfg.segment_bytes_max,
+            record_bytes_max: cfg.record_bytes_max,
+            segments,
+            active,
+            last_durable: last_lsn,
+            poisoned: false,
+        },
+        last_lsn,
+        torn_tail_bytes,
+        first_lsn,
+    })
+}
+
+/// Reads all records with lsn > `after`, in order, calling `f(lsn, payload)`; returns the last LSN of the log.
+///
+/// Call it after [`open`] and before writing: it expects a clean log (any
+/// damage, even at the tail, is an error) and no concurrent appends. Fails
+/// with [`WalError::Gap`] if the log starts after `after + 1` (it was
+/// truncated past the requested point) and with [`WalError::EndsBefore`] if it
+/// ends before `after`. An empty log returns `after`.
+pub fn replay<E>(
+    cfg: &WalConfig,
+    after: Lsn,
+    mut f: impl FnMut(Lsn, &[u8]) -> Result<(), E>,
+) -> Result<Lsn, ReplayError<E>> {
+    let segments = list_segments(&cfg.dir)?;
+    let Some(first) = segments.first() else {
+        return Ok(after);
+    };
+    let wanted = after.0.saturating_add(1);
+    if first.first_lsn.0 > wanted {
+        return Err(WalError::Gap {
+            at: cfg.dir.clone(),
+            expected: Lsn(wanted),
+            found: first.first_lsn,
+        }
+        .into());
+    }
+    // Skip, unread, the segments whose records all precede `wanted`.
+    let start = segments
+        .partition_point(|s| s.first_lsn.0 <= wanted)
+        .saturating_sub(1);
+    // One buffer for all segments: a segment is read with one call and records
+    // are handed out as slices of it, so there is no allocation per record.
+    let mut buf = Vec::new();
+    let mut expected = segments[start].first_lsn.0;
+    for seg in &segments[start..] {
+        if seg.first_lsn.0 != expected {
+            return Err(WalError::Gap {
+                at: seg.path.clone(),
+                expected: Lsn(expected),
+                found: seg.first_lsn,
+            }
+            .into());
+        }
+        let mut file = File::open(&seg.path).map_err(io_err("open", &seg.path))?;
+        read_whole(&mut file, &seg.path, &mut buf)?;
+        match check_header(&buf, seg.first_lsn.0) {
+            HeaderCheck::Valid => {}
+            bad => return Err(header_error(&seg.path, bad).into()),
+        }
+        let mut off = SEGMENT_HEADER_LEN;
+        while off < buf.len() {
+            let rec = match parse_record(&buf, off, cfg.record_bytes_max) {
+                Ok(rec) => rec,
+                Err(bad) => return Err(record_error(&seg.path, off, bad, cfg).into()),
+            };
+            if rec.lsn != expected {
+                return Err(WalError::Gap {
+                    at: seg.path.clone(),
+                    expected: Lsn(expected),
+                    found: Lsn(rec.lsn),
+                }
+                .into());
+            }
+            if rec.lsn > after.0 {
+                f(Lsn(rec.lsn), rec.payload).map_err(ReplayError::Callback)?;
+            }
+            expected = next_lsn_after(&seg.path, off, rec.lsn)?;
+            off = rec.end;
+        }
+    }
+    let last = Lsn(expected - 1);
+    if last < after {
+        return Err(WalError::EndsBefore {
+            requested: after,
+            last,
+        }
+        .into());
+    }
+    Ok(last)
+}
+
+/// CRC of a record: covers the LSN so a record copied to the wrong place fails.
+fn record_crc(lsn: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&lsn.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn header_crc(magic_version: &[u8], first_lsn: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(magic_version);
+    h.update(first_lsn);
+    h.finalize()
+}
+
+fn segment_header(first_lsn: Lsn) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&first_lsn.0.to_le_bytes());
+    let crc = header_crc(&h[..12], &h[16..24]);
+    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Verdict on a segment header.
+enum HeaderCheck {
+    Valid,
+    /// Short or failing its checksum: possibly a torn write.
+    Damaged(&'static str),
+    /// Intact, but written by a format version we do not know.
+    Unsupported(u32),
+    /// Intact, but for a different first LSN than the file name says.
+    WrongLsn(u64),
+}
+
+fn check_header(buf: &[u8], first_lsn: u64) -> HeaderCheck {
+    let Some(h) = buf
+        .get(..SEGMENT_HEADER_LEN)
+        .and_then(|h| <&[u8; SEGMENT_HEADER_LEN]>::try_from(h).ok())
+    else {
+        return HeaderCheck::Damaged("segment shorter than its header");
+    };
+    if h[..8] != SEGMENT_MAGIC {
+        return HeaderCheck::Damaged("bad segment magic");
+    }
+    let stored = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+    if stored != header_crc(&h[..12], &h[16..24]) {
+        return HeaderCheck::Damaged("segment header checksum mismatch");
+    }
+    let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if version != SEGMENT_VERSION {
+        return HeaderCheck::Unsupported(version);
+    }
+    let lsn = u64::from_le_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]]);
+    if lsn != first_lsn {
+        return HeaderCheck::WrongLsn(lsn);
+    }
+    HeaderCheck::Valid
+}
+
+fn header_error(path: &Path, bad: HeaderCheck) -> WalError {
+    match bad {
+        HeaderCheck::Valid => corrupt(path, 0, "internal: valid header reported as error".into()),
+        HeaderCheck::Damaged(why) => corrupt(path, 0, why.into()),
+        HeaderCheck::Unsupported(version) => WalError::UnsupportedVersion {
+            segment: path.to_path_buf(),
+            version,
+        },
+        HeaderCheck::WrongLsn(lsn) => corrupt(
+            path,
+            16,
+            format!("header says first lsn {lsn}, the file name says otherwise"),
+        ),
+    }
+}
+
+/// A record parsed in place.
+struct Record<'a> {
+    lsn: u64,
+    payload: &'a [u8],
+    /// Offset just past the record.
+    end: usize,
+}
+
+/// Why the bytes at an offset are not a usable record.
+enum BadRecord {
+    /// Not a complete, checksummed record: torn or damaged.
+    Invalid(&'static str),
+    /// A complete, checksummed record longer than `record_bytes_max`: the limit
+    /// was lowered. Reported as corruption so such a record is never cut as a
+    /// torn tail.
+    Oversized(u32),
+}
+
+fn record_header(buf: &[u8], off: usize) -> Option<(u32, u32, u64)> {
+    let end = off.checked_add(RECORD_HEADER_LEN)?;
+    let h = <&[u8; RECORD_HEADER_LEN]>::try_from(buf.get(off..end)?).ok()?;
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    let lsn = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+    Some((len, crc, lsn))
+}
+
+fn parse_record(buf: &[u8], off: usize, max: u32) -> Result<Record<'_>, BadRecord> {
+    let (len, crc, lsn) =
+        record_header(buf, off).ok_or(BadRecord::Invalid("truncated record header"))?;
+    let start = off + RECORD_HEADER_LEN;
+    // Only slices of bytes already read: a damaged length never drives an allocation.
+    let payload = usize::try_from(len)
+        .ok()
+        .and_then(|l| start.checked_add(l))
+        .and_then(|end| buf.get(start..end));
+    let Some(payload) = payload else {
+        return Err(BadRecord::Invalid(if len > max {
+            "record length exceeds record_bytes_max"
+        } else {
+            "truncated record payload"
+        }));
+    };
+    if record_crc(lsn, payload) != crc {
+        return Err(BadRecord::Invalid(if len > max {
+            "record length exceeds record_bytes_max"
+        } else {
+            "record checksum mismatch"
+        }));
+    }
+    if len > max {
+        return Err(BadRecord::Oversized(len));
+    }
+    Ok(Record {
+        lsn,
+        payload,
+        end: start + payload.len(),
+    })
+}
+
+fn record_error(path: &Path, off: usize, bad: BadRecord, cfg: &WalConfig) -> WalError {
+    match bad {
+        BadRecord::Invalid(why) => corrupt(path, off as u64, why.into()),
+        BadRecord::Oversized(len) => corrupt(
+            path,
+            off as u64,
+            format!(
+                "valid record of {len} bytes exceeds record_bytes_max {}; was the limit lowered?",
+                cfg.record_bytes_max
+            ),
+        ),
+    }
+}
+
+/// LSN expected after `lsn`, or corruption if `lsn` is the last possible one.
+fn next_lsn_after(path: &Path, off: usize, lsn: u64) -> Result<u64, WalError> {
+    lsn.checked_add(1)
+        .ok_or_else(|| corrupt(path, off as u64, "record lsn is u64::MAX".into()))
+}
+
+/// Searches for a valid record, at any offset after `bad_off`, that could
+/// belong to the log after the damage at `bad_off` (whose expected LSN is
+/// `expected`). Returns its offset and LSN.
+///
+/// Every record takes at least [`RECORD_HEADER_LEN`] bytes, so a genuine
+/// record `d` bytes further on has an LSN in `expected ..= expected + d / 16`.
+/// Requiring that (plus the length bound and the checksum) makes a false
+/// match in garbage practically impossible.
+fn find_later_record(buf: &[u8], bad_off: usize, expected: u64, max: u32) -> Option<(usize, u64)> {
+    let last_start = buf.len().checked_sub(RECORD_HEADER_LEN)?;
+    for p in bad_off.saturating_add(1)..=last_start {
+        let Some((len, crc, lsn)) = record_header(buf, p) else {
+            continue;
+        };
+        let window = ((p - bad_off) / RECORD_HEADER_LEN) as u64;
+        if len > max || lsn < expected || lsn > expected.saturating_add(window) {
+            continue;
+        }
+        let start = p + RECORD_HEADER_LEN;
+        let Some(payload) = start
+            .checked_add(len as usize)
+            .and_then(|end| buf.get(start..end))
+        else {
+            continue;
+        };
+        if record_crc(lsn, payload) == crc {
+            return Some((p, lsn));
+        }
+    }
+    None
+}
+
+/// Result of validating one segment at open.
+struct CheckedSegment {
+    /// LSN the next record after this segment must have.
+    next_lsn: u64,
+    /// Length of the valid prefix (only shorter than the file for the last segment).
+    valid_len: usize,
+    /// False when the (last) segment's header was torn and must be rewritten.
+    header_ok: bool,
+}
+
+fn check_segment(
+    path: &Path,
+    buf: &[u8],
+    first_lsn: u64,
+    max: u32,
+    is_last: bool,
+) -> Result<CheckedSegment, WalError> {
+    match check_header(buf, first_lsn) {
+        HeaderCheck::Valid => {}
+        HeaderCheck::Damaged(why) if is_last => {
+            if let Some((at, lsn)) = find_later_record(buf, 0, first_lsn, max) {
+                return Err(corrupt(
+                    path,
+                    0,
+                    format!("{why}, yet a valid record (lsn {lsn}) follows at offset {at}"),
+                ));
+            }
+            return Ok(CheckedSegment {
+                next_lsn: first_lsn,
+                valid_len: 0,
+                header_ok: false,
+            });
+        }
+        bad => return Err(header_error(path, bad)),
+    }
+    let mut off = SEGMENT_HEADER_LEN;
+    let mut expected = first_lsn;
+    while off < buf.len() {
+        match parse_record(buf, off, max) {
+            Ok(rec) if rec.lsn == expected => {
+                expected = next_lsn_after(path, off, rec.lsn)?;
+                off = rec.end;
+            }
+            Ok(rec) => {
+                return Err(WalError::Gap {
+                    at: path.to_path_buf(),
+                    expected: Lsn(expected),
+                    found: Lsn(rec.lsn),
+                });
+            }
+            Err(BadRecord::Invalid(why)) if is_last => {
+                if let Some((at, lsn)) = find_later_record(buf, off, expected, max) {
+                    return Err(corrupt(
+                        path,
+                        off as u64,
+                        format!("{why}, yet a valid record (lsn {lsn}) follows at offset {at}"),
+                    ));
+                }
+                return Ok(CheckedSegment {
+                    next_lsn: expected,
+                    valid_len: off,
+                    header_ok: true,
+                });
+            }
+            Err(BadRecord::Invalid(why)) => return Err(corrupt(path, off as u64, why.into())),
+            Err(BadRecord::Oversized(len)) => {
+                return Err(corrupt(
+                    path,
+                    off as u64,
+                    format!(
+                        "valid record of {len} bytes exceeds record_bytes_max {max}; was the limit lowered?"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(CheckedSegment {
+        next_lsn: expected,
+        valid_len: buf.len(),
+        header_ok: true,
+    })
+}
+
+fn corrupt(path: &Path, offset: u64, reason: String) -> WalError {
+    WalError::Corrupt {
+        segment: path.to_path_buf(),
+        offset,
+        reason,
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalError + 'a {
+    move |source| WalError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
+    dir.join(format!(
+        "{SEGMENT_PREFIX}{:0width$}{SEGMENT_SUFFIX}",
+        first_lsn.0,
+        width = SEGMENT_LSN_DIGITS
+    ))
+}
+
+/// First LSN encoded in a segment file name, or None if the name is not a segment's.
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name
+        .strip_prefix(SEGMENT_PREFIX)?
+        .strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_LSN_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Segment files of `dir`, sorted by first LSN.
+fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        let name = entry.file_name();
+        let Some(first_lsn) = name.to_str().and_then(parse_segment_name) else {
+            if name.to_string_lossy().starts_with(SEGMENT_PREFIX) {
+                warn!(file = %entry.path().display(), "wal: ignoring file that is not a segment");
+            }
+            continue;
+        };
+        let path = entry.path();
+        let file_type = entry.file_type().map_err(io_err("stat", &path))?;
+        if !file_type.is_file() {
+            return Err(corrupt(
+                &path,
+                0,
+                "segment name on something that is not a file".into(),
+            ));
+        }
+        if first_lsn == 0 {
+            return Err(corrupt(
+                &path,
+                0,
+                "segment named for lsn 0; lsns start at 1".into(),
+            ));
+        }
+        segments.push(Segment {
+            first_lsn: Lsn(first_lsn),
+            path,
+        });
+    }
+    segments.sort_by_key(|s| s.first_lsn);
+    Ok(segments)
+}
+
+/// Reads a whole file into `buf` (reusing its capacity) with as few calls as possible.
+fn read_whole(file: &mut File, path: &Path, buf: &mut Vec<u8>) -> Result<(), WalError> {
+    buf.clear();
+    file.read_to_end(buf).map_err(io_err("read", path))?;
+    Ok(())
+}
+
+/// Creates the log directory if needed, making its creation durable.
+fn ensure_dir(dir: &Path) -> Result<(), WalError> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(WalError::Io {
+            op: "open directory",
+            path: dir.to_path_buf(),
+            source: io::Error::other("exists and is not a directory"),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+            sync_dir(dir)?;
+            match dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+                _ => sync_dir(Path::new(".")),
+            }
+        }
+        Err(e) => Err(WalError::Io {
+            op: "stat",
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// fsyncs a directory so entries created or removed in it are durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// Directories cannot be opened for fsync here; the platform orders metadata itself.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<(), WalError> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        let p = segment_path(Path::new("d"), Lsn(42));
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap();
+        assert_eq!(name, "wal-00000000000000000042.log");
+        assert_eq!(parse_segment_name(name), Some(42));
+        assert_eq!(parse_segment_name("wal-42.log"), None);
+        assert_eq!(parse_segment_name("wal-0000000000000000004x.log"), None);
+        assert_eq!(parse_segment_name("wal-99999999999999999999.log"), None);
+        assert_eq!(parse_segment_name("wal-00000000000000000042.log.tmp"), None);
+    }
+
+    #[test]
+    fn header_round_trip_and_damage() {
+        let h = segment_header(Lsn(7));
+        assert!(matches!(check_header(&h, 7), HeaderCheck::Valid));
+        assert!(matches!(check_header(&h, 8), HeaderCheck::WrongLsn(7)));
+        assert!(matches!(check_header(&h[..10], 7), HeaderCheck::Damaged(_)));
+        let mut bad = h;
+        bad[20] ^= 1;
+        assert!(matches!(check_header(&bad, 7), HeaderCheck::Damaged(_)));
+        let mut v2 = h;
+        v2[8] = 2;
+        let crc = header_crc(&v2[..12], &v2[16..24]);
+        v2[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(check_header(&v2, 7), HeaderCheck::Unsupported(2)));
+    }
+
+    #[test]
+    fn parse_rejects_untrusted_lengths_without_allocating() {
+        let mut b = WalBatch::with_record_bytes_max(Lsn(1), 64);
+        b.push(b"hello").unwrap();
+        let mut bytes = b.as_bytes().to_vec();
+        assert!(parse_record(&bytes, 0, 64).is_ok());
+        bytes[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            parse_record(&bytes, 0, 64),
+            Err(BadRecord::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_record(&bytes, usize::MAX - 3, 64),
+            Err(BadRecord::Invalid(_))
+        ));
+        assert!(find_later_record(&bytes, 0, 1, 64).is_none());
+    }
+
+    #[test]
+    fn later_record_search_respects_lsn_window() {
+        let mut b = WalBatch::with_record_bytes_max(Lsn(10), 64);
+        for _ in 0..3 {
+            b.push(b"abc").unwrap();
+        }
+        let bytes = b.as_bytes();
+        let second = RECORD_HEADER_LEN + 3;
+        assert_eq!(find_later_record(bytes, 0, 10, 64), Some((second, 11)));
+        // A record claiming an LSN far beyond what fits in the distance is not plausible.
+        assert_eq!(find_later_record(bytes, 0, 1, 64), None);
+    }
+}

@@ -1,0 +1,700 @@
+//! The durable single writer: applies requests to a state machine in one
+//! order, logs them with group commit, checkpoints into sled, recovers.
+//!
+//! ```text
+//! clients ──submit──▶ [bounded queue] ──▶ writer thread: apply, frame log records
+//!                                              │ batch (records + replies)
+//!                                              ▼
+//!                                         sync thread: write + fdatasync, then reply
+//!                                              │ checkpoint (after its records are durable)
+//!                                              ▼
+//!                                         snapshot thread: sled batch, flush, fsync files
+//! ```
+//!
+//! The writer forms batch N+1 while the sync thread makes batch N durable;
+//! when several batches wait, the sync thread merges them into one write and
+//! one fdatasync. Every reply — also to a read or a retried operation that
+//! logs nothing — is sent only after the batch it was applied in is durable,
+//! so no client ever sees state that a crash could take back.
+//!
+//! The journal is generic over [`Machine`], so the charging engine logs its
+//! session operations through the same writer and log as the ledger.
+
+use crate::snapshot::SnapshotWrite;
+use crate::types::Timestamp;
+use crate::wal::{self, Lsn, WalBatch, WalConfig, WalWriter};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A deterministic state machine the journal makes durable.
+pub trait Machine: Send + Sized + 'static {
+    /// What clients submit.
+    type Request: Send + 'static;
+    /// What they get back.
+    type Response: Send + 'static;
+
+    /// Applies a request at `now`. When it may change state, appends the
+    /// bytes that [`Machine::replay`] needs to redo it to `log`; leaving
+    /// `log` empty means nothing is logged.
+    fn apply(&mut self, now: Timestamp, request: Self::Request, log: &mut Vec<u8>) -> Self::Response;
+
+    /// Redoes a logged request during recovery.
+    fn replay(&mut self, now: Timestamp, payload: &[u8]) -> Result<(), String>;
+
+    /// Snapshot writes for everything changed since the last checkpoint.
+    fn checkpoint(&mut self, now: Timestamp) -> Vec<SnapshotWrite>;
+
+    /// Rebuilds the machine from all snapshot pairs.
+    fn restore(pairs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<Self, String>;
+
+    /// Checks invariants; recovery refuses to serve a state that fails.
+    fn check(&self) -> Result<(), String>;
+
+    /// A server-issued request due at `now` (e.g. an expiry sweep).
+    fn due(&self, now: Timestamp) -> Option<Self::Request>;
+}
+
+/// Where time comes from: the system clock in production, a fake in tests.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The system clock in milliseconds since the Unix epoch.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(since.as_millis() as u64)
+    })
+}
+
+/// Settings of a journal.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    /// Directory holding `wal/` and `snapshot/`.
+    pub data_dir: PathBuf,
+    /// Most submissions waiting for the writer; more are refused as busy.
+    pub queue_capacity: usize,
+    /// Most requests applied in one batch.
+    pub batch_requests_max: usize,
+    /// Checkpoint after this many milliseconds ...
+    pub checkpoint_interval_ms: u64,
+    /// ... or after this many log records, whichever comes first.
+    pub checkpoint_records: u64,
+    /// How often the writer wakes to run due server requests (sweeps).
+    pub tick_ms: u64,
+    /// Largest WAL segment before rolling to a new one.
+    pub segment_bytes_max: u64,
+    /// sled's page cache, in bytes.
+    pub sled_cache_bytes: u64,
+    /// Write a checkpoint on shutdown so the next start replays little
+    /// (tests turn it off to exercise replay).
+    pub checkpoint_on_shutdown: bool,
+}
+
+impl JournalConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        JournalConfig {
+            data_dir: data_dir.into(),
+            queue_capacity: 16_384,
+            batch_requests_max: 8_192,
+            checkpoint_interval_ms: 10_000,
+            checkpoint_records: 2_000_000,
+            tick_ms: 100,
+            segment_bytes_max: 64 << 20,
+            sled_cache_bytes: 64 << 20,
+            checkpoint_on_shutdown: true,
+        }
+    }
+}
+
+/// Why the journal could not open or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The write-ahead log failed.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] wal::WalError),
+    /// sled failed.
+    #[error("snapshot store: {0}")]
+    Sled(#[from] sled::Error),
+    /// Another I/O failure, with what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The snapshot or a log record could not be decoded or re-applied.
+    #[error("recovery: {0}")]
+    Recovery(String),
+    /// The recovered state broke an invariant; refusing to serve it.
+    #[error("recovered state is inconsistent: {0}")]
+    Invariant(String),
+    /// The queue is full; retry later.
+    #[error("busy: the writer's queue is full")]
+    Busy,
+    /// The journal stopped (shut down, or a write or sync failed); nothing
+    /// more is acknowledged.
+    #[error("journal stopped: {0}")]
+    Stopped(String),
+}
+
+/// What a submitter gets back: every response of its batch, in order.
+pub type Reply<M> = Box<dyn FnOnce(Result<Vec<<M as Machine>::Response>, Arc<JournalError>>) + Send>;
+
+enum Submission<M: Machine> {
+    Requests(Vec<M::Request>, Reply<M>),
+    Shutdown,
+}
+
+struct Batch<M: Machine> {
+    wal: WalBatch,
+    replies: Vec<(Reply<M>, Vec<M::Response>)>,
+    checkpoint: Option<(Lsn, Vec<SnapshotWrite>)>,
+}
+
+/// Counters of the journal's work, readable while it runs.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// Requests applied.
+    pub requests: AtomicU64,
+    /// Log records made durable.
+    pub records: AtomicU64,
+    /// fdatasync calls.
+    pub syncs: AtomicU64,
+    /// Most records made durable by one fdatasync.
+    pub records_per_sync_max: AtomicU64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Last durable log position.
+    pub durable_lsn: AtomicU64,
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone)]
+pub struct RecoveryReport {
+    /// Log position of the snapshot loaded.
+    pub snapshot_lsn: u64,
+    /// Keys read from the snapshot.
+    pub snapshot_keys: u64,
+    /// Log records replayed after it.
+    pub replayed: u64,
+    /// Bytes of a torn record cut off the log's tail.
+    pub torn_tail_bytes: u64,
+    /// Time spent, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// The running journal; owns its threads. Stop it with [`Journal::shutdown`].
+pub struct Journal<M: Machine> {
+    submitter: Submitter<M>,
+    stats: Arc<JournalStats>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A cloneable handle that submits requests to a running journal.
+pub struct Submitter<M: Machine> {
+    queue: Sender<Submission<M>>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl<M: Machine> Clone for Submitter<M> {
+    fn clone(&self) -> Self {
+        Submitter { queue: self.queue.clone(), stopped: self.stopped.clone() }
+    }
+}
+
+const SNAPSHOT_LSN_KEY: &[u8] = b"J lsn";
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JournalError {
+    let what = what.into();
+    move |source| JournalError::Io { what, source }
+}
+
+/// fsyncs every file under `dir` and the directories themselves, because
+/// sled's own flush does not reach the device (sync_file_range).
+fn fsync_tree(dir: &Path) -> Result<(), JournalError> {
+    for entry in std::fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))? {
+        let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io_err(format!("stat {}", path.display())))?;
+        if kind.is_dir() {
+            fsync_tree(&path)?;
+        } else if kind.is_file() {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(format!("fsync {}", path.display())))?;
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(format!("fsync {}", dir.display())))
+}
+
+fn encode_record(now: Timestamp, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&now.0.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+impl<M: Machine> Journal<M> {
+    /// Opens the data directory, recovers the machine (snapshot + log
+    /// suffix, then an invariant check) and starts the writer, sync and
+    /// snapshot threads.
+    pub fn open(config: JournalConfig, clock: Clock) -> Result<(Journal<M>, RecoveryReport), JournalError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(io_err(format!("creating {}", config.data_dir.display())))?;
+        let sled_dir = config.data_dir.join("snapshot");
+        let db = sled::Config::new()
+            .path(&sled_dir)
+            .cache_capacity(config.sled_cache_bytes)
+            .flush_every_ms(None)
+            .open()?;
+        let snapshot_lsn = match db.get(SNAPSHOT_LSN_KEY)? {
+            Some(v) => u64::from_le_bytes(
+                v.as_ref().try_into().map_err(|_| JournalError::Recovery("bad snapshot lsn".into()))?,
+            ),
+            None => 0,
+        };
+        let mut keys = 0u64;
+        let mut failure = None;
+        let mut pairs = db.iter().filter_map(|item| match item {
+            Ok((k, v)) if k.as_ref() != SNAPSHOT_LSN_KEY => {
+                keys += 1;
+                Some((k.to_vec(), v.to_vec()))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                failure.get_or_insert(e);
+                None
+            }
+        });
+        let machine = M::restore(&mut pairs);
+        drop(pairs);
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        let mut machine = machine.map_err(JournalError::Recovery)?;
+
+        let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
+        wal_config.segment_bytes_max = config.segment_bytes_max;
+        let opened = wal::open(&wal_config)?;
+        let mut replayed = 0u64;
+        let mut last_now = Timestamp(0);
+        let last = wal::replay(&wal_config, Lsn(snapshot_lsn), |_lsn, record| {
+            if record.len() < 8 {
+                return Err("log record shorter than its timestamp".to_string());
+            }
+            let now = Timestamp(u64::from_le_bytes(record[..8].try_into().unwrap_or_default()));
+            last_now = last_now.max(now);
+            replayed += 1;
+            machine.replay(now, &record[8..])
+        })
+        .map_err(|e| JournalError::Recovery(format!("{e}")))?;
+        machine.check().map_err(JournalError::Invariant)?;
+        let next_lsn = Lsn(last.0.max(opened.last_lsn.0).max(snapshot_lsn) + 1);
+        let report = RecoveryReport {
+            snapshot_lsn,
+            snapshot_keys: keys,
+            replayed,
+            torn_tail_bytes: opened.torn_tail_bytes,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(?report, "recovered");
+        let journal = Self::start(config, clock, machine, opened.writer, next_lsn, last_now, db, sled_dir);
+        Ok((journal, report))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        config: JournalConfig,
+        clock: Clock,
+        machine: M,
+        writer: WalWriter,
+        next_lsn: Lsn,
+        last_now: Timestamp,
+        db: sled::Db,
+        sled_dir: PathBuf,
+    ) -> Journal<M> {
+        let (queue_tx, queue_rx) = bounded::<Submission<M>>(config.queue_capacity);
+        let (sync_tx, sync_rx) = bounded::<Batch<M>>(2);
+        let (snap_tx, snap_rx) = bounded::<(Lsn, Vec<SnapshotWrite>)>(1);
+        let (trim_tx, trim_rx) = bounded::<Lsn>(4);
+        let stats = Arc::new(JournalStats::default());
+        stats.durable_lsn.store(next_lsn.0 - 1, Ordering::Relaxed);
+        let stopped = Arc::new(AtomicBool::new(false));
+        let checkpoint_busy = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+
+        let writer_state = WriterLoop {
+            config: config.clone(),
+            clock,
+            machine,
+            queue: queue_rx,
+            sync: sync_tx,
+            batch: WalBatch::new(next_lsn),
+            last_now,
+            stats: stats.clone(),
+            checkpoint_busy: checkpoint_busy.clone(),
+            records_since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("reckon-writer".into())
+                .spawn(move || writer_state.run())
+                .expect("spawning the writer thread"),
+        );
+        let sync_stats = stats.clone();
+        let sync_stopped = stopped.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("reckon-sync".into())
+                .spawn(move || sync_loop::<M>(writer, sync_rx, snap_tx, trim_rx, sync_stats, sync_stopped))
+                .expect("spawning the sync thread"),
+        );
+        let snap_stats = stats.clone();
+        let snap_stopped = stopped.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("reckon-snapshot".into())
+                .spawn(move || {
+                    snapshot_loop(db, sled_dir, snap_rx, trim_tx, snap_stats, snap_stopped, checkpoint_busy)
+                })
+                .expect("spawning the snapshot thread"),
+        );
+        Journal { submitter: Submitter { queue: queue_tx, stopped }, stats, threads }
+    }
+
+    /// A cloneable handle for submitting from other threads.
+    pub fn submitter(&self) -> Submitter<M> {
+        self.submitter.clone()
+    }
+
+    /// See [`Submitter::submit`].
+    pub fn submit(&self, requests: Vec<M::Request>, reply: Reply<M>) -> Result<(), JournalError> {
+        self.submitter.submit(requests, reply)
+    }
+
+    /// See [`Submitter::call_batch`].
+    pub fn call_batch(&self, requests: Vec<M::Request>) -> Result<Vec<M::Response>, JournalError> {
+        self.submitter.call_batch(requests)
+    }
+
+    /// See [`Submitter::call`].
+    pub fn call(&self, request: M::Request) -> Result<M::Response, JournalError> {
+        self.submitter.call(request)
+    }
+
+    /// Counters of the journal's work.
+    pub fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    /// Drains queued requests, makes them durable, writes a final
+    /// checkpoint and stops the threads.
+    pub fn shutdown(mut self) {
+        let _ = self.submitter.queue.send(Submission::Shutdown);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<M: Machine> Submitter<M> {
+    /// Submits a batch of requests; `reply` gets their responses once the
+    /// batch is durable. Refuses with [`JournalError::Busy`] when the queue
+    /// is full rather than queueing without bound.
+    pub fn submit(&self, requests: Vec<M::Request>, reply: Reply<M>) -> Result<(), JournalError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(JournalError::Stopped("journal is stopped".into()));
+        }
+        match self.queue.try_send(Submission::Requests(requests, reply)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(JournalError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(JournalError::Stopped("writer gone".into())),
+        }
+    }
+
+    /// Submits one batch and waits for its responses (blocking the caller;
+    /// waits for queue space instead of refusing).
+    pub fn call_batch(&self, requests: Vec<M::Request>) -> Result<Vec<M::Response>, JournalError> {
+        let (tx, rx) = bounded(1);
+        let reply: Reply<M> = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.queue
+            .send(Submission::Requests(requests, reply))
+            .map_err(|_| JournalError::Stopped("writer gone".into()))?;
+        match rx.recv() {
+            Ok(Ok(responses)) => Ok(responses),
+            Ok(Err(e)) => Err(JournalError::Stopped(e.to_string())),
+            Err(_) => Err(JournalError::Stopped("reply dropped".into())),
+        }
+    }
+
+    /// Submits one request and waits for its response.
+    pub fn call(&self, request: M::Request) -> Result<M::Response, JournalError> {
+        self.call_batch(vec![request])?
+            .pop()
+            .ok_or_else(|| JournalError::Stopped("no response".into()))
+    }
+
+}
+
+struct WriterLoop<M: Machine> {
+    config: JournalConfig,
+    clock: Clock,
+    machine: M,
+    queue: Receiver<Submission<M>>,
+    sync: Sender<Batch<M>>,
+    batch: WalBatch,
+    last_now: Timestamp,
+    stats: Arc<JournalStats>,
+    checkpoint_busy: Arc<AtomicBool>,
+    records_since_checkpoint: u64,
+    last_checkpoint: Instant,
+}
+
+impl<M: Machine> WriterLoop<M> {
+    fn now(&mut self) -> Timestamp {
+        // Time never runs backwards in the log, whatever the wall clock does.
+        self.last_now = self.last_now.max((self.clock)());
+        self.last_now
+    }
+
+    fn run(mut self) {
+        let tick = Duration::from_millis(self.config.tick_ms.max(1));
+        let mut payload = Vec::with_capacity(256);
+        let mut record = Vec::with_capacity(256);
+        let mut shutting_down = false;
+        loop {
+            let mut replies: Vec<(Reply<M>, Vec<M::Response>)> = Vec::new();
+            let mut applied = 0usize;
+            let first = if shutting_down {
+                match self.queue.try_recv() {
+                    Ok(s) => Some(s),
+                    Err(_) => None,
+                }
+            } else {
+                match self.queue.recv_timeout(tick) {
+                    Ok(s) => Some(s),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        shutting_down = true;
+                        None
+                    }
+                }
+            };
+            let now = self.now();
+            let mut next = first;
+            while let Some(submission) = next.take() {
+                match submission {
+                    Submission::Shutdown => shutting_down = true,
+                    Submission::Requests(requests, reply) => {
+                        let mut responses = Vec::with_capacity(requests.len());
+                        for request in requests {
+                            payload.clear();
+                            responses.push(self.machine.apply(now, request, &mut payload));
+                            if !payload.is_empty() {
+                                encode_record(now, &payload, &mut record);
+                                self.push_record(&record);
+                            }
+                            applied += 1;
+                        }
+                        replies.push((reply, responses));
+                    }
+                }
+                if applied >= self.config.batch_requests_max {
+                    break;
+                }
+                next = self.queue.try_recv().ok();
+            }
+            // Server-issued work (expiry sweeps) rides in the same batch.
+            if let Some(request) = self.machine.due(now) {
+                payload.clear();
+                let _ = self.machine.apply(now, request, &mut payload);
+                if !payload.is_empty() {
+                    encode_record(now, &payload, &mut record);
+                    self.push_record(&record);
+                }
+            }
+            self.stats.requests.fetch_add(applied as u64, Ordering::Relaxed);
+            let checkpoint = self.maybe_checkpoint(now, shutting_down);
+            let idle = replies.is_empty() && self.batch.is_empty() && checkpoint.is_none();
+            if !idle {
+                let batch = Batch { wal: self.batch.take(), replies, checkpoint };
+                if self.sync.send(batch).is_err() {
+                    return;
+                }
+            }
+            if shutting_down && self.queue.is_empty() {
+                if !self.config.checkpoint_on_shutdown {
+                    return;
+                }
+                if !self.checkpoint_busy.load(Ordering::Acquire) {
+                    // Final checkpoint so the next start replays little.
+                    if let Some(cp) = self.checkpoint(now) {
+                        let _ = self.sync.send(Batch { wal: self.batch.take(), replies: Vec::new(), checkpoint: Some(cp) });
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    fn push_record(&mut self, record: &[u8]) {
+        // Records are bounded by the machine's own input limits; one that is
+        // still too large is a bug, and losing it silently would be worse.
+        self.batch.push(record).expect("log record exceeds the WAL's record limit");
+        self.records_since_checkpoint += 1;
+    }
+
+    fn checkpoint(&mut self, now: Timestamp) -> Option<(Lsn, Vec<SnapshotWrite>)> {
+        let writes = self.machine.checkpoint(now);
+        self.records_since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.checkpoint_busy.store(true, Ordering::Release);
+        Some((Lsn(self.batch.next_lsn().0 - 1), writes))
+    }
+
+    fn maybe_checkpoint(&mut self, now: Timestamp, shutting_down: bool) -> Option<(Lsn, Vec<SnapshotWrite>)> {
+        if shutting_down || self.checkpoint_busy.load(Ordering::Acquire) {
+            return None;
+        }
+        let due = self.records_since_checkpoint >= self.config.checkpoint_records
+            || (self.records_since_checkpoint > 0
+                && self.last_checkpoint.elapsed() >= Duration::from_millis(self.config.checkpoint_interval_ms));
+        if due {
+            self.checkpoint(now)
+        } else {
+            None
+        }
+    }
+}
+
+fn sync_loop<M: Machine>(
+    mut writer: WalWriter,
+    batches: Receiver<Batch<M>>,
+    snapshots: Sender<(Lsn, Vec<SnapshotWrite>)>,
+    trims: Receiver<Lsn>,
+    stats: Arc<JournalStats>,
+    stopped: Arc<AtomicBool>,
+) {
+    let mut failure: Option<Arc<JournalError>> = None;
+    while let Ok(first) = batches.recv() {
+        let mut group = vec![first];
+        loop {
+            match batches.try_recv() {
+                Ok(b) => group.push(b),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        while let Ok(upto) = trims.try_recv() {
+            if let Err(e) = writer.remove_segments_upto(upto) {
+                tracing::warn!(error = %e, "could not remove old log segments");
+            }
+        }
+        let mut merged: Option<WalBatch> = None;
+        let mut checkpoints = Vec::new();
+        let mut replies = Vec::new();
+        for batch in group {
+            match merged.as_mut() {
+                None => merged = Some(batch.wal),
+                Some(m) => m.extend(batch.wal),
+            }
+            replies.extend(batch.replies);
+            checkpoints.extend(batch.checkpoint);
+        }
+        let merged = merged.unwrap_or_else(|| WalBatch::new(Lsn(0)));
+        if failure.is_none() && !merged.is_empty() {
+            match writer.write_and_sync(&merged) {
+                Ok(()) => {
+                    let n = merged.len_records() as u64;
+                    stats.records.fetch_add(n, Ordering::Relaxed);
+                    stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    stats.records_per_sync_max.fetch_max(n, Ordering::Relaxed);
+                    if let Some(last) = merged.last_lsn() {
+                        stats.durable_lsn.store(last.0, Ordering::Release);
+                    }
+                }
+                Err(e) => {
+                    // After a failed fsync the page cache may lie about what
+                    // is on disk: stop acknowledging anything.
+                    tracing::error!(error = %e, "write-ahead log failed; the journal stops");
+                    stopped.store(true, Ordering::Release);
+                    failure = Some(Arc::new(JournalError::Wal(e)));
+                }
+            }
+        }
+        for (reply, responses) in replies {
+            match &failure {
+                None => reply(Ok(responses)),
+                Some(e) => reply(Err(e.clone())),
+            }
+        }
+        if failure.is_none() {
+            for cp in checkpoints {
+                if snapshots.send(cp).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn snapshot_loop(
+    db: sled::Db,
+    sled_dir: PathBuf,
+    checkpoints: Receiver<(Lsn, Vec<SnapshotWrite>)>,
+    trims: Sender<Lsn>,
+    stats: Arc<JournalStats>,
+    stopped: Arc<AtomicBool>,
+    busy: Arc<AtomicBool>,
+) {
+    let mut failed = false;
+    while let Ok((lsn, writes)) = checkpoints.recv() {
+        if failed {
+            // A lost delta cannot be rebuilt from the tracking (it was reset),
+            // so after one failure no later snapshot may claim a newer log
+            // position: the log keeps everything since the last good one.
+            busy.store(false, Ordering::Release);
+            continue;
+        }
+        let result = (|| -> Result<(), JournalError> {
+            let mut batch = sled::Batch::default();
+            for (k, v) in writes {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            batch.insert(SNAPSHOT_LSN_KEY, &lsn.0.to_le_bytes());
+            db.apply_batch(batch)?;
+            db.flush()?;
+            fsync_tree(&sled_dir)
+        })();
+        match result {
+            Ok(()) => {
+                stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                let _ = trims.try_send(lsn);
+            }
+            Err(e) => {
+                // The log still holds everything; the next start replays more.
+                tracing::error!(error = %e, "checkpoint failed; checkpoints stop and the log keeps every record");
+                failed = true;
+                if matches!(e, JournalError::Io { .. }) {
+                    stopped.store(true, Ordering::Release);
+                }
+            }
+        }
+        busy.store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,1475 @@
+//! The in-memory ledger: a sans-IO, single-writer state machine.
+//!
+//! [`Ledger::apply`] takes the time and one [`Operation`] and returns its
+//! result. It never reads a clock, a file or a socket, so replaying the same
+//! operations with the same times rebuilds the same state, byte for byte.
+//!
+//! Draw order when reserving: the account's own eligible buckets first, then
+//! (for accounts that draw on their parent) the parent's, and so on up. Within
+//! one account: buckets restricted to the request's service before
+//! unrestricted ones, then higher priority, then earliest expiry, then lowest
+//! bucket id.
+
+use crate::amount::Amount;
+use crate::command::{
+    BucketSpec, Command, CreditKind, Hold, InvalidInput, LedgerError, OpResult, Operation, Outcome,
+    BUCKET_SERVICES_MAX, REASON_LEN_MAX,
+};
+use crate::types::{
+    AccountId, AccountStatus, BucketId, OpId, ReservationId, ServiceId, Timestamp, Unit,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+/// Most levels in an account hierarchy (organisation is level 1).
+pub const DEPTH_MAX: usize = 8;
+/// Most buckets one account may hold.
+pub const BUCKETS_PER_ACCOUNT_MAX: usize = 64;
+/// Most holds one reservation may have (every bucket on every level).
+pub const HOLDS_MAX: usize = DEPTH_MAX * BUCKETS_PER_ACCOUNT_MAX;
+/// Most items one sweep expires, so one operation's work stays bounded.
+pub const SWEEP_ITEMS_MAX: usize = 4096;
+/// Longest idempotency window: 7 days.
+pub const WINDOW_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Default idempotency window: 10 minutes, longer than any client's retry
+/// schedule (Diameter Tx timers are seconds).
+pub const WINDOW_MS_DEFAULT: u64 = 10 * 60 * 1000;
+
+/// A fast, deterministic hasher for the ledger's integer keys. Keys are ids
+/// issued by operators and the ledger, not attacker-chosen strings.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+}
+
+/// Hash maps keyed by ledger ids.
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+/// Hash sets of ledger ids.
+pub type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+
+/// Rarely-set bucket terms, boxed so a plain bucket stays small.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Terms {
+    pub valid_from: Timestamp,
+    pub valid_until: Timestamp,
+    pub services: Box<[ServiceId]>,
+    pub credit_limit: Amount,
+}
+
+/// A balance in one unit on one account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Bucket {
+    pub id: BucketId,
+    pub unit: Unit,
+    pub amount: Amount,
+    pub held: Amount,
+    pub priority: i16,
+    pub expired: bool,
+    pub terms: Option<Box<Terms>>,
+}
+
+impl Bucket {
+    fn credit_limit(&self) -> Amount {
+        self.terms.as_ref().map_or(Amount::ZERO, |t| t.credit_limit)
+    }
+    fn valid_from(&self) -> Timestamp {
+        self.terms.as_ref().map_or(Timestamp(0), |t| t.valid_from)
+    }
+    fn valid_until(&self) -> Timestamp {
+        self.terms
+            .as_ref()
+            .map_or(Timestamp::NEVER, |t| t.valid_until)
+    }
+    fn services(&self) -> &[ServiceId] {
+        self.terms.as_ref().map_or(&[], |t| &t.services)
+    }
+    /// What may still be reserved: amount − held + credit limit.
+    fn free(&self) -> Amount {
+        Amount::from_nanos(self.amount.nanos() - self.held.nanos() + self.credit_limit().nanos())
+    }
+    fn is_plain(&self) -> bool {
+        self.terms.is_none() && self.priority == 0
+    }
+    /// Draw-order rank for a request, or `None` when the bucket cannot pay.
+    fn rank(&self, unit: Unit, service: Option<ServiceId>, now: Timestamp) -> Option<DrawKey> {
+        if self.unit != unit || self.expired {
+            return None;
+        }
+        let mut restricted = false;
+        if let Some(t) = &self.terms {
+            if now < t.valid_from || now >= t.valid_until {
+                return None;
+            }
+            if !t.services.is_empty() {
+                match service {
+                    Some(s) if t.services.contains(&s) => restricted = true,
+                    _ => return None,
+                }
+            }
+        }
+        if !self.free().is_positive() {
+            return None;
+        }
+        Some(DrawKey {
+            general: !restricted,
+            priority: -(self.priority as i32),
+            valid_until: self.valid_until(),
+            id: self.id,
+        })
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct DrawKey {
+    general: bool,
+    priority: i32,
+    valid_until: Timestamp,
+    id: BucketId,
+}
+
+/// A cap on what an account's subtree may hold plus spend in one unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Limit {
+    pub unit: Unit,
+    pub cap: Amount,
+    pub used: Amount,
+    pub held: Amount,
+}
+
+impl Limit {
+    fn headroom(&self) -> Amount {
+        let left = self.cap.nanos() - self.used.nanos() - self.held.nanos();
+        Amount::from_nanos(left.max(0))
+    }
+}
+
+/// An account: its place in the hierarchy, status, buckets and caps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Account {
+    pub parent: Option<AccountId>,
+    pub status: AccountStatus,
+    pub draws_on_parent: bool,
+    pub depth: u8,
+    pub buckets: Vec<Bucket>,
+    pub limits: Vec<Limit>,
+}
+
+impl Account {
+    fn bucket_mut(&mut self, id: BucketId) -> Option<&mut Bucket> {
+        self.buckets.iter_mut().find(|b| b.id == id)
+    }
+    fn limit_mut(&mut self, unit: Unit) -> Option<&mut Limit> {
+        self.limits.iter_mut().find(|l| l.unit == unit)
+    }
+}
+
+/// Credit set aside for an in-flight session or request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Reservation {
+    pub account: AccountId,
+    pub unit: Unit,
+    pub remaining: Amount,
+    pub expires_at: Timestamp,
+    pub holds: Vec<Hold>,
+    pub limit_accounts: Vec<AccountId>,
+}
+
+/// A remembered result, so a retry gets the original answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OpEntry {
+    pub digest: u64,
+    pub at: Timestamp,
+    pub result: OpResult,
+}
+
+/// What kind of change an audit entry records.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AuditKind {
+    /// A bucket was created with an opening amount.
+    Grant,
+    /// A top-up credit.
+    TopUp,
+    /// A refund credit.
+    Refund,
+    /// A manual adjustment.
+    Adjust,
+    /// A committed debit.
+    Debit,
+    /// Credit forfeited because its bucket expired.
+    Expire,
+}
+
+/// One change to one bucket's amount, in ledger order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Position in the ledger's audit sequence (1, 2, ...).
+    pub seq: u64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// The operation that caused it ([`OpId::SERVER`] for sweeps).
+    pub op: OpId,
+    /// The account owning the bucket.
+    pub account: AccountId,
+    /// The bucket.
+    pub bucket: BucketId,
+    /// The bucket's unit.
+    pub unit: Unit,
+    /// What happened.
+    pub kind: AuditKind,
+    /// The signed change of the bucket's amount.
+    pub delta: Amount,
+    /// The bucket's amount afterwards.
+    pub balance_after: Amount,
+    /// The reservation debited, for debits.
+    pub reservation: Option<ReservationId>,
+    /// The operator's reason, for credits and adjustments.
+    pub reason: Option<Arc<str>>,
+}
+
+/// A bucket as a client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketView {
+    /// Its id.
+    pub id: BucketId,
+    /// Its unit.
+    pub unit: Unit,
+    /// Its amount (negative only within the credit limit).
+    pub amount: Amount,
+    /// What reservations hold of it.
+    pub held: Amount,
+    /// What may still be reserved: amount − held + credit limit (0 once expired).
+    pub available: Amount,
+    /// The overdraft allowed.
+    pub credit_limit: Amount,
+    /// Start of its validity.
+    pub valid_from: Timestamp,
+    /// End of its validity.
+    pub valid_until: Timestamp,
+    /// Its draw priority (higher first).
+    pub priority: i16,
+    /// Services it may pay for (empty: any).
+    pub services: Vec<ServiceId>,
+    /// True once swept as expired.
+    pub expired: bool,
+}
+
+/// A cap as a client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitView {
+    /// Unit capped.
+    pub unit: Unit,
+    /// The cap.
+    pub cap: Amount,
+    /// Debited in the subtree since the cap was set.
+    pub used: Amount,
+    /// Held by open reservations in the subtree.
+    pub held: Amount,
+}
+
+/// An account as a client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountView {
+    /// Its id.
+    pub id: AccountId,
+    /// Its parent.
+    pub parent: Option<AccountId>,
+    /// Its status.
+    pub status: AccountStatus,
+    /// Whether it draws on its parent's buckets.
+    pub draws_on_parent: bool,
+    /// Its buckets.
+    pub buckets: Vec<BucketView>,
+    /// Its caps.
+    pub limits: Vec<LimitView>,
+}
+
+/// A reservation as a client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationView {
+    /// Its id.
+    pub id: ReservationId,
+    /// The reserving account.
+    pub account: AccountId,
+    /// Its unit.
+    pub unit: Unit,
+    /// What it still holds.
+    pub remaining: Amount,
+    /// When it lapses.
+    pub expires_at: Timestamp,
+    /// Where it holds it.
+    pub holds: Vec<Hold>,
+}
+
+/// What changed since the last checkpoint, for incremental snapshots.
+#[derive(Default, Debug)]
+pub(crate) struct Dirty {
+    pub accounts: IdSet<AccountId>,
+    pub reservations: IdSet<ReservationId>,
+    pub ops: Vec<OpId>,
+}
+
+/// The ledger state machine. See the module docs.
+#[derive(Debug)]
+pub struct Ledger {
+    pub(crate) accounts: IdMap<AccountId, Account>,
+    pub(crate) reservations: IdMap<ReservationId, Reservation>,
+    pub(crate) reservation_expiry: BTreeSet<(Timestamp, ReservationId)>,
+    pub(crate) bucket_expiry: BTreeSet<(Timestamp, AccountId, BucketId)>,
+    pub(crate) ops: IdMap<OpId, OpEntry>,
+    pub(crate) op_order: VecDeque<(Timestamp, OpId)>,
+    pub(crate) window_ms: u64,
+    pub(crate) next_bucket: u64,
+    pub(crate) next_reservation: u64,
+    pub(crate) audit_seq: u64,
+    pub(crate) audit: Vec<AuditEntry>,
+    pub(crate) dirty: Dirty,
+    scratch: Vec<(AccountId, usize, DrawKey)>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::new()
+    }
+}
+
+/// Where a reservation would draw from, before anything changes.
+struct DrawPlan {
+    total_free: Amount,
+    headroom: Option<(AccountId, Amount)>,
+    limit_accounts: Vec<AccountId>,
+}
+
+impl Ledger {
+    /// An empty ledger with the default idempotency window.
+    pub fn new() -> Ledger {
+        Ledger {
+            accounts: IdMap::default(),
+            reservations: IdMap::default(),
+            reservation_expiry: BTreeSet::new(),
+            bucket_expiry: BTreeSet::new(),
+            ops: IdMap::default(),
+            op_order: VecDeque::new(),
+            window_ms: WINDOW_MS_DEFAULT,
+            next_bucket: 1,
+            next_reservation: 1,
+            audit_seq: 0,
+            audit: Vec::new(),
+            dirty: Dirty::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Applies one operation at time `now` and returns its result.
+    ///
+    /// A retry (same op id, same content) returns the stored result without
+    /// changing anything; the same op id with other content gets
+    /// [`LedgerError::OpIdReused`]. A refused operation changes nothing except
+    /// that its refusal is remembered for retries.
+    pub fn apply(&mut self, now: Timestamp, op: &Operation) -> OpResult {
+        self.evict_ops(now);
+        if matches!(op.command, Command::Sweep) {
+            if op.op != OpId::SERVER {
+                return Err(LedgerError::Invalid(InvalidInput::SweepOpId));
+            }
+            return Ok(self.sweep(now));
+        }
+        if op.op == OpId::SERVER {
+            return Err(LedgerError::InvalidOpId);
+        }
+        let digest = op.command.digest();
+        if let Some(entry) = self.ops.get(&op.op) {
+            return if entry.digest == digest {
+                entry.result.clone()
+            } else {
+                Err(LedgerError::OpIdReused)
+            };
+        }
+        let result = self.execute(now, op.op, &op.command);
+        self.ops.insert(
+            op.op,
+            OpEntry {
+                digest,
+                at: now,
+                result: result.clone(),
+            },
+        );
+        self.op_order.push_back((now, op.op));
+        self.dirty.ops.push(op.op);
+        result
+    }
+
+    /// True when `op` would be answered from the idempotency table (a retry
+    /// or a reused id) and so changes nothing.
+    pub fn is_known_op(&self, op: OpId) -> bool {
+        op != OpId::SERVER && self.ops.contains_key(&op)
+    }
+
+    /// Forgets op ids older than the idempotency window. A pure function of
+    /// time, so running it early (before deciding whether to log) is safe.
+    pub fn forget_expired_ops(&mut self, now: Timestamp) {
+        self.evict_ops(now);
+    }
+
+    fn evict_ops(&mut self, now: Timestamp) {
+        while let Some(&(at, op)) = self.op_order.front() {
+            if at.plus_ms(self.window_ms) > now {
+                break;
+            }
+            self.op_order.pop_front();
+            self.ops.remove(&op);
+        }
+    }
+
+    fn execute(&mut self, now: Timestamp, op: OpId, command: &Command) -> OpResult {
+        match command {
+            Command::CreateAccount {
+                account,
+                parent,
+                draws_on_parent,
+            } => self.create_account(*account, *parent, *draws_on_parent),
+            Command::SetStatus { account, status } => self.set_status(*account, *status),
+            Command::SetLimit { account, unit, cap } => self.set_limit(*account, *unit, *cap),
+            Command::GrantBucket { account, spec } => self.grant_bucket(now, op, *account, spec),
+            Command::Credit {
+                account,
+                unit,
+                amount,
+                bucket,
+                kind,
+                reason,
+            } => self.credit(now, op, *account, *unit, *amount, *bucket, *kind, reason),
+            Command::Adjust {
+                account,
+                bucket,
+                delta,
+                reason,
+            } => self.adjust(now, op, *account, *bucket, *delta, reason),
+            Command::Reserve {
+                account,
+                unit,
+                amount,
+                min_amount,
+                service,
+                expires_at,
+            } => self.reserve(
+                now,
+                *account,
+                *unit,
+                *amount,
+                *min_amount,
+                *service,
+                *expires_at,
+            ),
+            Command::Commit {
+                reservation,
+                used,
+                release_rest,
+            } => self.commit(now, op, *reservation, *used, *release_rest),
+            Command::Release { reservation } => self.release(now, *reservation),
+            Command::Sweep => Ok(self.sweep(now)),
+            Command::SetIdempotencyWindow { window_ms } => {
+                if *window_ms > WINDOW_MS_MAX {
+                    return Err(LedgerError::Invalid(InvalidInput::WindowTooLong));
+                }
+                self.window_ms = *window_ms;
+                Ok(Outcome::WindowSet)
+            }
+        }
+    }
+
+    fn account_ref(&self, id: AccountId) -> Result<&Account, LedgerError> {
+        self.accounts
+            .get(&id)
+            .ok_or(LedgerError::AccountNotFound(id))
+    }
+
+    fn account_mut(&mut self, id: AccountId) -> Result<&mut Account, LedgerError> {
+        self.dirty.accounts.insert(id);
+        self.accounts
+            .get_mut(&id)
+            .ok_or(LedgerError::AccountNotFound(id))
+    }
+
+    fn create_account(
+        &mut self,
+        id: AccountId,
+        parent: Option<AccountId>,
+        draws_on_parent: bool,
+    ) -> OpResult {
+        if self.accounts.contains_key(&id) {
+            return Err(LedgerError::AccountExists(id));
+        }
+        let depth = match parent {
+            None => 1,
+            Some(p) if p == id => return Err(LedgerError::Invalid(InvalidInput::OwnParent)),
+            Some(p) => {
+                let parent = self.account_ref(p)?;
+                if parent.status == AccountStatus::Closed {
+                    return Err(LedgerError::AccountNotActive {
+                        account: p,
+                        status: parent.status,
+                    });
+                }
+                if parent.depth as usize >= DEPTH_MAX {
+                    return Err(LedgerError::HierarchyTooDeep(DEPTH_MAX));
+                }
+                parent.depth + 1
+            }
+        };
+        self.accounts.insert(
+            id,
+            Account {
+                parent,
+                status: AccountStatus::Active,
+                draws_on_parent: draws_on_parent && parent.is_some(),
+                depth,
+                buckets: Vec::new(),
+                limits: Vec::new(),
+            },
+        );
+        self.dirty.accounts.insert(id);
+        Ok(Outcome::AccountCreated)
+    }
+
+    fn set_status(&mut self, id: AccountId, status: AccountStatus) -> OpResult {
+        let account = self.account_ref(id)?;
+        if account.status == AccountStatus::Closed {
+            return Err(LedgerError::Invalid(InvalidInput::ClosingIsFinal));
+        }
+        self.account_mut(id)?.status = status;
+        Ok(Outcome::StatusSet)
+    }
+
+    fn set_limit(&mut self, id: AccountId, unit: Unit, cap: Option<Amount>) -> OpResult {
+        self.account_ref(id)?;
+        if cap.is_some_and(|c| c.is_negative()) {
+            return Err(LedgerError::Invalid(InvalidInput::CapNegative));
+        }
+        let account = self.account_mut(id)?;
+        match (cap, account.limit_mut(unit)) {
+            (Some(cap), Some(limit)) => limit.cap = cap,
+            (Some(cap), None) => account.limits.push(Limit {
+                unit,
+                cap,
+                used: Amount::ZERO,
+                held: Amount::ZERO,
+            }),
+            (None, _) => account.limits.retain(|l| l.unit != unit),
+        }
+        Ok(Outcome::LimitSet)
+    }
+
+    fn writable_account(&self, id: AccountId) -> Result<&Account, LedgerError> {
+        let account = self.account_ref(id)?;
+        if account.status == AccountStatus::Closed {
+            return Err(LedgerError::AccountNotActive {
+                account: id,
+                status: account.status,
+            });
+        }
+        Ok(account)
+    }
+
+    fn grant_bucket(
+        &mut self,
+        now: Timestamp,
+        op: OpId,
+        id: AccountId,
+        spec: &BucketSpec,
+    ) -> OpResult {
+        if spec.amount.is_negative() {
+            return Err(LedgerError::Invalid(InvalidInput::AmountNegative));
+        }
+        if spec.credit_limit.is_negative() {
+            return Err(LedgerError::Invalid(InvalidInput::CreditLimitNegative));
+        }
+        if spec.valid_until <= spec.valid_from {
+            return Err(LedgerError::Invalid(InvalidInput::ValidityWindow));
+        }
+        if spec.valid_until <= now {
+            return Err(LedgerError::Invalid(InvalidInput::ExpiryNotAfterNow));
+        }
+        if spec.services.len() > BUCKET_SERVICES_MAX {
+            return Err(LedgerError::Invalid(InvalidInput::TooManyServices));
+        }
+        let account = self.writable_account(id)?;
+        if account.buckets.len() >= BUCKETS_PER_ACCOUNT_MAX {
+            return Err(LedgerError::TooManyBuckets(BUCKETS_PER_ACCOUNT_MAX));
+        }
+        let bucket_id = BucketId(self.next_bucket);
+        self.next_bucket += 1;
+        let plain = spec.valid_from == Timestamp(0)
+            && spec.valid_until == Timestamp::NEVER
+            && spec.services.is_empty()
+            && spec.credit_limit.is_zero();
+        let mut services = spec.services.clone();
+        services.sort_unstable();
+        services.dedup();
+        let bucket = Bucket {
+            id: bucket_id,
+            unit: spec.unit,
+            amount: spec.amount,
+            held: Amount::ZERO,
+            priority: spec.priority,
+            expired: false,
+            terms: (!plain).then(|| {
+                Box::new(Terms {
+                    valid_from: spec.valid_from,
+                    valid_until: spec.valid_until,
+                    services: services.into_boxed_slice(),
+                    credit_limit: spec.credit_limit,
+                })
+            }),
+        };
+        if spec.valid_until != Timestamp::NEVER {
+            self.bucket_expiry.insert((spec.valid_until, id, bucket_id));
+        }
+        self.account_mut(id)?.buckets.push(bucket);
+        if spec.amount.is_positive() {
+            self.audit_push(
+                now,
+                op,
+                id,
+                bucket_id,
+                spec.unit,
+                AuditKind::Grant,
+                spec.amount,
+                spec.amount,
+                None,
+                None,
+            );
+        }
+        Ok(Outcome::BucketGranted { bucket: bucket_id })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn credit(
+        &mut self,
+        now: Timestamp,
+        op: OpId,
+        id: AccountId,
+        unit: Unit,
+        amount: Amount,
+        bucket: Option<BucketId>,
+        kind: CreditKind,
+        reason: &Arc<str>,
+    ) -> OpResult {
+        if !amount.is_positive() {
+            return Err(LedgerError::Invalid(InvalidInput::AmountNotPositive));
+        }
+        if reason.len() > REASON_LEN_MAX {
+            return Err(LedgerError::Invalid(InvalidInput::ReasonTooLong));
+        }
+        let account = self.writable_account(id)?;
+        let target = match bucket {
+            Some(b) => {
+                let found = account
+                    .buckets
+                    .iter()
+                    .find(|x| x.id == b && !x.expired)
+                    .ok_or(LedgerError::BucketNotFound(b))?;
+                if found.unit != unit {
+                    return Err(LedgerError::UnitMismatch {
+                        bucket: found.unit,
+                        request: unit,
+                    });
+                }
+                Some(b)
+            }
+            None => account
+                .buckets
+                .iter()
+                .find(|x| x.unit == unit && x.is_plain() && !x.expired)
+                .map(|x| x.id),
+        };
+        let bucket_id = match target {
+            Some(b) => {
+                let current = account
+                    .buckets
+                    .iter()
+                    .find(|x| x.id == b)
+                    .map(|x| x.amount)
+                    .unwrap_or_default();
+                current
+                    .checked_add(amount)
+                    .ok_or(LedgerError::BalanceOverflow)?;
+                b
+            }
+            None => {
+                if account.buckets.len() >= BUCKETS_PER_ACCOUNT_MAX {
+                    return Err(LedgerError::TooManyBuckets(BUCKETS_PER_ACCOUNT_MAX));
+                }
+                let b = BucketId(self.next_bucket);
+                self.next_bucket += 1;
+                self.account_mut(id)?.buckets.push(Bucket {
+                    id: b,
+                    unit,
+                    amount: Amount::ZERO,
+                    held: Amount::ZERO,
+                    priority: 0,
+                    expired: false,
+                    terms: None,
+                });
+                b
+            }
+        };
+        let bucket = self
+            .account_mut(id)?
+            .bucket_mut(bucket_id)
+            .ok_or(LedgerError::BucketNotFound(bucket_id))?;
+        bucket.amount = bucket
+            .amount
+            .checked_add(amount)
+            .ok_or(LedgerError::BalanceOverflow)?;
+        let balance = bucket.amount;
+        let audit_kind = match kind {
+            CreditKind::TopUp => AuditKind::TopUp,
+            CreditKind::Refund => AuditKind::Refund,
+        };
+        self.audit_push(
+            now,
+            op,
+            id,
+            bucket_id,
+            unit,
+            audit_kind,
+            amount,
+            balance,
+            None,
+            Some(reason.clone()),
+        );
+        Ok(Outcome::BalanceChanged {
+            bucket: bucket_id,
+            balance,
+        })
+    }
+
+    fn adjust(
+        &mut self,
+        now: Timestamp,
+        op: OpId,
+        id: AccountId,
+        bucket_id: BucketId,
+        delta: Amount,
+        reason: &Arc<str>,
+    ) -> OpResult {
+        if delta.is_zero() {
+            return Err(LedgerError::Invalid(InvalidInput::DeltaZero));
+        }
+        if reason.len() > REASON_LEN_MAX {
+            return Err(LedgerError::Invalid(InvalidInput::ReasonTooLong));
+        }
+        let account = self.writable_account(id)?;
+        let bucket = account
+            .buckets
+            .iter()
+            .find(|b| b.id == bucket_id && !b.expired)
+            .ok_or(LedgerError::BucketNotFound(bucket_id))?;
+        let new_amount = bucket
+            .amount
+            .checked_add(delta)
+            .ok_or(LedgerError::BalanceOverflow)?;
+        if delta.is_negative() && -delta > bucket.free() {
+            return Err(LedgerError::InsufficientFunds {
+                available: bucket.free().max(Amount::ZERO),
+            });
+        }
+        let unit = bucket.unit;
+        if let Some(b) = self.account_mut(id)?.bucket_mut(bucket_id) {
+            b.amount = new_amount;
+        }
+        self.audit_push(
+            now,
+            op,
+            id,
+            bucket_id,
+            unit,
+            AuditKind::Adjust,
+            delta,
+            new_amount,
+            None,
+            Some(reason.clone()),
+        );
+        Ok(Outcome::BalanceChanged {
+            bucket: bucket_id,
+            balance: new_amount,
+        })
+    }
+
+    /// Chain of account ids from `id` up to its root (inclusive), checked
+    /// active, with the tightest cap in `unit` along it.
+    fn plan(
+        &mut self,
+        now: Timestamp,
+        id: AccountId,
+        unit: Unit,
+        service: Option<ServiceId>,
+        need_active: bool,
+    ) -> Result<DrawPlan, LedgerError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let mut plan = DrawPlan {
+            total_free: Amount::ZERO,
+            headroom: None,
+            limit_accounts: Vec::new(),
+        };
+        let mut current = Some(id);
+        let mut drawing = true;
+        let mut levels = 0;
+        let mut total: i128 = 0;
+        let result = (|| {
+            while let Some(acct_id) = current {
+                levels += 1;
+                if levels > DEPTH_MAX {
+                    break;
+                }
+                let account = self.account_ref(acct_id)?;
+                if need_active && account.status != AccountStatus::Active {
+                    return Err(LedgerError::AccountNotActive {
+                        account: acct_id,
+                        status: account.status,
+                    });
+                }
+                for limit in &account.limits {
+                    if limit.unit == unit {
+                        plan.limit_accounts.push(acct_id);
+                        let headroom = limit.headroom();
+                        if plan.headroom.is_none_or(|(_, h)| headroom < h) {
+                            plan.headroom = Some((acct_id, headroom));
+                        }
+                    }
+                }
+                if drawing {
+                    let start = scratch.len();
+                    for (index, bucket) in account.buckets.iter().enumerate() {
+                        if let Some(key) = bucket.rank(unit, service, now) {
+                            total += bucket.free().nanos();
+                            scratch.push((acct_id, index, key));
+                        }
+                    }
+                    scratch[start..].sort_unstable_by_key(|(_, _, key)| *key);
+                    drawing = account.draws_on_parent;
+                }
+                current = account.parent;
+            }
+            Ok(())
+        })();
+        self.scratch = scratch;
+        result?;
+        plan.total_free = Amount::from_nanos(total.min(Amount::MAX.nanos()));
+        Ok(plan)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reserve(
+        &mut self,
+        now: Timestamp,
+        id: AccountId,
+        unit: Unit,
+        amount: Amount,
+        min_amount: Amount,
+        service: Option<ServiceId>,
+        expires_at: Timestamp,
+    ) -> OpResult {
+        if !amount.is_positive() {
+            return Err(LedgerError::Invalid(InvalidInput::AmountNotPositive));
+        }
+        if !min_amount.is_positive() || min_amount > amount {
+            return Err(LedgerError::Invalid(InvalidInput::MinAmount));
+        }
+        if expires_at <= now {
+            return Err(LedgerError::Invalid(InvalidInput::ExpiryNotAfterNow));
+        }
+        let plan = self.plan(now, id, unit, service, true)?;
+        let mut grant = amount.min(plan.total_free);
+        if let Some((capped, headroom)) = plan.headroom {
+            if headroom < min_amount && headroom < plan.total_free {
+                return Err(LedgerError::LimitExceeded {
+                    account: capped,
+                    headroom,
+                });
+            }
+            grant = grant.min(headroom);
+        }
+        if grant < min_amount {
+            return Err(LedgerError::InsufficientFunds { available: grant });
+        }
+        let reservation_id = ReservationId(self.next_reservation);
+        self.next_reservation += 1;
+        let mut holds = Vec::with_capacity(1);
+        let mut left = grant;
+        let scratch = std::mem::take(&mut self.scratch);
+        for &(owner, index, _) in &scratch {
+            if left.is_zero() {
+                break;
+            }
+            self.dirty.accounts.insert(owner);
+            let Some(bucket) = self
+                .accounts
+                .get_mut(&owner)
+                .and_then(|a| a.buckets.get_mut(index))
+            else {
+                continue;
+            };
+            let take = bucket.free().min(left);
+            bucket.held = Amount::from_nanos(bucket.held.nanos() + take.nanos());
+            left = Amount::from_nanos(left.nanos() - take.nanos());
+            holds.push(Hold {
+                account: owner,
+                bucket: bucket.id,
+                amount: take,
+            });
+        }
+        self.scratch = scratch;
+        debug_assert!(left.is_zero(), "plan promised more than the buckets hold");
+        for capped in &plan.limit_accounts {
+            if let Some(limit) = self
+                .accounts
+                .get_mut(capped)
+                .and_then(|a| a.limit_mut(unit))
+            {
+                limit.held = Amount::from_nanos(limit.held.nanos() + grant.nanos());
+                self.dirty.accounts.insert(*capped);
+            }
+        }
+        self.reservations.insert(
+            reservation_id,
+            Reservation {
+                account: id,
+                unit,
+                remaining: grant,
+                expires_at,
+                holds: holds.clone(),
+                limit_accounts: plan.limit_accounts,
+            },
+        );
+        self.reservation_expiry.insert((expires_at, reservation_id));
+        self.dirty.reservations.insert(reservation_id);
+        Ok(Outcome::Reserved {
+            reservation: reservation_id,
+            granted: grant,
+            holds,
+        })
+    }
+
+    fn commit(
+        &mut self,
+        now: Timestamp,
+        op: OpId,
+        id: ReservationId,
+        used: Amount,
+        release_rest: bool,
+    ) -> OpResult {
+        let reservation = self
+            .reservations
+            .get(&id)
+            .ok_or(LedgerError::ReservationNotFound(id))?;
+        if now >= reservation.expires_at {
+            return Err(LedgerError::ReservationExpired(id));
+        }
+        if used.is_negative() {
+            return Err(LedgerError::Invalid(InvalidInput::UsedNegative));
+        }
+        if used > reservation.remaining {
+            return Err(LedgerError::CommitExceedsReservation {
+                remaining: reservation.remaining,
+            });
+        }
+        let owner = self.account_ref(reservation.account)?;
+        if owner.status == AccountStatus::Closed {
+            return Err(LedgerError::AccountNotActive {
+                account: reservation.account,
+                status: owner.status,
+            });
+        }
+        let mut reservation = self
+            .reservations
+            .remove(&id)
+            .ok_or(LedgerError::ReservationNotFound(id))?;
+        self.dirty.reservations.insert(id);
+        let mut debited = Vec::with_capacity(reservation.holds.len());
+        let mut left = used;
+        for hold in reservation.holds.iter_mut() {
+            if left.is_zero() {
+                break;
+            }
+            let take = hold.amount.min(left);
+            if take.is_zero() {
+                continue;
+            }
+            left = Amount::from_nanos(left.nanos() - take.nanos());
+            hold.amount = Amount::from_nanos(hold.amount.nanos() - take.nanos());
+            self.dirty.accounts.insert(hold.account);
+            if let Some(bucket) = self
+                .accounts
+                .get_mut(&hold.account)
+                .and_then(|a| a.bucket_mut(hold.bucket))
+            {
+                bucket.held = Amount::from_nanos(bucket.held.nanos() - take.nanos());
+                bucket.amount = Amount::from_nanos(bucket.amount.nanos() - take.nanos());
+                let after = bucket.amount;
+                let unit = bucket.unit;
+                self.audit_push(
+                    now,
+                    op,
+                    hold.account,
+                    hold.bucket,
+                    unit,
+                    AuditKind::Debit,
+                    -take,
+                    after,
+                    Some(id),
+                    None,
+                );
+            }
+            debited.push(Hold {
+                account: hold.account,
+                bucket: hold.bucket,
+                amount: take,
+            });
+        }
+        reservation.remaining = Amount::from_nanos(reservation.remaining.nanos() - used.nanos());
+        let mut released = Amount::ZERO;
+        if release_rest {
+            released = reservation.remaining;
+            for hold in &reservation.holds {
+                if hold.amount.is_positive() {
+                    self.unhold(now, hold.account, hold.bucket, hold.amount);
+                }
+            }
+            reservation.remaining = Amount::ZERO;
+        }
+        for capped in &reservation.limit_accounts {
+            if let Some(limit) = self
+                .accounts
+                .get_mut(capped)
+                .and_then(|a| a.limit_mut(reservation.unit))
+            {
+                let freed = used.nanos() + released.nanos();
+                limit.held = Amount::from_nanos((limit.held.nanos() - freed).max(0));
+                limit.used = Amount::from_nanos(limit.used.nanos() + used.nanos());
+                self.dirty.accounts.insert(*capped);
+            }
+        }
+        let remaining = reservation.remaining;
+        if remaining.is_zero() {
+            self.reservation_expiry
+                .remove(&(reservation.expires_at, id));
+        } else {
+            reservation.holds.retain(|h| h.amount.is_positive());
+            self.reservations.insert(id, reservation);
+        }
+        Ok(Outcome::Committed {
+            debited,
+            released,
+            remaining,
+        })
+    }
+
+    /// Returns `amount` held on a bucket; credit released onto an expired
+    /// bucket is forfeited at once.
+    fn unhold(&mut self, now: Timestamp, owner: AccountId, bucket_id: BucketId, amount: Amount) {
+        self.dirty.accounts.insert(owner);
+        let Some(account) = self.accounts.get_mut(&owner) else {
+            return;
+        };
+        let Some(bucket) = account.bucket_mut(bucket_id) else {
+            return;
+        };
+        bucket.held = Amount::from_nanos(bucket.held.nanos() - amount.nanos());
+        if bucket.expired {
+            self.forfeit(now, owner, bucket_id);
+        }
+    }
+
+    /// Forfeits the free positive amount of an expired bucket and drops the
+    /// bucket once nothing is left in or held on it.
+    fn forfeit(&mut self, now: Timestamp, owner: AccountId, bucket_id: BucketId) {
+        self.dirty.accounts.insert(owner);
+        let Some(account) = self.accounts.get_mut(&owner) else {
+            return;
+        };
+        let Some(index) = account.buckets.iter().position(|b| b.id == bucket_id) else {
+            return;
+        };
+        let bucket = &mut account.buckets[index];
+        let free = bucket.amount.nanos() - bucket.held.nanos();
+        let unit = bucket.unit;
+        let mut entry = None;
+        if free > 0 {
+            bucket.amount = Amount::from_nanos(bucket.amount.nanos() - free);
+            entry = Some((Amount::from_nanos(-free), bucket.amount));
+        }
+        if bucket.amount.is_zero() && bucket.held.is_zero() {
+            account.buckets.remove(index);
+        }
+        if let Some((delta, after)) = entry {
+            self.audit_push(
+                now,
+                OpId::SERVER,
+                owner,
+                bucket_id,
+                unit,
+                AuditKind::Expire,
+                delta,
+                after,
+                None,
+                None,
+            );
+        }
+    }
+
+    fn release(&mut self, now: Timestamp, id: ReservationId) -> OpResult {
+        let reservation = self
+            .reservations
+            .remove(&id)
+            .ok_or(LedgerError::ReservationNotFound(id))?;
+        Ok(Outcome::Released {
+            released: self.drop_reservation(now, id, reservation),
+        })
+    }
+
+    fn drop_reservation(
+        &mut self,
+        now: Timestamp,
+        id: ReservationId,
+        reservation: Reservation,
+    ) -> Amount {
+        self.dirty.reservations.insert(id);
+        self.reservation_expiry
+            .remove(&(reservation.expires_at, id));
+        for hold in &reservation.holds {
+            self.unhold(now, hold.account, hold.bucket, hold.amount);
+        }
+        for capped in &reservation.limit_accounts {
+            if let Some(limit) = self
+                .accounts
+                .get_mut(capped)
+                .and_then(|a| a.limit_mut(reservation.unit))
+            {
+                limit.held =
+                    Amount::from_nanos((limit.held.nanos() - reservation.remaining.nanos()).max(0));
+                self.dirty.accounts.insert(*capped);
+            }
+        }
+        reservation.remaining
+    }
+
+    fn sweep(&mut self, now: Timestamp) -> Outcome {
+        let mut reservations = 0u32;
+        let mut buckets = 0u32;
+        let mut budget = SWEEP_ITEMS_MAX;
+        while budget > 0 {
+            let Some(&(at, id)) = self.reservation_expiry.first() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            budget -= 1;
+            match self.reservations.remove(&id) {
+                Some(reservation) => {
+                    self.drop_reservation(now, id, reservation);
+                    reservations += 1;
+                }
+                None => {
+                    self.reservation_expiry.remove(&(at, id));
+                }
+            }
+        }
+        while budget > 0 {
+            let Some(&(at, owner, bucket_id)) = self.bucket_expiry.first() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            budget -= 1;
+            self.bucket_expiry.remove(&(at, owner, bucket_id));
+            let found = self
+                .accounts
+                .get_mut(&owner)
+                .and_then(|a| a.bucket_mut(bucket_id))
+                .map(|b| b.expired = true);
+            if found.is_some() {
+                buckets += 1;
+                self.forfeit(now, owner, bucket_id);
+            }
+        }
+        let more = self
+            .reservation_expiry
+            .first()
+            .is_some_and(|(at, _)| *at <= now)
+            || self
+                .bucket_expiry
+                .first()
+                .is_some_and(|(at, _, _)| *at <= now);
+        Outcome::Swept {
+            reservations,
+            buckets,
+            more,
+        }
+    }
+
+    /// True when a sweep at `now` would expire something.
+    pub fn sweep_due(&self, now: Timestamp) -> bool {
+        self.reservation_expiry
+            .first()
+            .is_some_and(|(at, _)| *at <= now)
+            || self
+                .bucket_expiry
+                .first()
+                .is_some_and(|(at, _, _)| *at <= now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit_push(
+        &mut self,
+        at: Timestamp,
+        op: OpId,
+        account: AccountId,
+        bucket: BucketId,
+        unit: Unit,
+        kind: AuditKind,
+        delta: Amount,
+        balance_after: Amount,
+        reservation: Option<ReservationId>,
+        reason: Option<Arc<str>>,
+    ) {
+        self.audit_seq += 1;
+        self.audit.push(AuditEntry {
+            seq: self.audit_seq,
+            at,
+            op,
+            account,
+            bucket,
+            unit,
+            kind,
+            delta,
+            balance_after,
+            reservation,
+            reason,
+        });
+    }
+
+    /// Takes the audit entries produced since the last call, oldest first.
+    pub fn drain_audit(&mut self) -> Vec<AuditEntry> {
+        std::mem::take(&mut self.audit)
+    }
+
+    /// An account with its buckets and caps.
+    pub fn account(&self, id: AccountId) -> Option<AccountView> {
+        let a = self.accounts.get(&id)?;
+        Some(AccountView {
+            id,
+            parent: a.parent,
+            status: a.status,
+            draws_on_parent: a.draws_on_parent,
+            buckets: a
+                .buckets
+                .iter()
+                .map(|b| BucketView {
+                    id: b.id,
+                    unit: b.unit,
+                    amount: b.amount,
+                    held: b.held,
+                    available: if b.expired {
+                        Amount::ZERO
+                    } else {
+                        b.free().max(Amount::ZERO)
+                    },
+                    credit_limit: b.credit_limit(),
+                    valid_from: b.valid_from(),
+                    valid_until: b.valid_until(),
+                    priority: b.priority,
+                    services: b.services().to_vec(),
+                    expired: b.expired,
+                })
+                .collect(),
+            limits: a
+                .limits
+                .iter()
+                .map(|l| LimitView {
+                    unit: l.unit,
+                    cap: l.cap,
+                    used: l.used,
+                    held: l.held,
+                })
+                .collect(),
+        })
+    }
+
+    /// What a reservation by `id` in `unit` for `service` could get at `now`:
+    /// its drawable buckets (and its ancestors' where it draws on them),
+    /// bounded by every cap on the way up. Zero when the account or an
+    /// ancestor is not active.
+    pub fn available(
+        &mut self,
+        now: Timestamp,
+        id: AccountId,
+        unit: Unit,
+        service: Option<ServiceId>,
+    ) -> Result<Amount, LedgerError> {
+        match self.plan(now, id, unit, service, true) {
+            Ok(plan) => Ok(match plan.headroom {
+                Some((_, h)) => h.min(plan.total_free),
+                None => plan.total_free,
+            }),
+            Err(LedgerError::AccountNotActive { .. }) => Ok(Amount::ZERO),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One open reservation.
+    pub fn reservation(&self, id: ReservationId) -> Option<ReservationView> {
+        self.reservations.get(&id).map(|r| ReservationView {
+            id,
+            account: r.account,
+            unit: r.unit,
+            remaining: r.remaining,
+            expires_at: r.expires_at,
+            holds: r.holds.clone(),
+        })
+    }
+
+    /// Open reservations of an account, oldest first, at most `limit`.
+    pub fn reservations_of(&self, account: AccountId, limit: usize) -> Vec<ReservationView> {
+        let mut ids: Vec<ReservationId> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.account == account)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids.into_iter()
+            .filter_map(|id| self.reservation(id))
+            .collect()
+    }
+
+    /// Number of accounts.
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Number of open reservations.
+    pub fn reservation_count(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// Number of op ids remembered for idempotency.
+    pub fn remembered_ops(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Sum of all bucket amounts per unit (what conservation checks compare
+    /// against credits − debits − forfeits).
+    pub fn totals(&self) -> BTreeMap<Unit, Amount> {
+        let mut totals: BTreeMap<Unit, i128> = BTreeMap::new();
+        for account in self.accounts.values() {
+            for b in &account.buckets {
+                *totals.entry(b.unit).or_default() += b.amount.nanos();
+            }
+        }
+        totals
+            .into_iter()
+            .map(|(u, n)| (u, Amount::from_nanos(n)))
+            .collect()
+    }
+
+    /// Checks every structural invariant; returns the first violation.
+    ///
+    /// Buckets: held ≥ 0 and amount − held ≥ −credit limit. Holds: each
+    /// bucket's held equals the sum of reservation holds on it; a
+    /// reservation's remaining equals its holds. Caps: held equals the
+    /// reservations counted against them. Expiry index matches reservations.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut held_by_bucket: HashMap<(AccountId, BucketId), i128> = HashMap::new();
+        let mut held_by_limit: HashMap<(AccountId, Unit), i128> = HashMap::new();
+        for (id, r) in &self.reservations {
+            let sum: i128 = r.holds.iter().map(|h| h.amount.nanos()).sum();
+            if sum != r.remaining.nanos() {
+                return Err(format!(
+                    "reservation {id:?}: holds {sum} != remaining {}",
+                    r.remaining.nanos()
+                ));
+            }
+            if !r.remaining.is_positive() {
+                return Err(format!("reservation {id:?} open with nothing remaining"));
+            }
+            if !self.reservation_expiry.contains(&(r.expires_at, *id)) {
+                return Err(format!("reservation {id:?} missing from the expiry index"));
+            }
+            for h in &r.holds {
+                *held_by_bucket.entry((h.account, h.bucket)).or_default() += h.amount.nanos();
+            }
+            for a in &r.limit_accounts {
+                *held_by_limit.entry((*a, r.unit)).or_default() += r.remaining.nanos();
+            }
+        }
+        if self.reservation_expiry.len() != self.reservations.len() {
+            return Err("expiry index and reservations differ in size".into());
+        }
+        for (id, a) in &self.accounts {
+            if let Some(p) = a.parent {
+                if !self.accounts.contains_key(&p) {
+                    return Err(format!("account {id:?} has missing parent {p:?}"));
+                }
+            }
+            for b in &a.buckets {
+                if b.held.is_negative() {
+                    return Err(format!("bucket {:?} held negative", b.id));
+                }
+                if b.free().is_negative() {
+                    return Err(format!("bucket {:?} below its credit limit", b.id));
+                }
+                let expected = held_by_bucket.remove(&(*id, b.id)).unwrap_or(0);
+                if expected != b.held.nanos() {
+                    return Err(format!(
+                        "bucket {:?}: held {} != holds {}",
+                        b.id,
+                        b.held.nanos(),
+                        expected
+                    ));
+                }
+            }
+            for l in &a.limits {
+                let expected = held_by_limit.get(&(*id, l.unit)).copied().unwrap_or(0);
+                // A cap re-created while reservations were open counts only
+                // later ones, so its held may be below the sum but never above.
+                if l.held.nanos() > expected || l.held.is_negative() {
+                    return Err(format!(
+                        "limit {id:?}/{}: held {} vs {}",
+                        l.unit,
+                        l.held.nanos(),
+                        expected
+                    ));
+                }
+            }
+        }
+        if let Some(((a, b), n)) = held_by_bucket.into_iter().find(|(_, n)| *n != 0) {
+            return Err(format!("holds of {n} on missing bucket {a:?}/{b:?}"));
+        }
+        if self.ops.len() != self.op_order.len() {
+            return Err("idempotency table and its order differ".into());
+        }
+        Ok(())
+    }
+}

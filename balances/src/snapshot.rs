@@ -1,0 +1,497 @@
+//! Snapshot encoding of the ledger: what a checkpoint writes and recovery
+//! reads back.
+//!
+//! A snapshot is a set of key → value pairs in one keyspace (so that one
+//! sled batch writes a checkpoint atomically). Keys start with a one-byte
+//! kind and the namespace of the state machine that owns them:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `L a <account id BE>` | one account with its buckets and caps |
+//! | `L r <reservation id BE>` | one open reservation |
+//! | `L o <checkpoint seq BE>` | the op ids (with results) remembered since the previous checkpoint |
+//! | `L u <first audit seq BE>` | the audit entries produced since the previous checkpoint |
+//! | `L m` | counters: next bucket id, next reservation id, audit seq, window |
+//!
+//! Op-id blobs are dropped once every entry in them is older than the
+//! idempotency window; audit blobs are kept (they are the audit trail).
+
+use crate::codec::{DecodeError, Reader, Sink};
+use crate::command::Hold;
+use crate::command::{decode_result, encode_result};
+use crate::ledger::{
+    Account, AuditEntry, AuditKind, Bucket, Ledger, Limit, OpEntry, Reservation, Terms,
+};
+use crate::types::{AccountId, AccountStatus, OpId, ReservationId, Timestamp};
+use std::sync::Arc;
+
+/// One change to the snapshot keyspace: a put, or a delete when `None`.
+pub type SnapshotWrite = (Vec<u8>, Option<Vec<u8>>);
+
+const NS: u8 = b'L';
+const K_ACCOUNT: u8 = b'a';
+const K_RESERVATION: u8 = b'r';
+const K_OPS: u8 = b'o';
+const K_AUDIT: u8 = b'u';
+const K_META: u8 = b'm';
+
+fn key(kind: u8, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.push(NS);
+    k.push(kind);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The key prefix of the ledger's audit blobs (for readers of the trail).
+pub fn audit_prefix() -> [u8; 2] {
+    [NS, K_AUDIT]
+}
+
+/// What a checkpoint must also remember between calls (which op blobs
+/// exist and until when they matter).
+#[derive(Debug, Default, Clone)]
+pub struct CheckpointState {
+    /// Sequence number of the next checkpoint.
+    pub seq: u64,
+    /// Reservation ids below this were issued before the last checkpoint, so
+    /// may exist in the snapshot.
+    pub persisted_reservations_below: u64,
+    /// (checkpoint seq, newest entry time) of each op blob in the snapshot.
+    pub op_blobs: Vec<(u64, Timestamp)>,
+}
+
+fn encode_account<S: Sink>(s: &mut S, a: &Account) {
+    s.bool(a.parent.is_some());
+    s.u64(a.parent.map_or(0, |p| p.0));
+    s.u8(a.status.code());
+    s.bool(a.draws_on_parent);
+    s.u8(a.depth);
+    s.u16(a.buckets.len() as u16);
+    for b in &a.buckets {
+        s.bucket(b.id);
+        s.unit(b.unit);
+        s.amount(b.amount);
+        s.amount(b.held);
+        s.u16(b.priority as u16);
+        s.bool(b.expired);
+        match &b.terms {
+            None => s.bool(false),
+            Some(t) => {
+                s.bool(true);
+                s.time(t.valid_from);
+                s.time(t.valid_until);
+                s.amount(t.credit_limit);
+                s.u16(t.services.len() as u16);
+                for v in t.services.iter() {
+                    s.service(*v);
+                }
+            }
+        }
+    }
+    s.u16(a.limits.len() as u16);
+    for l in &a.limits {
+        s.unit(l.unit);
+        s.amount(l.cap);
+        s.amount(l.used);
+        s.amount(l.held);
+    }
+}
+
+fn decode_account(r: &mut Reader<'_>) -> Result<Account, DecodeError> {
+    let has_parent = r.bool()?;
+    let parent = r.account()?;
+    let status = AccountStatus::from_code(r.u8()?).ok_or(DecodeError::Invalid("status"))?;
+    let draws_on_parent = r.bool()?;
+    let depth = r.u8()?;
+    let count = r.u16()? as usize;
+    if count > crate::ledger::BUCKETS_PER_ACCOUNT_MAX {
+        return Err(DecodeError::Invalid("too many buckets"));
+    }
+    let mut buckets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = r.bucket()?;
+        let unit = r.unit()?;
+        let amount = r.amount()?;
+        let held = r.amount()?;
+        let priority = r.u16()? as i16;
+        let expired = r.bool()?;
+        let terms = if r.bool()? {
+            let valid_from = r.time()?;
+            let valid_until = r.time()?;
+            let credit_limit = r.amount()?;
+            let n = r.u16()? as usize;
+            if n > crate::command::BUCKET_SERVICES_MAX {
+                return Err(DecodeError::Invalid("too many services"));
+            }
+            let services = (0..n).map(|_| r.service()).collect::<Result<Vec<_>, _>>()?;
+            Some(Box::new(Terms {
+                valid_from,
+                valid_until,
+                services: services.into_boxed_slice(),
+                credit_limit,
+            }))
+        } else {
+            None
+        };
+        buckets.push(Bucket {
+            id,
+            unit,
+            amount,
+            held,
+            priority,
+            expired,
+            terms,
+        });
+    }
+    let n = r.u16()? as usize;
+    if n > 64 {
+        return Err(DecodeError::Invalid("too many limits"));
+    }
+    let mut limits = Vec::with_capacity(n);
+    for _ in 0..n {
+        limits.push(Limit {
+            unit: r.unit()?,
+            cap: r.amount()?,
+            used: r.amount()?,
+            held: r.amount()?,
+        });
+    }
+    Ok(Account {
+        parent: has_parent.then_some(parent),
+        status,
+        draws_on_parent,
+        depth,
+        buckets,
+        limits,
+    })
+}
+
+fn encode_reservation<S: Sink>(s: &mut S, v: &Reservation) {
+    s.account(v.account);
+    s.unit(v.unit);
+    s.amount(v.remaining);
+    s.time(v.expires_at);
+    s.u16(v.holds.len() as u16);
+    for h in &v.holds {
+        s.account(h.account);
+        s.bucket(h.bucket);
+        s.amount(h.amount);
+    }
+    s.u16(v.limit_accounts.len() as u16);
+    for a in &v.limit_accounts {
+        s.account(*a);
+    }
+}
+
+fn decode_reservation(r: &mut Reader<'_>) -> Result<Reservation, DecodeError> {
+    let account = r.account()?;
+    let unit = r.unit()?;
+    let remaining = r.amount()?;
+    let expires_at = r.time()?;
+    let n = r.u16()? as usize;
+    if n > crate::ledger::HOLDS_MAX {
+        return Err(DecodeError::Invalid("too many holds"));
+    }
+    let holds = (0..n)
+        .map(|_| {
+            Ok(Hold {
+                account: r.account()?,
+                bucket: r.bucket()?,
+                amount: r.amount()?,
+            })
+        })
+        .collect::<Result<Vec<_>, DecodeError>>()?;
+    let n = r.u16()? as usize;
+    if n > crate::ledger::DEPTH_MAX {
+        return Err(DecodeError::Invalid("too many capped accounts"));
+    }
+    let limit_accounts = (0..n).map(|_| r.account()).collect::<Result<Vec<_>, _>>()?;
+    Ok(Reservation {
+        account,
+        unit,
+        remaining,
+        expires_at,
+        holds,
+        limit_accounts,
+    })
+}
+
+fn audit_kind_code(k: AuditKind) -> u8 {
+    match k {
+        AuditKind::Grant => 1,
+        AuditKind::TopUp => 2,
+        AuditKind::Refund => 3,
+        AuditKind::Adjust => 4,
+        AuditKind::Debit => 5,
+        AuditKind::Expire => 6,
+    }
+}
+
+fn audit_kind_from(code: u8) -> Result<AuditKind, DecodeError> {
+    Ok(match code {
+        1 => AuditKind::Grant,
+        2 => AuditKind::TopUp,
+        3 => AuditKind::Refund,
+        4 => AuditKind::Adjust,
+        5 => AuditKind::Debit,
+        6 => AuditKind::Expire,
+        _ => return Err(DecodeError::Invalid("audit kind")),
+    })
+}
+
+fn encode_audit<S: Sink>(s: &mut S, e: &AuditEntry) {
+    s.u64(e.seq);
+    s.time(e.at);
+    s.op(e.op);
+    s.account(e.account);
+    s.bucket(e.bucket);
+    s.unit(e.unit);
+    s.u8(audit_kind_code(e.kind));
+    s.amount(e.delta);
+    s.amount(e.balance_after);
+    s.u64(e.reservation.map_or(0, |r| r.0));
+    s.bytes16(e.reason.as_deref().unwrap_or("").as_bytes());
+}
+
+fn decode_audit(r: &mut Reader<'_>) -> Result<AuditEntry, DecodeError> {
+    let seq = r.u64()?;
+    let at = r.time()?;
+    let op = r.op()?;
+    let account = r.account()?;
+    let bucket = r.bucket()?;
+    let unit = r.unit()?;
+    let kind = audit_kind_from(r.u8()?)?;
+    let delta = r.amount()?;
+    let balance_after = r.amount()?;
+    let reservation = r.u64()?;
+    let reason = r.bytes16(crate::command::REASON_LEN_MAX)?;
+    let reason = std::str::from_utf8(reason).map_err(|_| DecodeError::Invalid("reason utf-8"))?;
+    Ok(AuditEntry {
+        seq,
+        at,
+        op,
+        account,
+        bucket,
+        unit,
+        kind,
+        delta,
+        balance_after,
+        reservation: (reservation != 0).then_some(ReservationId(reservation)),
+        reason: (!reason.is_empty()).then(|| Arc::from(reason)),
+    })
+}
+
+/// Decodes one audit blob (as stored under [`audit_prefix`]).
+pub fn decode_audit_blob(bytes: &[u8]) -> Result<Vec<AuditEntry>, DecodeError> {
+    let mut r = Reader::new(bytes);
+    let mut out = Vec::new();
+    while !r.is_empty() {
+        out.push(decode_audit(&mut r)?);
+    }
+    Ok(out)
+}
+
+impl Ledger {
+    /// Encodes everything that changed since the last checkpoint as
+    /// snapshot writes, and resets the change tracking.
+    pub fn checkpoint(
+        &mut self,
+        state: &mut CheckpointState,
+        now: Timestamp,
+    ) -> Vec<SnapshotWrite> {
+        let mut writes = Vec::new();
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in dirty.accounts {
+            let value = self.accounts.get(&id).map(|a| {
+                let mut v = Vec::with_capacity(96);
+                encode_account(&mut v, a);
+                v
+            });
+            writes.push((key(K_ACCOUNT, id.0), value));
+        }
+        for id in dirty.reservations {
+            match self.reservations.get(&id) {
+                Some(res) => {
+                    let mut v = Vec::with_capacity(96);
+                    encode_reservation(&mut v, res);
+                    writes.push((key(K_RESERVATION, id.0), Some(v)));
+                }
+                // Never written: issued and resolved since the last checkpoint.
+                None if id.0 >= state.persisted_reservations_below => {}
+                None => writes.push((key(K_RESERVATION, id.0), None)),
+            }
+        }
+        state.persisted_reservations_below = self.next_reservation;
+        // Op ids: one blob per checkpoint with the entries added since the
+        // previous one that are still remembered.
+        let mut blob = Vec::new();
+        let mut newest = Timestamp(0);
+        for op in &dirty.ops {
+            if let Some(entry) = self.ops.get(op) {
+                blob.op(*op);
+                blob.u64(entry.digest);
+                blob.time(entry.at);
+                encode_result(&mut blob, &entry.result);
+                newest = newest.max(entry.at);
+            }
+        }
+        if !blob.is_empty() {
+            writes.push((key(K_OPS, state.seq), Some(blob)));
+            state.op_blobs.push((state.seq, newest));
+        }
+        let window = self.window_ms;
+        state.op_blobs.retain(|(seq, newest)| {
+            let keep = newest.plus_ms(window) > now;
+            if !keep {
+                writes.push((key(K_OPS, *seq), None));
+            }
+            keep
+        });
+        let audit = std::mem::take(&mut self.audit);
+        if let Some(first) = audit.first() {
+            let mut blob = Vec::with_capacity(audit.len() * 120);
+            for e in &audit {
+                encode_audit(&mut blob, e);
+            }
+            writes.push((key(K_AUDIT, first.seq), Some(blob)));
+        }
+        let mut meta = Vec::new();
+        meta.u64(self.next_bucket);
+        meta.u64(self.next_reservation);
+        meta.u64(self.audit_seq);
+        meta.u64(self.window_ms);
+        meta.u64(state.seq + 1);
+        writes.push((vec![NS, K_META], Some(meta)));
+        state.seq += 1;
+        writes
+    }
+
+    /// Every key of a full snapshot of the current state (used by tests to
+    /// compare a recovered ledger with a live one, and for a first snapshot).
+    pub fn full_checkpoint(
+        &mut self,
+        state: &mut CheckpointState,
+        now: Timestamp,
+    ) -> Vec<SnapshotWrite> {
+        let accounts: Vec<AccountId> = self.accounts.keys().copied().collect();
+        self.dirty.accounts.extend(accounts);
+        let reservations: Vec<ReservationId> = self.reservations.keys().copied().collect();
+        self.dirty.reservations.extend(reservations);
+        self.dirty.ops = self.op_order.iter().map(|(_, op)| *op).collect();
+        self.checkpoint(state, now)
+    }
+
+    /// Rebuilds a ledger from snapshot pairs (any order), returning it with
+    /// the checkpoint state to continue from.
+    pub fn restore<'a>(
+        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<(Ledger, CheckpointState), DecodeError> {
+        let mut ledger = Ledger::new();
+        let mut state = CheckpointState::default();
+        let mut ops: Vec<(Timestamp, OpId, OpEntry)> = Vec::new();
+        for (k, v) in pairs {
+            if k.first() != Some(&NS) || k.len() < 2 {
+                continue;
+            }
+            let id = || -> Result<u64, DecodeError> {
+                let raw: [u8; 8] = k
+                    .get(2..10)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(DecodeError::Invalid("key"))?;
+                Ok(u64::from_be_bytes(raw))
+            };
+            let mut r = Reader::new(v);
+            match k[1] {
+                K_ACCOUNT => {
+                    ledger
+                        .accounts
+                        .insert(AccountId(id()?), decode_account(&mut r)?);
+                    r.finish()?;
+                }
+                K_RESERVATION => {
+                    let rid = ReservationId(id()?);
+                    let res = decode_reservation(&mut r)?;
+                    r.finish()?;
+                    ledger.reservation_expiry.insert((res.expires_at, rid));
+                    ledger.reservations.insert(rid, res);
+                }
+                K_OPS => {
+                    let seq = id()?;
+                    let mut newest = Timestamp(0);
+                    while !r.is_empty() {
+                        let op = r.op()?;
+                        let digest = r.u64()?;
+                        let at = r.time()?;
+                        let result = decode_result(&mut r)?;
+                        newest = newest.max(at);
+                        ops.push((at, op, OpEntry { digest, at, result }));
+                    }
+                    state.op_blobs.push((seq, newest));
+                }
+                K_AUDIT => {}
+                K_META => {
+                    ledger.next_bucket = r.u64()?;
+                    ledger.next_reservation = r.u64()?;
+                    ledger.audit_seq = r.u64()?;
+                    ledger.window_ms = r.u64()?;
+                    state.seq = r.u64()?;
+                    r.finish()?;
+                }
+                _ => return Err(DecodeError::Invalid("snapshot key kind")),
+            }
+        }
+        ops.sort_by_key(|(at, op, _)| (*at, *op));
+        for (at, op, entry) in ops {
+            // A later blob may hold a newer entry for the same id only if the
+            // old one was evicted first, so the last one wins.
+            if ledger.ops.insert(op, entry).is_some() {
+                ledger.op_order.retain(|(_, o)| *o != op);
+            }
+            ledger.op_order.push_back((at, op));
+        }
+        for (id, account) in &ledger.accounts {
+            for b in &account.buckets {
+                if let Some(t) = &b.terms {
+                    if t.valid_until != Timestamp::NEVER && !b.expired {
+                        ledger.bucket_expiry.insert((t.valid_until, *id, b.id));
+                    }
+                }
+            }
+        }
+        state.op_blobs.sort_unstable();
+        state.persisted_reservations_below = ledger.next_reservation;
+        Ok((ledger, state))
+    }
+
+    /// A digest of the whole state that two ledgers share exactly when their
+    /// balances, reservations, caps, counters and remembered ops are equal.
+    pub fn state_digest(&self) -> u64 {
+        let mut d = crate::codec::Digest::default();
+        let mut ids: Vec<&AccountId> = self.accounts.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            d.account(*id);
+            encode_account(&mut d, &self.accounts[id]);
+        }
+        let mut ids: Vec<&ReservationId> = self.reservations.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            d.reservation(*id);
+            encode_reservation(&mut d, &self.reservations[id]);
+        }
+        let mut ops: Vec<(&OpId, &OpEntry)> = self.ops.iter().collect();
+        ops.sort_unstable_by_key(|(op, _)| **op);
+        for (op, entry) in ops {
+            d.op(*op);
+            d.u64(entry.digest);
+            d.time(entry.at);
+            encode_result(&mut d, &entry.result);
+        }
+        d.u64(self.next_bucket);
+        d.u64(self.next_reservation);
+        d.u64(self.audit_seq);
+        d.u64(self.window_ms);
+        d.finish()
+    }
+}

@@ -1,0 +1,627 @@
+//! Tests of the write-ahead log: round trips across segments, torn tails at
+//! every byte offset, mid-log corruption, segment removal and batch handling.
+
+use std::convert::Infallible;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use reckon_balances::wal::{
+    self, Lsn, ReplayError, WalBatch, WalConfig, WalError, WalOpened, WalWriter, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
+
+const RECORD_MAX: u32 = 1024;
+
+fn config(dir: &Path, segment_bytes_max: u64) -> WalConfig {
+    WalConfig {
+        dir: dir.to_path_buf(),
+        segment_bytes_max,
+        record_bytes_max: RECORD_MAX,
+    }
+}
+
+/// Deterministic payload of varying length (0..=40 bytes) for record `lsn`.
+fn payload(lsn: u64) -> Vec<u8> {
+    let len = (lsn * 7 % 41) as usize;
+    (0..len)
+        .map(|i| (lsn as u8).wrapping_mul(31) ^ i as u8)
+        .collect()
+}
+
+fn record_len(lsn: u64) -> u64 {
+    (RECORD_HEADER_LEN + payload(lsn).len()) as u64
+}
+
+fn open(cfg: &WalConfig) -> WalOpened {
+    wal::open(cfg).expect("open")
+}
+
+/// Appends records `from..=to` in batches of `per_batch`, checking the LSNs handed out.
+fn append(writer: &mut WalWriter, from: u64, to: u64, per_batch: usize) {
+    let mut batch = writer.new_batch();
+    assert_eq!(batch.next_lsn(), Lsn(from));
+    for lsn in from..=to {
+        assert_eq!(batch.push(&payload(lsn)).unwrap(), Lsn(lsn));
+        if batch.len_records() == per_batch || lsn == to {
+            let full = batch.take();
+            writer.write_and_sync(&full).expect("write_and_sync");
+            assert_eq!(writer.last_durable_lsn(), Lsn(lsn));
+        }
+    }
+}
+
+/// Records as replayed: (lsn, payload).
+type Records = Vec<(u64, Vec<u8>)>;
+
+fn collect(cfg: &WalConfig, after: u64) -> Result<(u64, Records), WalError> {
+    let mut out = Vec::new();
+    let last = wal::replay(cfg, Lsn(after), |lsn, p| -> Result<(), Infallible> {
+        out.push((lsn.0, p.to_vec()));
+        Ok(())
+    })
+    .map_err(|e| match e {
+        ReplayError::Wal(e) => e,
+        ReplayError::Callback(never) => match never {},
+    })?;
+    Ok((last.0, out))
+}
+
+/// Asserts that replay after `after` yields exactly records `after+1..=last`.
+fn assert_replays(cfg: &WalConfig, after: u64, last: u64) {
+    let (seen_last, records) = collect(cfg, after).expect("replay");
+    assert_eq!(seen_last, last);
+    let expected: Vec<_> = (after + 1..=last).map(|l| (l, payload(l))).collect();
+    assert_eq!(records, expected);
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn first_lsn_of(segment: &Path) -> u64 {
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    name["wal-".len()..name.len() - ".log".len()]
+        .parse()
+        .unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for seg in segments(from) {
+        fs::copy(&seg, to.join(seg.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Builds a log of records 1..=n and returns the directory.
+fn build(n: u64, segment_bytes_max: u64, per_batch: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), segment_bytes_max);
+    let mut opened = open(&cfg);
+    append(&mut opened.writer, 1, n, per_batch);
+    dir
+}
+
+/// Offset of record `lsn` within its segment, given the segment's first LSN.
+fn record_offset(first: u64, lsn: u64) -> u64 {
+    SEGMENT_HEADER_LEN as u64 + (first..lsn).map(record_len).sum::<u64>()
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x55;
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn round_trip_across_segments_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 256);
+    let opened = open(&cfg);
+    assert_eq!(opened.last_lsn, Lsn(0));
+    assert_eq!(opened.first_lsn, None);
+    let mut writer = opened.writer;
+    // Batches of varying size exercise rolling at different fill levels.
+    let mut lsn = 1;
+    let mut size = 1;
+    while lsn <= 200 {
+        let to = (lsn + size - 1).min(200);
+        append(&mut writer, lsn, to, usize::MAX);
+        lsn = to + 1;
+        size = size % 7 + 1;
+    }
+    drop(writer);
+
+    let segs = segments(dir.path());
+    assert!(
+        segs.len() >= 3,
+        "expected several segments, got {}",
+        segs.len()
+    );
+    let biggest_batch: u64 = (1..=200).map(record_len).max().unwrap() * 7;
+    for seg in &segs {
+        assert!(fs::metadata(seg).unwrap().len() <= 256 + biggest_batch);
+    }
+
+    assert_replays(&cfg, 0, 200);
+    assert_replays(&cfg, 137, 200);
+    assert_replays(&cfg, 200, 200);
+    assert!(matches!(
+        collect(&cfg, 201),
+        Err(WalError::EndsBefore {
+            requested: Lsn(201),
+            last: Lsn(200)
+        })
+    ));
+
+    let reopened = open(&cfg);
+    assert_eq!(reopened.last_lsn, Lsn(200));
+    assert_eq!(reopened.first_lsn, Some(Lsn(1)));
+    assert_eq!(reopened.torn_tail_bytes, 0);
+    let mut writer = reopened.writer;
+    append(&mut writer, 201, 250, 5);
+    drop(writer);
+    assert_replays(&cfg, 0, 250);
+    assert_replays(&cfg, 199, 250);
+}
+
+#[test]
+fn cut_last_segment_at_every_offset() {
+    // Small segments so the last one holds a handful of records.
+    let template = build(40, 160, 3);
+    let segs = segments(template.path());
+    assert!(segs.len() >= 3);
+    let last_seg = segs.last().unwrap();
+    let first = first_lsn_of(last_seg);
+    let file_len = fs::metadata(last_seg).unwrap().len();
+    assert_eq!(file_len, record_offset(first, 41));
+
+    for cut in 0..file_len {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let cfg = config(dir.path(), 160);
+        let seg = dir.path().join(last_seg.file_name().unwrap());
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+
+        // Whole records before the cut survive, nothing else.
+        let whole = (first..=40)
+            .take_while(|&l| record_offset(first, l + 1) <= cut)
+            .count() as u64;
+        let last = first - 1 + whole;
+        let opened = wal::open(&cfg).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert_eq!(opened.last_lsn, Lsn(last), "cut at {cut}");
+        let kept = if cut < SEGMENT_HEADER_LEN as u64 {
+            0
+        } else {
+            record_offset(first, last + 1)
+        };
+        assert_eq!(opened.torn_tail_bytes, cut - kept, "cut at {cut}");
+        assert_replays(&cfg, 0, last);
+
+        let mut writer = opened.writer;
+        append(&mut writer, last + 1, last + 3, 2);
+        drop(writer);
+        let reopened = open(&cfg);
+        assert_eq!(reopened.last_lsn, Lsn(last + 3));
+        assert_eq!(reopened.torn_tail_bytes, 0);
+        assert_replays(&cfg, 0, last + 3);
+    }
+}
+
+#[test]
+fn flipped_byte_in_final_record_is_torn_tail() {
+    let template = build(30, 200, 4);
+    let last_seg = segments(template.path()).pop().unwrap();
+    let first = first_lsn_of(&last_seg);
+    let start = record_offset(first, 30);
+    for offset in start..start + record_len(30) {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let cfg = config(dir.path(), 200);
+        flip_byte(&dir.path().join(last_seg.file_name().unwrap()), offset);
+        let opened = wal::open(&cfg).unwrap_or_else(|e| panic!("flip at {offset}: {e}"));
+        assert_eq!(opened.last_lsn, Lsn(29), "flip at {offset}");
+        assert_eq!(opened.torn_tail_bytes, record_len(30));
+        assert_replays(&cfg, 0, 29);
+    }
+}
+
+#[test]
+fn flipped_byte_before_valid_records_is_corrupt() {
+    let template = build(32, 200, 4);
+    let segs = segments(template.path());
+    let last_seg = segs.last().unwrap();
+    let first = first_lsn_of(last_seg);
+    assert!(
+        32 - first >= 2,
+        "last segment needs records after the damaged one"
+    );
+
+    // Every byte of a record in the last segment that valid records follow.
+    let victim = first;
+    let start = record_offset(first, victim);
+    for offset in start..start + record_len(victim) {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        flip_byte(&dir.path().join(last_seg.file_name().unwrap()), offset);
+        match wal::open(&config(dir.path(), 200)) {
+            Err(WalError::Corrupt { offset: at, .. }) => assert_eq!(at, start),
+            other => panic!("flip at {offset}: expected Corrupt, got {other:?}"),
+        }
+    }
+
+    // Any record of an earlier segment, including its final one, and its header.
+    let middle = &segs[1];
+    let first = first_lsn_of(middle);
+    let next_first = first_lsn_of(&segs[2]);
+    let offsets = [
+        3,
+        record_offset(first, first) + 2,
+        record_offset(first, next_first - 1) + RECORD_HEADER_LEN as u64 - 1,
+        record_offset(first, next_first) - 1,
+    ];
+    for offset in offsets {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        flip_byte(&dir.path().join(middle.file_name().unwrap()), offset);
+        let result = wal::open(&config(dir.path(), 200));
+        assert!(
+            matches!(result, Err(WalError::Corrupt { .. })),
+            "flip at {offset}: {result:?}"
+        );
+    }
+
+    // A damaged header of the last segment, with its records intact behind it.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(template.path(), dir.path());
+    flip_byte(&dir.path().join(last_seg.file_name().unwrap()), 1);
+    assert!(matches!(
+        wal::open(&config(dir.path(), 200)),
+        Err(WalError::Corrupt { offset: 0, .. })
+    ));
+}
+
+#[test]
+fn garbage_tail_is_torn() {
+    for fill in [0x00u8, 0xAB] {
+        let dir = build(20, 200, 3);
+        let cfg = config(dir.path(), 200);
+        let last_seg = segments(dir.path()).pop().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&last_seg).unwrap();
+        f.write_all(&[fill; 4096]).unwrap();
+        drop(f);
+        let opened = open(&cfg);
+        assert_eq!(opened.last_lsn, Lsn(20));
+        assert_eq!(opened.torn_tail_bytes, 4096);
+        let mut writer = opened.writer;
+        append(&mut writer, 21, 22, 2);
+        drop(writer);
+        assert_replays(&cfg, 0, 22);
+    }
+}
+
+#[test]
+fn remove_segments_keeps_what_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 200);
+    let mut writer = open(&cfg).writer;
+    append(&mut writer, 1, 200, 4);
+    let before = segments(dir.path()).len();
+
+    assert_eq!(writer.remove_segments_upto(Lsn(0)).unwrap(), 0);
+    let removed = writer.remove_segments_upto(Lsn(100)).unwrap();
+    assert!(removed > 0);
+    assert_eq!(segments(dir.path()).len(), before - removed);
+    let first = first_lsn_of(&segments(dir.path())[0]);
+    assert!(
+        first <= 101 && first > 1,
+        "first remaining segment starts at {first}"
+    );
+    assert_replays(&cfg, 100, 200);
+    assert!(matches!(
+        collect(&cfg, 0),
+        Err(WalError::Gap {
+            expected: Lsn(1),
+            ..
+        })
+    ));
+
+    // Everything is redundant, yet the active segment stays so the log goes on.
+    writer.remove_segments_upto(Lsn(u64::MAX)).unwrap();
+    assert_eq!(segments(dir.path()).len(), 1);
+    append(&mut writer, 201, 210, 3);
+    drop(writer);
+
+    let reopened = open(&cfg);
+    assert_eq!(reopened.last_lsn, Lsn(210));
+    let first = reopened.first_lsn.unwrap();
+    assert!(first.0 > 100);
+    assert_replays(&cfg, first.0 - 1, 210);
+    assert_replays(&cfg, 205, 210);
+}
+
+#[test]
+fn missing_middle_segment_is_a_gap() {
+    let dir = build(60, 200, 3);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3);
+    fs::remove_file(&segs[1]).unwrap();
+    let cfg = config(dir.path(), 200);
+    assert!(matches!(wal::open(&cfg), Err(WalError::Gap { .. })));
+    assert!(matches!(collect(&cfg, 0), Err(WalError::Gap { .. })));
+}
+
+#[test]
+fn record_too_large_is_rejected_at_push() {
+    let mut batch = WalBatch::with_record_bytes_max(Lsn(1), RECORD_MAX);
+    let err = batch.push(&vec![0; RECORD_MAX as usize + 1]).unwrap_err();
+    assert!(matches!(
+        err,
+        WalError::RecordTooLarge {
+            len: 1025,
+            max: 1024
+        }
+    ));
+    assert!(batch.is_empty());
+    assert_eq!(batch.next_lsn(), Lsn(1));
+    assert_eq!(batch.push(&vec![0; RECORD_MAX as usize]).unwrap(), Lsn(1));
+
+    // The default limit applies to WalBatch::new.
+    let mut batch = WalBatch::new(Lsn(1));
+    assert!(batch.push(&vec![0; (1 << 20) + 1]).is_err());
+}
+
+#[test]
+fn lowered_record_limit_never_cuts_a_valid_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20);
+    let mut writer = open(&cfg).writer;
+    let mut batch = writer.new_batch();
+    batch.push(&[7; 500]).unwrap();
+    writer.write_and_sync(&batch).unwrap();
+    drop(writer);
+    let mut lowered = cfg.clone();
+    lowered.record_bytes_max = 100;
+    assert!(matches!(wal::open(&lowered), Err(WalError::Corrupt { .. })));
+    assert_eq!(open(&cfg).last_lsn, Lsn(1));
+}
+
+#[test]
+fn batch_take_and_extend() {
+    let mut batch = WalBatch::new(Lsn(5));
+    assert!(batch.is_empty());
+    assert_eq!((batch.first_lsn(), batch.last_lsn()), (None, None));
+    batch.push(b"a").unwrap();
+    batch.push(b"").unwrap();
+    assert_eq!(batch.len_records(), 2);
+    assert_eq!(batch.len_bytes(), 2 * RECORD_HEADER_LEN + 1);
+    assert_eq!(
+        (batch.first_lsn(), batch.last_lsn()),
+        (Some(Lsn(5)), Some(Lsn(6)))
+    );
+
+    let mut first = batch.take();
+    assert!(batch.is_empty());
+    assert_eq!(batch.next_lsn(), Lsn(7));
+    batch.push(b"bc").unwrap();
+    let second = batch.take();
+    first.extend(second);
+    assert_eq!(first.len_records(), 3);
+    assert_eq!(
+        (first.first_lsn(), first.last_lsn()),
+        (Some(Lsn(5)), Some(Lsn(7)))
+    );
+    assert_eq!(first.next_lsn(), Lsn(8));
+    // Extending with an empty continuation changes nothing.
+    first.extend(batch.take());
+    assert_eq!(first.len_records(), 3);
+
+    // An empty batch absorbs the next one.
+    let mut empty = WalBatch::new(Lsn(8));
+    let mut next = WalBatch::new(Lsn(8));
+    next.push(b"x").unwrap();
+    empty.extend(next);
+    assert_eq!(
+        (empty.first_lsn(), empty.last_lsn()),
+        (Some(Lsn(8)), Some(Lsn(8)))
+    );
+}
+
+#[test]
+#[should_panic(expected = "must start at this batch's next lsn")]
+fn extend_with_unrelated_batch_panics() {
+    let mut a = WalBatch::new(Lsn(1));
+    a.push(b"a").unwrap();
+    let mut b = WalBatch::new(Lsn(5));
+    b.push(b"b").unwrap();
+    a.extend(b);
+}
+
+#[test]
+fn writer_rejects_batches_out_of_sequence_and_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20);
+    let mut writer = open(&cfg).writer;
+    append(&mut writer, 1, 3, 3);
+
+    let mut stale = WalBatch::new(Lsn(3));
+    stale.push(b"dup").unwrap();
+    assert!(matches!(
+        writer.write_and_sync(&stale),
+        Err(WalError::OutOfSequence {
+            expected: Lsn(4),
+            found: Lsn(3)
+        })
+    ));
+    let mut ahead = WalBatch::new(Lsn(6));
+    ahead.push(b"gap").unwrap();
+    assert!(writer.write_and_sync(&ahead).is_err());
+    // An empty batch is a no-op.
+    writer.write_and_sync(&WalBatch::new(Lsn(99))).unwrap();
+    append(&mut writer, 4, 5, 1);
+    drop(writer);
+    assert_replays(&cfg, 0, 5);
+}
+
+#[test]
+fn empty_log_may_start_after_a_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(&root.path().join("nested/wal"), 1 << 20);
+    let opened = open(&cfg);
+    assert_eq!((opened.last_lsn, opened.first_lsn), (Lsn(0), None));
+    assert_eq!(collect(&cfg, 0).unwrap(), (0, vec![]));
+    assert_eq!(collect(&cfg, 1000).unwrap(), (1000, vec![]));
+
+    let mut writer = opened.writer;
+    let mut batch = WalBatch::new(Lsn(1001));
+    batch.push(&payload(1001)).unwrap();
+    writer.write_and_sync(&batch).unwrap();
+    drop(writer);
+    let reopened = open(&cfg);
+    assert_eq!(reopened.first_lsn, Some(Lsn(1001)));
+    assert_eq!(reopened.last_lsn, Lsn(1001));
+    assert_replays(&cfg, 1000, 1001);
+    assert!(matches!(collect(&cfg, 0), Err(WalError::Gap { .. })));
+}
+
+#[test]
+fn replay_stops_at_callback_error() {
+    let dir = build(10, 1 << 20, 10);
+    let cfg = config(dir.path(), 1 << 20);
+    let mut seen = 0;
+    let result = wal::replay(&cfg, Lsn(0), |lsn, _| {
+        seen += 1;
+        if lsn == Lsn(4) {
+            Err("apply failed")
+        } else {
+            Ok(())
+        }
+    });
+    assert!(matches!(result, Err(ReplayError::Callback("apply failed"))));
+    assert_eq!(seen, 4);
+}
+
+#[test]
+fn group_commit_pipeline_across_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<WalBatch>();
+    assert_send::<WalWriter>();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 512);
+    let writer = open(&cfg).writer;
+    let mut batch = writer.new_batch();
+    let (tx, rx) = std::sync::mpsc::channel::<WalBatch>();
+    let sync = std::thread::spawn(move || {
+        let mut writer = writer;
+        while let Ok(mut pending) = rx.recv() {
+            // Merge whatever queued up while the previous fsync ran.
+            while let Ok(more) = rx.try_recv() {
+                pending.extend(more);
+            }
+            writer.write_and_sync(&pending).unwrap();
+        }
+        writer.last_durable_lsn()
+    });
+    for lsn in 1..=300 {
+        batch.push(&payload(lsn)).unwrap();
+        if lsn % 3 == 0 {
+            tx.send(batch.take()).unwrap();
+        }
+    }
+    drop(tx);
+    assert_eq!(sync.join().unwrap(), Lsn(300));
+    assert_replays(&cfg, 0, 300);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Any cut of the last segment keeps exactly the whole records before it.
+    #[test]
+    fn any_tail_cut_keeps_whole_records(
+        lens in prop::collection::vec(0usize..60, 1..40),
+        segment_bytes_max in 64u64..400,
+        cut_permille in 0u64..=1000,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), segment_bytes_max);
+        let mut writer = open(&cfg).writer;
+        let mut batch = writer.new_batch();
+        for (i, len) in lens.iter().enumerate() {
+            batch.push(&vec![i as u8; *len]).unwrap();
+            if i % 2 == 1 {
+                writer.write_and_sync(&batch.take()).unwrap();
+            }
+        }
+        writer.write_and_sync(&batch.take()).unwrap();
+        drop(writer);
+
+        let last_seg = segments(dir.path()).pop().unwrap();
+        let first = first_lsn_of(&last_seg);
+        let len = fs::metadata(&last_seg).unwrap().len();
+        let cut = len * cut_permille / 1000;
+        OpenOptions::new().write(true).open(&last_seg).unwrap().set_len(cut).unwrap();
+
+        let mut end = SEGMENT_HEADER_LEN as u64;
+        let mut whole = 0u64;
+        for l in &lens[(first - 1) as usize..] {
+            end += (RECORD_HEADER_LEN + l) as u64;
+            if end > cut { break; }
+            whole += 1;
+        }
+        let opened = open(&cfg);
+        prop_assert_eq!(opened.last_lsn, Lsn(first - 1 + whole));
+        let (last, records) = collect(&cfg, 0).unwrap();
+        prop_assert_eq!(last, first - 1 + whole);
+        for (lsn, p) in records {
+            prop_assert_eq!(p, vec![(lsn - 1) as u8; lens[(lsn - 1) as usize]]);
+        }
+    }
+}
+
+/// Replay speed on 10M records; run with `--release -- --ignored`.
+#[test]
+#[ignore]
+fn replay_ten_million_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig::new(dir.path());
+    let mut writer = open(&cfg).writer;
+    let mut batch = writer.new_batch();
+    let body = [0x5Au8; 64];
+    for i in 0..10_000_000u64 {
+        batch.push(&body).unwrap();
+        if i % 100_000 == 99_999 {
+            writer.write_and_sync(&batch.take()).unwrap();
+        }
+    }
+    drop(writer);
+    let t = std::time::Instant::now();
+    let opened = open(&cfg);
+    let open_time = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut bytes = 0u64;
+    let last = wal::replay(&cfg, Lsn(0), |_, p| -> Result<(), Infallible> {
+        bytes += p.len() as u64;
+        Ok(())
+    })
+    .unwrap();
+    eprintln!(
+        "open {open_time:?}, replay {:?} ({} records, {bytes} payload bytes)",
+        t.elapsed(),
+        last.0
+    );
+    assert_eq!(opened.last_lsn, Lsn(10_000_000));
+}
