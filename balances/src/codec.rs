@@ -169,6 +169,13 @@ impl Sink for Digest {
     }
 }
 
+/// The [`Digest`] of one byte string.
+pub fn digest_of(bytes: &[u8]) -> u64 {
+    let mut d = Digest::default();
+    d.put(bytes);
+    d.finish()
+}
+
 /// Reads values back from a byte slice, never panicking on short input.
 pub struct Reader<'a> {
     bytes: &'a [u8],

@@ -1,7 +1,7 @@
 //! The ledger's operations, their results and errors, and their log encoding.
 
 use crate::amount::Amount;
-use crate::codec::{DecodeError, Digest, Reader, Sink};
+use crate::codec::{DecodeError, Reader, Sink};
 use crate::types::{
     AccountId, AccountStatus, BucketId, OpId, ReservationId, ServiceId, Timestamp, Unit,
 };
@@ -176,6 +176,10 @@ pub struct Hold {
     pub amount: Amount,
 }
 
+/// A reservation's or commit's (bucket, amount) list; inline up to two
+/// buckets, the common case, so the hot path does not allocate.
+pub type Holds = smallvec::SmallVec<[Hold; 2]>;
+
 /// What a successful operation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -204,12 +208,12 @@ pub enum Outcome {
         /// How much was reserved (between min and the amount asked).
         granted: Amount,
         /// Which buckets hold it, in draw order.
-        holds: Vec<Hold>,
+        holds: Holds,
     },
     /// Units were debited.
     Committed {
         /// Exactly what was debited from which bucket.
-        debited: Vec<Hold>,
+        debited: Holds,
         /// What was released back (0 for a partial commit).
         released: Amount,
         /// What the reservation still holds (0 when resolved).
@@ -520,9 +524,9 @@ impl Command {
 
     /// Stable digest of the content (not the op id), for idempotency checks.
     pub fn digest(&self) -> u64 {
-        let mut d = Digest::default();
-        self.encode(&mut d);
-        d.finish()
+        let mut bytes = Vec::with_capacity(128);
+        self.encode(&mut bytes);
+        crate::codec::digest_of(&bytes)
     }
 
     /// Reads a command written by [`Command::encode`].
@@ -672,7 +676,7 @@ fn encode_holds<S: Sink>(s: &mut S, holds: &[Hold]) {
     }
 }
 
-fn decode_holds(r: &mut Reader<'_>) -> Result<Vec<Hold>, DecodeError> {
+fn decode_holds(r: &mut Reader<'_>) -> Result<Holds, DecodeError> {
     let count = r.u16()? as usize;
     if count > crate::ledger::HOLDS_MAX {
         return Err(DecodeError::Invalid("too many holds"));

@@ -23,7 +23,7 @@
 use crate::snapshot::SnapshotWrite;
 use crate::types::Timestamp;
 use crate::wal::{self, Lsn, WalBatch, WalConfig, WalWriter};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,7 +40,12 @@ pub trait Machine: Send + Sized + 'static {
     /// Applies a request at `now`. When it may change state, appends the
     /// bytes that [`Machine::replay`] needs to redo it to `log`; leaving
     /// `log` empty means nothing is logged.
-    fn apply(&mut self, now: Timestamp, request: Self::Request, log: &mut Vec<u8>) -> Self::Response;
+    fn apply(
+        &mut self,
+        now: Timestamp,
+        request: Self::Request,
+        log: &mut Vec<u8>,
+    ) -> Self::Response;
 
     /// Redoes a logged request during recovery.
     fn replay(&mut self, now: Timestamp, payload: &[u8]) -> Result<(), String>;
@@ -145,7 +150,8 @@ pub enum JournalError {
 }
 
 /// What a submitter gets back: every response of its batch, in order.
-pub type Reply<M> = Box<dyn FnOnce(Result<Vec<<M as Machine>::Response>, Arc<JournalError>>) + Send>;
+pub type Reply<M> =
+    Box<dyn FnOnce(Result<Vec<<M as Machine>::Response>, Arc<JournalError>>) + Send>;
 
 enum Submission<M: Machine> {
     Requests(Vec<M::Request>, Reply<M>),
@@ -205,7 +211,10 @@ pub struct Submitter<M: Machine> {
 
 impl<M: Machine> Clone for Submitter<M> {
     fn clone(&self) -> Self {
-        Submitter { queue: self.queue.clone(), stopped: self.stopped.clone() }
+        Submitter {
+            queue: self.queue.clone(),
+            stopped: self.stopped.clone(),
+        }
     }
 }
 
@@ -222,7 +231,9 @@ fn fsync_tree(dir: &Path) -> Result<(), JournalError> {
     for entry in std::fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))? {
         let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
         let path = entry.path();
-        let kind = entry.file_type().map_err(io_err(format!("stat {}", path.display())))?;
+        let kind = entry
+            .file_type()
+            .map_err(io_err(format!("stat {}", path.display())))?;
         if kind.is_dir() {
             fsync_tree(&path)?;
         } else if kind.is_file() {
@@ -246,7 +257,10 @@ impl<M: Machine> Journal<M> {
     /// Opens the data directory, recovers the machine (snapshot + log
     /// suffix, then an invariant check) and starts the writer, sync and
     /// snapshot threads.
-    pub fn open(config: JournalConfig, clock: Clock) -> Result<(Journal<M>, RecoveryReport), JournalError> {
+    pub fn open(
+        config: JournalConfig,
+        clock: Clock,
+    ) -> Result<(Journal<M>, RecoveryReport), JournalError> {
         let started = Instant::now();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io_err(format!("creating {}", config.data_dir.display())))?;
@@ -258,7 +272,9 @@ impl<M: Machine> Journal<M> {
             .open()?;
         let snapshot_lsn = match db.get(SNAPSHOT_LSN_KEY)? {
             Some(v) => u64::from_le_bytes(
-                v.as_ref().try_into().map_err(|_| JournalError::Recovery("bad snapshot lsn".into()))?,
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| JournalError::Recovery("bad snapshot lsn".into()))?,
             ),
             None => 0,
         };
@@ -291,7 +307,9 @@ impl<M: Machine> Journal<M> {
             if record.len() < 8 {
                 return Err("log record shorter than its timestamp".to_string());
             }
-            let now = Timestamp(u64::from_le_bytes(record[..8].try_into().unwrap_or_default()));
+            let now = Timestamp(u64::from_le_bytes(
+                record[..8].try_into().unwrap_or_default(),
+            ));
             last_now = last_now.max(now);
             replayed += 1;
             machine.replay(now, &record[8..])
@@ -307,7 +325,16 @@ impl<M: Machine> Journal<M> {
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
         tracing::info!(?report, "recovered");
-        let journal = Self::start(config, clock, machine, opened.writer, next_lsn, last_now, db, sled_dir);
+        let journal = Self::start(
+            config,
+            clock,
+            machine,
+            opened.writer,
+            next_lsn,
+            last_now,
+            db,
+            sled_dir,
+        );
         Ok((journal, report))
     }
 
@@ -356,7 +383,9 @@ impl<M: Machine> Journal<M> {
         threads.push(
             std::thread::Builder::new()
                 .name("reckon-sync".into())
-                .spawn(move || sync_loop::<M>(writer, sync_rx, snap_tx, trim_rx, sync_stats, sync_stopped))
+                .spawn(move || {
+                    sync_loop::<M>(writer, sync_rx, snap_tx, trim_rx, sync_stats, sync_stopped)
+                })
                 .expect("spawning the sync thread"),
         );
         let snap_stats = stats.clone();
@@ -365,11 +394,26 @@ impl<M: Machine> Journal<M> {
             std::thread::Builder::new()
                 .name("reckon-snapshot".into())
                 .spawn(move || {
-                    snapshot_loop(db, sled_dir, snap_rx, trim_tx, snap_stats, snap_stopped, checkpoint_busy)
+                    snapshot_loop(
+                        db,
+                        sled_dir,
+                        snap_rx,
+                        trim_tx,
+                        snap_stats,
+                        snap_stopped,
+                        checkpoint_busy,
+                    )
                 })
                 .expect("spawning the snapshot thread"),
         );
-        Journal { submitter: Submitter { queue: queue_tx, stopped }, stats, threads }
+        Journal {
+            submitter: Submitter {
+                queue: queue_tx,
+                stopped,
+            },
+            stats,
+            threads,
+        }
     }
 
     /// A cloneable handle for submitting from other threads.
@@ -445,7 +489,6 @@ impl<M: Machine> Submitter<M> {
             .pop()
             .ok_or_else(|| JournalError::Stopped("no response".into()))
     }
-
 }
 
 struct WriterLoop<M: Machine> {
@@ -478,10 +521,7 @@ impl<M: Machine> WriterLoop<M> {
             let mut replies: Vec<(Reply<M>, Vec<M::Response>)> = Vec::new();
             let mut applied = 0usize;
             let first = if shutting_down {
-                match self.queue.try_recv() {
-                    Ok(s) => Some(s),
-                    Err(_) => None,
-                }
+                self.queue.try_recv().ok()
             } else {
                 match self.queue.recv_timeout(tick) {
                     Ok(s) => Some(s),
@@ -525,11 +565,17 @@ impl<M: Machine> WriterLoop<M> {
                     self.push_record(&record);
                 }
             }
-            self.stats.requests.fetch_add(applied as u64, Ordering::Relaxed);
+            self.stats
+                .requests
+                .fetch_add(applied as u64, Ordering::Relaxed);
             let checkpoint = self.maybe_checkpoint(now, shutting_down);
             let idle = replies.is_empty() && self.batch.is_empty() && checkpoint.is_none();
             if !idle {
-                let batch = Batch { wal: self.batch.take(), replies, checkpoint };
+                let batch = Batch {
+                    wal: self.batch.take(),
+                    replies,
+                    checkpoint,
+                };
                 if self.sync.send(batch).is_err() {
                     return;
                 }
@@ -541,7 +587,11 @@ impl<M: Machine> WriterLoop<M> {
                 if !self.checkpoint_busy.load(Ordering::Acquire) {
                     // Final checkpoint so the next start replays little.
                     if let Some(cp) = self.checkpoint(now) {
-                        let _ = self.sync.send(Batch { wal: self.batch.take(), replies: Vec::new(), checkpoint: Some(cp) });
+                        let _ = self.sync.send(Batch {
+                            wal: self.batch.take(),
+                            replies: Vec::new(),
+                            checkpoint: Some(cp),
+                        });
                     }
                     return;
                 }
@@ -553,7 +603,9 @@ impl<M: Machine> WriterLoop<M> {
     fn push_record(&mut self, record: &[u8]) {
         // Records are bounded by the machine's own input limits; one that is
         // still too large is a bug, and losing it silently would be worse.
-        self.batch.push(record).expect("log record exceeds the WAL's record limit");
+        self.batch
+            .push(record)
+            .expect("log record exceeds the WAL's record limit");
         self.records_since_checkpoint += 1;
     }
 
@@ -565,13 +617,18 @@ impl<M: Machine> WriterLoop<M> {
         Some((Lsn(self.batch.next_lsn().0 - 1), writes))
     }
 
-    fn maybe_checkpoint(&mut self, now: Timestamp, shutting_down: bool) -> Option<(Lsn, Vec<SnapshotWrite>)> {
+    fn maybe_checkpoint(
+        &mut self,
+        now: Timestamp,
+        shutting_down: bool,
+    ) -> Option<(Lsn, Vec<SnapshotWrite>)> {
         if shutting_down || self.checkpoint_busy.load(Ordering::Acquire) {
             return None;
         }
         let due = self.records_since_checkpoint >= self.config.checkpoint_records
             || (self.records_since_checkpoint > 0
-                && self.last_checkpoint.elapsed() >= Duration::from_millis(self.config.checkpoint_interval_ms));
+                && self.last_checkpoint.elapsed()
+                    >= Duration::from_millis(self.config.checkpoint_interval_ms));
         if due {
             self.checkpoint(now)
         } else {
@@ -591,11 +648,8 @@ fn sync_loop<M: Machine>(
     let mut failure: Option<Arc<JournalError>> = None;
     while let Ok(first) = batches.recv() {
         let mut group = vec![first];
-        loop {
-            match batches.try_recv() {
-                Ok(b) => group.push(b),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-            }
+        while let Ok(b) = batches.try_recv() {
+            group.push(b);
         }
         while let Ok(upto) = trims.try_recv() {
             if let Err(e) = writer.remove_segments_upto(upto) {

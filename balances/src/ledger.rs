@@ -12,13 +12,14 @@
 
 use crate::amount::Amount;
 use crate::command::{
-    BucketSpec, Command, CreditKind, Hold, InvalidInput, LedgerError, OpResult, Operation, Outcome,
-    BUCKET_SERVICES_MAX, REASON_LEN_MAX,
+    BucketSpec, Command, CreditKind, Hold, Holds, InvalidInput, LedgerError, OpResult, Operation,
+    Outcome, BUCKET_SERVICES_MAX, REASON_LEN_MAX,
 };
 use crate::types::{
     AccountId, AccountStatus, BucketId, OpId, ReservationId, ServiceId, Timestamp, Unit,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -168,15 +169,30 @@ pub(crate) struct Account {
     pub draws_on_parent: bool,
     pub depth: u8,
     pub buckets: Vec<Bucket>,
-    pub limits: Vec<Limit>,
+    /// Boxed because few accounts have caps: an idle account carries one
+    /// pointer instead of an empty `Vec`'s three words.
+    #[allow(clippy::box_collection)]
+    pub limits: Option<Box<Vec<Limit>>>,
+    /// Listed in [`Dirty::accounts`] since the last checkpoint.
+    pub dirty: bool,
 }
 
 impl Account {
     fn bucket_mut(&mut self, id: BucketId) -> Option<&mut Bucket> {
         self.buckets.iter_mut().find(|b| b.id == id)
     }
+    /// Adds a bucket growing the list by exactly one: most accounts hold
+    /// one or two buckets, and `Vec`'s default growth would reserve four.
+    fn push_bucket(&mut self, bucket: Bucket) {
+        self.buckets.reserve_exact(1);
+        self.buckets.push(bucket);
+    }
+
+    pub(crate) fn limits(&self) -> &[Limit] {
+        self.limits.as_deref().map_or(&[], |v| v.as_slice())
+    }
     fn limit_mut(&mut self, unit: Unit) -> Option<&mut Limit> {
-        self.limits.iter_mut().find(|l| l.unit == unit)
+        self.limits.as_mut()?.iter_mut().find(|l| l.unit == unit)
     }
 }
 
@@ -187,7 +203,7 @@ pub(crate) struct Reservation {
     pub unit: Unit,
     pub remaining: Amount,
     pub expires_at: Timestamp,
-    pub holds: Vec<Hold>,
+    pub holds: Holds,
     pub limit_accounts: Vec<AccountId>,
 }
 
@@ -314,15 +330,89 @@ pub struct ReservationView {
     /// When it lapses.
     pub expires_at: Timestamp,
     /// Where it holds it.
-    pub holds: Vec<Hold>,
+    pub holds: Holds,
+}
+
+/// Reservation expiry times, earliest first.
+///
+/// Resolved reservations are dropped lazily: reserve pushes in O(1) when
+/// expiries arrive in order, commit does not search. The head is kept live
+/// (stale heads are popped as reservations resolve) so "is a sweep due" and
+/// the sweep's order depend only on live reservations, and the heap is
+/// rebuilt when stale entries outnumber live ones, so memory stays O(live).
+#[derive(Debug, Default)]
+pub(crate) struct ExpiryQueue {
+    heap: BinaryHeap<Reverse<(Timestamp, ReservationId)>>,
+}
+
+impl ExpiryQueue {
+    pub(crate) fn push(&mut self, at: Timestamp, id: ReservationId) {
+        self.heap.push(Reverse((at, id)));
+    }
+
+    /// The earliest live expiry.
+    pub(crate) fn head(&self) -> Option<(Timestamp, ReservationId)> {
+        self.heap.peek().map(|Reverse(e)| *e)
+    }
+
+    /// Restores "head is live" after reservations resolved; compacts when
+    /// mostly stale.
+    pub(crate) fn settle(&mut self, live: &IdMap<ReservationId, Reservation>) {
+        if self.heap.len() > 2 * live.len() + 4096 {
+            self.heap = live
+                .iter()
+                .map(|(id, r)| Reverse((r.expires_at, *id)))
+                .collect();
+            return;
+        }
+        while let Some(Reverse((at, id))) = self.heap.peek() {
+            if live.get(id).is_some_and(|r| r.expires_at == *at) {
+                break;
+            }
+            self.heap.pop();
+        }
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (Timestamp, ReservationId)> + '_ {
+        self.heap.iter().map(|Reverse(e)| *e)
+    }
 }
 
 /// What changed since the last checkpoint, for incremental snapshots.
+///
+/// Accounts carry a dirty flag and are listed once. Reservations issued
+/// since the last checkpoint are not tracked at all (they are found by id
+/// range at checkpoint time), so a reservation that opens and closes between
+/// two checkpoints costs nothing here.
 #[derive(Default, Debug)]
 pub(crate) struct Dirty {
-    pub accounts: IdSet<AccountId>,
+    pub accounts: Vec<AccountId>,
     pub reservations: IdSet<ReservationId>,
     pub ops: Vec<OpId>,
+    /// Reservation ids from here on were issued after the last checkpoint.
+    pub fresh_reservations_from: u64,
+}
+
+impl Dirty {
+    fn reservation_changed(&mut self, id: ReservationId) {
+        if id.0 < self.fresh_reservations_from {
+            self.reservations.insert(id);
+        }
+    }
+}
+
+/// Looks up an account for change and marks it for the next checkpoint.
+fn touch<'a>(
+    accounts: &'a mut IdMap<AccountId, Account>,
+    dirty: &mut Vec<AccountId>,
+    id: &AccountId,
+) -> Option<&'a mut Account> {
+    let account = accounts.get_mut(id)?;
+    if !account.dirty {
+        account.dirty = true;
+        dirty.push(*id);
+    }
+    Some(account)
 }
 
 /// The ledger state machine. See the module docs.
@@ -330,7 +420,7 @@ pub(crate) struct Dirty {
 pub struct Ledger {
     pub(crate) accounts: IdMap<AccountId, Account>,
     pub(crate) reservations: IdMap<ReservationId, Reservation>,
-    pub(crate) reservation_expiry: BTreeSet<(Timestamp, ReservationId)>,
+    pub(crate) reservation_expiry: ExpiryQueue,
     pub(crate) bucket_expiry: BTreeSet<(Timestamp, AccountId, BucketId)>,
     pub(crate) ops: IdMap<OpId, OpEntry>,
     pub(crate) op_order: VecDeque<(Timestamp, OpId)>,
@@ -341,6 +431,7 @@ pub struct Ledger {
     pub(crate) audit: Vec<AuditEntry>,
     pub(crate) dirty: Dirty,
     scratch: Vec<(AccountId, usize, DrawKey)>,
+    digest_buf: Vec<u8>,
 }
 
 impl Default for Ledger {
@@ -362,7 +453,7 @@ impl Ledger {
         Ledger {
             accounts: IdMap::default(),
             reservations: IdMap::default(),
-            reservation_expiry: BTreeSet::new(),
+            reservation_expiry: ExpiryQueue::default(),
             bucket_expiry: BTreeSet::new(),
             ops: IdMap::default(),
             op_order: VecDeque::new(),
@@ -373,6 +464,7 @@ impl Ledger {
             audit: Vec::new(),
             dirty: Dirty::default(),
             scratch: Vec::new(),
+            digest_buf: Vec::with_capacity(256),
         }
     }
 
@@ -393,7 +485,13 @@ impl Ledger {
         if op.op == OpId::SERVER {
             return Err(LedgerError::InvalidOpId);
         }
-        let digest = op.command.digest();
+        // Encoding into a reused buffer and hashing it in one pass is much
+        // cheaper than hashing field by field.
+        let mut encoded = std::mem::take(&mut self.digest_buf);
+        encoded.clear();
+        op.command.encode(&mut encoded);
+        let digest = crate::codec::digest_of(&encoded);
+        self.digest_buf = encoded;
         if let Some(entry) = self.ops.get(&op.op) {
             return if entry.digest == digest {
                 entry.result.clone()
@@ -427,7 +525,7 @@ impl Ledger {
         self.evict_ops(now);
     }
 
-    fn evict_ops(&mut self, now: Timestamp) {
+    pub(crate) fn evict_ops(&mut self, now: Timestamp) {
         while let Some(&(at, op)) = self.op_order.front() {
             if at.plus_ms(self.window_ms) > now {
                 break;
@@ -501,9 +599,7 @@ impl Ledger {
     }
 
     fn account_mut(&mut self, id: AccountId) -> Result<&mut Account, LedgerError> {
-        self.dirty.accounts.insert(id);
-        self.accounts
-            .get_mut(&id)
+        touch(&mut self.accounts, &mut self.dirty.accounts, &id)
             .ok_or(LedgerError::AccountNotFound(id))
     }
 
@@ -541,10 +637,11 @@ impl Ledger {
                 draws_on_parent: draws_on_parent && parent.is_some(),
                 depth,
                 buckets: Vec::new(),
-                limits: Vec::new(),
+                limits: None,
+                dirty: true,
             },
         );
-        self.dirty.accounts.insert(id);
+        self.dirty.accounts.push(id);
         Ok(Outcome::AccountCreated)
     }
 
@@ -565,13 +662,23 @@ impl Ledger {
         let account = self.account_mut(id)?;
         match (cap, account.limit_mut(unit)) {
             (Some(cap), Some(limit)) => limit.cap = cap,
-            (Some(cap), None) => account.limits.push(Limit {
-                unit,
-                cap,
-                used: Amount::ZERO,
-                held: Amount::ZERO,
-            }),
-            (None, _) => account.limits.retain(|l| l.unit != unit),
+            (Some(cap), None) => account
+                .limits
+                .get_or_insert_with(Default::default)
+                .push(Limit {
+                    unit,
+                    cap,
+                    used: Amount::ZERO,
+                    held: Amount::ZERO,
+                }),
+            (None, _) => {
+                if let Some(limits) = account.limits.as_mut() {
+                    limits.retain(|l| l.unit != unit);
+                }
+                if account.limits.as_ref().is_some_and(|l| l.is_empty()) {
+                    account.limits = None;
+                }
+            }
         }
         Ok(Outcome::LimitSet)
     }
@@ -599,6 +706,9 @@ impl Ledger {
         }
         if spec.credit_limit.is_negative() {
             return Err(LedgerError::Invalid(InvalidInput::CreditLimitNegative));
+        }
+        if !spec.amount.in_range() || !spec.credit_limit.in_range() {
+            return Err(LedgerError::BalanceOverflow);
         }
         if spec.valid_until <= spec.valid_from {
             return Err(LedgerError::Invalid(InvalidInput::ValidityWindow));
@@ -641,7 +751,7 @@ impl Ledger {
         if spec.valid_until != Timestamp::NEVER {
             self.bucket_expiry.insert((spec.valid_until, id, bucket_id));
         }
-        self.account_mut(id)?.buckets.push(bucket);
+        self.account_mut(id)?.push_bucket(bucket);
         if spec.amount.is_positive() {
             self.audit_push(
                 now,
@@ -673,6 +783,11 @@ impl Ledger {
     ) -> OpResult {
         if !amount.is_positive() {
             return Err(LedgerError::Invalid(InvalidInput::AmountNotPositive));
+        }
+        // Checked before a default bucket may be created, so a refusal
+        // leaves nothing behind.
+        if !amount.in_range() {
+            return Err(LedgerError::BalanceOverflow);
         }
         if reason.len() > REASON_LEN_MAX {
             return Err(LedgerError::Invalid(InvalidInput::ReasonTooLong));
@@ -718,7 +833,7 @@ impl Ledger {
                 }
                 let b = BucketId(self.next_bucket);
                 self.next_bucket += 1;
-                self.account_mut(id)?.buckets.push(Bucket {
+                self.account_mut(id)?.push_bucket(Bucket {
                     id: b,
                     unit,
                     amount: Amount::ZERO,
@@ -847,7 +962,7 @@ impl Ledger {
                         status: account.status,
                     });
                 }
-                for limit in &account.limits {
+                for limit in account.limits() {
                     if limit.unit == unit {
                         plan.limit_accounts.push(acct_id);
                         let headroom = limit.headroom();
@@ -913,17 +1028,14 @@ impl Ledger {
         }
         let reservation_id = ReservationId(self.next_reservation);
         self.next_reservation += 1;
-        let mut holds = Vec::with_capacity(1);
+        let mut holds = Holds::new();
         let mut left = grant;
         let scratch = std::mem::take(&mut self.scratch);
         for &(owner, index, _) in &scratch {
             if left.is_zero() {
                 break;
             }
-            self.dirty.accounts.insert(owner);
-            let Some(bucket) = self
-                .accounts
-                .get_mut(&owner)
+            let Some(bucket) = touch(&mut self.accounts, &mut self.dirty.accounts, &owner)
                 .and_then(|a| a.buckets.get_mut(index))
             else {
                 continue;
@@ -940,13 +1052,10 @@ impl Ledger {
         self.scratch = scratch;
         debug_assert!(left.is_zero(), "plan promised more than the buckets hold");
         for capped in &plan.limit_accounts {
-            if let Some(limit) = self
-                .accounts
-                .get_mut(capped)
+            if let Some(limit) = touch(&mut self.accounts, &mut self.dirty.accounts, capped)
                 .and_then(|a| a.limit_mut(unit))
             {
                 limit.held = Amount::from_nanos(limit.held.nanos() + grant.nanos());
-                self.dirty.accounts.insert(*capped);
             }
         }
         self.reservations.insert(
@@ -960,8 +1069,7 @@ impl Ledger {
                 limit_accounts: plan.limit_accounts,
             },
         );
-        self.reservation_expiry.insert((expires_at, reservation_id));
-        self.dirty.reservations.insert(reservation_id);
+        self.reservation_expiry.push(expires_at, reservation_id);
         Ok(Outcome::Reserved {
             reservation: reservation_id,
             granted: grant,
@@ -1003,8 +1111,8 @@ impl Ledger {
             .reservations
             .remove(&id)
             .ok_or(LedgerError::ReservationNotFound(id))?;
-        self.dirty.reservations.insert(id);
-        let mut debited = Vec::with_capacity(reservation.holds.len());
+        self.dirty.reservation_changed(id);
+        let mut debited = Holds::new();
         let mut left = used;
         for hold in reservation.holds.iter_mut() {
             if left.is_zero() {
@@ -1016,16 +1124,14 @@ impl Ledger {
             }
             left = Amount::from_nanos(left.nanos() - take.nanos());
             hold.amount = Amount::from_nanos(hold.amount.nanos() - take.nanos());
-            self.dirty.accounts.insert(hold.account);
-            if let Some(bucket) = self
-                .accounts
-                .get_mut(&hold.account)
+            if let Some(bucket) = touch(&mut self.accounts, &mut self.dirty.accounts, &hold.account)
                 .and_then(|a| a.bucket_mut(hold.bucket))
             {
                 bucket.held = Amount::from_nanos(bucket.held.nanos() - take.nanos());
                 bucket.amount = Amount::from_nanos(bucket.amount.nanos() - take.nanos());
                 let after = bucket.amount;
                 let unit = bucket.unit;
+                let expired = bucket.expired;
                 self.audit_push(
                     now,
                     op,
@@ -1038,6 +1144,10 @@ impl Ledger {
                     Some(id),
                     None,
                 );
+                if expired {
+                    // Drops the bucket once nothing is in or held on it.
+                    self.forfeit(now, hold.account, hold.bucket);
+                }
             }
             debited.push(Hold {
                 account: hold.account,
@@ -1057,21 +1167,17 @@ impl Ledger {
             reservation.remaining = Amount::ZERO;
         }
         for capped in &reservation.limit_accounts {
-            if let Some(limit) = self
-                .accounts
-                .get_mut(capped)
+            if let Some(limit) = touch(&mut self.accounts, &mut self.dirty.accounts, capped)
                 .and_then(|a| a.limit_mut(reservation.unit))
             {
                 let freed = used.nanos() + released.nanos();
                 limit.held = Amount::from_nanos((limit.held.nanos() - freed).max(0));
                 limit.used = Amount::from_nanos(limit.used.nanos() + used.nanos());
-                self.dirty.accounts.insert(*capped);
             }
         }
         let remaining = reservation.remaining;
         if remaining.is_zero() {
-            self.reservation_expiry
-                .remove(&(reservation.expires_at, id));
+            self.reservation_expiry.settle(&self.reservations);
         } else {
             reservation.holds.retain(|h| h.amount.is_positive());
             self.reservations.insert(id, reservation);
@@ -1086,8 +1192,7 @@ impl Ledger {
     /// Returns `amount` held on a bucket; credit released onto an expired
     /// bucket is forfeited at once.
     fn unhold(&mut self, now: Timestamp, owner: AccountId, bucket_id: BucketId, amount: Amount) {
-        self.dirty.accounts.insert(owner);
-        let Some(account) = self.accounts.get_mut(&owner) else {
+        let Some(account) = touch(&mut self.accounts, &mut self.dirty.accounts, &owner) else {
             return;
         };
         let Some(bucket) = account.bucket_mut(bucket_id) else {
@@ -1102,8 +1207,7 @@ impl Ledger {
     /// Forfeits the free positive amount of an expired bucket and drops the
     /// bucket once nothing is left in or held on it.
     fn forfeit(&mut self, now: Timestamp, owner: AccountId, bucket_id: BucketId) {
-        self.dirty.accounts.insert(owner);
-        let Some(account) = self.accounts.get_mut(&owner) else {
+        let Some(account) = touch(&mut self.accounts, &mut self.dirty.accounts, &owner) else {
             return;
         };
         let Some(index) = account.buckets.iter().position(|b| b.id == bucket_id) else {
@@ -1152,21 +1256,17 @@ impl Ledger {
         id: ReservationId,
         reservation: Reservation,
     ) -> Amount {
-        self.dirty.reservations.insert(id);
-        self.reservation_expiry
-            .remove(&(reservation.expires_at, id));
+        self.dirty.reservation_changed(id);
+        self.reservation_expiry.settle(&self.reservations);
         for hold in &reservation.holds {
             self.unhold(now, hold.account, hold.bucket, hold.amount);
         }
         for capped in &reservation.limit_accounts {
-            if let Some(limit) = self
-                .accounts
-                .get_mut(capped)
+            if let Some(limit) = touch(&mut self.accounts, &mut self.dirty.accounts, capped)
                 .and_then(|a| a.limit_mut(reservation.unit))
             {
                 limit.held =
                     Amount::from_nanos((limit.held.nanos() - reservation.remaining.nanos()).max(0));
-                self.dirty.accounts.insert(*capped);
             }
         }
         reservation.remaining
@@ -1176,22 +1276,19 @@ impl Ledger {
         let mut reservations = 0u32;
         let mut buckets = 0u32;
         let mut budget = SWEEP_ITEMS_MAX;
+        // Only live reservations count against the budget (the queue's head
+        // is always live), so a replay expires exactly the same ones.
         while budget > 0 {
-            let Some(&(at, id)) = self.reservation_expiry.first() else {
+            let Some((at, id)) = self.reservation_expiry.head() else {
                 break;
             };
             if at > now {
                 break;
             }
             budget -= 1;
-            match self.reservations.remove(&id) {
-                Some(reservation) => {
-                    self.drop_reservation(now, id, reservation);
-                    reservations += 1;
-                }
-                None => {
-                    self.reservation_expiry.remove(&(at, id));
-                }
+            if let Some(reservation) = self.reservations.remove(&id) {
+                self.drop_reservation(now, id, reservation);
+                reservations += 1;
             }
         }
         while budget > 0 {
@@ -1203,9 +1300,7 @@ impl Ledger {
             }
             budget -= 1;
             self.bucket_expiry.remove(&(at, owner, bucket_id));
-            let found = self
-                .accounts
-                .get_mut(&owner)
+            let found = touch(&mut self.accounts, &mut self.dirty.accounts, &owner)
                 .and_then(|a| a.bucket_mut(bucket_id))
                 .map(|b| b.expired = true);
             if found.is_some() {
@@ -1215,8 +1310,8 @@ impl Ledger {
         }
         let more = self
             .reservation_expiry
-            .first()
-            .is_some_and(|(at, _)| *at <= now)
+            .head()
+            .is_some_and(|(at, _)| at <= now)
             || self
                 .bucket_expiry
                 .first()
@@ -1231,8 +1326,8 @@ impl Ledger {
     /// True when a sweep at `now` would expire something.
     pub fn sweep_due(&self, now: Timestamp) -> bool {
         self.reservation_expiry
-            .first()
-            .is_some_and(|(at, _)| *at <= now)
+            .head()
+            .is_some_and(|(at, _)| at <= now)
             || self
                 .bucket_expiry
                 .first()
@@ -1304,7 +1399,7 @@ impl Ledger {
                 })
                 .collect(),
             limits: a
-                .limits
+                .limits()
                 .iter()
                 .map(|l| LimitView {
                     unit: l.unit,
@@ -1403,6 +1498,8 @@ impl Ledger {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut held_by_bucket: HashMap<(AccountId, BucketId), i128> = HashMap::new();
         let mut held_by_limit: HashMap<(AccountId, Unit), i128> = HashMap::new();
+        let queued: HashSet<(Timestamp, ReservationId)> =
+            self.reservation_expiry.entries().collect();
         for (id, r) in &self.reservations {
             let sum: i128 = r.holds.iter().map(|h| h.amount.nanos()).sum();
             if sum != r.remaining.nanos() {
@@ -1414,8 +1511,8 @@ impl Ledger {
             if !r.remaining.is_positive() {
                 return Err(format!("reservation {id:?} open with nothing remaining"));
             }
-            if !self.reservation_expiry.contains(&(r.expires_at, *id)) {
-                return Err(format!("reservation {id:?} missing from the expiry index"));
+            if !queued.contains(&(r.expires_at, *id)) {
+                return Err(format!("reservation {id:?} missing from the expiry queue"));
             }
             for h in &r.holds {
                 *held_by_bucket.entry((h.account, h.bucket)).or_default() += h.amount.nanos();
@@ -1424,8 +1521,12 @@ impl Ledger {
                 *held_by_limit.entry((*a, r.unit)).or_default() += r.remaining.nanos();
             }
         }
-        if self.reservation_expiry.len() != self.reservations.len() {
-            return Err("expiry index and reservations differ in size".into());
+        if let Some((at, id)) = self.reservation_expiry.head() {
+            if self.reservations.get(&id).map(|r| r.expires_at) != Some(at) {
+                return Err(format!(
+                    "expiry queue head {id:?} is not a live reservation"
+                ));
+            }
         }
         for (id, a) in &self.accounts {
             if let Some(p) = a.parent {
@@ -1450,7 +1551,7 @@ impl Ledger {
                     ));
                 }
             }
-            for l in &a.limits {
+            for l in a.limits() {
                 let expected = held_by_limit.get(&(*id, l.unit)).copied().unwrap_or(0);
                 // A cap re-created while reservations were open counts only
                 // later ones, so its held may be below the sum but never above.

@@ -24,7 +24,8 @@ pub mod wal;
 
 pub use amount::{Amount, AmountError};
 pub use command::{
-    BucketSpec, Command, CreditKind, Hold, InvalidInput, LedgerError, OpResult, Operation, Outcome,
+    BucketSpec, Command, CreditKind, Hold, Holds, InvalidInput, LedgerError, OpResult, Operation,
+    Outcome,
 };
 pub use ledger::{
     AccountView, AuditEntry, AuditKind, BucketView, Ledger, LimitView, ReservationView,

@@ -78,7 +78,10 @@ pub struct LedgerMachine {
 impl LedgerMachine {
     /// Wraps a ledger.
     pub fn new(ledger: Ledger) -> Self {
-        LedgerMachine { ledger, checkpoints: CheckpointState::default() }
+        LedgerMachine {
+            ledger,
+            checkpoints: CheckpointState::default(),
+        }
     }
 
     /// Applies an operation, writing its log payload unless it is answered
@@ -110,18 +113,27 @@ impl LedgerMachine {
     }
 
     /// Rebuilds from snapshot pairs, ignoring keys of other namespaces.
-    pub fn restore_pairs(pairs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<Self, String> {
-        let owned: Vec<(Vec<u8>, Vec<u8>)> = pairs.filter(|(k, _)| k.first() == Some(&LEDGER_TAG)).collect();
-        let (ledger, checkpoints) = Ledger::restore(owned.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-            .map_err(|e| e.to_string())?;
-        Ok(LedgerMachine { ledger, checkpoints })
+    pub fn restore_pairs(
+        pairs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<Self, String> {
+        let owned: Vec<(Vec<u8>, Vec<u8>)> = pairs
+            .filter(|(k, _)| k.first() == Some(&LEDGER_TAG))
+            .collect();
+        let (ledger, checkpoints) =
+            Ledger::restore(owned.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+                .map_err(|e| e.to_string())?;
+        Ok(LedgerMachine {
+            ledger,
+            checkpoints,
+        })
     }
 
     /// The sweep due at `now`, if any.
     pub fn due_sweep(&self, now: Timestamp) -> Option<Operation> {
-        self.ledger
-            .sweep_due(now)
-            .then_some(Operation { op: OpId::SERVER, command: Command::Sweep })
+        self.ledger.sweep_due(now).then_some(Operation {
+            op: OpId::SERVER,
+            command: Command::Sweep,
+        })
     }
 }
 
@@ -129,17 +141,26 @@ impl Machine for LedgerMachine {
     type Request = LedgerRequest;
     type Response = LedgerResponse;
 
-    fn apply(&mut self, now: Timestamp, request: LedgerRequest, log: &mut Vec<u8>) -> LedgerResponse {
+    fn apply(
+        &mut self,
+        now: Timestamp,
+        request: LedgerRequest,
+        log: &mut Vec<u8>,
+    ) -> LedgerResponse {
         match request {
             LedgerRequest::Apply(op) => LedgerResponse::Applied(self.apply_op(now, &op, log)),
             LedgerRequest::Account(id) => LedgerResponse::Account(self.ledger.account(id)),
-            LedgerRequest::Available { account, unit, service } => {
-                LedgerResponse::Available(self.ledger.available(now, account, unit, service))
+            LedgerRequest::Available {
+                account,
+                unit,
+                service,
+            } => LedgerResponse::Available(self.ledger.available(now, account, unit, service)),
+            LedgerRequest::Reservation(id) => {
+                LedgerResponse::Reservation(self.ledger.reservation(id))
             }
-            LedgerRequest::Reservation(id) => LedgerResponse::Reservation(self.ledger.reservation(id)),
-            LedgerRequest::Reservations { account, limit } => {
-                LedgerResponse::Reservations(self.ledger.reservations_of(account, limit.min(10_000)))
-            }
+            LedgerRequest::Reservations { account, limit } => LedgerResponse::Reservations(
+                self.ledger.reservations_of(account, limit.min(10_000)),
+            ),
             LedgerRequest::Totals => LedgerResponse::Totals(self.ledger.totals()),
             LedgerRequest::StateDigest => LedgerResponse::StateDigest(self.ledger.state_digest()),
         }

@@ -54,9 +54,6 @@ pub fn audit_prefix() -> [u8; 2] {
 pub struct CheckpointState {
     /// Sequence number of the next checkpoint.
     pub seq: u64,
-    /// Reservation ids below this were issued before the last checkpoint, so
-    /// may exist in the snapshot.
-    pub persisted_reservations_below: u64,
     /// (checkpoint seq, newest entry time) of each op blob in the snapshot.
     pub op_blobs: Vec<(u64, Timestamp)>,
 }
@@ -89,8 +86,8 @@ fn encode_account<S: Sink>(s: &mut S, a: &Account) {
             }
         }
     }
-    s.u16(a.limits.len() as u16);
-    for l in &a.limits {
+    s.u16(a.limits().len() as u16);
+    for l in a.limits() {
         s.unit(l.unit);
         s.amount(l.cap);
         s.amount(l.used);
@@ -158,12 +155,13 @@ fn decode_account(r: &mut Reader<'_>) -> Result<Account, DecodeError> {
         });
     }
     Ok(Account {
+        dirty: false,
         parent: has_parent.then_some(parent),
         status,
         draws_on_parent,
         depth,
         buckets,
-        limits,
+        limits: (!limits.is_empty()).then(|| Box::new(limits)),
     })
 }
 
@@ -201,7 +199,7 @@ fn decode_reservation(r: &mut Reader<'_>) -> Result<Reservation, DecodeError> {
                 amount: r.amount()?,
             })
         })
-        .collect::<Result<Vec<_>, DecodeError>>()?;
+        .collect::<Result<crate::command::Holds, DecodeError>>()?;
     let n = r.u16()? as usize;
     if n > crate::ledger::DEPTH_MAX {
         return Err(DecodeError::Invalid("too many capped accounts"));
@@ -300,29 +298,44 @@ impl Ledger {
         state: &mut CheckpointState,
         now: Timestamp,
     ) -> Vec<SnapshotWrite> {
+        // Forgetting expired op ids is a pure function of time; doing it here
+        // makes the snapshot hold exactly the ids the live ledger holds.
+        self.evict_ops(now);
         let mut writes = Vec::new();
-        let dirty = std::mem::take(&mut self.dirty);
+        let fresh_from = self.dirty.fresh_reservations_from;
+        let dirty = std::mem::replace(
+            &mut self.dirty,
+            crate::ledger::Dirty {
+                fresh_reservations_from: self.next_reservation,
+                ..Default::default()
+            },
+        );
         for id in dirty.accounts {
-            let value = self.accounts.get(&id).map(|a| {
+            let value = self.accounts.get_mut(&id).map(|a| {
+                a.dirty = false;
                 let mut v = Vec::with_capacity(96);
                 encode_account(&mut v, a);
                 v
             });
             writes.push((key(K_ACCOUNT, id.0), value));
         }
+        // Changed reservations issued before the last checkpoint: put or delete.
         for id in dirty.reservations {
-            match self.reservations.get(&id) {
-                Some(res) => {
-                    let mut v = Vec::with_capacity(96);
-                    encode_reservation(&mut v, res);
-                    writes.push((key(K_RESERVATION, id.0), Some(v)));
-                }
-                // Never written: issued and resolved since the last checkpoint.
-                None if id.0 >= state.persisted_reservations_below => {}
-                None => writes.push((key(K_RESERVATION, id.0), None)),
+            let value = self.reservations.get(&id).map(|res| {
+                let mut v = Vec::with_capacity(96);
+                encode_reservation(&mut v, res);
+                v
+            });
+            writes.push((key(K_RESERVATION, id.0), value));
+        }
+        // Reservations issued since: only those still open were ever stored.
+        for raw in fresh_from..self.next_reservation {
+            if let Some(res) = self.reservations.get(&ReservationId(raw)) {
+                let mut v = Vec::with_capacity(96);
+                encode_reservation(&mut v, res);
+                writes.push((key(K_RESERVATION, raw), Some(v)));
             }
         }
-        state.persisted_reservations_below = self.next_reservation;
         // Op ids: one blob per checkpoint with the entries added since the
         // previous one that are still remembered.
         let mut blob = Vec::new();
@@ -362,6 +375,7 @@ impl Ledger {
         meta.u64(self.audit_seq);
         meta.u64(self.window_ms);
         meta.u64(state.seq + 1);
+        meta.time(now);
         writes.push((vec![NS, K_META], Some(meta)));
         state.seq += 1;
         writes
@@ -375,7 +389,12 @@ impl Ledger {
         now: Timestamp,
     ) -> Vec<SnapshotWrite> {
         let accounts: Vec<AccountId> = self.accounts.keys().copied().collect();
-        self.dirty.accounts.extend(accounts);
+        for id in &accounts {
+            if let Some(a) = self.accounts.get_mut(id) {
+                a.dirty = true;
+            }
+        }
+        self.dirty.accounts = accounts;
         let reservations: Vec<ReservationId> = self.reservations.keys().copied().collect();
         self.dirty.reservations.extend(reservations);
         self.dirty.ops = self.op_order.iter().map(|(_, op)| *op).collect();
@@ -390,6 +409,7 @@ impl Ledger {
         let mut ledger = Ledger::new();
         let mut state = CheckpointState::default();
         let mut ops: Vec<(Timestamp, OpId, OpEntry)> = Vec::new();
+        let mut checkpoint_now = Timestamp(0);
         for (k, v) in pairs {
             if k.first() != Some(&NS) || k.len() < 2 {
                 continue;
@@ -413,7 +433,7 @@ impl Ledger {
                     let rid = ReservationId(id()?);
                     let res = decode_reservation(&mut r)?;
                     r.finish()?;
-                    ledger.reservation_expiry.insert((res.expires_at, rid));
+                    ledger.reservation_expiry.push(res.expires_at, rid);
                     ledger.reservations.insert(rid, res);
                 }
                 K_OPS => {
@@ -436,13 +456,18 @@ impl Ledger {
                     ledger.audit_seq = r.u64()?;
                     ledger.window_ms = r.u64()?;
                     state.seq = r.u64()?;
+                    checkpoint_now = r.time()?;
                     r.finish()?;
                 }
                 _ => return Err(DecodeError::Invalid("snapshot key kind")),
             }
         }
         ops.sort_by_key(|(at, op, _)| (*at, *op));
+        let window = ledger.window_ms;
         for (at, op, entry) in ops {
+            if at.plus_ms(window) <= checkpoint_now {
+                continue;
+            }
             // A later blob may hold a newer entry for the same id only if the
             // old one was evicted first, so the last one wins.
             if ledger.ops.insert(op, entry).is_some() {
@@ -460,7 +485,7 @@ impl Ledger {
             }
         }
         state.op_blobs.sort_unstable();
-        state.persisted_reservations_below = ledger.next_reservation;
+        ledger.dirty.fresh_reservations_from = ledger.next_reservation;
         Ok((ledger, state))
     }
 

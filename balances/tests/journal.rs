@@ -17,7 +17,10 @@ const T0: u64 = 1_800_000_000_000;
 fn manual_clock() -> (Clock, Arc<AtomicU64>) {
     let now = Arc::new(AtomicU64::new(T0));
     let read = now.clone();
-    (Arc::new(move || Timestamp(read.load(Ordering::SeqCst))), now)
+    (
+        Arc::new(move || Timestamp(read.load(Ordering::SeqCst))),
+        now,
+    )
 }
 
 fn quiet_config(dir: &Path) -> JournalConfig {
@@ -33,8 +36,18 @@ fn open(config: &JournalConfig, clock: Clock) -> (Journal<LedgerMachine>, Recove
     Journal::<LedgerMachine>::open(config.clone(), clock).expect("journal opens")
 }
 
-fn apply(j: &Journal<LedgerMachine>, op: u128, command: Command) -> Result<Outcome, reckon_balances::LedgerError> {
-    match j.call(LedgerRequest::Apply(Operation { op: OpId(op), command })).unwrap() {
+fn apply(
+    j: &Journal<LedgerMachine>,
+    op: u128,
+    command: Command,
+) -> Result<Outcome, reckon_balances::LedgerError> {
+    match j
+        .call(LedgerRequest::Apply(Operation {
+            op: OpId(op),
+            command,
+        }))
+        .unwrap()
+    {
         LedgerResponse::Applied(r) => r,
         other => panic!("unexpected {other:?}"),
     }
@@ -59,7 +72,13 @@ struct Workload {
 
 impl Workload {
     fn new(seed: u64) -> Self {
-        Workload { rng: seed, next_op: 1, open: Vec::new(), accounts: 0, issued: Vec::new() }
+        Workload {
+            rng: seed,
+            next_op: 1,
+            open: Vec::new(),
+            accounts: 0,
+            issued: Vec::new(),
+        }
     }
 
     fn next(&mut self, bound: u64) -> u64 {
@@ -76,7 +95,11 @@ impl Workload {
             self.accounts += 1;
             let parent = (self.accounts > 1).then_some(AccountId(1));
             let account = AccountId(self.accounts);
-            return self.fresh(Command::CreateAccount { account, parent, draws_on_parent: true });
+            return self.fresh(Command::CreateAccount {
+                account,
+                parent,
+                draws_on_parent: true,
+            });
         }
         let account = AccountId(1 + self.next(self.accounts));
         let command = match self.next(10) {
@@ -98,7 +121,11 @@ impl Workload {
             },
             3..=5 => Command::Reserve {
                 account,
-                unit: if self.next(3) == 0 { Unit::TOKENS_OUT } else { Unit::USD },
+                unit: if self.next(3) == 0 {
+                    Unit::TOKENS_OUT
+                } else {
+                    Unit::USD
+                },
                 amount: Amount::from_units(1 + self.next(20) as i64),
                 min_amount: Amount::from_nanos(1),
                 service: None,
@@ -119,7 +146,9 @@ impl Workload {
             }
             8 if !self.open.is_empty() => {
                 let i = self.next(self.open.len() as u64) as usize;
-                Command::Release { reservation: self.open.swap_remove(i) }
+                Command::Release {
+                    reservation: self.open.swap_remove(i),
+                }
             }
             _ if !self.issued.is_empty() => {
                 // A retry of an earlier operation, same id and content.
@@ -188,7 +217,10 @@ fn restart_with_checkpoint_restores_the_same_state() {
     j.shutdown();
     let (j, report) = open(&config, clock);
     assert!(report.snapshot_lsn > 0, "{report:?}");
-    assert_eq!(report.replayed, 0, "a clean shutdown leaves nothing to replay");
+    assert_eq!(
+        report.replayed, 0,
+        "a clean shutdown leaves nothing to replay"
+    );
     assert_eq!(digest(&j), before);
     j.shutdown();
 }
@@ -217,7 +249,15 @@ fn replay_without_checkpoint_restores_the_same_state() {
     assert_eq!(digest(&j), before);
     // The recovered journal goes on: a retry of op 1 gets its first answer.
     assert_eq!(
-        apply(&j, 1, Command::CreateAccount { account: AccountId(1), parent: None, draws_on_parent: true }),
+        apply(
+            &j,
+            1,
+            Command::CreateAccount {
+                account: AccountId(1),
+                parent: None,
+                draws_on_parent: true
+            }
+        ),
         Ok(Outcome::AccountCreated)
     );
     j.shutdown();
@@ -254,7 +294,16 @@ fn expiry_sweeps_are_logged_and_replayed() {
     let mut config = quiet_config(dir.path());
     config.tick_ms = 5;
     let (j, _) = open(&config, clock.clone());
-    apply(&j, 1, Command::CreateAccount { account: AccountId(1), parent: None, draws_on_parent: false }).unwrap();
+    apply(
+        &j,
+        1,
+        Command::CreateAccount {
+            account: AccountId(1),
+            parent: None,
+            draws_on_parent: false,
+        },
+    )
+    .unwrap();
     apply(
         &j,
         2,
@@ -281,12 +330,16 @@ fn expiry_sweeps_are_logged_and_replayed() {
         },
     )
     .unwrap();
-    let Outcome::Reserved { reservation, .. } = reserved else { panic!() };
+    let Outcome::Reserved { reservation, .. } = reserved else {
+        panic!()
+    };
     now.store(T0 + 1_000, Ordering::SeqCst);
     // The writer's tick sweeps on its own; wait until the reservation is gone.
     let mut gone = false;
     for _ in 0..400 {
-        if let LedgerResponse::Reservation(None) = j.call(LedgerRequest::Reservation(reservation)).unwrap() {
+        if let LedgerResponse::Reservation(None) =
+            j.call(LedgerRequest::Reservation(reservation)).unwrap()
+        {
             gone = true;
             break;
         }
@@ -298,7 +351,14 @@ fn expiry_sweeps_are_logged_and_replayed() {
     let (j, report) = open(&config, clock);
     assert_eq!(report.replayed, 4, "three operations and one sweep");
     assert_eq!(digest(&j), before);
-    match j.call(LedgerRequest::Available { account: AccountId(1), unit: Unit::USD, service: None }).unwrap() {
+    match j
+        .call(LedgerRequest::Available {
+            account: AccountId(1),
+            unit: Unit::USD,
+            service: None,
+        })
+        .unwrap()
+    {
         LedgerResponse::Available(Ok(a)) => assert_eq!(a, Amount::from_units(10)),
         other => panic!("{other:?}"),
     }
@@ -341,26 +401,54 @@ fn crash_cut_at_any_offset_keeps_every_acknowledged_operation() {
     assert!(full_len > acknowledged_len);
 
     let mut offsets: Vec<u64> = (acknowledged_len..=full_len).step_by(7).collect();
-    offsets.extend([acknowledged_len, acknowledged_len + 1, full_len - 1, full_len]);
+    offsets.extend([
+        acknowledged_len,
+        acknowledged_len + 1,
+        full_len - 1,
+        full_len,
+    ]);
     let mut last_recovered = 0;
     let mut positions = std::collections::BTreeSet::new();
     for offset in offsets {
         let copy = tempfile::tempdir().unwrap();
         copy_dir(dir.path(), copy.path());
         let cut = copy.path().join("wal").join(segment.file_name().unwrap());
-        std::fs::OpenOptions::new().write(true).open(&cut).unwrap().set_len(offset).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&cut)
+            .unwrap()
+            .set_len(offset)
+            .unwrap();
         let mut c = config.clone();
         c.data_dir = copy.path().to_path_buf();
         let (j, report) = open(&c, clock.clone());
         let recovered = report.snapshot_lsn + report.replayed;
-        assert!(recovered >= acknowledged_lsn, "offset {offset}: lost acknowledged records ({recovered} < {acknowledged_lsn})");
-        assert!(recovered >= last_recovered || offset < full_len, "recovery went backwards");
+        assert!(
+            recovered >= acknowledged_lsn,
+            "offset {offset}: lost acknowledged records ({recovered} < {acknowledged_lsn})"
+        );
+        assert!(
+            recovered >= last_recovered || offset < full_len,
+            "recovery went backwards"
+        );
         last_recovered = recovered;
         positions.insert(recovered);
-        let expected = digest_at_lsn.get(&recovered).copied().expect("a recorded state for that position");
-        assert_eq!(digest(&j), expected, "offset {offset}, recovered to lsn {recovered}");
+        let expected = digest_at_lsn
+            .get(&recovered)
+            .copied()
+            .expect("a recorded state for that position");
+        assert_eq!(
+            digest(&j),
+            expected,
+            "offset {offset}, recovered to lsn {recovered}"
+        );
         // The recovered journal accepts new work after the cut.
-        apply(&j, u128::MAX, Command::SetIdempotencyWindow { window_ms: 1 }).unwrap();
+        apply(
+            &j,
+            u128::MAX,
+            Command::SetIdempotencyWindow { window_ms: 1 },
+        )
+        .unwrap();
         j.shutdown();
     }
     // The cuts landed inside many different records, not just at the ends.
