@@ -346,6 +346,8 @@ pub enum InvalidInput {
     WindowTooLong = 14,
     /// A sweep with a client op id, or a client command with the server's.
     SweepOpId = 15,
+    /// Closing an account whose buckets reservations still hold.
+    CloseWithOpenReservations = 16,
 }
 
 impl InvalidInput {
@@ -367,6 +369,7 @@ impl InvalidInput {
             13 => ClosingIsFinal,
             14 => WindowTooLong,
             15 => SweepOpId,
+            16 => CloseWithOpenReservations,
             _ => return None,
         })
     }
@@ -391,6 +394,9 @@ impl std::fmt::Display for InvalidInput {
             ClosingIsFinal => "a closed account cannot change status",
             WindowTooLong => "idempotency window must be at most 7 days",
             SweepOpId => "sweeps use op id 0 and client operations a non-zero id",
+            CloseWithOpenReservations => {
+                "an account cannot be closed while reservations hold its credit; settle or release them first"
+            }
         })
     }
 }

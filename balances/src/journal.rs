@@ -192,7 +192,9 @@ pub struct RecoveryReport {
     pub replayed: u64,
     /// Bytes of a torn record cut off the log's tail.
     pub torn_tail_bytes: u64,
-    /// Time spent, in milliseconds.
+    /// Time spent loading the snapshot, in milliseconds.
+    pub snapshot_ms: u64,
+    /// Time spent in all, in milliseconds.
     pub elapsed_ms: u64,
 }
 
@@ -297,6 +299,7 @@ impl<M: Machine> Journal<M> {
             return Err(e.into());
         }
         let mut machine = machine.map_err(JournalError::Recovery)?;
+        let snapshot_ms = started.elapsed().as_millis() as u64;
 
         let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
         wal_config.segment_bytes_max = config.segment_bytes_max;
@@ -322,6 +325,7 @@ impl<M: Machine> Journal<M> {
             snapshot_keys: keys,
             replayed,
             torn_tail_bytes: opened.torn_tail_bytes,
+            snapshot_ms,
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
         tracing::info!(?report, "recovered");

@@ -425,6 +425,8 @@ pub struct Ledger {
     pub(crate) ops: IdMap<OpId, OpEntry>,
     pub(crate) op_order: VecDeque<(Timestamp, OpId)>,
     pub(crate) window_ms: u64,
+    /// Op ids recorded before this time are forgotten (see `evict_ops`).
+    pub(crate) ops_forgotten_below: Timestamp,
     pub(crate) next_bucket: u64,
     pub(crate) next_reservation: u64,
     pub(crate) audit_seq: u64,
@@ -458,6 +460,7 @@ impl Ledger {
             ops: IdMap::default(),
             op_order: VecDeque::new(),
             window_ms: WINDOW_MS_DEFAULT,
+            ops_forgotten_below: Timestamp(0),
             next_bucket: 1,
             next_reservation: 1,
             audit_seq: 0,
@@ -526,6 +529,12 @@ impl Ledger {
     }
 
     pub(crate) fn evict_ops(&mut self, now: Timestamp) {
+        // Everything at or before now − window is forgotten: remember the
+        // bound, so a restore never brings back an id forgotten under a
+        // shorter window than the one in force at the checkpoint.
+        if let Some(bound) = now.0.checked_sub(self.window_ms) {
+            self.ops_forgotten_below = self.ops_forgotten_below.max(Timestamp(bound + 1));
+        }
         while let Some(&(at, op)) = self.op_order.front() {
             if at.plus_ms(self.window_ms) > now {
                 break;
@@ -649,6 +658,13 @@ impl Ledger {
         let account = self.account_ref(id)?;
         if account.status == AccountStatus::Closed {
             return Err(LedgerError::Invalid(InvalidInput::ClosingIsFinal));
+        }
+        // A closed account's balances never change again, so it may not be
+        // closed while reservations (its own or a child's) hold its credit.
+        if status == AccountStatus::Closed && account.buckets.iter().any(|b| b.held.is_positive()) {
+            return Err(LedgerError::Invalid(
+                InvalidInput::CloseWithOpenReservations,
+            ));
         }
         self.account_mut(id)?.status = status;
         Ok(Outcome::StatusSet)

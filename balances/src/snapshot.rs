@@ -375,7 +375,7 @@ impl Ledger {
         meta.u64(self.audit_seq);
         meta.u64(self.window_ms);
         meta.u64(state.seq + 1);
-        meta.time(now);
+        meta.time(self.ops_forgotten_below);
         writes.push((vec![NS, K_META], Some(meta)));
         state.seq += 1;
         writes
@@ -409,7 +409,6 @@ impl Ledger {
         let mut ledger = Ledger::new();
         let mut state = CheckpointState::default();
         let mut ops: Vec<(Timestamp, OpId, OpEntry)> = Vec::new();
-        let mut checkpoint_now = Timestamp(0);
         for (k, v) in pairs {
             if k.first() != Some(&NS) || k.len() < 2 {
                 continue;
@@ -456,16 +455,15 @@ impl Ledger {
                     ledger.audit_seq = r.u64()?;
                     ledger.window_ms = r.u64()?;
                     state.seq = r.u64()?;
-                    checkpoint_now = r.time()?;
+                    ledger.ops_forgotten_below = r.time()?;
                     r.finish()?;
                 }
                 _ => return Err(DecodeError::Invalid("snapshot key kind")),
             }
         }
         ops.sort_by_key(|(at, op, _)| (*at, *op));
-        let window = ledger.window_ms;
         for (at, op, entry) in ops {
-            if at.plus_ms(window) <= checkpoint_now {
+            if at < ledger.ops_forgotten_below {
                 continue;
             }
             // A later blob may hold a newer entry for the same id only if the

@@ -1790,33 +1790,35 @@ fn suspended_account_cannot_reserve_but_can_settle() {
 }
 
 #[test]
-fn closed_account_cannot_commit_but_its_reservations_can_be_released() {
+fn closing_waits_for_open_reservations_and_then_freezes_the_account() {
     let (mut f, wallet) = Fixture::with_wallet();
     let a = f.reserve(ROOT, USD, u(10), u(10), None);
-    let b = f.reserve(ROOT, USD, u(10), u(10), None);
-    f.apply(Command::SetStatus {
+    let close = Command::SetStatus {
         account: ROOT,
         status: AccountStatus::Closed,
-    })
-    .unwrap();
+    };
     assert_eq!(
-        f.commit(a.id, u(1), true),
+        f.apply(close.clone()),
+        Err(LedgerError::Invalid(
+            InvalidInput::CloseWithOpenReservations
+        ))
+    );
+    assert_eq!(f.release(a.id), Ok(Outcome::Released { released: u(10) }));
+    assert_eq!(f.apply(close), Ok(Outcome::StatusSet));
+    assert_eq!(
+        f.apply(Command::Reserve {
+            account: ROOT,
+            unit: USD,
+            amount: u(1),
+            min_amount: u(1),
+            service: None,
+            expires_at: f.now.plus_ms(1_000),
+        }),
         Err(LedgerError::AccountNotActive {
             account: ROOT,
             status: AccountStatus::Closed
         })
     );
-    assert_eq!(f.release(a.id), Ok(Outcome::Released { released: u(10) }));
-    f.advance(60_000);
-    assert_eq!(
-        f.sweep(),
-        Ok(Outcome::Swept {
-            reservations: 1,
-            buckets: 0,
-            more: false
-        })
-    );
-    assert!(f.ledger.reservation(b.id).is_none());
     assert_eq!(f.bal(ROOT, wallet), (u(100), u(0), u(100)));
     f.check();
 }
