@@ -33,6 +33,8 @@ pub const HOLDS_MAX: usize = DEPTH_MAX * BUCKETS_PER_ACCOUNT_MAX;
 pub const SWEEP_ITEMS_MAX: usize = 4096;
 /// Longest idempotency window: 7 days.
 pub const WINDOW_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Audit entries per chunk of the in-memory audit buffer.
+const AUDIT_CHUNK: usize = 4096;
 /// Default idempotency window: 10 minutes, longer than any client's retry
 /// schedule (Diameter Tx timers are seconds).
 pub const WINDOW_MS_DEFAULT: u64 = 10 * 60 * 1000;
@@ -430,7 +432,9 @@ pub struct Ledger {
     pub(crate) next_bucket: u64,
     pub(crate) next_reservation: u64,
     pub(crate) audit_seq: u64,
-    pub(crate) audit: Vec<AuditEntry>,
+    /// Audit entries since the last drain, in chunks so that growing never
+    /// copies what is already there (a replay may produce millions).
+    pub(crate) audit: Vec<Vec<AuditEntry>>,
     pub(crate) dirty: Dirty,
     scratch: Vec<(AccountId, usize, DrawKey)>,
     digest_buf: Vec<u8>,
@@ -1365,7 +1369,11 @@ impl Ledger {
         reason: Option<Arc<str>>,
     ) {
         self.audit_seq += 1;
-        self.audit.push(AuditEntry {
+        if self.audit.last().is_none_or(|c| c.len() == AUDIT_CHUNK) {
+            self.audit.push(Vec::with_capacity(AUDIT_CHUNK));
+        }
+        let chunk = self.audit.last_mut().expect("a chunk was just ensured");
+        chunk.push(AuditEntry {
             seq: self.audit_seq,
             at,
             op,
@@ -1383,6 +1391,9 @@ impl Ledger {
     /// Takes the audit entries produced since the last call, oldest first.
     pub fn drain_audit(&mut self) -> Vec<AuditEntry> {
         std::mem::take(&mut self.audit)
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// An account with its buckets and caps.

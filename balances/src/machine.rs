@@ -8,7 +8,7 @@
 use crate::amount::Amount;
 use crate::codec::{Reader, Sink};
 use crate::command::{Command, LedgerError, OpResult, Operation};
-use crate::journal::Machine;
+use crate::journal::{Machine, SnapshotPair};
 use crate::ledger::{AccountView, Ledger, ReservationView};
 use crate::snapshot::{CheckpointState, SnapshotWrite};
 use crate::types::{AccountId, OpId, ReservationId, ServiceId, Timestamp, Unit};
@@ -113,15 +113,9 @@ impl LedgerMachine {
     }
 
     /// Rebuilds from snapshot pairs, ignoring keys of other namespaces.
-    pub fn restore_pairs(
-        pairs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
-    ) -> Result<Self, String> {
-        let owned: Vec<(Vec<u8>, Vec<u8>)> = pairs
-            .filter(|(k, _)| k.first() == Some(&LEDGER_TAG))
-            .collect();
-        let (ledger, checkpoints) =
-            Ledger::restore(owned.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-                .map_err(|e| e.to_string())?;
+    pub fn restore_pairs(pairs: &mut dyn Iterator<Item = SnapshotPair>) -> Result<Self, String> {
+        let owned = pairs.filter(|(k, _)| k.first() == Some(&LEDGER_TAG));
+        let (ledger, checkpoints) = Ledger::restore(owned).map_err(|e| e.to_string())?;
         Ok(LedgerMachine {
             ledger,
             checkpoints,
@@ -174,7 +168,7 @@ impl Machine for LedgerMachine {
         self.checkpoint_writes(now)
     }
 
-    fn restore(pairs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<Self, String> {
+    fn restore(pairs: &mut dyn Iterator<Item = SnapshotPair>) -> Result<Self, String> {
         Self::restore_pairs(pairs)
     }
 

@@ -11,7 +11,7 @@
 //! | `L r <reservation id BE>` | one open reservation |
 //! | `L o <checkpoint seq BE>` | the op ids (with results) remembered since the previous checkpoint |
 //! | `L u <first audit seq BE>` | the audit entries produced since the previous checkpoint |
-//! | `L m` | counters: next bucket id, next reservation id, audit seq, window |
+//! | `L 0` | counters (next bucket and reservation ids, audit seq, window, ...) and map sizes; sorts first so the maps are sized before they fill |
 //!
 //! Op-id blobs are dropped once every entry in them is older than the
 //! idempotency window; audit blobs are kept (they are the audit trail).
@@ -33,7 +33,7 @@ const K_ACCOUNT: u8 = b'a';
 const K_RESERVATION: u8 = b'r';
 const K_OPS: u8 = b'o';
 const K_AUDIT: u8 = b'u';
-const K_META: u8 = b'm';
+const K_META: u8 = b'0'; // sorts before every other ledger key
 
 fn key(kind: u8, id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(10);
@@ -362,12 +362,13 @@ impl Ledger {
             keep
         });
         let audit = std::mem::take(&mut self.audit);
-        if let Some(first) = audit.first() {
-            let mut blob = Vec::with_capacity(audit.len() * 120);
-            for e in &audit {
+        if let Some(first) = audit.iter().flatten().next().map(|e| e.seq) {
+            let count: usize = audit.iter().map(Vec::len).sum();
+            let mut blob = Vec::with_capacity(count * 120);
+            for e in audit.iter().flatten() {
                 encode_audit(&mut blob, e);
             }
-            writes.push((key(K_AUDIT, first.seq), Some(blob)));
+            writes.push((key(K_AUDIT, first), Some(blob)));
         }
         let mut meta = Vec::new();
         meta.u64(self.next_bucket);
@@ -376,6 +377,8 @@ impl Ledger {
         meta.u64(self.window_ms);
         meta.u64(state.seq + 1);
         meta.time(self.ops_forgotten_below);
+        meta.u64(self.accounts.len() as u64);
+        meta.u64(self.reservations.len() as u64);
         writes.push((vec![NS, K_META], Some(meta)));
         state.seq += 1;
         writes
@@ -403,13 +406,14 @@ impl Ledger {
 
     /// Rebuilds a ledger from snapshot pairs (any order), returning it with
     /// the checkpoint state to continue from.
-    pub fn restore<'a>(
-        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    pub fn restore<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Result<(Ledger, CheckpointState), DecodeError> {
         let mut ledger = Ledger::new();
         let mut state = CheckpointState::default();
         let mut ops: Vec<(Timestamp, OpId, OpEntry)> = Vec::new();
         for (k, v) in pairs {
+            let (k, v) = (k.as_ref(), v.as_ref());
             if k.first() != Some(&NS) || k.len() < 2 {
                 continue;
             }
@@ -456,6 +460,11 @@ impl Ledger {
                     ledger.window_ms = r.u64()?;
                     state.seq = r.u64()?;
                     ledger.ops_forgotten_below = r.time()?;
+                    // Sizing the maps once avoids rehashing a million entries.
+                    let accounts = r.u64()?.min(1 << 32) as usize;
+                    let reservations = r.u64()?.min(1 << 32) as usize;
+                    ledger.accounts.reserve(accounts);
+                    ledger.reservations.reserve(reservations);
                     r.finish()?;
                 }
                 _ => return Err(DecodeError::Invalid("snapshot key kind")),
