@@ -1486,6 +1486,18 @@ impl Ledger {
             .collect()
     }
 
+    /// The root (organisation) of an account's hierarchy.
+    pub fn root_of(&self, id: AccountId) -> Option<AccountId> {
+        let mut current = id;
+        for _ in 0..DEPTH_MAX {
+            match self.accounts.get(&current)?.parent {
+                Some(parent) => current = parent,
+                None => return Some(current),
+            }
+        }
+        None
+    }
+
     /// Number of accounts.
     pub fn account_count(&self) -> usize {
         self.accounts.len()
