@@ -1471,12 +1471,18 @@ impl Ledger {
         })
     }
 
-    /// Open reservations of an account, oldest first, at most `limit`.
-    pub fn reservations_of(&self, account: AccountId, limit: usize) -> Vec<ReservationView> {
+    /// Open reservations of an account with ids above `after`, oldest
+    /// first, at most `limit` (pages through a long list).
+    pub fn reservations_of(
+        &self,
+        account: AccountId,
+        after: ReservationId,
+        limit: usize,
+    ) -> Vec<ReservationView> {
         let mut ids: Vec<ReservationId> = self
             .reservations
             .iter()
-            .filter(|(_, r)| r.account == account)
+            .filter(|(id, r)| r.account == account && **id > after)
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable();

@@ -39,6 +39,8 @@ pub enum LedgerRequest {
     Reservations {
         /// The account.
         account: AccountId,
+        /// List ids above this one (0 for the first page).
+        after: ReservationId,
         /// Most to list.
         limit: usize,
     },
@@ -152,9 +154,15 @@ impl Machine for LedgerMachine {
             LedgerRequest::Reservation(id) => {
                 LedgerResponse::Reservation(self.ledger.reservation(id))
             }
-            LedgerRequest::Reservations { account, limit } => LedgerResponse::Reservations(
-                self.ledger.reservations_of(account, limit.min(10_000)),
-            ),
+            LedgerRequest::Reservations {
+                account,
+                after,
+                limit,
+            } => LedgerResponse::Reservations(self.ledger.reservations_of(
+                account,
+                after,
+                limit.min(10_000),
+            )),
             LedgerRequest::Totals => LedgerResponse::Totals(self.ledger.totals()),
             LedgerRequest::StateDigest => LedgerResponse::StateDigest(self.ledger.state_digest()),
         }

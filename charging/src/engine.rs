@@ -185,6 +185,9 @@ pub enum EngineRequest {
     Ledger(Caller, LedgerRequest),
     /// Server-issued: release the grants of silent sessions.
     Supervise,
+    /// Replaces prices and policies. Logged, so a replay prices every
+    /// request with the configuration in force when it was first applied.
+    Configure(EngineConfig),
 }
 
 /// The engine's answer.
@@ -196,6 +199,8 @@ pub enum EngineResponse {
     Ledger(LedgerResponse),
     /// The caller may not touch that account (or create a root account).
     Forbidden,
+    /// The configuration was replaced.
+    Configured,
 }
 
 /// The price of one unit of a service.
@@ -227,7 +232,7 @@ pub struct ServicePolicy {
 }
 
 /// The engine's configuration: prices and service policies.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
     /// Prices, most specific (service set) first when matching.
     pub prices: Vec<Price>,
@@ -299,6 +304,7 @@ pub struct Engine {
     answers: HashMap<(Arc<str>, u32), (Timestamp, CreditControlAnswer)>,
     answer_order: VecDeque<(Timestamp, Arc<str>, u32)>,
     dirty_sessions: Vec<Arc<str>>,
+    config_dirty: bool,
     answers_added: Vec<(Arc<str>, u32)>,
     answer_blobs: Vec<(u64, Timestamp)>,
     checkpoint_seq: u64,
@@ -334,15 +340,16 @@ impl Engine {
             answers: HashMap::new(),
             answer_order: VecDeque::new(),
             dirty_sessions: Vec::new(),
+            config_dirty: true,
             answers_added: Vec::new(),
             answer_blobs: Vec::new(),
             checkpoint_seq: 0,
         }
     }
 
-    /// Replaces the prices and policies (not logged: configuration).
-    pub fn set_config(&mut self, config: EngineConfig) {
-        self.config = config;
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     /// Number of open sessions.
@@ -446,6 +453,11 @@ impl Engine {
             EngineRequest::Supervise => {
                 self.supervise(now);
                 EngineResponse::CreditControl(CreditControlAnswer::error(result_code::SUCCESS))
+            }
+            EngineRequest::Configure(config) => {
+                self.config = config;
+                self.config_dirty = true;
+                EngineResponse::Configured
             }
         }
     }
@@ -1158,6 +1170,82 @@ impl Engine {
 const REC_CCR: u8 = 1;
 const REC_LEDGER: u8 = 2;
 const REC_SUPERVISE: u8 = 3;
+const REC_CONFIG: u8 = 4;
+
+fn encode_config<S: Sink>(s: &mut S, c: &EngineConfig) {
+    s.u16(c.prices.len() as u16);
+    for p in &c.prices {
+        s.bool(p.service.is_some());
+        s.u32(p.service.map_or(0, |v| v.0));
+        s.unit(p.unit);
+        s.unit(p.charge_unit);
+        encode_decimal(s, p.per_unit);
+    }
+    s.u16(c.policies.len() as u16);
+    for p in &c.policies {
+        s.bool(p.service.is_some());
+        s.u32(p.service.map_or(0, |v| v.0));
+        s.unit(p.default_unit);
+        encode_decimal(s, p.default_grant);
+        encode_decimal(s, p.max_grant);
+        s.u32(p.validity_s);
+    }
+    s.u32(c.supervision_grace_s);
+    s.u8(c.final_unit_action as u8);
+    s.u64(c.answer_window_ms);
+}
+
+/// Most prices or policies in a configuration.
+pub const CONFIG_ENTRIES_MAX: usize = 4096;
+
+fn decode_config(r: &mut Reader<'_>) -> Result<EngineConfig, DecodeError> {
+    let n = r.u16()? as usize;
+    if n > CONFIG_ENTRIES_MAX {
+        return Err(DecodeError::Invalid("too many prices"));
+    }
+    let mut prices = Vec::with_capacity(n);
+    for _ in 0..n {
+        let has = r.bool()?;
+        let service = r.service()?;
+        prices.push(Price {
+            service: has.then_some(service),
+            unit: r.unit()?,
+            charge_unit: r.unit()?,
+            per_unit: decode_decimal(r)?,
+        });
+    }
+    let n = r.u16()? as usize;
+    if n > CONFIG_ENTRIES_MAX {
+        return Err(DecodeError::Invalid("too many policies"));
+    }
+    let mut policies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let has = r.bool()?;
+        let service = r.service()?;
+        policies.push(ServicePolicy {
+            service: has.then_some(service),
+            default_unit: r.unit()?,
+            default_grant: decode_decimal(r)?,
+            max_grant: decode_decimal(r)?,
+            validity_s: r.u32()?,
+        });
+    }
+    let supervision_grace_s = r.u32()?;
+    let final_unit_action = match r.u8()? {
+        0 => FinalUnitAction::None,
+        1 => FinalUnitAction::Terminate,
+        2 => FinalUnitAction::Redirect,
+        3 => FinalUnitAction::RestrictAccess,
+        _ => return Err(DecodeError::Invalid("final unit action")),
+    };
+    Ok(EngineConfig {
+        prices,
+        policies,
+        supervision_grace_s,
+        final_unit_action,
+        answer_window_ms: r.u64()?,
+    })
+}
 
 fn encode_caller<S: Sink>(s: &mut S, caller: Caller) {
     match caller {
@@ -1381,6 +1469,12 @@ fn encode_request(request: &EngineRequest, out: &mut Vec<u8>) -> bool {
             out.u8(REC_SUPERVISE);
             true
         }
+        EngineRequest::Configure(config) => {
+            out.u8(ENGINE_TAG);
+            out.u8(REC_CONFIG);
+            encode_config(out, config);
+            true
+        }
     }
 }
 
@@ -1437,6 +1531,10 @@ impl Machine for Engine {
             REC_SUPERVISE => {
                 self.supervise(now);
             }
+            REC_CONFIG => {
+                let config = decode_config(&mut r).map_err(|e| e.to_string())?;
+                self.handle(now, EngineRequest::Configure(config));
+            }
             other => return Err(format!("unknown engine record {other}")),
         }
         r.finish().map_err(|e| e.to_string())
@@ -1489,6 +1587,12 @@ impl Machine for Engine {
             }
             keep
         });
+        if self.config_dirty {
+            self.config_dirty = false;
+            let mut v = Vec::new();
+            encode_config(&mut v, &self.config);
+            writes.push((vec![ENGINE_TAG, b'c'], Some(v)));
+        }
         self.checkpoint_seq += 1;
         let mut meta = Vec::new();
         meta.u64(self.checkpoint_seq);
@@ -1539,6 +1643,10 @@ impl Machine for Engine {
                     engine.answer_blobs.push((seq, newest));
                 }
                 Some(b'0') => engine.checkpoint_seq = r.u64().map_err(|e| e.to_string())?,
+                Some(b'c') => {
+                    engine.config = decode_config(&mut r).map_err(|e| e.to_string())?;
+                    engine.config_dirty = false;
+                }
                 _ => return Err("unknown engine snapshot key".into()),
             }
         }

@@ -6,4 +6,8 @@
 //! server and the `reckon` command-line binary. Only `sim` and `benches` may
 //! depend on it; it never reads a clock or a socket inside the engine.
 
+pub mod client;
+pub mod config;
 pub mod engine;
+pub mod server;
+pub mod wire;

@@ -1,0 +1,631 @@
+//! `reckon`: run the server, or administer and try it over the native protocol.
+
+use clap::{Args, Parser, Subcommand};
+use reckon_charging::client::Client;
+use reckon_charging::config::{admin_token, Config};
+use reckon_protocol::message::{
+    AccountCreate, AccountStatusChange, BalanceQuery, BucketGrant, Ccr, LimitSet, Message,
+    ReservationList, ServiceRequest, TopUp,
+};
+use reckon_protocol::types::{self as wt, UnitAmount};
+use rust_decimal::Decimal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "reckon",
+    version,
+    about = "Reckon online charging server and admin CLI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// Server address.
+    #[arg(
+        long,
+        env = "RECKON_SERVER",
+        default_value = "127.0.0.1:7878",
+        global = true
+    )]
+    server: String,
+    /// Credential; default: the admin token in DATA_DIR/admin.token.
+    #[arg(long, env = "RECKON_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory whose admin token to use when --token is not given.
+    #[arg(long, default_value = "reckon-data", global = true)]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (works with no configuration file).
+    Serve {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides the file).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Listen address (overrides the file), e.g. 127.0.0.1:7878.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Create or change accounts.
+    Account {
+        #[command(subcommand)]
+        action: AccountCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Credit an account (top-up or refund).
+    Topup {
+        /// Account id.
+        #[arg(long)]
+        account: u64,
+        /// Amount, e.g. 25.00.
+        #[arg(long)]
+        amount: Decimal,
+        /// Unit, e.g. USD, credits, gpu_seconds.
+        #[arg(long, default_value = "USD")]
+        unit: String,
+        /// A specific bucket (default: the account's plain bucket of the unit).
+        #[arg(long)]
+        bucket: Option<u64>,
+        /// Record as a refund rather than a top-up.
+        #[arg(long)]
+        refund: bool,
+        /// Why, for the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Grant a bucket with its own terms (promo credits, a committed pool).
+    Grant {
+        /// Account id.
+        #[arg(long)]
+        account: u64,
+        /// Unit.
+        #[arg(long)]
+        unit: String,
+        /// Opening amount.
+        #[arg(long)]
+        amount: Decimal,
+        /// Valid from (ms since epoch).
+        #[arg(long, default_value_t = 0)]
+        valid_from_ms: u64,
+        /// Valid until (ms since epoch; default never).
+        #[arg(long, default_value_t = u64::MAX)]
+        valid_until_ms: u64,
+        /// Higher draws first.
+        #[arg(long, default_value_t = 0)]
+        priority: i16,
+        /// Overdraft allowed.
+        #[arg(long, default_value = "0")]
+        credit_limit: Decimal,
+        /// Services it may pay for (comma separated; default any).
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Set or remove a cap on an account's subtree.
+    Limit {
+        /// Account id.
+        #[arg(long)]
+        account: u64,
+        /// Unit capped.
+        #[arg(long)]
+        unit: String,
+        /// The cap; omit to remove.
+        #[arg(long)]
+        cap: Option<Decimal>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show an account's buckets.
+    Balance {
+        /// Account id.
+        #[arg(long)]
+        account: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List an account's open reservations.
+    Reservations {
+        /// Account id.
+        #[arg(long)]
+        account: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Try session credit control by hand.
+    Session {
+        #[command(subcommand)]
+        action: SessionCmd,
+    },
+    /// One-shot events: debit, refund, check, price.
+    Event {
+        /// debit | refund | check | price
+        action: String,
+        #[command(flatten)]
+        ccr: CcrArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an account.
+    Create {
+        /// Its id.
+        #[arg(long)]
+        id: u64,
+        /// Its parent (organisation, department, ...).
+        #[arg(long)]
+        parent: Option<u64>,
+        /// Draw on the parent's buckets when its own run short.
+        #[arg(long)]
+        draws_on_parent: bool,
+    },
+    /// Set an account's status: active, suspended or closed.
+    Status {
+        /// Its id.
+        #[arg(long)]
+        id: u64,
+        /// active | suspended | closed
+        status: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct CcrArgs {
+    /// Session id.
+    #[arg(long)]
+    session: String,
+    /// Account charged.
+    #[arg(long)]
+    account: u64,
+    /// Request number (0 for INITIAL, then 1, 2, ...).
+    #[arg(long, default_value_t = 0)]
+    number: u32,
+    /// Service (rating group).
+    #[arg(long, default_value_t = 1)]
+    service: u32,
+    /// Units asked for, UNIT=QTY (repeatable).
+    #[arg(long = "request")]
+    requested: Vec<String>,
+    /// Units used, UNIT=QTY (repeatable).
+    #[arg(long = "used")]
+    used: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    /// INITIAL: open a session and get a first grant.
+    Open(CcrArgs),
+    /// UPDATE: report usage, get more.
+    Update(CcrArgs),
+    /// TERMINATE: report final usage and close.
+    Close(CcrArgs),
+}
+
+fn quantities(list: &[String]) -> Result<Vec<UnitAmount>, String> {
+    list.iter()
+        .map(|item| {
+            let (unit, qty) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?}: expected UNIT=QTY"))?;
+            let unit = wt::Unit::new(unit).map_err(|e| format!("{item:?}: {e}"))?;
+            let qty: Decimal = qty
+                .parse()
+                .map_err(|_| format!("{item:?}: {qty:?} is not a number"))?;
+            Ok(UnitAmount::new(unit, qty))
+        })
+        .collect()
+}
+
+fn unit(text: &str) -> Result<wt::Unit, String> {
+    wt::Unit::new(text).map_err(|e| e.to_string())
+}
+
+async fn connect(conn: &Conn) -> Result<Client, String> {
+    let token = match &conn.token {
+        Some(t) => t.clone(),
+        None => {
+            let path = conn
+                .data_dir
+                .join(reckon_charging::config::ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(|e| {
+                format!("no --token given and {} is unreadable ({e}); start `reckon serve` first or pass --token", path.display())
+            })?
+        }
+    };
+    Client::connect(&conn.server, &token)
+        .await
+        .map_err(|e| format!("{}: {e}", conn.server))
+}
+
+fn show(message: &Message) -> Result<(), String> {
+    match message {
+        Message::AdminResult(r) if r.code.is_ok() => {
+            if r.bucket != 0 {
+                println!("ok: bucket {} balance {}", r.bucket, r.balance);
+            } else {
+                println!("ok");
+            }
+            Ok(())
+        }
+        Message::AdminResult(r) => Err(format!(
+            "refused: {}{}",
+            r.code.name().unwrap_or("unknown code"),
+            if r.balance.is_zero() {
+                String::new()
+            } else {
+                format!(" ({})", r.balance)
+            }
+        )),
+        Message::Balance(b) => {
+            println!(
+                "account {}{} {:?}{}",
+                b.account,
+                b.parent
+                    .map(|p| format!(" (parent {p})"))
+                    .unwrap_or_default(),
+                b.status,
+                if b.draws_on_parent {
+                    ", draws on parent"
+                } else {
+                    ""
+                }
+            );
+            if b.buckets.is_empty() {
+                println!("  no buckets");
+            }
+            for k in &b.buckets {
+                println!(
+                    "  bucket {:>4}  {:>20} {:<12} held {:>14}  available {:>20}{}{}",
+                    k.bucket,
+                    k.amount,
+                    k.unit.as_str(),
+                    k.held,
+                    k.available,
+                    if k.priority != 0 {
+                        format!("  priority {}", k.priority)
+                    } else {
+                        String::new()
+                    },
+                    if k.expired { "  EXPIRED" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        Message::Reservations(list) => {
+            for r in &list.reservations {
+                println!(
+                    "  reservation {:>8}  {} {}  expires {}",
+                    r.reservation,
+                    r.remaining,
+                    r.unit.as_str(),
+                    r.expires_at_ms
+                );
+            }
+            println!(
+                "{} open reservation(s){}",
+                list.reservations.len(),
+                if list.more { ", more follow" } else { "" }
+            );
+            Ok(())
+        }
+        Message::Cca(a) => {
+            println!(
+                "result {} {}",
+                a.result_code.0,
+                a.result_code.name().unwrap_or("")
+            );
+            for s in &a.services {
+                let granted: Vec<String> = s
+                    .granted
+                    .iter()
+                    .map(|g| format!("{} {}", g.amount, g.unit.as_str()))
+                    .collect();
+                println!(
+                    "  service {}: {} {}{}{}{}",
+                    s.service_id,
+                    s.result_code.0,
+                    s.result_code.name().unwrap_or(""),
+                    if granted.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", granted {}", granted.join(", "))
+                    },
+                    if s.validity_time_s > 0 {
+                        format!(", valid {} s", s.validity_time_s)
+                    } else {
+                        String::new()
+                    },
+                    s.final_unit_action
+                        .map(|f| format!(", final units: {f:?}"))
+                        .unwrap_or_default()
+                );
+            }
+            for b in &a.balance {
+                println!("  available {} {}", b.amount, b.unit.as_str());
+            }
+            for p in &a.price {
+                println!("  price {} {}", p.amount, p.unit.as_str());
+            }
+            if a.result_code.is_success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "credit control refused: {}",
+                    a.result_code.name().unwrap_or("unknown")
+                ))
+            }
+        }
+        Message::Error(e) => Err(format!(
+            "error {}: {}",
+            e.code.name().unwrap_or("?"),
+            e.message
+        )),
+        other => Err(format!("unexpected answer {:?}", other.kind())),
+    }
+}
+
+async fn send(
+    conn: &Conn,
+    message: impl FnOnce(&Client) -> Result<Message, String>,
+) -> Result<(), String> {
+    let client = connect(conn).await?;
+    let request = message(&client)?;
+    let answer = client.call(request).await.map_err(|e| e.to_string())?;
+    show(&answer)
+}
+
+fn ccr(
+    args: &CcrArgs,
+    kind: wt::RequestType,
+    action: Option<wt::EventAction>,
+) -> Result<Message, String> {
+    Ok(Message::Ccr(Ccr {
+        session_id: args.session.clone(),
+        request_type: kind,
+        request_number: args.number,
+        account: args.account,
+        event_action: action,
+        termination_cause: None,
+        timestamp_ms: 0,
+        services: vec![ServiceRequest {
+            service_id: args.service,
+            requested: quantities(&args.requested)?,
+            used: quantities(&args.used)?,
+        }],
+    }))
+}
+
+async fn serve(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    let mut cfg = match config {
+        Some(path) => Config::load(&path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if cfg.credential_list.is_empty() {
+        admin_token(&cfg.data_dir).map_err(|e| e.to_string())?;
+        eprintln!(
+            "admin token: {} (the CLI reads it from there)",
+            cfg.data_dir
+                .join(reckon_charging::config::ADMIN_TOKEN_FILE)
+                .display()
+        );
+    }
+    let server = reckon_charging::server::start(cfg)
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("reckon listening on {}", server.addr);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("reckon: draining in-flight requests and flushing");
+    server.shutdown().await;
+    eprintln!("reckon: stopped");
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Cmd::Serve {
+            config,
+            data_dir,
+            listen,
+        } => serve(config, data_dir, listen).await,
+        Cmd::Account { action, conn } => match action {
+            AccountCmd::Create {
+                id,
+                parent,
+                draws_on_parent,
+            } => {
+                send(&conn, |c| {
+                    Ok(Message::AccountCreate(AccountCreate {
+                        op_id: c.new_op_id(),
+                        account: id,
+                        parent,
+                        draws_on_parent,
+                    }))
+                })
+                .await
+            }
+            AccountCmd::Status { id, status } => {
+                let status = match status.as_str() {
+                    "active" => wt::AccountStatus::Active,
+                    "suspended" => wt::AccountStatus::Suspended,
+                    "closed" => wt::AccountStatus::Closed,
+                    other => {
+                        return Err(format!("{other:?}: expected active, suspended or closed"))
+                    }
+                };
+                send(&conn, |c| {
+                    Ok(Message::AccountStatus(AccountStatusChange {
+                        op_id: c.new_op_id(),
+                        account: id,
+                        status,
+                    }))
+                })
+                .await
+            }
+        },
+        Cmd::Topup {
+            account,
+            amount,
+            unit: u,
+            bucket,
+            refund,
+            reason,
+            conn,
+        } => {
+            let u = unit(&u)?;
+            send(&conn, |c| {
+                Ok(Message::TopUp(TopUp {
+                    op_id: c.new_op_id(),
+                    account,
+                    unit: u,
+                    amount,
+                    bucket,
+                    kind: if refund {
+                        wt::CreditKind::Refund
+                    } else {
+                        wt::CreditKind::TopUp
+                    },
+                    reason,
+                }))
+            })
+            .await
+        }
+        Cmd::Grant {
+            account,
+            unit: u,
+            amount,
+            valid_from_ms,
+            valid_until_ms,
+            priority,
+            credit_limit,
+            services,
+            conn,
+        } => {
+            let u = unit(&u)?;
+            send(&conn, |c| {
+                Ok(Message::BucketGrant(BucketGrant {
+                    op_id: c.new_op_id(),
+                    account,
+                    unit: u,
+                    amount,
+                    valid_from_ms,
+                    valid_until_ms,
+                    priority,
+                    credit_limit,
+                    services,
+                }))
+            })
+            .await
+        }
+        Cmd::Limit {
+            account,
+            unit: u,
+            cap,
+            conn,
+        } => {
+            let u = unit(&u)?;
+            send(&conn, |c| {
+                Ok(Message::LimitSet(LimitSet {
+                    op_id: c.new_op_id(),
+                    account,
+                    unit: u,
+                    cap,
+                }))
+            })
+            .await
+        }
+        Cmd::Balance { account, conn } => {
+            send(&conn, |_| {
+                Ok(Message::BalanceQuery(BalanceQuery { account }))
+            })
+            .await
+        }
+        Cmd::Reservations { account, conn } => {
+            send(&conn, |_| {
+                Ok(Message::ReservationList(ReservationList {
+                    account,
+                    after: 0,
+                    limit: 100,
+                }))
+            })
+            .await
+        }
+        Cmd::Session { action } => {
+            let (args, kind) = match action {
+                SessionCmd::Open(a) => (a, wt::RequestType::Initial),
+                SessionCmd::Update(a) => (a, wt::RequestType::Update),
+                SessionCmd::Close(a) => (a, wt::RequestType::Terminate),
+            };
+            let message = ccr(&args, kind, None)?;
+            send(&args.conn, |_| Ok(message)).await
+        }
+        Cmd::Event { action, ccr: args } => {
+            let action = match action.as_str() {
+                "debit" => wt::EventAction::DirectDebit,
+                "refund" => wt::EventAction::Refund,
+                "check" => wt::EventAction::CheckBalance,
+                "price" => wt::EventAction::PriceEnquiry,
+                other => return Err(format!("{other:?}: expected debit, refund, check or price")),
+            };
+            let message = ccr(&args, wt::RequestType::Event, Some(action))?;
+            send(&args.conn, |_| Ok(message)).await
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RECKON_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("reckon: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reckon: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! An async client for the native protocol, with pipelining.
+//!
+//! One connection carries many requests at once: every call gets a fresh
+//! request id, the frame is written, and the answer (which may arrive out
+//! of order) is routed back to the caller by that id. `Client` is cheap to
+//! clone; clones share the connection.
+
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use reckon_protocol::codec::ReckonCodec;
+use reckon_protocol::frame::Frame;
+use reckon_protocol::message::{Hello, HelloOk, Message};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting or writing failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server answered the handshake with an error.
+    #[error("handshake refused: {0}")]
+    Handshake(String),
+    /// The connection closed before the answer came.
+    #[error("connection closed before the answer arrived")]
+    Closed,
+    /// The server sent something unexpected.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>>;
+
+/// A connection to a Reckon server.
+#[derive(Clone)]
+pub struct Client {
+    out: mpsc::UnboundedSender<Frame>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+    op_base: u128,
+    op_counter: Arc<AtomicU64>,
+    /// What the server said in the handshake.
+    pub hello: HelloOk,
+}
+
+fn random_u128() -> u128 {
+    use std::io::Read;
+    let mut raw = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .is_err()
+    {
+        // Fall back on time and pid: unique enough for op id prefixes.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return (t.as_nanos() << 32) ^ std::process::id() as u128;
+    }
+    u128::from_le_bytes(raw)
+}
+
+impl Client {
+    /// Connects and authenticates with a credential.
+    pub async fn connect(addr: &str, credential: &str) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        let mut frames = FramedRead::new(read, ReckonCodec::new());
+        let mut sink = FramedWrite::new(write, ReckonCodec::new());
+        sink.send(Frame::new(
+            1,
+            Message::Hello(Hello {
+                min_version: 1,
+                max_version: 1,
+                credential: credential.to_string(),
+                client_name: format!("reckon-client {}", env!("CARGO_PKG_VERSION")),
+            }),
+        ))
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let hello = match frames.next().await {
+            Some(Ok(Frame {
+                body: Message::HelloOk(ok),
+                ..
+            })) => ok,
+            Some(Ok(Frame {
+                body: Message::Error(e),
+                ..
+            })) => {
+                return Err(ClientError::Handshake(format!(
+                    "{} ({})",
+                    e.message,
+                    e.code.name().unwrap_or("unknown code")
+                )))
+            }
+            Some(Ok(other)) => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected {:?}",
+                    other.kind()
+                )))
+            }
+            Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+            None => return Err(ClientError::Closed),
+        };
+        frames.decoder_mut().set_max_frame(hello.max_frame);
+        sink.encoder_mut().set_max_frame(hello.max_frame);
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+        tokio::spawn(async move {
+            while let Some(frame) = out_rx.recv().await {
+                if sink.feed(frame).await.is_err() {
+                    return;
+                }
+                if out_rx.is_empty() && SinkExt::<Frame>::flush(&mut sink).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let routes = pending.clone();
+        let pong = out.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = frames.next().await {
+                if matches!(frame.body, Message::Ping) {
+                    let _ = pong.send(Frame::new(frame.request_id, Message::Pong));
+                    continue;
+                }
+                if let Some(waiter) = routes.lock().remove(&frame.request_id) {
+                    let _ = waiter.send(frame.body);
+                }
+            }
+            // Connection gone: every waiter learns it by its sender dropping.
+            routes.lock().clear();
+        });
+        Ok(Client {
+            out,
+            pending,
+            next_id: Arc::new(AtomicU64::new(2)),
+            op_base: random_u128() & !(u64::MAX as u128),
+            op_counter: Arc::new(AtomicU64::new(1)),
+            hello,
+        })
+    }
+
+    /// A fresh operation id for an idempotent admin request; reuse the same
+    /// id when retrying the same request.
+    pub fn new_op_id(&self) -> u128 {
+        self.op_base | self.op_counter.fetch_add(1, Ordering::Relaxed) as u128
+    }
+
+    /// Sends one request and waits for its answer (other calls may be in
+    /// flight on the same connection meanwhile).
+    pub async fn call(&self, message: Message) -> Result<Message, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        if self.out.send(Frame::new(id, message)).is_err() {
+            self.pending.lock().remove(&id);
+            return Err(ClientError::Closed);
+        }
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends many requests in one BATCH frame; answers come in order.
+    pub async fn batch(&self, entries: Vec<Message>) -> Result<Vec<Message>, ClientError> {
+        match self
+            .call(Message::Batch(reckon_protocol::message::Batch { entries }))
+            .await?
+        {
+            Message::BatchResult(r) => Ok(r.entries),
+            Message::Error(e) => Err(ClientError::Protocol(format!(
+                "{} ({})",
+                e.message,
+                e.code.name().unwrap_or("unknown code")
+            ))),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected {:?}",
+                other.kind()
+            ))),
+        }
+    }
+}

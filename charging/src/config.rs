@@ -1,0 +1,260 @@
+//! `reckon serve` configuration: defaults that work with no file, and an
+//! optional TOML file.
+//!
+//! ```toml
+//! listen = "127.0.0.1:7878"
+//! data_dir = "reckon-data"
+//!
+//! [[credential]]            # none configured: an admin token is created
+//! name = "gateway-acme"     # in DATA_DIR/admin.token on first start
+//! token = "s3cret"
+//! org = 1000                # omit for an admin credential
+//!
+//! [[price]]
+//! service = 10              # omit for every service
+//! unit = "tokens_out"
+//! charge_unit = "USD"
+//! per_unit = "0.00002"      # a string: money is never a float
+//!
+//! [[service]]
+//! service = 10
+//! default_unit = "tokens_out"
+//! default_grant = "1000"
+//! max_grant = "8192"
+//! validity_s = 60
+//! ```
+
+use crate::engine::{EngineConfig, FinalUnitAction, Price, ServicePolicy};
+use crate::server::ServerError;
+use reckon_balances::{ServiceId, Unit};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// One credential: a token, and the organisation it may act for.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// A name for logs.
+    #[serde(default)]
+    pub name: String,
+    /// The secret the client sends in HELLO.
+    pub token: String,
+    /// The organisation (root account id); absent for an admin.
+    pub org: Option<u64>,
+}
+
+/// A price entry as written in the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// Service (rating group); absent for every service.
+    pub service: Option<u32>,
+    /// Unit priced.
+    pub unit: String,
+    /// Unit charged.
+    pub charge_unit: String,
+    /// Charge units per unit, as a decimal string.
+    pub per_unit: String,
+}
+
+/// A service policy as written in the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Service (rating group); absent for every service.
+    pub service: Option<u32>,
+    /// Unit granted by default.
+    pub default_unit: String,
+    /// Default grant, decimal string.
+    pub default_grant: String,
+    /// Largest grant, decimal string.
+    pub max_grant: String,
+    /// Validity of a grant in seconds.
+    pub validity_s: u32,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7878))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("reckon-data")
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_frame() -> u32 {
+    reckon_protocol::limits::DEFAULT_MAX_FRAME
+}
+fn default_keepalive() -> u16 {
+    30
+}
+fn default_queue() -> usize {
+    16_384
+}
+fn default_grace() -> u32 {
+    30
+}
+fn default_final_action() -> String {
+    "terminate".into()
+}
+
+/// Everything `reckon serve` can be told.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (loopback by default).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the log and snapshots live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Most open connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest frame accepted after the handshake, in bytes.
+    #[serde(default = "default_max_frame")]
+    pub max_frame: u32,
+    /// Seconds between keepalives; a connection silent for three is closed.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_s: u16,
+    /// Most submissions waiting for the writer before BUSY.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Credentials; none means an admin token in `DATA_DIR/admin.token`.
+    #[serde(default, rename = "credential")]
+    pub credential_list: Vec<CredentialConfig>,
+    /// Prices.
+    #[serde(default, rename = "price")]
+    pub prices: Vec<PriceConfig>,
+    /// Service policies.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+    /// Seconds a silent session is kept past its grant's validity.
+    #[serde(default = "default_grace")]
+    pub supervision_grace_s: u32,
+    /// `terminate`, `redirect` or `restrict`.
+    #[serde(default = "default_final_action")]
+    pub final_unit_action: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("an empty configuration is valid")
+    }
+}
+
+/// File name of the generated admin token inside the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+fn decimal(field: &str, text: &str) -> Result<Decimal, ServerError> {
+    text.parse::<Decimal>()
+        .map_err(|_| ServerError::Config(format!("{field}: {text:?} is not a decimal number")))
+}
+
+fn unit(field: &str, text: &str) -> Result<Unit, ServerError> {
+    Unit::new(text).map_err(|e| ServerError::Config(format!("{field}: {e}")))
+}
+
+impl Config {
+    /// Reads a TOML file; errors name the file and what is wrong.
+    pub fn load(path: &Path) -> Result<Config, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError::Config(format!("reading {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The credentials in force, creating the admin token when none are set.
+    pub fn credentials(&self) -> Result<Vec<CredentialConfig>, ServerError> {
+        if !self.credential_list.is_empty() {
+            return Ok(self.credential_list.clone());
+        }
+        let token = admin_token(&self.data_dir)?;
+        Ok(vec![CredentialConfig {
+            name: "local admin".into(),
+            token,
+            org: None,
+        }])
+    }
+
+    /// Prices and policies for the engine.
+    pub fn engine_config(&self) -> Result<EngineConfig, ServerError> {
+        let mut config = EngineConfig::default();
+        for (i, p) in self.prices.iter().enumerate() {
+            let per_unit = decimal(&format!("price[{i}].per_unit"), &p.per_unit)?;
+            if per_unit.is_sign_negative() || per_unit.normalize().scale() > 9 {
+                return Err(ServerError::Config(format!(
+                    "price[{i}].per_unit: must be ≥ 0 with at most 9 decimal places"
+                )));
+            }
+            config.prices.push(Price {
+                service: p.service.map(ServiceId),
+                unit: unit(&format!("price[{i}].unit"), &p.unit)?,
+                charge_unit: unit(&format!("price[{i}].charge_unit"), &p.charge_unit)?,
+                per_unit,
+            });
+        }
+        // Specific prices first, so matching finds them before wildcards.
+        config.prices.sort_by_key(|p| p.service.is_none());
+        if !self.services.is_empty() {
+            config.policies.clear();
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            config.policies.push(ServicePolicy {
+                service: s.service.map(ServiceId),
+                default_unit: unit(&format!("service[{i}].default_unit"), &s.default_unit)?,
+                default_grant: decimal(&format!("service[{i}].default_grant"), &s.default_grant)?,
+                max_grant: decimal(&format!("service[{i}].max_grant"), &s.max_grant)?,
+                validity_s: s.validity_s,
+            });
+        }
+        config.policies.sort_by_key(|p| p.service.is_none());
+        config.supervision_grace_s = self.supervision_grace_s;
+        config.final_unit_action = match self.final_unit_action.as_str() {
+            "terminate" => FinalUnitAction::Terminate,
+            "redirect" => FinalUnitAction::Redirect,
+            "restrict" => FinalUnitAction::RestrictAccess,
+            other => {
+                return Err(ServerError::Config(format!(
+                    "final_unit_action: {other:?} is not terminate, redirect or restrict"
+                )))
+            }
+        };
+        Ok(config)
+    }
+}
+
+/// Reads `DATA_DIR/admin.token`, creating it with a random token (mode 0600)
+/// when absent.
+pub fn admin_token(data_dir: &Path) -> Result<String, ServerError> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let token = text.trim().to_string();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| ServerError::Config(format!("creating {}: {e}", data_dir.display())))?;
+    let mut raw = [0u8; 24];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(|e| ServerError::Config(format!("reading /dev/urandom: {e}")))?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(token.as_bytes()).and_then(|_| f.sync_all()))
+        .map_err(|e| ServerError::Config(format!("writing {}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "created an admin token");
+    Ok(token)
+}

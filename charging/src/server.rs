@@ -1,0 +1,528 @@
+//! The tokio server: listener, connections, handshake, and the bridge to the
+//! journal's single writer.
+//!
+//! Each connection reads frames, turns each request into an engine request
+//! and submits it (a BATCH as one submission) to the journal's bounded
+//! queue. The journal replies after group commit; the reply goes back
+//! through a channel to the connection's writer task, so answers may leave
+//! out of order and a client can pipeline. A full queue answers BUSY at
+//! once instead of queueing without bound; each connection has a bounded
+//! number of requests in flight and stops reading when it reaches it.
+
+use crate::config::{Config, CredentialConfig};
+use crate::engine::{Caller, Engine, EngineConfig, EngineRequest};
+use crate::wire::{self, Prepared};
+use futures_util::{SinkExt, StreamExt};
+use reckon_balances::journal::{
+    system_clock, Clock, Journal, JournalConfig, JournalError, Submitter,
+};
+use reckon_balances::AccountId;
+use reckon_protocol::codec::TolerantCodec;
+use reckon_protocol::codes::ErrorCode;
+use reckon_protocol::frame::Frame;
+use reckon_protocol::message::{self as msg, BatchResult, HelloOk, Message};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// The only protocol version this server speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Most requests one connection may have in flight.
+pub const IN_FLIGHT_PER_CONNECTION: usize = 4096;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be opened or recovered.
+    #[error("opening the data directory: {0}")]
+    Journal(#[from] JournalError),
+    /// The listen address could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+struct Shared {
+    submitter: Submitter<Engine>,
+    credentials: Vec<CredentialConfig>,
+    max_frame: u32,
+    keepalive_s: u16,
+    shutdown: watch::Receiver<bool>,
+    connections: Arc<Semaphore>,
+    requests: AtomicU64,
+}
+
+/// A running server: its address, and the handle that stops it.
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, drains in-flight requests, flushes and checkpoints.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+
+    /// Waits until the server stops by itself (never, unless shut down).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Opens the data directory and starts serving on the configured address.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    start_with_clock(config, system_clock()).await
+}
+
+/// [`start`] with a given clock (tests drive time).
+pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningServer, ServerError> {
+    let credentials = config.credentials()?;
+    let mut journal_config = JournalConfig::new(&config.data_dir);
+    journal_config.queue_capacity = config.queue_capacity;
+    let engine_config: EngineConfig = config.engine_config()?;
+    let opened =
+        tokio::task::spawn_blocking(move || Journal::<Engine>::open(journal_config, clock))
+            .await
+            .map_err(|e| ServerError::Config(format!("recovery task failed: {e}")))??;
+    let (journal, report) = opened;
+    tracing::info!(
+        snapshot_lsn = report.snapshot_lsn,
+        replayed = report.replayed,
+        torn_tail_bytes = report.torn_tail_bytes,
+        elapsed_ms = report.elapsed_ms,
+        "data directory recovered"
+    );
+    // Prices and policies are state: logging them keeps replay exact.
+    journal
+        .call(EngineRequest::Configure(engine_config))
+        .map_err(ServerError::Journal)?;
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "reckon serving");
+    let (stop, shutdown) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        submitter: journal.submitter(),
+        credentials,
+        max_frame: config.max_frame,
+        keepalive_s: config.keepalive_s,
+        shutdown: shutdown.clone(),
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        requests: AtomicU64::new(0),
+    });
+    let done = tokio::spawn(accept_loop(listener, shared, shutdown, journal));
+    Ok(RunningServer { addr, stop, done })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    journal: Journal<Engine>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "connection limit reached; refusing");
+                    continue;
+                };
+                let shared = shared.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = connection(stream, peer, shared).await {
+                        tracing::debug!(%peer, error = %e, "connection ended");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining connections");
+    // Connections see the shutdown flag, stop reading and finish their
+    // in-flight requests; give them a bounded time.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not drain in 10 s; closing them");
+        tasks.abort_all();
+    }
+    tracing::info!(
+        requests = shared.requests.load(Ordering::Relaxed),
+        "flushing and checkpointing"
+    );
+    let _ = tokio::task::spawn_blocking(move || journal.shutdown()).await;
+    tracing::info!("stopped");
+}
+
+fn error_frame(request_id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::new(
+        request_id,
+        Message::Error(msg::ErrorReply {
+            code,
+            message: message.into(),
+        }),
+    )
+}
+
+fn authenticate(shared: &Shared, credential: &str) -> Option<Caller> {
+    // Compare every credential fully, whatever matches, so timing does not
+    // reveal how much of a token was right.
+    let mut found = None;
+    for c in &shared.credentials {
+        let equal = c.token.len() == credential.len()
+            && c.token
+                .bytes()
+                .zip(credential.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if equal {
+            found = Some(match c.org {
+                None => Caller::Admin,
+                Some(org) => Caller::Org(AccountId(org)),
+            });
+        }
+    }
+    found
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    let mut frames = FramedRead::new(
+        read,
+        TolerantCodec::with_max_frame(reckon_protocol::limits::PRE_AUTH_MAX_FRAME),
+    );
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+    let max_frame = shared.max_frame;
+    let writer = tokio::spawn(async move {
+        let mut sink = FramedWrite::new(write, TolerantCodec::with_max_frame(max_frame));
+        while let Some(frame) = out_rx.recv().await {
+            if let Err(e) = sink.feed(frame).await {
+                tracing::debug!(error = %e, "write failed");
+                return;
+            }
+            // Flush when nothing else is waiting: batches small writes.
+            if out_rx.is_empty() && SinkExt::<Frame>::flush(&mut sink).await.is_err() {
+                return;
+            }
+        }
+        let _ = SinkExt::<Frame>::flush(&mut sink).await;
+    });
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
+    let mut caller: Option<Caller> = None;
+    let mut shutdown = shared.shutdown.clone();
+    let idle = Duration::from_secs(shared.keepalive_s.max(1) as u64 * 3);
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.changed() => None,
+            next = tokio::time::timeout(idle, frames.next()) => match next {
+                Ok(n) => n,
+                Err(_) => {
+                    tracing::info!(%peer, "no frame within three keepalive periods; closing");
+                    None
+                }
+            },
+        };
+        let Some(item) = next else { break };
+        let frame = match item {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(e)) => {
+                // Malformed but the frame boundary is intact: answer, go on.
+                let _ = out_tx.send(error_frame(
+                    e.request_id().unwrap_or(0),
+                    e.code(),
+                    e.to_string(),
+                ));
+                if caller.is_none() {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                let _ = out_tx.send(error_frame(
+                    e.request_id().unwrap_or(0),
+                    e.code(),
+                    e.to_string(),
+                ));
+                break;
+            }
+        };
+        let request_id = frame.request_id;
+        let Some(who) = caller else {
+            match frame.body {
+                Message::Hello(hello) => {
+                    if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION
+                    {
+                        let _ = out_tx.send(error_frame(
+                            request_id,
+                            ErrorCode::UNSUPPORTED_VERSION,
+                            "this server speaks version 1",
+                        ));
+                        break;
+                    }
+                    match authenticate(&shared, &hello.credential) {
+                        Some(c) => {
+                            caller = Some(c);
+                            frames.decoder_mut().inner.set_max_frame(shared.max_frame);
+                            tracing::info!(%peer, client = %hello.client_name, caller = ?c, "authenticated");
+                            let _ = out_tx.send(Frame::new(
+                                request_id,
+                                Message::HelloOk(HelloOk {
+                                    version: PROTOCOL_VERSION,
+                                    org_id: match c {
+                                        Caller::Admin => 0,
+                                        Caller::Org(a) => a.0,
+                                    },
+                                    is_admin: c == Caller::Admin,
+                                    max_frame: shared.max_frame,
+                                    keepalive_s: shared.keepalive_s,
+                                    server_name: format!("reckon {}", env!("CARGO_PKG_VERSION")),
+                                }),
+                            ));
+                        }
+                        None => {
+                            tracing::warn!(%peer, client = %hello.client_name, "authentication failed");
+                            let _ = out_tx.send(error_frame(
+                                request_id,
+                                ErrorCode::AUTH_FAILED,
+                                "credential not accepted",
+                            ));
+                            break;
+                        }
+                    }
+                }
+                _ => {
+                    let _ = out_tx.send(error_frame(
+                        request_id,
+                        ErrorCode::NOT_AUTHENTICATED,
+                        "send HELLO first",
+                    ));
+                    break;
+                }
+            }
+            continue;
+        };
+        match frame.body {
+            Message::Ping => {
+                let _ = out_tx.send(Frame::new(request_id, Message::Pong));
+            }
+            Message::Pong => {}
+            Message::Hello(_) => {
+                let _ = out_tx.send(error_frame(
+                    request_id,
+                    ErrorCode::UNEXPECTED_KIND,
+                    "already authenticated",
+                ));
+            }
+            Message::Batch(batch) => {
+                let Ok(permit) = in_flight.clone().acquire_many_owned(1).await else {
+                    break;
+                };
+                shared
+                    .requests
+                    .fetch_add(batch.entries.len() as u64, Ordering::Relaxed);
+                submit_batch(
+                    &shared,
+                    who,
+                    request_id,
+                    batch.entries,
+                    out_tx.clone(),
+                    permit,
+                );
+            }
+            body => {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                shared.requests.fetch_add(1, Ordering::Relaxed);
+                submit_one(&shared, who, request_id, body, out_tx.clone(), permit);
+            }
+        }
+    }
+    // Wait for every in-flight request to be answered before closing.
+    let _ = in_flight
+        .acquire_many(IN_FLIGHT_PER_CONNECTION as u32)
+        .await;
+    drop(out_tx);
+    let _ = writer.await;
+    Ok(())
+}
+
+fn submit_one(
+    shared: &Shared,
+    caller: Caller,
+    request_id: u64,
+    body: Message,
+    out: mpsc::UnboundedSender<Frame>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (request, shape) = match wire::prepare(caller, body) {
+        Prepared::Immediate(message) => {
+            let _ = out.send(Frame::new(request_id, message));
+            return;
+        }
+        Prepared::Submit(request, shape) => (request, shape),
+    };
+    let reply_shape = shape.clone();
+    let reply_out = out.clone();
+    let submitted = shared.submitter.submit(
+        vec![request],
+        Box::new(move |result| {
+            let message = match result {
+                Ok(mut responses) => match responses.pop() {
+                    Some(r) => wire::render(&reply_shape, r),
+                    None => Message::Error(msg::ErrorReply {
+                        code: ErrorCode::INTERNAL,
+                        message: "no response".into(),
+                    }),
+                },
+                Err(e) => Message::Error(msg::ErrorReply {
+                    code: ErrorCode::INTERNAL,
+                    message: e.to_string(),
+                }),
+            };
+            let _ = reply_out.send(Frame::new(request_id, message));
+            drop(permit);
+        }),
+    );
+    if let Err(e) = submitted {
+        let message = match e {
+            JournalError::Busy => wire::busy_reply(&shape),
+            other => Message::Error(msg::ErrorReply {
+                code: ErrorCode::SHUTTING_DOWN,
+                message: other.to_string(),
+            }),
+        };
+        let _ = out.send(Frame::new(request_id, message));
+    }
+}
+
+fn submit_batch(
+    shared: &Shared,
+    caller: Caller,
+    request_id: u64,
+    entries: Vec<Message>,
+    out: mpsc::UnboundedSender<Frame>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    // Entries answered at once keep their place; the rest go to the writer
+    // as one submission and fill their places when it replies.
+    let mut slots: Vec<Option<Message>> = Vec::with_capacity(entries.len());
+    let mut requests = Vec::new();
+    let mut shapes = Vec::new();
+    for entry in entries {
+        match wire::prepare(caller, entry) {
+            Prepared::Immediate(m) => slots.push(Some(m)),
+            Prepared::Submit(r, shape) => {
+                slots.push(None);
+                requests.push(r);
+                shapes.push(shape);
+            }
+        }
+    }
+    if requests.is_empty() {
+        let entries = slots.into_iter().flatten().collect();
+        let _ = out.send(Frame::new(
+            request_id,
+            Message::BatchResult(BatchResult { entries }),
+        ));
+        return;
+    }
+    let reply_shapes = shapes.clone();
+    let mut reply_slots = slots.clone();
+    let reply_out = out.clone();
+    let submitted = shared.submitter.submit(
+        requests,
+        Box::new(move |result| {
+            let mut responses = match result {
+                Ok(r) => r
+                    .into_iter()
+                    .zip(reply_shapes.iter())
+                    .map(|(r, s)| wire::render(s, r))
+                    .collect::<Vec<_>>(),
+                Err(e) => reply_shapes
+                    .iter()
+                    .map(|_| {
+                        Message::Error(msg::ErrorReply {
+                            code: ErrorCode::INTERNAL,
+                            message: e.to_string(),
+                        })
+                    })
+                    .collect(),
+            }
+            .into_iter();
+            for slot in reply_slots.iter_mut() {
+                if slot.is_none() {
+                    *slot = responses.next();
+                }
+            }
+            let entries = reply_slots.into_iter().flatten().collect();
+            let _ = reply_out.send(Frame::new(
+                request_id,
+                Message::BatchResult(BatchResult { entries }),
+            ));
+            drop(permit);
+        }),
+    );
+    if let Err(e) = submitted {
+        let mut busy = shapes.iter().map(|shape| match &e {
+            JournalError::Busy => wire::busy_reply(shape),
+            other => Message::Error(msg::ErrorReply {
+                code: ErrorCode::SHUTTING_DOWN,
+                message: other.to_string(),
+            }),
+        });
+        for slot in slots.iter_mut() {
+            if slot.is_none() {
+                *slot = busy.next();
+            }
+        }
+        let entries = slots.into_iter().flatten().collect();
+        let _ = out.send(Frame::new(
+            request_id,
+            Message::BatchResult(BatchResult { entries }),
+        ));
+    }
+}
