@@ -1,9 +1,49 @@
-//! Reckon's wire formats.
+//! Reckon's wire formats: the native compact binary protocol.
 //!
-//! This crate will own the native compact binary protocol (its spec in
-//! `SPEC.md`, the frame codec and the message types) and, later, the
-//! Diameter Credit-Control codecs. It holds no business logic and must never
-//! depend on a domain crate (`balances`, `rating`, `settlement`, `charging`).
+//! This crate owns the native protocol, specified byte for byte in
+//! `protocol/SPEC.md`: the frame layout, every message and field, every
+//! result and error code, the limits, version negotiation and hex test
+//! vectors. It provides
 //!
-//! Status: empty until the native protocol issue lands; nothing here is
-//! usable yet.
+//! - [`Frame`] and [`Message`]: one typed struct per message kind, with
+//!   canonical encoding (`bytes`) and bounded decoding (`nom`);
+//! - [`decode_frame`]: decode one frame from a byte slice, without tokio;
+//! - [`ReckonCodec`] / [`TolerantCodec`]: `tokio_util::codec` decoders and
+//!   encoders with a configurable maximum frame size;
+//! - [`ProtocolError`]: a typed error for every class of malformed input,
+//!   carrying the request id when it is known, so a server can answer
+//!   `ERROR` and keep the connection when the frame boundary is intact.
+//!
+//! It holds no business logic and must never depend on a domain crate
+//! (`balances`, `rating`, `settlement`, `charging`): it has its own wire
+//! types (account ids are plain `u64`, units are [`Unit`], amounts are
+//! [`rust_decimal::Decimal`]), and the server maps them to the ledger's.
+//! Diameter Credit-Control codecs will live here too, later.
+
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod codes;
+pub mod error;
+pub mod frame;
+pub mod limits;
+pub mod message;
+pub mod types;
+mod wire;
+
+pub use codec::{ReckonCodec, TolerantCodec};
+pub use codes::{AdminCode, ErrorCode, ResultCode};
+pub use error::ProtocolError;
+pub use frame::{decode_frame, decode_frame_with_limit, frame_size, Frame, Kind};
+pub use message::{
+    AccountCreate, AccountStatusChange, Adjust, AdminResult, Balance, BalanceQuery, Batch,
+    BatchResult, BucketGrant, BucketInfo, Cca, Ccr, ErrorReply, Hello, HelloOk, LimitSet, Message,
+    ReservationInfo, ReservationList, Reservations, ServiceAnswer, ServiceRequest, TopUp,
+};
+pub use types::{
+    AccountStatus, CreditKind, EventAction, FinalUnitAction, InvalidUnitName, RequestType,
+    TerminationCause, Unit, UnitAmount,
+};
+
+/// The protocol version this crate speaks (the only one so far).
+pub const PROTOCOL_VERSION: u16 = 1;

@@ -1,0 +1,52 @@
+//! Every size limit of the protocol, as listed in `SPEC.md` § Limits.
+
+/// Bytes of the length prefix in front of every frame.
+pub const LENGTH_PREFIX_LEN: usize = 4;
+/// Bytes of the frame header after the length prefix: kind, flags, request id.
+pub const HEADER_LEN: usize = 10;
+/// Maximum frame length (bytes after the length prefix) before negotiation.
+pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
+/// Absolute cap on any frame length; no negotiation goes above it.
+pub const MAX_FRAME_CAP: u32 = 16 << 20;
+/// Smallest `max_frame` a server may announce in `HELLO_OK`.
+pub const MIN_NEGOTIATED_MAX_FRAME: u32 = 64 << 10;
+/// Maximum frame length a server accepts before `HELLO` has succeeded.
+pub const PRE_AUTH_MAX_FRAME: u32 = 4096;
+
+/// Longest `HELLO.credential`, in bytes.
+pub const CREDENTIAL_MAX: usize = 256;
+/// Longest `HELLO.client_name`, in bytes.
+pub const CLIENT_NAME_MAX: usize = 64;
+/// Longest `HELLO_OK.server_name`, in bytes.
+pub const SERVER_NAME_MAX: usize = 64;
+/// Longest session id, in bytes.
+pub const SESSION_ID_MAX: usize = 128;
+/// Longest redirect address in a CCA service, in bytes.
+pub const REDIRECT_MAX: usize = 256;
+/// Longest reason on a top-up or adjustment, in bytes.
+pub const REASON_MAX: usize = 256;
+/// Longest `ERROR.message`, in bytes.
+pub const ERROR_MESSAGE_MAX: usize = 1024;
+/// Shortest unit name, in bytes.
+pub const UNIT_LEN_MIN: usize = 1;
+/// Longest unit name, in bytes.
+pub const UNIT_LEN_MAX: usize = 16;
+/// Largest decimal scale (digits after the point).
+pub const DECIMAL_SCALE_MAX: u8 = 28;
+/// Largest decimal mantissa magnitude: 2^96 - 1.
+pub const DECIMAL_MANTISSA_MAX: u128 = (1 << 96) - 1;
+
+/// Most entries in a `BATCH` or `BATCH_RESULT`.
+pub const BATCH_MAX: usize = 1024;
+/// Most services in a CCR or CCA.
+pub const SERVICES_MAX: usize = 32;
+/// Most (unit, amount) pairs in a requested, used, granted or price list.
+pub const UNIT_AMOUNTS_MAX: usize = 8;
+/// Most (unit, amount) pairs in a CCA balance list.
+pub const BALANCE_ENTRIES_MAX: usize = 32;
+/// Most services a bucket may be restricted to.
+pub const BUCKET_SERVICES_MAX: usize = 32;
+/// Most buckets in a `BALANCE` answer.
+pub const BUCKETS_MAX: usize = 1024;
+/// Most reservations in a `RESERVATIONS` answer.
+pub const RESERVATIONS_MAX: usize = 4096;

@@ -1,0 +1,982 @@
+//! [`Message`]: one variant per message kind, each a typed struct with its
+//! body encoding and decoding. Layouts are in `SPEC.md` § Messages.
+
+use crate::codes::{AdminCode, ErrorCode, ResultCode};
+use crate::error::ProtocolError;
+use crate::frame::Kind;
+use crate::limits::*;
+use crate::types::*;
+use crate::wire::{
+    bounded_capacity, check_count, fail, into_error, put_decimal, put_opt_decimal, put_opt_u64,
+    put_service_ids, put_string, put_unit, put_unit_amounts, Cx, PResult,
+};
+use bytes::{BufMut, BytesMut};
+use rust_decimal::Decimal;
+
+/// Opens a connection: the versions the client speaks and its credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Lowest protocol version the client speaks.
+    pub min_version: u16,
+    /// Highest protocol version the client speaks.
+    pub max_version: u16,
+    /// The client's credential (an API key), at most 256 bytes.
+    pub credential: String,
+    /// The client's name and version, for logs, at most 64 bytes.
+    pub client_name: String,
+}
+
+/// Accepts a connection: the chosen version and the session's terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HelloOk {
+    /// The version both sides now speak.
+    pub version: u16,
+    /// The organisation (root account) the credential belongs to.
+    pub org_id: u64,
+    /// Whether the credential may use admin operations on any account.
+    pub is_admin: bool,
+    /// Largest frame length either side may send from now on.
+    pub max_frame: u32,
+    /// Keepalive interval in seconds (0: no keepalive).
+    pub keepalive_s: u16,
+    /// The server's name and version, at most 64 bytes.
+    pub server_name: String,
+}
+
+/// Many requests in one frame, answered by one [`BatchResult`] in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// The requests: CCR and admin requests only, at most 1024.
+    pub entries: Vec<Message>,
+}
+
+/// The answers to a [`Batch`], entry for entry in the same order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchResult {
+    /// The answers: CCA, ADMIN_RESULT, BALANCE, RESERVATIONS or ERROR.
+    pub entries: Vec<Message>,
+}
+
+/// One service (rating group) in a credit-control request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRequest {
+    /// The rating group or service id.
+    pub service_id: u32,
+    /// Units asked for, per unit (at most 8).
+    pub requested: Vec<UnitAmount>,
+    /// Units used since the last report, per unit (at most 8).
+    pub used: Vec<UnitAmount>,
+}
+
+/// A credit-control request (CCR): a session step or a one-shot event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ccr {
+    /// The session's id, unique per client, at most 128 bytes.
+    pub session_id: String,
+    /// INITIAL, UPDATE, TERMINATE or EVENT.
+    pub request_type: RequestType,
+    /// Sequence number within the session (0 for INITIAL and EVENT).
+    pub request_number: u32,
+    /// The account charged.
+    pub account: u64,
+    /// What an EVENT does; `None` for session requests.
+    pub event_action: Option<EventAction>,
+    /// Why a session ends; `None` unless TERMINATE.
+    pub termination_cause: Option<TerminationCause>,
+    /// When the usage happened, ms since the Unix epoch (0: the server's time).
+    pub timestamp_ms: u64,
+    /// The services (at most 32).
+    pub services: Vec<ServiceRequest>,
+}
+
+/// One service's answer in a CCA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAnswer {
+    /// The rating group or service id it answers.
+    pub service_id: u32,
+    /// This service's result.
+    pub result_code: ResultCode,
+    /// Units granted, per unit (at most 8).
+    pub granted: Vec<UnitAmount>,
+    /// Seconds the grant is valid (0: no limit).
+    pub validity_time_s: u32,
+    /// What to do when the grant is used up; `None`: ask for more.
+    pub final_unit_action: Option<FinalUnitAction>,
+    /// Where to redirect for [`FinalUnitAction::Redirect`], else empty; at most 256 bytes.
+    pub redirect: String,
+}
+
+/// A credit-control answer (CCA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cca {
+    /// The request's overall result.
+    pub result_code: ResultCode,
+    /// The request's session id.
+    pub session_id: String,
+    /// The request's number.
+    pub request_number: u32,
+    /// One answer per service asked about (at most 32).
+    pub services: Vec<ServiceAnswer>,
+    /// Balances, for CHECK_BALANCE (at most 32).
+    pub balance: Vec<UnitAmount>,
+    /// Prices, for PRICE_ENQUIRY (at most 8).
+    pub price: Vec<UnitAmount>,
+}
+
+/// Admin: opens an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountCreate {
+    /// Idempotency key (non-zero).
+    pub op_id: u128,
+    /// The new account's id.
+    pub account: u64,
+    /// Its parent, which must exist; `None` for a root (organisation).
+    pub parent: Option<u64>,
+    /// Whether it draws on its parent's buckets when its own run short.
+    pub draws_on_parent: bool,
+}
+
+/// Admin: suspends, re-activates or closes an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountStatusChange {
+    /// Idempotency key (non-zero).
+    pub op_id: u128,
+    /// The account.
+    pub account: u64,
+    /// Its new status.
+    pub status: AccountStatus,
+}
+
+/// Admin: credits an amount (a top-up or a refund).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopUp {
+    /// Idempotency key (non-zero).
+    pub op_id: u128,
+    /// The account credited.
+    pub account: u64,
+    /// The unit credited.
+    pub unit: Unit,
+    /// How much (> 0).
+    pub amount: Decimal,
+    /// A specific bucket, or `None` for the account's default bucket of the unit.
+    pub bucket: Option<u64>,
+    /// Top-up or refund.
+    pub kind: CreditKind,
+    /// Why, for the audit trail; at most 256 bytes.
+    pub reason: String,
+}
+
+/// Admin: changes a bucket by a signed amount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adjust {
+    /// Idempotency key (non-zero).
+    pub op_id: u128,
+    /// The account owning the bucket.
+    pub account: u64,
+    /// The bucket.
+    pub bucket: u64,
+    /// Signed change (≠ 0).
+    pub delta: Decimal,
+    /// Why, for the audit trail; at most 256 bytes.
+    pub reason: String,
+}
+
+/// Admin: adds a bucket with its own terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketGrant {
+    /// Idempotency key (non-zero).
+    pub op_id: u128,
+    /// The account receiving the bucket.
+    pub account: u64,
+    /// What the bucket counts.
+    pub unit: Unit,
+    /// Opening amount (≥ 0).
+    pub amount: Decimal,
+    /// First instant it may be drawn on, ms since the epoch.
+    pub valid_from_ms: u64,
+    /// First instant it may no longer be drawn on (`u64::MAX`: never).
+    pub valid_until_ms: u64,
+    /// Higher is drawn first.
+    pub priority: i16,
+    /// How far below zero it may go (≥ 0).
+    pub credit_limit: Decimal,
+    /// Services it may pay for (at most 32); empty: any.
+    pub services: Vec<u32>,
+}
+
+/// Admin: sets or removes a cap on an account subtree in a unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitSet {
+    /// Idempotency key (non-zero).
+    pub op_id: u128,
+    /// The account whose subtree is capped.
+    pub account: u64,
+    /// The unit capped.
+    pub unit: Unit,
+    /// The cap, or `None` to remove it.
+    pub cap: Option<Decimal>,
+}
+
+/// Query: an account's status and buckets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalanceQuery {
+    /// The account.
+    pub account: u64,
+}
+
+/// Query: an account's open reservations, a page at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationList {
+    /// The reserving account.
+    pub account: u64,
+    /// Only reservations with a larger id (0: from the first).
+    pub after: u64,
+    /// Most to return (0 or above 4096: 4096).
+    pub limit: u32,
+}
+
+/// The answer to a mutating admin request, or to a query that failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminResult {
+    /// The result.
+    pub code: AdminCode,
+    /// The bucket created or changed (0 if none).
+    pub bucket: u64,
+    /// Its balance afterwards; or what is available / the headroom on
+    /// INSUFFICIENT_FUNDS / LIMIT_EXCEEDED; else 0.
+    pub balance: Decimal,
+}
+
+/// One bucket in a [`Balance`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketInfo {
+    /// The bucket's id.
+    pub bucket: u64,
+    /// What it counts.
+    pub unit: Unit,
+    /// Its amount (may be negative down to −credit_limit).
+    pub amount: Decimal,
+    /// What reservations hold of it.
+    pub held: Decimal,
+    /// What can still be reserved: amount − held + credit_limit, or 0 if not valid now.
+    pub available: Decimal,
+    /// How far below zero it may go.
+    pub credit_limit: Decimal,
+    /// First instant it may be drawn on.
+    pub valid_from_ms: u64,
+    /// First instant it may no longer be drawn on (`u64::MAX`: never).
+    pub valid_until_ms: u64,
+    /// Higher is drawn first.
+    pub priority: i16,
+    /// Whether its validity has ended.
+    pub expired: bool,
+    /// Services it may pay for (at most 32); empty: any.
+    pub services: Vec<u32>,
+}
+
+/// The answer to [`BalanceQuery`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Balance {
+    /// The account.
+    pub account: u64,
+    /// Its parent, if any.
+    pub parent: Option<u64>,
+    /// Its status.
+    pub status: AccountStatus,
+    /// Whether it draws on its parent's buckets.
+    pub draws_on_parent: bool,
+    /// Its buckets (at most 1024).
+    pub buckets: Vec<BucketInfo>,
+}
+
+/// One reservation in [`Reservations`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationInfo {
+    /// The reservation's id.
+    pub reservation: u64,
+    /// The reserving account.
+    pub account: u64,
+    /// The unit reserved.
+    pub unit: Unit,
+    /// What it still holds.
+    pub remaining: Decimal,
+    /// When it lapses, ms since the epoch.
+    pub expires_at_ms: u64,
+}
+
+/// The answer to [`ReservationList`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservations {
+    /// Whether more reservations follow the last one listed.
+    pub more: bool,
+    /// The reservations in increasing id order (at most 4096).
+    pub reservations: Vec<ReservationInfo>,
+}
+
+/// A protocol-level failure (sent with flags = 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// What failed.
+    pub code: ErrorCode,
+    /// Human-readable detail, at most 1024 bytes.
+    pub message: String,
+}
+
+/// Every message of the protocol, one variant per [`Kind`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// `HELLO` (0x01).
+    Hello(Hello),
+    /// `PING` (0x02).
+    Ping,
+    /// `BATCH` (0x03).
+    Batch(Batch),
+    /// `CCR` (0x10).
+    Ccr(Ccr),
+    /// `ACCOUNT_CREATE` (0x20).
+    AccountCreate(AccountCreate),
+    /// `ACCOUNT_STATUS` (0x21).
+    AccountStatus(AccountStatusChange),
+    /// `TOPUP` (0x22).
+    TopUp(TopUp),
+    /// `ADJUST` (0x23).
+    Adjust(Adjust),
+    /// `BUCKET_GRANT` (0x24).
+    BucketGrant(BucketGrant),
+    /// `LIMIT_SET` (0x25).
+    LimitSet(LimitSet),
+    /// `BALANCE_QUERY` (0x26).
+    BalanceQuery(BalanceQuery),
+    /// `RESERVATION_LIST` (0x27).
+    ReservationList(ReservationList),
+    /// `HELLO_OK` (0x81).
+    HelloOk(HelloOk),
+    /// `PONG` (0x82).
+    Pong,
+    /// `BATCH_RESULT` (0x83).
+    BatchResult(BatchResult),
+    /// `CCA` (0x90).
+    Cca(Cca),
+    /// `ADMIN_RESULT` (0xA0).
+    AdminResult(AdminResult),
+    /// `BALANCE` (0xA1).
+    Balance(Balance),
+    /// `RESERVATIONS` (0xA2).
+    Reservations(Reservations),
+    /// `ERROR` (0xFF).
+    Error(ErrorReply),
+}
+
+impl Message {
+    /// The message's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Hello(_) => Kind::Hello,
+            Message::Ping => Kind::Ping,
+            Message::Batch(_) => Kind::Batch,
+            Message::Ccr(_) => Kind::Ccr,
+            Message::AccountCreate(_) => Kind::AccountCreate,
+            Message::AccountStatus(_) => Kind::AccountStatus,
+            Message::TopUp(_) => Kind::TopUp,
+            Message::Adjust(_) => Kind::Adjust,
+            Message::BucketGrant(_) => Kind::BucketGrant,
+            Message::LimitSet(_) => Kind::LimitSet,
+            Message::BalanceQuery(_) => Kind::BalanceQuery,
+            Message::ReservationList(_) => Kind::ReservationList,
+            Message::HelloOk(_) => Kind::HelloOk,
+            Message::Pong => Kind::Pong,
+            Message::BatchResult(_) => Kind::BatchResult,
+            Message::Cca(_) => Kind::Cca,
+            Message::AdminResult(_) => Kind::AdminResult,
+            Message::Balance(_) => Kind::Balance,
+            Message::Reservations(_) => Kind::Reservations,
+            Message::Error(_) => Kind::Error,
+        }
+    }
+
+    /// Appends the message's body (no frame header) to `dst`.
+    ///
+    /// Refuses, leaving `dst` unchanged, anything a decoder would refuse: a
+    /// string or list over its limit, or a batch entry of a kind not allowed
+    /// there. Errors carry request id 0.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        let start = dst.len();
+        let result = self.encode_body(dst);
+        if result.is_err() {
+            dst.truncate(start);
+        }
+        result
+    }
+
+    /// Decodes a whole body of the given kind; every byte must be used.
+    pub fn decode(kind: Kind, body: &[u8], request_id: u64) -> Result<Message, ProtocolError> {
+        let cx = Cx { rid: request_id };
+        match Message::parse(cx, kind, body) {
+            Ok(([], m)) => Ok(m),
+            Ok((rest, _)) => Err(ProtocolError::TrailingBytes {
+                request_id,
+                field: "body",
+                extra: rest.len(),
+            }),
+            Err(e) => Err(into_error(e, request_id)),
+        }
+    }
+
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        match self {
+            Message::Hello(m) => {
+                dst.put_u16_le(m.min_version);
+                dst.put_u16_le(m.max_version);
+                put_string(dst, &m.credential, "credential", CREDENTIAL_MAX)?;
+                put_string(dst, &m.client_name, "client_name", CLIENT_NAME_MAX)?;
+            }
+            Message::HelloOk(m) => {
+                if !(MIN_NEGOTIATED_MAX_FRAME..=MAX_FRAME_CAP).contains(&m.max_frame) {
+                    return Err(max_frame_error(0));
+                }
+                dst.put_u16_le(m.version);
+                dst.put_u64_le(m.org_id);
+                dst.put_u8(m.is_admin as u8);
+                dst.put_u32_le(m.max_frame);
+                dst.put_u16_le(m.keepalive_s);
+                put_string(dst, &m.server_name, "server_name", SERVER_NAME_MAX)?;
+            }
+            Message::Ping | Message::Pong => {}
+            Message::Batch(b) => encode_entries(dst, &b.entries, Kind::allowed_in_batch)?,
+            Message::BatchResult(b) => {
+                encode_entries(dst, &b.entries, Kind::allowed_in_batch_result)?
+            }
+            Message::Ccr(m) => {
+                put_string(dst, &m.session_id, "session_id", SESSION_ID_MAX)?;
+                dst.put_u8(m.request_type.code());
+                dst.put_u32_le(m.request_number);
+                dst.put_u64_le(m.account);
+                dst.put_u8(m.event_action.map_or(0, EventAction::code));
+                dst.put_u8(m.termination_cause.map_or(0, TerminationCause::code));
+                dst.put_u64_le(m.timestamp_ms);
+                check_count("services", m.services.len(), SERVICES_MAX)?;
+                dst.put_u8(m.services.len() as u8);
+                for s in &m.services {
+                    dst.put_u32_le(s.service_id);
+                    put_unit_amounts(dst, &s.requested, "requested", UNIT_AMOUNTS_MAX)?;
+                    put_unit_amounts(dst, &s.used, "used", UNIT_AMOUNTS_MAX)?;
+                }
+            }
+            Message::Cca(m) => {
+                dst.put_u32_le(m.result_code.0);
+                put_string(dst, &m.session_id, "session_id", SESSION_ID_MAX)?;
+                dst.put_u32_le(m.request_number);
+                check_count("services", m.services.len(), SERVICES_MAX)?;
+                dst.put_u8(m.services.len() as u8);
+                for s in &m.services {
+                    dst.put_u32_le(s.service_id);
+                    dst.put_u32_le(s.result_code.0);
+                    put_unit_amounts(dst, &s.granted, "granted", UNIT_AMOUNTS_MAX)?;
+                    dst.put_u32_le(s.validity_time_s);
+                    dst.put_u8(s.final_unit_action.map_or(0, FinalUnitAction::code));
+                    put_string(dst, &s.redirect, "redirect", REDIRECT_MAX)?;
+                }
+                put_unit_amounts(dst, &m.balance, "balance", BALANCE_ENTRIES_MAX)?;
+                put_unit_amounts(dst, &m.price, "price", UNIT_AMOUNTS_MAX)?;
+            }
+            Message::AccountCreate(m) => {
+                dst.put_u128_le(m.op_id);
+                dst.put_u64_le(m.account);
+                put_opt_u64(dst, m.parent);
+                dst.put_u8(m.draws_on_parent as u8);
+            }
+            Message::AccountStatus(m) => {
+                dst.put_u128_le(m.op_id);
+                dst.put_u64_le(m.account);
+                dst.put_u8(m.status.code());
+            }
+            Message::TopUp(m) => {
+                dst.put_u128_le(m.op_id);
+                dst.put_u64_le(m.account);
+                put_unit(dst, &m.unit);
+                put_decimal(dst, &m.amount);
+                put_opt_u64(dst, m.bucket);
+                dst.put_u8(m.kind.code());
+                put_string(dst, &m.reason, "reason", REASON_MAX)?;
+            }
+            Message::Adjust(m) => {
+                dst.put_u128_le(m.op_id);
+                dst.put_u64_le(m.account);
+                dst.put_u64_le(m.bucket);
+                put_decimal(dst, &m.delta);
+                put_string(dst, &m.reason, "reason", REASON_MAX)?;
+            }
+            Message::BucketGrant(m) => {
+                dst.put_u128_le(m.op_id);
+                dst.put_u64_le(m.account);
+                put_unit(dst, &m.unit);
+                put_decimal(dst, &m.amount);
+                dst.put_u64_le(m.valid_from_ms);
+                dst.put_u64_le(m.valid_until_ms);
+                dst.put_i16_le(m.priority);
+                put_decimal(dst, &m.credit_limit);
+                put_service_ids(dst, &m.services, "services", BUCKET_SERVICES_MAX)?;
+            }
+            Message::LimitSet(m) => {
+                dst.put_u128_le(m.op_id);
+                dst.put_u64_le(m.account);
+                put_unit(dst, &m.unit);
+                put_opt_decimal(dst, m.cap.as_ref());
+            }
+            Message::BalanceQuery(m) => dst.put_u64_le(m.account),
+            Message::ReservationList(m) => {
+                dst.put_u64_le(m.account);
+                dst.put_u64_le(m.after);
+                dst.put_u32_le(m.limit);
+            }
+            Message::AdminResult(m) => {
+                dst.put_u32_le(m.code.0);
+                dst.put_u64_le(m.bucket);
+                put_decimal(dst, &m.balance);
+            }
+            Message::Balance(m) => {
+                dst.put_u64_le(m.account);
+                put_opt_u64(dst, m.parent);
+                dst.put_u8(m.status.code());
+                dst.put_u8(m.draws_on_parent as u8);
+                check_count("buckets", m.buckets.len(), BUCKETS_MAX)?;
+                dst.put_u16_le(m.buckets.len() as u16);
+                for b in &m.buckets {
+                    dst.put_u64_le(b.bucket);
+                    put_unit(dst, &b.unit);
+                    put_decimal(dst, &b.amount);
+                    put_decimal(dst, &b.held);
+                    put_decimal(dst, &b.available);
+                    put_decimal(dst, &b.credit_limit);
+                    dst.put_u64_le(b.valid_from_ms);
+                    dst.put_u64_le(b.valid_until_ms);
+                    dst.put_i16_le(b.priority);
+                    dst.put_u8(b.expired as u8);
+                    put_service_ids(dst, &b.services, "bucket services", BUCKET_SERVICES_MAX)?;
+                }
+            }
+            Message::Reservations(m) => {
+                dst.put_u8(m.more as u8);
+                check_count("reservations", m.reservations.len(), RESERVATIONS_MAX)?;
+                dst.put_u16_le(m.reservations.len() as u16);
+                for r in &m.reservations {
+                    dst.put_u64_le(r.reservation);
+                    dst.put_u64_le(r.account);
+                    put_unit(dst, &r.unit);
+                    put_decimal(dst, &r.remaining);
+                    dst.put_u64_le(r.expires_at_ms);
+                }
+            }
+            Message::Error(m) => {
+                dst.put_u16_le(m.code.0);
+                put_string(dst, &m.message, "message", ERROR_MESSAGE_MAX)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses a body of the given kind (bytes may remain).
+    pub(crate) fn parse(cx: Cx, kind: Kind, i: &[u8]) -> PResult<'_, Message> {
+        Ok(match kind {
+            Kind::Hello => {
+                let (i, min_version) = cx.u16(i, "min_version")?;
+                let (i, max_version) = cx.u16(i, "max_version")?;
+                let (i, credential) = cx.string(i, "credential", CREDENTIAL_MAX)?;
+                let (i, client_name) = cx.string(i, "client_name", CLIENT_NAME_MAX)?;
+                let m = Hello {
+                    min_version,
+                    max_version,
+                    credential,
+                    client_name,
+                };
+                (i, Message::Hello(m))
+            }
+            Kind::HelloOk => {
+                let (i, version) = cx.u16(i, "version")?;
+                let (i, org_id) = cx.u64(i, "org_id")?;
+                let (i, is_admin) = cx.bool(i, "is_admin")?;
+                let (i, max_frame) = cx.u32(i, "max_frame")?;
+                if !(MIN_NEGOTIATED_MAX_FRAME..=MAX_FRAME_CAP).contains(&max_frame) {
+                    return fail(max_frame_error(cx.rid));
+                }
+                let (i, keepalive_s) = cx.u16(i, "keepalive_s")?;
+                let (i, server_name) = cx.string(i, "server_name", SERVER_NAME_MAX)?;
+                let m = HelloOk {
+                    version,
+                    org_id,
+                    is_admin,
+                    max_frame,
+                    keepalive_s,
+                    server_name,
+                };
+                (i, Message::HelloOk(m))
+            }
+            Kind::Ping => (i, Message::Ping),
+            Kind::Pong => (i, Message::Pong),
+            Kind::Batch => {
+                let (i, entries) = parse_entries(cx, i, Kind::allowed_in_batch)?;
+                (i, Message::Batch(Batch { entries }))
+            }
+            Kind::BatchResult => {
+                let (i, entries) = parse_entries(cx, i, Kind::allowed_in_batch_result)?;
+                (i, Message::BatchResult(BatchResult { entries }))
+            }
+            Kind::Ccr => {
+                let (i, session_id) = cx.string(i, "session_id", SESSION_ID_MAX)?;
+                let (i, request_type) =
+                    cx.enumeration(i, "request_type", RequestType::from_code)?;
+                let (i, request_number) = cx.u32(i, "request_number")?;
+                let (i, account) = cx.u64(i, "account")?;
+                let (i, event_action) =
+                    cx.opt_enumeration(i, "event_action", EventAction::from_code)?;
+                let (i, termination_cause) =
+                    cx.opt_enumeration(i, "termination_cause", TerminationCause::from_code)?;
+                let (i, timestamp_ms) = cx.u64(i, "timestamp_ms")?;
+                let (mut i, n) = cx.count_u8(i, "services", SERVICES_MAX)?;
+                // Smallest service: 4 + 1 + 1.
+                let mut services = Vec::with_capacity(bounded_capacity(n, i.len(), 6));
+                for _ in 0..n {
+                    let (r, service_id) = cx.u32(i, "service_id")?;
+                    let (r, requested) = cx.unit_amounts(r, "requested", UNIT_AMOUNTS_MAX)?;
+                    let (r, used) = cx.unit_amounts(r, "used", UNIT_AMOUNTS_MAX)?;
+                    services.push(ServiceRequest {
+                        service_id,
+                        requested,
+                        used,
+                    });
+                    i = r;
+                }
+                let m = Ccr {
+                    session_id,
+                    request_type,
+                    request_number,
+                    account,
+                    event_action,
+                    termination_cause,
+                    timestamp_ms,
+                    services,
+                };
+                (i, Message::Ccr(m))
+            }
+            Kind::Cca => {
+                let (i, result_code) = cx.u32(i, "result_code")?;
+                let (i, session_id) = cx.string(i, "session_id", SESSION_ID_MAX)?;
+                let (i, request_number) = cx.u32(i, "request_number")?;
+                let (mut i, n) = cx.count_u8(i, "services", SERVICES_MAX)?;
+                // Smallest service answer: 4 + 4 + 1 + 4 + 1 + 2.
+                let mut services = Vec::with_capacity(bounded_capacity(n, i.len(), 16));
+                for _ in 0..n {
+                    let (r, service_id) = cx.u32(i, "service_id")?;
+                    let (r, code) = cx.u32(r, "service result_code")?;
+                    let (r, granted) = cx.unit_amounts(r, "granted", UNIT_AMOUNTS_MAX)?;
+                    let (r, validity_time_s) = cx.u32(r, "validity_time_s")?;
+                    let (r, final_unit_action) =
+                        cx.opt_enumeration(r, "final_unit_action", FinalUnitAction::from_code)?;
+                    let (r, redirect) = cx.string(r, "redirect", REDIRECT_MAX)?;
+                    services.push(ServiceAnswer {
+                        service_id,
+                        result_code: ResultCode(code),
+                        granted,
+                        validity_time_s,
+                        final_unit_action,
+                        redirect,
+                    });
+                    i = r;
+                }
+                let (i, balance) = cx.unit_amounts(i, "balance", BALANCE_ENTRIES_MAX)?;
+                let (i, price) = cx.unit_amounts(i, "price", UNIT_AMOUNTS_MAX)?;
+                let m = Cca {
+                    result_code: ResultCode(result_code),
+                    session_id,
+                    request_number,
+                    services,
+                    balance,
+                    price,
+                };
+                (i, Message::Cca(m))
+            }
+            Kind::AccountCreate => {
+                let (i, op_id) = cx.u128(i, "op_id")?;
+                let (i, account) = cx.u64(i, "account")?;
+                let (i, parent) = cx.opt_u64(i, "has_parent", "parent")?;
+                let (i, draws_on_parent) = cx.bool(i, "draws_on_parent")?;
+                let m = AccountCreate {
+                    op_id,
+                    account,
+                    parent,
+                    draws_on_parent,
+                };
+                (i, Message::AccountCreate(m))
+            }
+            Kind::AccountStatus => {
+                let (i, op_id) = cx.u128(i, "op_id")?;
+                let (i, account) = cx.u64(i, "account")?;
+                let (i, status) = cx.enumeration(i, "status", AccountStatus::from_code)?;
+                let m = AccountStatusChange {
+                    op_id,
+                    account,
+                    status,
+                };
+                (i, Message::AccountStatus(m))
+            }
+            Kind::TopUp => {
+                let (i, op_id) = cx.u128(i, "op_id")?;
+                let (i, account) = cx.u64(i, "account")?;
+                let (i, unit) = cx.unit(i, "unit")?;
+                let (i, amount) = cx.decimal(i, "amount")?;
+                let (i, bucket) = cx.opt_u64(i, "has_bucket", "bucket")?;
+                let (i, kind) = cx.enumeration(i, "credit kind", CreditKind::from_code)?;
+                let (i, reason) = cx.string(i, "reason", REASON_MAX)?;
+                let m = TopUp {
+                    op_id,
+                    account,
+                    unit,
+                    amount,
+                    bucket,
+                    kind,
+                    reason,
+                };
+                (i, Message::TopUp(m))
+            }
+            Kind::Adjust => {
+                let (i, op_id) = cx.u128(i, "op_id")?;
+                let (i, account) = cx.u64(i, "account")?;
+                let (i, bucket) = cx.u64(i, "bucket")?;
+                let (i, delta) = cx.decimal(i, "delta")?;
+                let (i, reason) = cx.string(i, "reason", REASON_MAX)?;
+                let m = Adjust {
+                    op_id,
+                    account,
+                    bucket,
+                    delta,
+                    reason,
+                };
+                (i, Message::Adjust(m))
+            }
+            Kind::BucketGrant => {
+                let (i, op_id) = cx.u128(i, "op_id")?;
+                let (i, account) = cx.u64(i, "account")?;
+                let (i, unit) = cx.unit(i, "unit")?;
+                let (i, amount) = cx.decimal(i, "amount")?;
+                let (i, valid_from_ms) = cx.u64(i, "valid_from_ms")?;
+                let (i, valid_until_ms) = cx.u64(i, "valid_until_ms")?;
+                let (i, priority) = cx.i16(i, "priority")?;
+                let (i, credit_limit) = cx.decimal(i, "credit_limit")?;
+                let (i, services) = cx.service_ids(i, "services", BUCKET_SERVICES_MAX)?;
+                let m = BucketGrant {
+                    op_id,
+                    account,
+                    unit,
+                    amount,
+                    valid_from_ms,
+                    valid_until_ms,
+                    priority,
+                    credit_limit,
+                    services,
+                };
+                (i, Message::BucketGrant(m))
+            }
+            Kind::LimitSet => {
+                let (i, op_id) = cx.u128(i, "op_id")?;
+                let (i, account) = cx.u64(i, "account")?;
+                let (i, unit) = cx.unit(i, "unit")?;
+                let (i, cap) = cx.opt_decimal(i, "has_cap", "cap")?;
+                let m = LimitSet {
+                    op_id,
+                    account,
+                    unit,
+                    cap,
+                };
+                (i, Message::LimitSet(m))
+            }
+            Kind::BalanceQuery => {
+                let (i, account) = cx.u64(i, "account")?;
+                (i, Message::BalanceQuery(BalanceQuery { account }))
+            }
+            Kind::ReservationList => {
+                let (i, account) = cx.u64(i, "account")?;
+                let (i, after) = cx.u64(i, "after")?;
+                let (i, limit) = cx.u32(i, "limit")?;
+                let m = ReservationList {
+                    account,
+                    after,
+                    limit,
+                };
+                (i, Message::ReservationList(m))
+            }
+            Kind::AdminResult => {
+                let (i, code) = cx.u32(i, "code")?;
+                let (i, bucket) = cx.u64(i, "bucket")?;
+                let (i, balance) = cx.decimal(i, "balance")?;
+                let m = AdminResult {
+                    code: AdminCode(code),
+                    bucket,
+                    balance,
+                };
+                (i, Message::AdminResult(m))
+            }
+            Kind::Balance => {
+                let (i, account) = cx.u64(i, "account")?;
+                let (i, parent) = cx.opt_u64(i, "has_parent", "parent")?;
+                let (i, status) = cx.enumeration(i, "status", AccountStatus::from_code)?;
+                let (i, draws_on_parent) = cx.bool(i, "draws_on_parent")?;
+                let (mut i, n) = cx.count_u16(i, "buckets", BUCKETS_MAX)?;
+                // Smallest bucket: 8 + 3 + 4 * 17 + 8 + 8 + 2 + 1 + 1.
+                let mut buckets = Vec::with_capacity(bounded_capacity(n, i.len(), 99));
+                for _ in 0..n {
+                    let (r, bucket) = cx.u64(i, "bucket")?;
+                    let (r, unit) = cx.unit(r, "unit")?;
+                    let (r, amount) = cx.decimal(r, "amount")?;
+                    let (r, held) = cx.decimal(r, "held")?;
+                    let (r, available) = cx.decimal(r, "available")?;
+                    let (r, credit_limit) = cx.decimal(r, "credit_limit")?;
+                    let (r, valid_from_ms) = cx.u64(r, "valid_from_ms")?;
+                    let (r, valid_until_ms) = cx.u64(r, "valid_until_ms")?;
+                    let (r, priority) = cx.i16(r, "priority")?;
+                    let (r, expired) = cx.bool(r, "expired")?;
+                    let (r, services) =
+                        cx.service_ids(r, "bucket services", BUCKET_SERVICES_MAX)?;
+                    buckets.push(BucketInfo {
+                        bucket,
+                        unit,
+                        amount,
+                        held,
+                        available,
+                        credit_limit,
+                        valid_from_ms,
+                        valid_until_ms,
+                        priority,
+                        expired,
+                        services,
+                    });
+                    i = r;
+                }
+                let m = Balance {
+                    account,
+                    parent,
+                    status,
+                    draws_on_parent,
+                    buckets,
+                };
+                (i, Message::Balance(m))
+            }
+            Kind::Reservations => {
+                let (i, more) = cx.bool(i, "more")?;
+                let (mut i, n) = cx.count_u16(i, "reservations", RESERVATIONS_MAX)?;
+                // Smallest reservation: 8 + 8 + 3 + 17 + 8.
+                let mut reservations = Vec::with_capacity(bounded_capacity(n, i.len(), 44));
+                for _ in 0..n {
+                    let (r, reservation) = cx.u64(i, "reservation")?;
+                    let (r, account) = cx.u64(r, "account")?;
+                    let (r, unit) = cx.unit(r, "unit")?;
+                    let (r, remaining) = cx.decimal(r, "remaining")?;
+                    let (r, expires_at_ms) = cx.u64(r, "expires_at_ms")?;
+                    reservations.push(ReservationInfo {
+                        reservation,
+                        account,
+                        unit,
+                        remaining,
+                        expires_at_ms,
+                    });
+                    i = r;
+                }
+                (
+                    i,
+                    Message::Reservations(Reservations { more, reservations }),
+                )
+            }
+            Kind::Error => {
+                let (i, code) = cx.u16(i, "code")?;
+                let (i, message) = cx.string(i, "message", ERROR_MESSAGE_MAX)?;
+                let m = ErrorReply {
+                    code: ErrorCode(code),
+                    message,
+                };
+                (i, Message::Error(m))
+            }
+        })
+    }
+}
+
+fn max_frame_error(request_id: u64) -> ProtocolError {
+    ProtocolError::InvalidValue {
+        request_id,
+        field: "max_frame",
+        reason: "must be between 65536 and 16777216",
+    }
+}
+
+/// Writes `count u16` then each entry as `u32 len | u8 kind | body`.
+fn encode_entries(
+    dst: &mut BytesMut,
+    entries: &[Message],
+    allowed: fn(Kind) -> bool,
+) -> Result<(), ProtocolError> {
+    if entries.len() > BATCH_MAX {
+        return Err(ProtocolError::BatchTooLarge {
+            request_id: 0,
+            count: entries.len(),
+        });
+    }
+    dst.put_u16_le(entries.len() as u16);
+    for (index, entry) in entries.iter().enumerate() {
+        let kind = entry.kind();
+        if !allowed(kind) {
+            return Err(ProtocolError::BatchEntryNotAllowed {
+                request_id: 0,
+                index,
+                kind: kind as u8,
+            });
+        }
+        let at = dst.len();
+        dst.put_u32_le(0);
+        dst.put_u8(kind as u8);
+        entry.encode_body(dst)?;
+        let len = (dst.len() - at - 4) as u32;
+        dst[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Reads `count u16` then each entry as `u32 len | u8 kind | body`.
+fn parse_entries(cx: Cx, i: &[u8], allowed: fn(Kind) -> bool) -> PResult<'_, Vec<Message>> {
+    let (mut i, count) = cx.u16(i, "batch count")?;
+    let count = count as usize;
+    if count > BATCH_MAX {
+        return fail(ProtocolError::BatchTooLarge {
+            request_id: cx.rid,
+            count,
+        });
+    }
+    // Smallest entry: 4 (len) + 1 (kind) + 8 (BALANCE_QUERY, the smallest allowed body).
+    let mut entries = Vec::with_capacity(bounded_capacity(count, i.len(), 13));
+    for index in 0..count {
+        let (r, len) = cx.u32(i, "batch entry length")?;
+        let (r, entry) = cx.bytes(r, len as usize, "batch entry")?;
+        let (body, kind_byte) = cx.u8(entry, "batch entry kind")?;
+        let Some(kind) = Kind::from_code(kind_byte) else {
+            return fail(ProtocolError::UnknownKind {
+                request_id: cx.rid,
+                kind: kind_byte,
+            });
+        };
+        if !allowed(kind) {
+            return fail(ProtocolError::BatchEntryNotAllowed {
+                request_id: cx.rid,
+                index,
+                kind: kind_byte,
+            });
+        }
+        let (rest, message) = Message::parse(cx, kind, body)?;
+        if !rest.is_empty() {
+            return fail(ProtocolError::TrailingBytes {
+                request_id: cx.rid,
+                field: "batch entry",
+                extra: rest.len(),
+            });
+        }
+        entries.push(message);
+        i = r;
+    }
+    Ok((i, entries))
+}

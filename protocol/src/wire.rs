@@ -1,0 +1,416 @@
+//! Field-level reading (nom) and writing (bytes) shared by every message.
+//!
+//! Readers take a [`Cx`] carrying the frame's request id so that every
+//! error is built complete, and a field name for the error. Every length
+//! and count is checked against its maximum before anything is taken or
+//! allocated, and list capacities are further bounded by the bytes left.
+
+use crate::error::ProtocolError;
+use crate::limits::{DECIMAL_MANTISSA_MAX, DECIMAL_SCALE_MAX};
+use crate::types::{Unit, UnitAmount};
+use bytes::{BufMut, BytesMut};
+use nom::bytes::complete::take;
+use nom::number::complete as num;
+use nom::IResult;
+use rust_decimal::Decimal;
+
+/// A nom result whose error is a complete [`ProtocolError`].
+pub(crate) type PResult<'a, T> = IResult<&'a [u8], T, ProtocolError>;
+
+/// Fails a parser with this error.
+pub(crate) fn fail<T>(e: ProtocolError) -> Result<T, nom::Err<ProtocolError>> {
+    Err(nom::Err::Failure(e))
+}
+
+/// Turns a nom error from a complete parser into the error it carries.
+pub(crate) fn into_error(e: nom::Err<ProtocolError>, request_id: u64) -> ProtocolError {
+    match e {
+        nom::Err::Error(e) | nom::Err::Failure(e) => e,
+        // Complete parsers never report Incomplete; treat it as truncation.
+        nom::Err::Incomplete(_) => ProtocolError::Truncated {
+            request_id,
+            field: "body",
+        },
+    }
+}
+
+/// A capacity for `count` items that each take at least `min_wire` bytes,
+/// never more than the bytes left can hold.
+pub(crate) fn bounded_capacity(count: usize, remaining: usize, min_wire: usize) -> usize {
+    count.min(remaining / min_wire.max(1))
+}
+
+/// Decoding context: the request id of the frame being decoded.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Cx {
+    /// The frame's request id, put into every error.
+    pub(crate) rid: u64,
+}
+
+macro_rules! int_reader {
+    ($name:ident, $ty:ty, $nom:path) => {
+        /// Reads one little-endian integer.
+        pub(crate) fn $name<'a>(self, i: &'a [u8], field: &'static str) -> PResult<'a, $ty> {
+            $nom(i).map_err(|_: nom::Err<()>| self.truncated(field))
+        }
+    };
+}
+
+impl Cx {
+    /// The error for a field cut short.
+    pub(crate) fn truncated(self, field: &'static str) -> nom::Err<ProtocolError> {
+        nom::Err::Failure(ProtocolError::Truncated {
+            request_id: self.rid,
+            field,
+        })
+    }
+
+    int_reader!(u8, u8, num::le_u8);
+    int_reader!(u16, u16, num::le_u16);
+    int_reader!(u32, u32, num::le_u32);
+    int_reader!(u64, u64, num::le_u64);
+    int_reader!(u128, u128, num::le_u128);
+    int_reader!(i16, i16, num::le_i16);
+    int_reader!(i128, i128, num::le_i128);
+
+    /// Takes `n` raw bytes.
+    pub(crate) fn bytes<'a>(
+        self,
+        i: &'a [u8],
+        n: usize,
+        field: &'static str,
+    ) -> PResult<'a, &'a [u8]> {
+        take(n)(i).map_err(|_: nom::Err<()>| self.truncated(field))
+    }
+
+    /// Reads a boolean byte (0 or 1).
+    pub(crate) fn bool<'a>(self, i: &'a [u8], field: &'static str) -> PResult<'a, bool> {
+        let (i, v) = self.u8(i, field)?;
+        match v {
+            0 => Ok((i, false)),
+            1 => Ok((i, true)),
+            value => fail(ProtocolError::InvalidBool {
+                request_id: self.rid,
+                field,
+                value,
+            }),
+        }
+    }
+
+    /// Reads an enumeration byte through `from_code`.
+    pub(crate) fn enumeration<'a, T>(
+        self,
+        i: &'a [u8],
+        field: &'static str,
+        from_code: fn(u8) -> Option<T>,
+    ) -> PResult<'a, T> {
+        let (i, v) = self.u8(i, field)?;
+        match from_code(v) {
+            Some(t) => Ok((i, t)),
+            None => fail(ProtocolError::InvalidEnum {
+                request_id: self.rid,
+                field,
+                value: v,
+            }),
+        }
+    }
+
+    /// Reads an optional enumeration byte where 0 means absent.
+    pub(crate) fn opt_enumeration<'a, T>(
+        self,
+        i: &'a [u8],
+        field: &'static str,
+        from_code: fn(u8) -> Option<T>,
+    ) -> PResult<'a, Option<T>> {
+        let (i, v) = self.u8(i, field)?;
+        if v == 0 {
+            return Ok((i, None));
+        }
+        match from_code(v) {
+            Some(t) => Ok((i, Some(t))),
+            None => fail(ProtocolError::InvalidEnum {
+                request_id: self.rid,
+                field,
+                value: v,
+            }),
+        }
+    }
+
+    /// Reads a string: u16 length (checked against `max` first), UTF-8 bytes.
+    pub(crate) fn string<'a>(
+        self,
+        i: &'a [u8],
+        field: &'static str,
+        max: usize,
+    ) -> PResult<'a, String> {
+        let (i, len) = self.u16(i, field)?;
+        let len = len as usize;
+        if len > max {
+            return fail(ProtocolError::StringTooLong {
+                request_id: self.rid,
+                field,
+                len,
+                max,
+            });
+        }
+        let (i, raw) = self.bytes(i, len, field)?;
+        match std::str::from_utf8(raw) {
+            Ok(s) => Ok((i, s.to_owned())),
+            Err(_) => fail(ProtocolError::InvalidUtf8 {
+                request_id: self.rid,
+                field,
+            }),
+        }
+    }
+
+    /// Reads a unit: a string of 1 to 16 ASCII letters, digits or `_`.
+    pub(crate) fn unit<'a>(self, i: &'a [u8], field: &'static str) -> PResult<'a, Unit> {
+        let (i, len) = self.u16(i, field)?;
+        let (i, raw) = self.bytes(i, len as usize, field)?;
+        match Unit::from_bytes(raw) {
+            Some(u) => Ok((i, u)),
+            None => fail(ProtocolError::InvalidUnit {
+                request_id: self.rid,
+                field,
+            }),
+        }
+    }
+
+    /// Reads a decimal: i128 mantissa, u8 scale.
+    pub(crate) fn decimal<'a>(self, i: &'a [u8], field: &'static str) -> PResult<'a, Decimal> {
+        let (i, mantissa) = self.i128(i, field)?;
+        let (i, scale) = self.u8(i, field)?;
+        if scale > DECIMAL_SCALE_MAX {
+            return fail(ProtocolError::DecimalScale {
+                request_id: self.rid,
+                field,
+                scale,
+            });
+        }
+        if mantissa.unsigned_abs() > DECIMAL_MANTISSA_MAX {
+            return fail(ProtocolError::DecimalOutOfRange {
+                request_id: self.rid,
+                field,
+            });
+        }
+        match Decimal::try_from_i128_with_scale(mantissa, scale as u32) {
+            Ok(d) => Ok((i, d)),
+            Err(_) => fail(ProtocolError::DecimalOutOfRange {
+                request_id: self.rid,
+                field,
+            }),
+        }
+    }
+
+    /// Checks a count against its maximum.
+    fn check_count(
+        self,
+        field: &'static str,
+        count: usize,
+        max: usize,
+    ) -> Result<usize, nom::Err<ProtocolError>> {
+        if count > max {
+            return fail(ProtocolError::CountTooLarge {
+                request_id: self.rid,
+                field,
+                count,
+                max,
+            });
+        }
+        Ok(count)
+    }
+
+    /// Reads a u8 count and checks it against `max`.
+    pub(crate) fn count_u8<'a>(
+        self,
+        i: &'a [u8],
+        field: &'static str,
+        max: usize,
+    ) -> PResult<'a, usize> {
+        let (i, n) = self.u8(i, field)?;
+        Ok((i, self.check_count(field, n as usize, max)?))
+    }
+
+    /// Reads a u16 count and checks it against `max`.
+    pub(crate) fn count_u16<'a>(
+        self,
+        i: &'a [u8],
+        field: &'static str,
+        max: usize,
+    ) -> PResult<'a, usize> {
+        let (i, n) = self.u16(i, field)?;
+        Ok((i, self.check_count(field, n as usize, max)?))
+    }
+
+    /// Reads a u8-counted list of (unit, decimal) pairs.
+    pub(crate) fn unit_amounts<'a>(
+        self,
+        i: &'a [u8],
+        field: &'static str,
+        max: usize,
+    ) -> PResult<'a, Vec<UnitAmount>> {
+        let (mut i, n) = self.count_u8(i, field, max)?;
+        // Smallest pair: 2 + 1 (unit) + 17 (decimal).
+        let mut out = Vec::with_capacity(bounded_capacity(n, i.len(), 20));
+        for _ in 0..n {
+            let (r, unit) = self.unit(i, field)?;
+            let (r, amount) = self.decimal(r, field)?;
+            out.push(UnitAmount { unit, amount });
+            i = r;
+        }
+        Ok((i, out))
+    }
+
+    /// Reads a u8-counted list of u32 service ids.
+    pub(crate) fn service_ids<'a>(
+        self,
+        i: &'a [u8],
+        field: &'static str,
+        max: usize,
+    ) -> PResult<'a, Vec<u32>> {
+        let (mut i, n) = self.count_u8(i, field, max)?;
+        let mut out = Vec::with_capacity(bounded_capacity(n, i.len(), 4));
+        for _ in 0..n {
+            let (r, s) = self.u32(i, field)?;
+            out.push(s);
+            i = r;
+        }
+        Ok((i, out))
+    }
+
+    /// Reads `flag u8 | value u64`: `None` when the flag is 0 (the value must then be 0).
+    pub(crate) fn opt_u64<'a>(
+        self,
+        i: &'a [u8],
+        flag: &'static str,
+        field: &'static str,
+    ) -> PResult<'a, Option<u64>> {
+        let (i, present) = self.bool(i, flag)?;
+        let (i, v) = self.u64(i, field)?;
+        match (present, v) {
+            (true, v) => Ok((i, Some(v))),
+            (false, 0) => Ok((i, None)),
+            (false, _) => fail(ProtocolError::NonCanonical {
+                request_id: self.rid,
+                field,
+            }),
+        }
+    }
+
+    /// Reads `flag u8 | decimal`: `None` when the flag is 0 (the decimal must then be all zero).
+    pub(crate) fn opt_decimal<'a>(
+        self,
+        i: &'a [u8],
+        flag: &'static str,
+        field: &'static str,
+    ) -> PResult<'a, Option<Decimal>> {
+        let (i, present) = self.bool(i, flag)?;
+        if present {
+            let (i, d) = self.decimal(i, field)?;
+            return Ok((i, Some(d)));
+        }
+        let (i, raw) = self.bytes(i, 17, field)?;
+        if raw.iter().any(|&b| b != 0) {
+            return fail(ProtocolError::NonCanonical {
+                request_id: self.rid,
+                field,
+            });
+        }
+        Ok((i, None))
+    }
+}
+
+/// Writes a string with its u16 length, refusing one longer than `max`.
+pub(crate) fn put_string(
+    dst: &mut BytesMut,
+    s: &str,
+    field: &'static str,
+    max: usize,
+) -> Result<(), ProtocolError> {
+    if s.len() > max {
+        return Err(ProtocolError::StringTooLong {
+            request_id: 0,
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    dst.put_u16_le(s.len() as u16);
+    dst.put_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Writes a unit as a string.
+pub(crate) fn put_unit(dst: &mut BytesMut, unit: &Unit) {
+    dst.put_u16_le(unit.as_bytes().len() as u16);
+    dst.put_slice(unit.as_bytes());
+}
+
+/// Writes a decimal: i128 mantissa, u8 scale.
+pub(crate) fn put_decimal(dst: &mut BytesMut, d: &Decimal) {
+    dst.put_i128_le(d.mantissa());
+    dst.put_u8(d.scale() as u8);
+}
+
+/// Checks a list length against its maximum before it is written.
+pub(crate) fn check_count(
+    field: &'static str,
+    count: usize,
+    max: usize,
+) -> Result<(), ProtocolError> {
+    if count > max {
+        return Err(ProtocolError::CountTooLarge {
+            request_id: 0,
+            field,
+            count,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Writes a u8-counted list of (unit, decimal) pairs.
+pub(crate) fn put_unit_amounts(
+    dst: &mut BytesMut,
+    list: &[UnitAmount],
+    field: &'static str,
+    max: usize,
+) -> Result<(), ProtocolError> {
+    check_count(field, list.len(), max)?;
+    dst.put_u8(list.len() as u8);
+    for ua in list {
+        put_unit(dst, &ua.unit);
+        put_decimal(dst, &ua.amount);
+    }
+    Ok(())
+}
+
+/// Writes a u8-counted list of u32 service ids.
+pub(crate) fn put_service_ids(
+    dst: &mut BytesMut,
+    list: &[u32],
+    field: &'static str,
+    max: usize,
+) -> Result<(), ProtocolError> {
+    check_count(field, list.len(), max)?;
+    dst.put_u8(list.len() as u8);
+    for s in list {
+        dst.put_u32_le(*s);
+    }
+    Ok(())
+}
+
+/// Writes `flag u8 | value u64` (value 0 when absent).
+pub(crate) fn put_opt_u64(dst: &mut BytesMut, v: Option<u64>) {
+    dst.put_u8(v.is_some() as u8);
+    dst.put_u64_le(v.unwrap_or(0));
+}
+
+/// Writes `flag u8 | decimal` (all zero when absent).
+pub(crate) fn put_opt_decimal(dst: &mut BytesMut, v: Option<&Decimal>) {
+    dst.put_u8(v.is_some() as u8);
+    match v {
+        Some(d) => put_decimal(dst, d),
+        None => dst.put_bytes(0, 17),
+    }
+}

@@ -1,0 +1,621 @@
+//! Shared test helpers: one sample message of every kind, edge-case
+//! messages, and proptest strategies for arbitrary valid messages.
+#![allow(dead_code)]
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use reckon_protocol::limits::*;
+use reckon_protocol::*;
+use rust_decimal::Decimal;
+
+/// A decimal from mantissa and scale.
+pub fn dec(m: i128, s: u32) -> Decimal {
+    Decimal::from_i128_with_scale(m, s)
+}
+
+/// A unit by name.
+pub fn unit(name: &str) -> Unit {
+    Unit::new(name).unwrap()
+}
+
+/// A (unit, amount) pair.
+pub fn ua(name: &str, m: i128, s: u32) -> UnitAmount {
+    UnitAmount::new(unit(name), dec(m, s))
+}
+
+/// Largest mantissa a decimal may have.
+pub const MANTISSA_MAX: i128 = (1 << 96) - 1;
+
+pub fn bucket_info() -> BucketInfo {
+    BucketInfo {
+        bucket: 5,
+        unit: Unit::USD,
+        amount: dec(2500, 2),
+        held: dec(50, 2),
+        available: dec(2450, 2),
+        credit_limit: Decimal::ZERO,
+        valid_from_ms: 0,
+        valid_until_ms: u64::MAX,
+        priority: -3,
+        expired: false,
+        services: vec![10, 20],
+    }
+}
+
+/// One typical message of every kind (batches included).
+pub fn samples() -> Vec<Message> {
+    let ccr = Message::Ccr(Ccr {
+        session_id: "gw1;1700000000;42".into(),
+        request_type: RequestType::Initial,
+        request_number: 0,
+        account: 1001,
+        event_action: None,
+        termination_cause: None,
+        timestamp_ms: 0,
+        services: vec![
+            ServiceRequest {
+                service_id: 10,
+                requested: vec![ua("tokens_in", 1200, 0), ua("tokens_out", 4096, 0)],
+                used: vec![],
+            },
+            ServiceRequest {
+                service_id: 20,
+                requested: vec![ua("gpu_seconds", 3600, 0)],
+                used: vec![ua("gpu_seconds", 12345, 3)],
+            },
+        ],
+    });
+    let cca = Message::Cca(Cca {
+        result_code: ResultCode::SUCCESS,
+        session_id: "gw1;1700000000;42".into(),
+        request_number: 0,
+        services: vec![ServiceAnswer {
+            service_id: 10,
+            result_code: ResultCode::CREDIT_LIMIT_REACHED,
+            granted: vec![ua("tokens_out", 4096, 0)],
+            validity_time_s: 600,
+            final_unit_action: Some(FinalUnitAction::Redirect),
+            redirect: "https://pay.example/topup".into(),
+        }],
+        balance: vec![ua("USD", -15, 1)],
+        price: vec![ua("credits", 123, 4)],
+    });
+    let topup = Message::TopUp(TopUp {
+        op_id: u128::MAX,
+        account: 1001,
+        unit: Unit::USD,
+        amount: dec(2500, 2),
+        bucket: Some(7),
+        kind: CreditKind::Refund,
+        reason: "card payment".into(),
+    });
+    let balance = Message::Balance(Balance {
+        account: 1001,
+        parent: Some(1000),
+        status: AccountStatus::Suspended,
+        draws_on_parent: true,
+        buckets: vec![bucket_info(), bucket_info()],
+    });
+    let admin_result = Message::AdminResult(AdminResult {
+        code: AdminCode::INSUFFICIENT_FUNDS,
+        bucket: 0,
+        balance: dec(-1, 9),
+    });
+    let reservations = Message::Reservations(Reservations {
+        more: true,
+        reservations: vec![ReservationInfo {
+            reservation: 77,
+            account: 1001,
+            unit: Unit::TOKENS_OUT,
+            remaining: dec(4096, 0),
+            expires_at_ms: 1_700_000_600_000,
+        }],
+    });
+    let error = Message::Error(ErrorReply {
+        code: ErrorCode::FORBIDDEN,
+        message: "admin credential required".into(),
+    });
+    let account_create = Message::AccountCreate(AccountCreate {
+        op_id: 1,
+        account: 1001,
+        parent: None,
+        draws_on_parent: false,
+    });
+    let account_status = Message::AccountStatus(AccountStatusChange {
+        op_id: 2,
+        account: 1001,
+        status: AccountStatus::Closed,
+    });
+    let adjust = Message::Adjust(Adjust {
+        op_id: 3,
+        account: 1001,
+        bucket: 5,
+        delta: dec(-MANTISSA_MAX, 28),
+        reason: String::new(),
+    });
+    let grant = Message::BucketGrant(BucketGrant {
+        op_id: 4,
+        account: 1001,
+        unit: Unit::GPU_SECONDS,
+        amount: dec(MANTISSA_MAX, 0),
+        valid_from_ms: 1,
+        valid_until_ms: u64::MAX,
+        priority: i16::MIN,
+        credit_limit: dec(100, 0),
+        services: (0..BUCKET_SERVICES_MAX as u32).collect(),
+    });
+    let limit = Message::LimitSet(LimitSet {
+        op_id: 5,
+        account: 1000,
+        unit: Unit::CREDITS,
+        cap: Some(dec(0, 3)),
+    });
+    let limit_none = Message::LimitSet(LimitSet {
+        op_id: 6,
+        account: 1000,
+        unit: Unit::CREDITS,
+        cap: None,
+    });
+    let query = Message::BalanceQuery(BalanceQuery { account: 1001 });
+    let list = Message::ReservationList(ReservationList {
+        account: 1001,
+        after: 76,
+        limit: 0,
+    });
+    let batch = Message::Batch(Batch {
+        entries: vec![
+            ccr.clone(),
+            account_create.clone(),
+            account_status.clone(),
+            topup.clone(),
+            adjust.clone(),
+            grant.clone(),
+            limit.clone(),
+            query.clone(),
+            list.clone(),
+        ],
+    });
+    let batch_result = Message::BatchResult(BatchResult {
+        entries: vec![
+            cca.clone(),
+            admin_result.clone(),
+            balance.clone(),
+            reservations.clone(),
+            error.clone(),
+        ],
+    });
+    vec![
+        Message::Hello(Hello {
+            min_version: 1,
+            max_version: 3,
+            credential: "k".repeat(CREDENTIAL_MAX),
+            client_name: "é".repeat(CLIENT_NAME_MAX / 2),
+        }),
+        Message::HelloOk(HelloOk {
+            version: 1,
+            org_id: 1000,
+            is_admin: true,
+            max_frame: MIN_NEGOTIATED_MAX_FRAME,
+            keepalive_s: 30,
+            server_name: "reckon/0.1.0".into(),
+        }),
+        Message::Ping,
+        Message::Pong,
+        ccr,
+        cca,
+        account_create,
+        account_status,
+        topup,
+        adjust,
+        grant,
+        limit,
+        limit_none,
+        query,
+        list,
+        admin_result,
+        balance,
+        reservations,
+        error,
+        batch,
+        batch_result,
+        Message::Batch(Batch { entries: vec![] }),
+    ]
+}
+
+// ---------------------------------------------------------------- strategies
+
+pub fn arb_unit() -> impl Strategy<Value = Unit> {
+    "[A-Za-z0-9_]{1,16}".prop_map(|s| Unit::new(&s).unwrap())
+}
+
+pub fn arb_decimal() -> impl Strategy<Value = Decimal> {
+    (-MANTISSA_MAX..=MANTISSA_MAX, 0u32..=28).prop_map(|(m, s)| dec(m, s))
+}
+
+pub fn arb_string(max: usize) -> impl Strategy<Value = String> {
+    // Mixed-width characters; trimmed to `max` bytes on a char boundary.
+    proptest::string::string_regex(&format!(".{{0,{max}}}"))
+        .unwrap()
+        .prop_map(move |s| {
+            let mut end = s.len().min(max);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string()
+        })
+}
+
+pub fn arb_amounts(max: usize) -> impl Strategy<Value = Vec<UnitAmount>> {
+    vec(
+        (arb_unit(), arb_decimal()).prop_map(|(u, a)| UnitAmount::new(u, a)),
+        0..=max,
+    )
+}
+
+fn arb_services(max: usize) -> impl Strategy<Value = Vec<u32>> {
+    vec(any::<u32>(), 0..=max)
+}
+
+fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
+    proptest::sample::select(all)
+}
+
+fn arb_ccr() -> impl Strategy<Value = Message> {
+    (
+        arb_string(SESSION_ID_MAX),
+        pick(RequestType::ALL),
+        any::<u32>(),
+        any::<u64>(),
+        proptest::option::of(pick(EventAction::ALL)),
+        proptest::option::of(pick(TerminationCause::ALL)),
+        any::<u64>(),
+        vec(
+            (
+                any::<u32>(),
+                arb_amounts(UNIT_AMOUNTS_MAX),
+                arb_amounts(UNIT_AMOUNTS_MAX),
+            )
+                .prop_map(|(service_id, requested, used)| ServiceRequest {
+                    service_id,
+                    requested,
+                    used,
+                }),
+            0..=4,
+        ),
+    )
+        .prop_map(
+            |(
+                session_id,
+                request_type,
+                request_number,
+                account,
+                event_action,
+                termination_cause,
+                timestamp_ms,
+                services,
+            )| {
+                Message::Ccr(Ccr {
+                    session_id,
+                    request_type,
+                    request_number,
+                    account,
+                    event_action,
+                    termination_cause,
+                    timestamp_ms,
+                    services,
+                })
+            },
+        )
+}
+
+fn arb_cca() -> impl Strategy<Value = Message> {
+    (
+        any::<u32>(),
+        arb_string(SESSION_ID_MAX),
+        any::<u32>(),
+        vec(
+            (
+                any::<u32>(),
+                any::<u32>(),
+                arb_amounts(UNIT_AMOUNTS_MAX),
+                any::<u32>(),
+                proptest::option::of(pick(FinalUnitAction::ALL)),
+                arb_string(REDIRECT_MAX),
+            )
+                .prop_map(
+                    |(service_id, code, granted, validity_time_s, final_unit_action, redirect)| {
+                        ServiceAnswer {
+                            service_id,
+                            result_code: ResultCode(code),
+                            granted,
+                            validity_time_s,
+                            final_unit_action,
+                            redirect,
+                        }
+                    },
+                ),
+            0..=4,
+        ),
+        arb_amounts(BALANCE_ENTRIES_MAX),
+        arb_amounts(UNIT_AMOUNTS_MAX),
+    )
+        .prop_map(
+            |(code, session_id, request_number, services, balance, price)| {
+                Message::Cca(Cca {
+                    result_code: ResultCode(code),
+                    session_id,
+                    request_number,
+                    services,
+                    balance,
+                    price,
+                })
+            },
+        )
+}
+
+fn arb_bucket_info() -> impl Strategy<Value = BucketInfo> {
+    (
+        any::<u64>(),
+        arb_unit(),
+        (arb_decimal(), arb_decimal(), arb_decimal(), arb_decimal()),
+        any::<u64>(),
+        any::<u64>(),
+        any::<i16>(),
+        any::<bool>(),
+        arb_services(BUCKET_SERVICES_MAX),
+    )
+        .prop_map(
+            |(
+                bucket,
+                unit,
+                (amount, held, available, credit_limit),
+                valid_from_ms,
+                valid_until_ms,
+                priority,
+                expired,
+                services,
+            )| BucketInfo {
+                bucket,
+                unit,
+                amount,
+                held,
+                available,
+                credit_limit,
+                valid_from_ms,
+                valid_until_ms,
+                priority,
+                expired,
+                services,
+            },
+        )
+}
+
+/// Any valid request that may be a `BATCH` entry.
+pub fn arb_batch_request() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        arb_ccr(),
+        (
+            any::<u128>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            any::<bool>()
+        )
+            .prop_map(
+                |(op_id, account, parent, draws_on_parent)| Message::AccountCreate(AccountCreate {
+                    op_id,
+                    account,
+                    parent,
+                    draws_on_parent
+                })
+            ),
+        (any::<u128>(), any::<u64>(), pick(AccountStatus::ALL)).prop_map(
+            |(op_id, account, status)| {
+                Message::AccountStatus(AccountStatusChange {
+                    op_id,
+                    account,
+                    status,
+                })
+            }
+        ),
+        (
+            any::<u128>(),
+            any::<u64>(),
+            arb_unit(),
+            arb_decimal(),
+            proptest::option::of(any::<u64>()),
+            pick(CreditKind::ALL),
+            arb_string(REASON_MAX)
+        )
+            .prop_map(|(op_id, account, unit, amount, bucket, kind, reason)| {
+                Message::TopUp(TopUp {
+                    op_id,
+                    account,
+                    unit,
+                    amount,
+                    bucket,
+                    kind,
+                    reason,
+                })
+            }),
+        (
+            any::<u128>(),
+            any::<u64>(),
+            any::<u64>(),
+            arb_decimal(),
+            arb_string(REASON_MAX)
+        )
+            .prop_map(
+                |(op_id, account, bucket, delta, reason)| Message::Adjust(Adjust {
+                    op_id,
+                    account,
+                    bucket,
+                    delta,
+                    reason
+                })
+            ),
+        (
+            any::<u128>(),
+            any::<u64>(),
+            arb_unit(),
+            arb_decimal(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<i16>(),
+            arb_decimal(),
+            arb_services(BUCKET_SERVICES_MAX)
+        )
+            .prop_map(
+                |(
+                    op_id,
+                    account,
+                    unit,
+                    amount,
+                    valid_from_ms,
+                    valid_until_ms,
+                    priority,
+                    credit_limit,
+                    services,
+                )| {
+                    Message::BucketGrant(BucketGrant {
+                        op_id,
+                        account,
+                        unit,
+                        amount,
+                        valid_from_ms,
+                        valid_until_ms,
+                        priority,
+                        credit_limit,
+                        services,
+                    })
+                }
+            ),
+        (
+            any::<u128>(),
+            any::<u64>(),
+            arb_unit(),
+            proptest::option::of(arb_decimal())
+        )
+            .prop_map(|(op_id, account, unit, cap)| Message::LimitSet(LimitSet {
+                op_id,
+                account,
+                unit,
+                cap
+            })),
+        any::<u64>().prop_map(|account| Message::BalanceQuery(BalanceQuery { account })),
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(account, after, limit)| {
+            Message::ReservationList(ReservationList {
+                account,
+                after,
+                limit,
+            })
+        }),
+    ]
+}
+
+/// Any valid answer that may be a `BATCH_RESULT` entry.
+pub fn arb_batch_answer() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        arb_cca(),
+        (any::<u32>(), any::<u64>(), arb_decimal()).prop_map(|(code, bucket, balance)| {
+            Message::AdminResult(AdminResult {
+                code: AdminCode(code),
+                bucket,
+                balance,
+            })
+        }),
+        (
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            pick(AccountStatus::ALL),
+            any::<bool>(),
+            vec(arb_bucket_info(), 0..=3)
+        )
+            .prop_map(|(account, parent, status, draws_on_parent, buckets)| {
+                Message::Balance(Balance {
+                    account,
+                    parent,
+                    status,
+                    draws_on_parent,
+                    buckets,
+                })
+            }),
+        (
+            any::<bool>(),
+            vec(
+                (
+                    any::<u64>(),
+                    any::<u64>(),
+                    arb_unit(),
+                    arb_decimal(),
+                    any::<u64>()
+                )
+                    .prop_map(
+                        |(reservation, account, unit, remaining, expires_at_ms)| ReservationInfo {
+                            reservation,
+                            account,
+                            unit,
+                            remaining,
+                            expires_at_ms
+                        }
+                    ),
+                0..=5
+            )
+        )
+            .prop_map(|(more, reservations)| Message::Reservations(Reservations {
+                more,
+                reservations
+            })),
+        (any::<u16>(), arb_string(ERROR_MESSAGE_MAX)).prop_map(|(code, message)| {
+            Message::Error(ErrorReply {
+                code: ErrorCode(code),
+                message,
+            })
+        }),
+    ]
+}
+
+/// Any valid message of any kind.
+pub fn arb_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        4 => arb_batch_request(),
+        4 => arb_batch_answer(),
+        1 => (any::<u16>(), any::<u16>(), arb_string(CREDENTIAL_MAX), arb_string(CLIENT_NAME_MAX)).prop_map(
+            |(min_version, max_version, credential, client_name)| Message::Hello(Hello {
+                min_version,
+                max_version,
+                credential,
+                client_name
+            })
+        ),
+        1 => (
+            any::<u16>(),
+            any::<u64>(),
+            any::<bool>(),
+            MIN_NEGOTIATED_MAX_FRAME..=MAX_FRAME_CAP,
+            any::<u16>(),
+            arb_string(SERVER_NAME_MAX)
+        )
+            .prop_map(|(version, org_id, is_admin, max_frame, keepalive_s, server_name)| Message::HelloOk(HelloOk {
+                version,
+                org_id,
+                is_admin,
+                max_frame,
+                keepalive_s,
+                server_name
+            })),
+        1 => Just(Message::Ping),
+        1 => Just(Message::Pong),
+        1 => vec(arb_batch_request(), 0..=4).prop_map(|entries| Message::Batch(Batch { entries })),
+        1 => vec(arb_batch_answer(), 0..=4).prop_map(|entries| Message::BatchResult(BatchResult { entries })),
+    ]
+}
+
+/// Any valid frame.
+pub fn arb_frame() -> impl Strategy<Value = Frame> {
+    (any::<u64>(), arb_message()).prop_map(|(id, m)| Frame::new(id, m))
+}
+
+/// The frame's bytes.
+pub fn bytes_of(frame: &Frame) -> Vec<u8> {
+    frame.to_bytes().unwrap().to_vec()
+}

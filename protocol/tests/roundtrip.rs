@@ -1,0 +1,593 @@
+//! Round trips of every message kind, the encoder's refusals, the codecs'
+//! framing behaviour, and one test producing every error variant.
+
+mod common;
+
+use bytes::{BufMut, BytesMut};
+use common::*;
+use reckon_protocol::limits::*;
+use reckon_protocol::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn roundtrip(frame: &Frame) {
+    let bytes = frame.to_bytes().unwrap();
+    let (decoded, used) = decode_frame_with_limit(&bytes, MAX_FRAME_CAP)
+        .unwrap()
+        .unwrap();
+    assert_eq!(used, bytes.len());
+    assert_eq!(&decoded, frame);
+    assert_eq!(decoded.to_bytes().unwrap(), bytes);
+}
+
+#[test]
+fn every_kind_round_trips() {
+    let samples = samples();
+    for kind in Kind::ALL {
+        assert!(
+            samples.iter().any(|m| m.kind() == *kind),
+            "no sample of {}",
+            kind.name()
+        );
+    }
+    for (i, m) in samples.into_iter().enumerate() {
+        roundtrip(&Frame::new(i as u64 + 1, m));
+    }
+}
+
+#[test]
+fn message_bodies_round_trip_without_a_frame() {
+    for m in samples() {
+        let mut body = BytesMut::new();
+        m.encode(&mut body).unwrap();
+        assert_eq!(Message::decode(m.kind(), &body, 9).unwrap(), m);
+    }
+}
+
+#[test]
+fn kinds_flags_and_names_are_consistent() {
+    for kind in Kind::ALL {
+        assert_eq!(Kind::from_code(kind.code()), Some(*kind));
+        assert_eq!(kind.flags(), u8::from(*kind == Kind::Error));
+        assert_eq!(kind.is_response(), kind.code() & 0x80 != 0);
+        assert!(!(kind.allowed_in_batch() && kind.allowed_in_batch_result()));
+        if kind.allowed_in_batch() {
+            assert!(!kind.is_response());
+        }
+        if kind.allowed_in_batch_result() {
+            assert!(kind.is_response());
+        }
+    }
+    assert_eq!(
+        (0..=255u8).filter_map(Kind::from_code).count(),
+        Kind::ALL.len()
+    );
+}
+
+#[test]
+fn codes_have_names_and_classes() {
+    assert_eq!(ResultCode::SUCCESS.name(), Some("SUCCESS"));
+    assert!(ResultCode::SUCCESS.is_success());
+    assert!(ResultCode::CREDIT_LIMIT_REACHED.is_transient());
+    assert!(ResultCode::USER_UNKNOWN.is_permanent());
+    assert_eq!(ResultCode(4242).name(), None);
+    assert_eq!(format!("{}", ResultCode(4242)), "ResultCode(4242)");
+    assert_eq!(
+        format!("{:?}", ResultCode::RATING_FAILED),
+        "RATING_FAILED(5031)"
+    );
+    assert!(AdminCode::OK.is_ok());
+    assert_eq!(AdminCode::CLOSE_WITH_OPEN_RESERVATIONS.0, 116);
+    assert_eq!(ErrorCode::UNEXPECTED_KIND.0, 12);
+    assert_eq!(ErrorCode::ALL.len(), 12);
+    // Every table is free of duplicate values.
+    for (i, a) in AdminCode::ALL.iter().enumerate() {
+        assert!(!AdminCode::ALL[i + 1..].contains(a));
+    }
+    for (i, a) in ResultCode::ALL.iter().enumerate() {
+        assert!(!ResultCode::ALL[i + 1..].contains(a));
+    }
+}
+
+#[test]
+fn units_are_validated() {
+    assert_eq!(Unit::new("gpu_seconds").unwrap(), Unit::GPU_SECONDS);
+    assert_eq!("USD".parse::<Unit>().unwrap().as_str(), "USD");
+    assert_eq!(Unit::try_from("x_1").unwrap().to_string(), "x_1");
+    assert_eq!(
+        Unit::new("a".repeat(16).as_str()).unwrap().as_bytes().len(),
+        16
+    );
+    for bad in ["", "a".repeat(17).as_str(), "US$", "tokens-in", "é", "a b"] {
+        assert!(Unit::new(bad).is_err(), "{bad:?}");
+    }
+    assert_ne!(Unit::new("usd").unwrap(), Unit::USD);
+}
+
+#[test]
+fn decimals_keep_their_scale() {
+    let f = |d| {
+        Frame::new(
+            1,
+            Message::AdminResult(AdminResult {
+                code: AdminCode::OK,
+                bucket: 0,
+                balance: d,
+            }),
+        )
+    };
+    for d in [
+        dec(250, 2),
+        dec(25, 1),
+        dec(0, 5),
+        dec(-MANTISSA_MAX, 28),
+        dec(MANTISSA_MAX, 0),
+    ] {
+        roundtrip(&f(d));
+    }
+    assert_ne!(bytes_of(&f(dec(250, 2))), bytes_of(&f(dec(25, 1))));
+    // Negative zero encodes as plain zero.
+    let neg_zero = -dec(0, 2);
+    assert_eq!(bytes_of(&f(neg_zero)), bytes_of(&f(dec(0, 2))));
+}
+
+#[test]
+fn encoder_refuses_what_a_decoder_would_refuse() {
+    let long_hello = Frame::new(
+        7,
+        Message::Hello(Hello {
+            min_version: 1,
+            max_version: 1,
+            credential: "k".repeat(CREDENTIAL_MAX + 1),
+            client_name: String::new(),
+        }),
+    );
+    let mut dst = BytesMut::from(&b"keep"[..]);
+    let err = long_hello.encode(&mut dst).unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::StringTooLong {
+            request_id: 7,
+            field: "credential",
+            ..
+        }
+    ));
+    assert_eq!(
+        &dst[..],
+        b"keep",
+        "a refused frame leaves the buffer unchanged"
+    );
+
+    let too_many = Message::BucketGrant(BucketGrant {
+        op_id: 1,
+        account: 1,
+        unit: Unit::USD,
+        amount: dec(1, 0),
+        valid_from_ms: 0,
+        valid_until_ms: u64::MAX,
+        priority: 0,
+        credit_limit: dec(0, 0),
+        services: vec![1; BUCKET_SERVICES_MAX + 1],
+    });
+    let mut body = BytesMut::new();
+    assert!(matches!(
+        too_many.encode(&mut body).unwrap_err(),
+        ProtocolError::CountTooLarge {
+            request_id: 0,
+            field: "services",
+            count: 33,
+            max: 32
+        }
+    ));
+    assert!(body.is_empty());
+
+    let nested = Frame::new(
+        3,
+        Message::Batch(Batch {
+            entries: vec![Message::Batch(Batch { entries: vec![] })],
+        }),
+    );
+    assert!(matches!(
+        nested.to_bytes().unwrap_err(),
+        ProtocolError::BatchEntryNotAllowed {
+            request_id: 3,
+            index: 0,
+            kind: 0x03
+        }
+    ));
+    let answer_in_batch = Frame::new(
+        3,
+        Message::Batch(Batch {
+            entries: vec![Message::Pong],
+        }),
+    );
+    assert!(answer_in_batch.to_bytes().is_err());
+    let request_in_result = Frame::new(
+        3,
+        Message::BatchResult(BatchResult {
+            entries: vec![Message::BalanceQuery(BalanceQuery { account: 1 })],
+        }),
+    );
+    assert!(request_in_result.to_bytes().is_err());
+
+    let huge = Frame::new(
+        4,
+        Message::Batch(Batch {
+            entries: vec![Message::BalanceQuery(BalanceQuery { account: 1 }); BATCH_MAX + 1],
+        }),
+    );
+    assert!(matches!(
+        huge.to_bytes().unwrap_err(),
+        ProtocolError::BatchTooLarge {
+            request_id: 4,
+            count: 1025
+        }
+    ));
+
+    let bad_max = Frame::new(
+        5,
+        Message::HelloOk(HelloOk {
+            version: 1,
+            org_id: 0,
+            is_admin: false,
+            max_frame: 1024,
+            keepalive_s: 0,
+            server_name: String::new(),
+        }),
+    );
+    assert!(matches!(
+        bad_max.to_bytes().unwrap_err(),
+        ProtocolError::InvalidValue {
+            request_id: 5,
+            field: "max_frame",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn encoder_enforces_the_frame_limit() {
+    let error = Frame::new(
+        9,
+        Message::Error(ErrorReply {
+            code: ErrorCode::INTERNAL,
+            message: "x".repeat(1000),
+        }),
+    );
+    let mut dst = BytesMut::new();
+    let err = error.encode_with_limit(&mut dst, 100).unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::FrameTooLarge {
+            length: 1014,
+            max: 100
+        }
+    ));
+    assert!(err.is_fatal());
+    assert!(dst.is_empty());
+    let mut codec = ReckonCodec::with_max_frame(1014);
+    codec.encode(&error, &mut dst).unwrap();
+    assert_eq!(dst.len(), 1018);
+    codec.set_max_frame(1013);
+    assert!(codec.encode(error, &mut BytesMut::new()).is_err());
+}
+
+#[test]
+fn codec_max_frame_is_clamped() {
+    assert_eq!(ReckonCodec::new().max_frame(), DEFAULT_MAX_FRAME);
+    assert_eq!(ReckonCodec::default().max_frame(), DEFAULT_MAX_FRAME);
+    assert_eq!(
+        ReckonCodec::with_max_frame(u32::MAX).max_frame(),
+        MAX_FRAME_CAP
+    );
+    assert_eq!(
+        ReckonCodec::with_max_frame(0).max_frame(),
+        HEADER_LEN as u32
+    );
+}
+
+fn stream_of(frames: &[Frame]) -> Vec<u8> {
+    frames.iter().flat_map(bytes_of).collect()
+}
+
+#[test]
+fn codec_decodes_a_pipelined_stream_fed_byte_by_byte() {
+    let frames: Vec<Frame> = samples()
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| Frame::new(i as u64, m))
+        .collect();
+    let wire = stream_of(&frames);
+    let mut codec = ReckonCodec::new();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for b in &wire {
+        buf.put_u8(*b);
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+    }
+    assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    assert_eq!(out, frames);
+
+    // All at once, and with the encoder.
+    let mut buf = BytesMut::new();
+    for f in &frames {
+        codec.encode(f.clone(), &mut buf).unwrap();
+    }
+    assert_eq!(&buf[..], &wire[..]);
+    let mut out = Vec::new();
+    while let Some(f) = codec.decode(&mut buf).unwrap() {
+        out.push(f);
+    }
+    assert_eq!(out, frames);
+}
+
+#[test]
+fn decode_frame_reports_incomplete_input_and_frame_size() {
+    let wire = bytes_of(&Frame::new(1, Message::Ping));
+    assert!(decode_frame(&[]).unwrap().is_none());
+    assert_eq!(frame_size(&wire[..3]), None);
+    assert_eq!(frame_size(&wire[..4]), Some(14));
+    for n in 0..wire.len() {
+        assert!(decode_frame(&wire[..n]).unwrap().is_none());
+    }
+    let mut two = wire.clone();
+    two.extend_from_slice(&wire);
+    assert_eq!(decode_frame(&two).unwrap().unwrap().1, 14);
+}
+
+/// A stream with a malformed-but-delimited frame between two good ones.
+fn stream_with_bad_frame() -> (Vec<u8>, Frame, Frame) {
+    let a = Frame::new(1, Message::BalanceQuery(BalanceQuery { account: 5 }));
+    let b = Frame::new(3, Message::Ping);
+    let mut wire = bytes_of(&a);
+    let mut bad = bytes_of(&Frame::new(2, Message::Ping));
+    bad[5] = 1; // flags
+    wire.extend_from_slice(&bad);
+    wire.extend_from_slice(&bytes_of(&b));
+    (wire, a, b)
+}
+
+#[test]
+fn reckon_codec_skips_a_malformed_frame_and_goes_on() {
+    let (wire, a, b) = stream_with_bad_frame();
+    let mut codec = ReckonCodec::new();
+    let mut buf = BytesMut::from(&wire[..]);
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(a));
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::BadFlags {
+            request_id: 2,
+            kind: 0x02,
+            flags: 1
+        }
+    ));
+    assert!(!err.is_fatal());
+    assert_eq!(err.request_id(), Some(2));
+    assert_eq!(err.code(), ErrorCode::MALFORMED_FRAME);
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(b));
+}
+
+#[test]
+fn tolerant_codec_yields_non_fatal_errors_as_items() {
+    let (wire, a, b) = stream_with_bad_frame();
+    let mut codec = TolerantCodec::with_max_frame(DEFAULT_MAX_FRAME);
+    let mut buf = BytesMut::from(&wire[..]);
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap().unwrap(), a);
+    let err = codec.decode(&mut buf).unwrap().unwrap().unwrap_err();
+    assert_eq!(err.request_id(), Some(2));
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap().unwrap(), b);
+    assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+    let mut out = BytesMut::new();
+    codec.encode(b.clone(), &mut out).unwrap();
+    codec.encode(&b, &mut out).unwrap();
+    assert_eq!(out.len(), 28);
+
+    // Fatal errors are still errors.
+    let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+    assert!(codec.decode(&mut buf).unwrap_err().is_fatal());
+    // A stream ending inside a frame.
+    let mut buf = BytesMut::from(&wire[..28]);
+    codec.decode(&mut buf).unwrap().unwrap().unwrap();
+    assert!(matches!(
+        codec.decode_eof(&mut buf).unwrap_err(),
+        ProtocolError::UnexpectedEof { buffered: 6 }
+    ));
+}
+
+#[test]
+fn oversized_frames_are_refused_before_buffering() {
+    let mut codec = ReckonCodec::with_max_frame(4096);
+    let mut buf = BytesMut::with_capacity(8);
+    buf.put_u32_le(4097);
+    let cap = buf.capacity();
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::FrameTooLarge {
+            length: 4097,
+            max: 4096
+        }
+    ));
+    assert_eq!(err.code(), ErrorCode::FRAME_TOO_LARGE);
+    assert_eq!(err.request_id(), None);
+    assert_eq!(buf.capacity(), cap, "nothing reserved for a refused frame");
+
+    // At the limit: waits, reserving exactly one frame.
+    let mut buf = BytesMut::new();
+    buf.put_u32_le(4096);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(
+        buf.capacity() >= 4100 && buf.capacity() <= 4100 + 64,
+        "{}",
+        buf.capacity()
+    );
+}
+
+/// The name of an error variant; exhaustive, so a new variant must be
+/// added here (and produced below).
+fn variant(e: &ProtocolError) -> &'static str {
+    use ProtocolError::*;
+    match e {
+        Io(_) => "Io",
+        UnexpectedEof { .. } => "UnexpectedEof",
+        FrameTooLarge { .. } => "FrameTooLarge",
+        FrameTooShort { .. } => "FrameTooShort",
+        UnknownKind { .. } => "UnknownKind",
+        BadFlags { .. } => "BadFlags",
+        Truncated { .. } => "Truncated",
+        TrailingBytes { .. } => "TrailingBytes",
+        StringTooLong { .. } => "StringTooLong",
+        InvalidUtf8 { .. } => "InvalidUtf8",
+        InvalidUnit { .. } => "InvalidUnit",
+        DecimalScale { .. } => "DecimalScale",
+        DecimalOutOfRange { .. } => "DecimalOutOfRange",
+        CountTooLarge { .. } => "CountTooLarge",
+        BatchTooLarge { .. } => "BatchTooLarge",
+        BatchEntryNotAllowed { .. } => "BatchEntryNotAllowed",
+        InvalidEnum { .. } => "InvalidEnum",
+        InvalidBool { .. } => "InvalidBool",
+        NonCanonical { .. } => "NonCanonical",
+        InvalidValue { .. } => "InvalidValue",
+    }
+}
+
+const ALL_VARIANTS: [&str; 20] = [
+    "Io",
+    "UnexpectedEof",
+    "FrameTooLarge",
+    "FrameTooShort",
+    "UnknownKind",
+    "BadFlags",
+    "Truncated",
+    "TrailingBytes",
+    "StringTooLong",
+    "InvalidUtf8",
+    "InvalidUnit",
+    "DecimalScale",
+    "DecimalOutOfRange",
+    "CountTooLarge",
+    "BatchTooLarge",
+    "BatchEntryNotAllowed",
+    "InvalidEnum",
+    "InvalidBool",
+    "NonCanonical",
+    "InvalidValue",
+];
+
+/// A frame of `kind` with this raw body.
+fn raw(kind: u8, flags: u8, rid: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&(10 + body.len() as u32).to_le_bytes());
+    v.push(kind);
+    v.push(flags);
+    v.extend_from_slice(&rid.to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// A BATCH frame with these raw entries (`kind`, body).
+fn raw_batch(rid: u64, entries: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut body = (entries.len() as u16).to_le_bytes().to_vec();
+    for (kind, b) in entries {
+        body.extend_from_slice(&(1 + b.len() as u32).to_le_bytes());
+        body.push(*kind);
+        body.extend_from_slice(b);
+    }
+    raw(0x03, 0, rid, &body)
+}
+
+#[test]
+fn every_error_variant_is_produced() {
+    let mut errors: Vec<ProtocolError> = Vec::new();
+    let mut dec = |bytes: &[u8]| errors.push(decode_frame(bytes).unwrap_err());
+
+    let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+    let io_err: ProtocolError = io.into();
+    assert!(io_err.is_fatal() && io_err.code() == ErrorCode::INTERNAL);
+
+    // Exactly 1 MiB is allowed (incomplete here); one more byte is too large.
+    assert!(decode_frame(&[0, 0, 0x10, 0]).unwrap().is_none());
+    dec(&[1, 0, 0x10, 0]); // FrameTooLarge
+    dec(&[9, 0, 0, 0]); // FrameTooShort
+    dec(&raw(0x7f, 0, 1, &[])); // UnknownKind
+    dec(&raw(0x02, 1, 1, &[])); // BadFlags
+    dec(&raw(0xff, 0, 1, &[1, 0, 0, 0])); // BadFlags: ERROR without its flag
+    dec(&raw(0x26, 0, 1, &[1, 2, 3])); // Truncated
+    dec(&raw(0x82, 0, 1, &[0])); // TrailingBytes
+    dec(&raw(0xff, 1, 1, &[1, 0, 0x01, 0x04])); // StringTooLong (1025)
+    dec(&raw(0xff, 1, 1, &[1, 0, 1, 0, 0xff])); // InvalidUtf8
+                                                // InvalidUnit: TOPUP with a 17-byte unit.
+    let mut topup = vec![0u8; 24];
+    topup.extend_from_slice(&17u16.to_le_bytes());
+    topup.extend_from_slice(&[b'a'; 17]);
+    dec(&raw(0x22, 0, 1, &topup));
+    dec(&raw(
+        0xa0,
+        0,
+        1,
+        &[&[0u8; 12][..], &[0u8; 16], &[200]].concat(),
+    )); // DecimalScale
+    dec(&raw(
+        0xa0,
+        0,
+        1,
+        &[&[0u8; 12][..], &(-(1i128 << 96)).to_le_bytes(), &[0]].concat(),
+    )); // DecimalOutOfRange
+    dec(&raw(0xa2, 0, 1, &[0, 0x01, 0x10])); // CountTooLarge: 4097 reservations
+    dec(&raw(0x03, 0, 1, &[0x01, 0x04])); // BatchTooLarge
+    dec(&raw_batch(1, &[(0x01, &[])])); // BatchEntryNotAllowed: HELLO in a batch
+    dec(&raw(0x10, 0, 1, &[0, 0, 9])); // InvalidEnum: request_type 9
+    dec(&raw(0x81, 0, 1, &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7])); // InvalidBool: is_admin 7
+    let mut limit = vec![0u8; 24];
+    limit.extend_from_slice(&[3, 0, b'U', b'S', b'D', 0, 1]);
+    limit.extend_from_slice(&[0u8; 16]);
+    dec(&raw(0x25, 0, 1, &limit)); // NonCanonical: absent cap with a non-zero byte
+    dec(&raw(
+        0x81,
+        0,
+        1,
+        &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    )); // InvalidValue: max_frame 0
+
+    // Inside batches: unknown kind, trailing bytes, truncated entry, malformed body.
+    let query = 5u64.to_le_bytes();
+    dec(&raw_batch(1, &[(0x26, &query), (0x55, &[])]));
+    dec(&raw_batch(1, &[(0x26, &[&query[..], &[0]].concat())]));
+    dec(&raw(0x03, 0, 1, &[1, 0, 100, 0, 0, 0, 0x26]));
+    dec(&raw(0x03, 0, 1, &[1, 0, 0, 0, 0, 0]));
+    dec(&raw_batch(1, &[(0x21, &[&[0u8; 24][..], &[9]].concat())]));
+
+    let mut codec = ReckonCodec::new();
+    let mut partial = BytesMut::from(&raw(0x02, 0, 1, &[])[..5]);
+    assert!(codec.decode(&mut partial).unwrap().is_none());
+    errors.push(codec.decode_eof(&mut partial).unwrap_err());
+    errors.push(io_err);
+
+    for e in &errors {
+        // Every error displays, and request ids are reported when known.
+        assert!(!e.to_string().is_empty());
+        assert_eq!(e.is_fatal(), e.request_id().is_none());
+        if let Some(id) = e.request_id() {
+            assert_eq!(id, 1, "{e}");
+        }
+    }
+    // Non-fatal errors can be relabelled; fatal ones have no id to set.
+    let relabelled = ProtocolError::Truncated {
+        request_id: 1,
+        field: "x",
+    }
+    .with_request_id(99);
+    assert_eq!(relabelled.request_id(), Some(99));
+    assert_eq!(
+        ProtocolError::FrameTooShort { length: 3 }
+            .with_request_id(99)
+            .request_id(),
+        None
+    );
+
+    let produced: std::collections::BTreeSet<&str> = errors.iter().map(variant).collect();
+    let all: std::collections::BTreeSet<&str> = ALL_VARIANTS.into_iter().collect();
+    assert_eq!(produced, all);
+}

@@ -1,0 +1,433 @@
+//! The test vectors of `SPEC.md`, read from the spec itself: every valid
+//! vector decodes and re-encodes byte for byte, every invalid one is
+//! refused with the stated `ERROR` code.
+
+mod common;
+
+use common::{dec, ua};
+use reckon_protocol::*;
+
+const SPEC: &str = include_str!("../SPEC.md");
+
+/// A vector from the spec: its info-string words and its bytes.
+struct Vector {
+    tag: String,
+    words: Vec<String>,
+    bytes: Vec<u8>,
+}
+
+fn parse_hex(block: &str, name: &str) -> Vec<u8> {
+    let mut digits = String::new();
+    for line in block.lines() {
+        let data = line.split('#').next().unwrap_or("");
+        digits.extend(data.chars().filter(|c| !c.is_whitespace()));
+    }
+    assert!(
+        digits.len() & 1 == 0,
+        "vector {name}: odd number of hex digits"
+    );
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&digits[i..i + 2], 16)
+                .unwrap_or_else(|_| panic!("vector {name}: bad hex"))
+        })
+        .collect()
+}
+
+fn vectors() -> Vec<Vector> {
+    let mut out = Vec::new();
+    let mut lines = SPEC.lines();
+    while let Some(line) = lines.next() {
+        let Some(info) = line.strip_prefix("```") else {
+            continue;
+        };
+        let mut words = info.split_whitespace().map(str::to_owned);
+        let Some(tag) = words.next() else { continue };
+        if tag != "hex-vector" && tag != "hex-invalid" {
+            continue;
+        }
+        let words: Vec<String> = words.collect();
+        let mut block = String::new();
+        for l in lines.by_ref() {
+            if l.starts_with("```") {
+                break;
+            }
+            block.push_str(l);
+            block.push('\n');
+        }
+        let bytes = parse_hex(&block, &words.join(" "));
+        out.push(Vector { tag, words, bytes });
+    }
+    out
+}
+
+fn valid() -> Vec<(String, Vec<u8>)> {
+    vectors()
+        .into_iter()
+        .filter(|v| v.tag == "hex-vector")
+        .map(|v| (v.words[0].clone(), v.bytes))
+        .collect()
+}
+
+fn vector(name: &str) -> Frame {
+    let (_, bytes) = valid()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no vector {name}"));
+    decode_frame(&bytes).unwrap().unwrap().0
+}
+
+#[test]
+fn the_spec_has_the_required_vectors() {
+    let names: Vec<String> = valid().into_iter().map(|(n, _)| n).collect();
+    for required in [
+        "HELLO",
+        "HELLO_OK",
+        "PING",
+        "CCR_INITIAL",
+        "CCA_INITIAL",
+        "TOPUP",
+        "BATCH",
+        "ERROR",
+    ] {
+        assert!(
+            names.iter().any(|n| n == required),
+            "SPEC.md lacks vector {required}"
+        );
+    }
+    // One valid vector of every kind.
+    for kind in Kind::ALL {
+        let covered = valid()
+            .iter()
+            .any(|(_, b)| decode_frame(b).unwrap().unwrap().0.kind() == *kind);
+        assert!(covered, "no vector of kind {}", kind.name());
+    }
+}
+
+#[test]
+fn every_valid_vector_decodes_and_reencodes_byte_for_byte() {
+    let all = valid();
+    assert!(all.len() >= 20);
+    for (name, bytes) in all {
+        let (frame, used) = decode_frame(&bytes)
+            .unwrap_or_else(|e| panic!("vector {name}: {e}"))
+            .unwrap_or_else(|| panic!("vector {name}: incomplete"));
+        assert_eq!(used, bytes.len(), "vector {name}: length");
+        let again = frame.to_bytes().unwrap();
+        assert_eq!(&again[..], &bytes[..], "vector {name}: re-encoding differs");
+        // The kind name in the vector name matches the decoded kind.
+        assert!(
+            name.starts_with(frame.kind().name()),
+            "vector {name} decoded as {}",
+            frame.kind().name()
+        );
+    }
+}
+
+#[test]
+fn every_invalid_vector_is_refused_with_its_code() {
+    let mut count = 0;
+    for v in vectors().into_iter().filter(|v| v.tag == "hex-invalid") {
+        let (name, code) = (&v.words[0], &v.words[1]);
+        let err = match decode_frame(&v.bytes) {
+            Err(e) => e,
+            Ok(r) => panic!("invalid vector {name} decoded: {r:?}"),
+        };
+        assert_eq!(
+            err.code().name(),
+            Some(code.as_str()),
+            "vector {name}: {err}"
+        );
+        // Through the codec too: same code, and the frame is skipped when not fatal.
+        let mut codec = TolerantCodec::default();
+        let mut buf = bytes::BytesMut::from(&v.bytes[..]);
+        use tokio_util::codec::Decoder;
+        match codec.decode(&mut buf) {
+            Ok(Some(Err(e))) => {
+                assert!(!e.is_fatal());
+                assert_eq!(e.code().name(), Some(code.as_str()));
+                assert!(buf.is_empty(), "vector {name}: frame not skipped");
+            }
+            Err(e) => {
+                assert!(e.is_fatal(), "vector {name}");
+                assert_eq!(e.code().name(), Some(code.as_str()));
+            }
+            other => panic!("vector {name}: {other:?}"),
+        }
+        count += 1;
+    }
+    assert!(count >= 10);
+}
+
+#[test]
+fn invalid_vectors_map_to_their_error_variants() {
+    use ProtocolError as E;
+    let by_name: Vec<(String, ProtocolError)> = vectors()
+        .into_iter()
+        .filter(|v| v.tag == "hex-invalid")
+        .map(|v| (v.words[0].clone(), decode_frame(&v.bytes).unwrap_err()))
+        .collect();
+    let get = |n: &str| &by_name.iter().find(|(name, _)| name == n).unwrap().1;
+    assert!(matches!(
+        get("TOO_LARGE"),
+        E::FrameTooLarge {
+            length: 16_777_217,
+            max: 1_048_576
+        }
+    ));
+    assert!(matches!(get("TOO_SHORT"), E::FrameTooShort { length: 6 }));
+    assert!(matches!(
+        get("UNKNOWN_KIND"),
+        E::UnknownKind {
+            request_id: 21,
+            kind: 0x42
+        }
+    ));
+    assert!(matches!(
+        get("BAD_FLAGS"),
+        E::BadFlags {
+            request_id: 22,
+            kind: 0x02,
+            flags: 1
+        }
+    ));
+    assert!(matches!(
+        get("TRAILING_BYTES"),
+        E::TrailingBytes {
+            request_id: 23,
+            field: "body",
+            extra: 1
+        }
+    ));
+    assert!(matches!(
+        get("TRUNCATED_BODY"),
+        E::Truncated {
+            request_id: 24,
+            field: "account"
+        }
+    ));
+    assert!(matches!(
+        get("DECIMAL_SCALE"),
+        E::DecimalScale {
+            request_id: 25,
+            field: "balance",
+            scale: 29
+        }
+    ));
+    assert!(matches!(
+        get("DECIMAL_RANGE"),
+        E::DecimalOutOfRange {
+            request_id: 26,
+            field: "balance"
+        }
+    ));
+    assert!(matches!(
+        get("BAD_UNIT"),
+        E::InvalidUnit {
+            request_id: 27,
+            field: "unit"
+        }
+    ));
+    assert!(matches!(
+        get("BAD_BOOL"),
+        E::InvalidBool {
+            request_id: 28,
+            field: "has_parent",
+            value: 2
+        }
+    ));
+    assert!(matches!(
+        get("NON_CANONICAL"),
+        E::NonCanonical {
+            request_id: 29,
+            field: "parent"
+        }
+    ));
+    assert!(matches!(
+        get("BAD_ENUM"),
+        E::InvalidEnum {
+            request_id: 30,
+            field: "status",
+            value: 3
+        }
+    ));
+    assert!(matches!(
+        get("STRING_TOO_LONG"),
+        E::StringTooLong {
+            request_id: 31,
+            field: "credential",
+            len: 300,
+            max: 256
+        }
+    ));
+    assert!(matches!(
+        get("BAD_UTF8"),
+        E::InvalidUtf8 {
+            request_id: 32,
+            field: "message"
+        }
+    ));
+    assert!(matches!(
+        get("COUNT_TOO_LARGE"),
+        E::CountTooLarge {
+            request_id: 33,
+            field: "services",
+            count: 33,
+            max: 32
+        }
+    ));
+    assert!(matches!(
+        get("BATCH_TOO_LARGE"),
+        E::BatchTooLarge {
+            request_id: 34,
+            count: 1025
+        }
+    ));
+    assert!(matches!(
+        get("BATCH_WITH_PING"),
+        E::BatchEntryNotAllowed {
+            request_id: 35,
+            index: 0,
+            kind: 0x02
+        }
+    ));
+    assert!(matches!(
+        get("BAD_HELLO_OK_MAX_FRAME"),
+        E::InvalidValue {
+            request_id: 36,
+            field: "max_frame",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn decoded_content_of_some_vectors() {
+    let hello = vector("HELLO");
+    assert_eq!(hello.request_id, 1);
+    assert_eq!(
+        hello.body,
+        Message::Hello(Hello {
+            min_version: 1,
+            max_version: 1,
+            credential: "k_live_4f9a".into(),
+            client_name: "acme-gw/1.0".into(),
+        })
+    );
+
+    let ok = vector("HELLO_OK");
+    let Message::HelloOk(ok) = ok.body else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            ok.version,
+            ok.org_id,
+            ok.is_admin,
+            ok.max_frame,
+            ok.keepalive_s
+        ),
+        (1, 1000, false, 1 << 20, 30)
+    );
+
+    let ccr = vector("CCR_INITIAL");
+    assert_eq!(ccr.request_id, 3);
+    let Message::Ccr(ccr) = ccr.body else {
+        panic!()
+    };
+    assert_eq!(ccr.request_type, RequestType::Initial);
+    assert_eq!(ccr.account, 1001);
+    assert_eq!(ccr.services.len(), 2);
+    assert_eq!(
+        ccr.services[0].requested,
+        vec![ua("tokens_in", 1200, 0), ua("tokens_out", 4096, 0)]
+    );
+    assert_eq!(ccr.services[1].service_id, 20);
+    assert_eq!(ccr.services[1].requested[0].unit, Unit::GPU_SECONDS);
+
+    let Message::Cca(cca) = vector("CCA_INITIAL").body else {
+        panic!()
+    };
+    assert_eq!(cca.result_code, ResultCode::SUCCESS);
+    assert_eq!(cca.services[0].validity_time_s, 600);
+    assert_eq!(
+        cca.services[1].result_code,
+        ResultCode::CREDIT_LIMIT_REACHED
+    );
+    assert_eq!(
+        cca.services[1].final_unit_action,
+        Some(FinalUnitAction::Redirect)
+    );
+    assert_eq!(cca.services[1].redirect, "https://pay.example/topup");
+
+    let Message::Ccr(term) = vector("CCR_TERMINATE").body else {
+        panic!()
+    };
+    assert_eq!(term.termination_cause, Some(TerminationCause::Logout));
+    assert_eq!(term.timestamp_ms, 1_700_000_123_456);
+
+    let Message::Cca(price) = vector("CCA_PRICE").body else {
+        panic!()
+    };
+    assert_eq!(price.price, vec![ua("USD", 123, 4)]);
+    assert_eq!(price.price[0].amount.to_string(), "0.0123");
+
+    let Message::Cca(bal) = vector("CCA_BALANCE").body else {
+        panic!()
+    };
+    assert_eq!(bal.balance[1].amount, dec(-15, 1));
+
+    let Message::TopUp(topup) = vector("TOPUP").body else {
+        panic!()
+    };
+    assert_eq!(topup.op_id, 0x0123456789abcdef0011223344556677);
+    assert_eq!(topup.amount.to_string(), "25.00");
+    assert_eq!(topup.bucket, None);
+    assert_eq!(topup.kind, CreditKind::TopUp);
+
+    let Message::BucketGrant(grant) = vector("BUCKET_GRANT").body else {
+        panic!()
+    };
+    assert_eq!(grant.valid_until_ms, u64::MAX);
+    assert_eq!(grant.services, vec![10, 20]);
+
+    let Message::LimitSet(remove) = vector("LIMIT_SET_REMOVE").body else {
+        panic!()
+    };
+    assert_eq!(remove.cap, None);
+
+    let batch = vector("BATCH");
+    let Message::Batch(batch) = batch.body else {
+        panic!()
+    };
+    assert_eq!(batch.entries.len(), 2);
+    assert_eq!(
+        batch.entries[0],
+        Message::BalanceQuery(BalanceQuery { account: 1001 })
+    );
+    assert!(matches!(
+        &batch.entries[1],
+        Message::AccountStatus(AccountStatusChange {
+            account: 1002,
+            status: AccountStatus::Suspended,
+            ..
+        })
+    ));
+
+    let Message::BatchResult(result) = vector("BATCH_RESULT").body else {
+        panic!()
+    };
+    assert_eq!(result.entries.len(), 2);
+    assert_eq!(result.entries[0].kind(), Kind::Balance);
+
+    let error = vector("ERROR");
+    assert_eq!(error.flags(), 1);
+    assert_eq!(
+        error.body,
+        Message::Error(ErrorReply {
+            code: ErrorCode::UNKNOWN_KIND,
+            message: "unknown kind 0x42".into(),
+        })
+    );
+}
