@@ -906,7 +906,10 @@ fn reserve_holds_credit_without_debiting() {
     let second = f.reserve(ROOT, USD, u(1), u(1), None);
     assert_eq!(second.id, ReservationId(2));
     assert_eq!(f.ledger.reservation_count(), 2);
-    assert_eq!(f.ledger.reservations_of(ROOT, ReservationId(0), 10).len(), 2);
+    assert_eq!(
+        f.ledger.reservations_of(ROOT, ReservationId(0), 10).len(),
+        2
+    );
     // Reserving debits nothing, so it is not audited.
     assert!(f.ledger.drain_audit().is_empty());
     f.check();

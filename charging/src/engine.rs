@@ -201,6 +201,8 @@ pub enum EngineResponse {
     Forbidden,
     /// The configuration was replaced.
     Configured,
+    /// The account does not exist, or is not visible to the caller.
+    NotFound,
 }
 
 /// The price of one unit of a service.
@@ -305,6 +307,8 @@ pub struct Engine {
     answer_order: VecDeque<(Timestamp, Arc<str>, u32)>,
     dirty_sessions: Vec<Arc<str>>,
     config_dirty: bool,
+    /// Set when the request being handled changed the ledger.
+    changed: bool,
     answers_added: Vec<(Arc<str>, u32)>,
     answer_blobs: Vec<(u64, Timestamp)>,
     checkpoint_seq: u64,
@@ -341,6 +345,7 @@ impl Engine {
             answer_order: VecDeque::new(),
             dirty_sessions: Vec::new(),
             config_dirty: true,
+            changed: false,
             answers_added: Vec::new(),
             answer_blobs: Vec::new(),
             checkpoint_seq: 0,
@@ -440,7 +445,9 @@ impl Engine {
         op: OpId,
         command: Command,
     ) -> Result<Outcome, LedgerError> {
-        self.ledger.ledger.apply(now, &Operation { op, command })
+        let result = self.ledger.ledger.apply(now, &Operation { op, command });
+        self.changed |= result.is_ok();
+        result
     }
 
     /// Applies one request at `now`.
@@ -469,69 +476,74 @@ impl Engine {
         request: LedgerRequest,
     ) -> EngineResponse {
         if let Caller::Org(org) = caller {
+            // Organisation credentials read their own subtree; changes need
+            // an admin credential. Accounts outside the subtree look absent.
             let target = match &request {
-                LedgerRequest::Apply(op) => match &op.command {
-                    Command::CreateAccount { parent: None, .. } => {
-                        return EngineResponse::Forbidden
-                    }
-                    Command::CreateAccount {
-                        parent: Some(p), ..
-                    } => Some(*p),
-                    Command::SetStatus { account, .. }
-                    | Command::SetLimit { account, .. }
-                    | Command::GrantBucket { account, .. }
-                    | Command::Credit { account, .. }
-                    | Command::Adjust { account, .. }
-                    | Command::Reserve { account, .. } => Some(*account),
-                    Command::Commit { reservation, .. } | Command::Release { reservation } => self
-                        .ledger
-                        .ledger
-                        .reservation(*reservation)
-                        .map(|r| r.account),
-                    Command::Sweep | Command::SetIdempotencyWindow { .. } => {
-                        return EngineResponse::Forbidden
-                    }
-                },
+                LedgerRequest::Apply(_) | LedgerRequest::Totals | LedgerRequest::StateDigest => {
+                    return EngineResponse::Forbidden
+                }
                 LedgerRequest::Account(a) => Some(*a),
                 LedgerRequest::Available { account, .. } => Some(*account),
                 LedgerRequest::Reservation(r) => {
                     self.ledger.ledger.reservation(*r).map(|v| v.account)
                 }
                 LedgerRequest::Reservations { account, .. } => Some(*account),
-                LedgerRequest::Totals | LedgerRequest::StateDigest => {
-                    return EngineResponse::Forbidden
-                }
             };
             match target {
                 Some(a) if self.ledger.ledger.root_of(a) == Some(org) => {}
-                _ => return EngineResponse::Forbidden,
+                _ => return EngineResponse::NotFound,
             }
         }
         let mut discard = Vec::new();
         EngineResponse::Ledger(self.ledger.apply(now, request, &mut discard))
     }
 
+    /// The consistency rules of the protocol (SPEC 7.3): a request that
+    /// breaks one is refused whole and changes nothing.
     fn validate(&self, ccr: &CreditControlRequest) -> Result<(), u32> {
-        if ccr.session_id.is_empty() || ccr.session_id.len() > SESSION_ID_LEN_MAX {
-            return Err(result_code::INVALID_AVP_VALUE);
+        use result_code::{INVALID_AVP_VALUE, MISSING_AVP};
+        if ccr.session_id.is_empty() {
+            return Err(MISSING_AVP);
         }
-        if ccr.services.len() > SERVICES_MAX {
-            return Err(result_code::INVALID_AVP_VALUE);
-        }
-        for s in &ccr.services {
-            if s.requested.len() > UNITS_PER_SERVICE_MAX || s.used.len() > UNITS_PER_SERVICE_MAX {
-                return Err(result_code::INVALID_AVP_VALUE);
-            }
-            if s.requested
-                .iter()
-                .chain(&s.used)
-                .any(|(_, q)| q.is_sign_negative())
-            {
-                return Err(result_code::INVALID_AVP_VALUE);
-            }
+        if ccr.session_id.len() > SESSION_ID_LEN_MAX || ccr.services.len() > SERVICES_MAX {
+            return Err(INVALID_AVP_VALUE);
         }
         if (ccr.request_type == RequestType::Event) != (ccr.event_action != EventAction::None) {
-            return Err(result_code::INVALID_AVP_VALUE);
+            return Err(INVALID_AVP_VALUE);
+        }
+        if matches!(ccr.request_type, RequestType::Initial | RequestType::Event)
+            && ccr.request_number != 0
+        {
+            return Err(INVALID_AVP_VALUE);
+        }
+        let needs_service = matches!(ccr.request_type, RequestType::Initial)
+            || matches!(
+                ccr.event_action,
+                EventAction::DirectDebit | EventAction::Refund | EventAction::PriceEnquiry
+            );
+        if needs_service && ccr.services.is_empty() {
+            return Err(MISSING_AVP);
+        }
+        for (i, s) in ccr.services.iter().enumerate() {
+            if ccr.services[..i].iter().any(|o| o.service == s.service) {
+                return Err(INVALID_AVP_VALUE);
+            }
+            if s.requested.len() > UNITS_PER_SERVICE_MAX || s.used.len() > UNITS_PER_SERVICE_MAX {
+                return Err(INVALID_AVP_VALUE);
+            }
+            for list in [&s.requested, &s.used] {
+                for (j, (unit, q)) in list.iter().enumerate() {
+                    if q.is_sign_negative() || list[..j].iter().any(|(u, _)| u == unit) {
+                        return Err(INVALID_AVP_VALUE);
+                    }
+                }
+            }
+            if ccr.request_type == RequestType::Initial && !s.used.is_empty() {
+                return Err(INVALID_AVP_VALUE);
+            }
+            if ccr.request_type == RequestType::Terminate && !s.requested.is_empty() {
+                return Err(INVALID_AVP_VALUE);
+            }
         }
         Ok(())
     }
@@ -558,6 +570,7 @@ impl Engine {
         if let Err(code) = self.validate(ccr) {
             return CreditControlAnswer::error(code);
         }
+        self.changed = false;
         if self.ledger.ledger.account(ccr.account).is_none()
             || self.authorise(caller, ccr.account).is_err()
         {
@@ -651,9 +664,11 @@ impl Engine {
     }
 
     fn finish_answer(&self, services: Vec<ServiceAnswer>) -> CreditControlAnswer {
-        // The overall code is success when any service succeeded (the
-        // per-service codes tell the rest); otherwise the first failure.
-        let code = if services.is_empty()
+        // A request that changed anything succeeded as a request; the
+        // per-service codes tell how each service fared. Only a request
+        // that changed nothing carries a failure code of its own.
+        let code = if self.changed
+            || services.is_empty()
             || services
                 .iter()
                 .any(|s| s.result_code == result_code::SUCCESS)
@@ -994,33 +1009,50 @@ impl Engine {
                     expires_at: now,
                     dirty: false,
                 };
+                // All services or none: check every cost first.
+                let mut need: Vec<(Unit, Option<ServiceId>, Amount)> = Vec::new();
+                for service in &ccr.services {
+                    for (unit, units) in event_units(service) {
+                        let (charge_unit, per_unit) = self.tariff(service.service, *unit);
+                        let Ok(cost) = Self::cost(per_unit, *units) else {
+                            return CreditControlAnswer::error(result_code::RATING_FAILED);
+                        };
+                        need.push((charge_unit, Some(service.service), cost));
+                    }
+                }
+                let mut total: Vec<(Unit, i128)> = Vec::new();
+                for (unit, service, cost) in &need {
+                    let available = self
+                        .ledger
+                        .ledger
+                        .available(now, ccr.account, *unit, *service)
+                        .unwrap_or(Amount::ZERO);
+                    let sum = match total.iter_mut().find(|(u, _)| u == unit) {
+                        Some((_, n)) => {
+                            *n += cost.nanos();
+                            *n
+                        }
+                        None => {
+                            total.push((*unit, cost.nanos()));
+                            cost.nanos()
+                        }
+                    };
+                    if *cost > available || sum > available.nanos() {
+                        return CreditControlAnswer::error(result_code::CREDIT_LIMIT_REACHED);
+                    }
+                }
                 let mut services = Vec::new();
                 for service in &ccr.services {
-                    // A direct debit must not overdraw: check first, then debit.
-                    let mut fits = true;
-                    for (unit, used) in &service.used {
-                        let (charge_unit, per_unit) = self.tariff(service.service, *unit);
-                        let cost = Self::cost(per_unit, *used).unwrap_or(Amount::MAX);
-                        let available = self
-                            .ledger
-                            .ledger
-                            .available(now, ccr.account, charge_unit, Some(service.service))
-                            .unwrap_or(Amount::ZERO);
-                        fits &= cost <= available;
-                    }
-                    let code = if fits {
-                        self.settle(now, ccr, &mut session, service, &mut step)
-                    } else {
-                        result_code::CREDIT_LIMIT_REACHED
+                    let debit = ServiceRequest {
+                        service: service.service,
+                        requested: Vec::new(),
+                        used: event_units(service).to_vec(),
                     };
+                    let code = self.settle(now, ccr, &mut session, &debit, &mut step);
                     services.push(ServiceAnswer {
                         service: service.service,
                         result_code: code,
-                        granted: if code == result_code::SUCCESS {
-                            service.used.clone()
-                        } else {
-                            Vec::new()
-                        },
+                        granted: debit.used,
                         validity_time_s: 0,
                         final_unit_action: FinalUnitAction::None,
                     });
@@ -1031,9 +1063,9 @@ impl Engine {
                 let mut services = Vec::new();
                 for service in &ccr.services {
                     let mut code = result_code::SUCCESS;
-                    for (unit, used) in &service.used {
+                    for (unit, units) in event_units(service) {
                         let (charge_unit, per_unit) = self.tariff(service.service, *unit);
-                        let Ok(amount) = Self::cost(per_unit, *used) else {
+                        let Ok(amount) = Self::cost(per_unit, *units) else {
                             code = result_code::RATING_FAILED;
                             continue;
                         };
@@ -1061,7 +1093,7 @@ impl Engine {
                     services.push(ServiceAnswer {
                         service: service.service,
                         result_code: code,
-                        granted: service.used.clone(),
+                        granted: event_units(service).to_vec(),
                         validity_time_s: 0,
                         final_unit_action: FinalUnitAction::None,
                     });
@@ -1160,6 +1192,16 @@ impl Engine {
         self.supervision
             .peek()
             .is_some_and(|Reverse((at, _))| *at <= now)
+    }
+}
+
+/// The units an EVENT acts on: `requested` (RFC 4006's Requested-Service-
+/// Unit for direct debiting), or `used` when a client reports those.
+fn event_units(service: &ServiceRequest) -> &[Quantity] {
+    if service.requested.is_empty() {
+        &service.used
+    } else {
+        &service.requested
     }
 }
 

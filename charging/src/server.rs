@@ -202,6 +202,44 @@ fn error_frame(request_id: u64, code: ErrorCode, message: impl Into<String>) -> 
     )
 }
 
+/// Makes an answer fit the frame limit (SPEC 5.6, 6.3): a batch result
+/// loses answers from the end, replaced by FRAME_TOO_LARGE errors; any other
+/// answer becomes one such error. The requests were applied either way.
+fn fit(frame: Frame, max_frame: u32) -> Frame {
+    // Only these answers can grow large; the rest skip the measuring.
+    if !matches!(
+        frame.body,
+        Message::BatchResult(_) | Message::Balance(_) | Message::Reservations(_)
+    ) {
+        return frame;
+    }
+    let size = |f: &Frame| f.to_bytes().map(|b| b.len()).unwrap_or(usize::MAX);
+    let limit = max_frame as usize + reckon_protocol::limits::LENGTH_PREFIX_LEN;
+    if size(&frame) <= limit {
+        return frame;
+    }
+    let too_large = || {
+        Message::Error(msg::ErrorReply {
+            code: ErrorCode::FRAME_TOO_LARGE,
+            message: "answer too large for one frame; resend this request alone".into(),
+        })
+    };
+    let request_id = frame.request_id;
+    match frame.body {
+        Message::BatchResult(mut result) => {
+            for i in (0..result.entries.len()).rev() {
+                result.entries[i] = too_large();
+                let candidate = Frame::new(request_id, Message::BatchResult(result.clone()));
+                if size(&candidate) <= limit {
+                    return candidate;
+                }
+            }
+            Frame::new(request_id, Message::BatchResult(result))
+        }
+        _ => Frame::new(request_id, too_large()),
+    }
+}
+
 fn authenticate(shared: &Shared, credential: &str) -> Option<Caller> {
     // Compare every credential fully, whatever matches, so timing does not
     // reveal how much of a token was right.
@@ -239,6 +277,7 @@ async fn connection(
     let writer = tokio::spawn(async move {
         let mut sink = FramedWrite::new(write, TolerantCodec::with_max_frame(max_frame));
         while let Some(frame) = out_rx.recv().await {
+            let frame = fit(frame, max_frame);
             if let Err(e) = sink.feed(frame).await {
                 tracing::debug!(error = %e, "write failed");
                 return;
@@ -253,15 +292,30 @@ async fn connection(
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
     let mut caller: Option<Caller> = None;
     let mut shutdown = shared.shutdown.clone();
-    let idle = Duration::from_secs(shared.keepalive_s.max(1) as u64 * 3);
+    let ping_after = Duration::from_secs(shared.keepalive_s.max(1) as u64);
+    let idle = ping_after * 3;
+    let mut silent_for = Duration::ZERO;
     loop {
         let next = tokio::select! {
-            _ = shutdown.changed() => None,
-            next = tokio::time::timeout(idle, frames.next()) => match next {
-                Ok(n) => n,
+            _ = shutdown.changed() => {
+                let _ = out_tx.send(error_frame(0, ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"));
+                None
+            }
+            next = tokio::time::timeout(ping_after, frames.next()) => match next {
+                Ok(n) => {
+                    silent_for = Duration::ZERO;
+                    n
+                }
                 Err(_) => {
-                    tracing::info!(%peer, "no frame within three keepalive periods; closing");
-                    None
+                    silent_for += ping_after;
+                    if silent_for >= idle {
+                        tracing::info!(%peer, "no frame within three keepalive periods; closing");
+                        None
+                    } else {
+                        // Silent for a keepalive period: ask the peer.
+                        let _ = out_tx.send(Frame::new(0, Message::Ping));
+                        continue;
+                    }
                 }
             },
         };
@@ -290,6 +344,17 @@ async fn connection(
             }
         };
         let request_id = frame.request_id;
+        if request_id == 0 && !matches!(frame.body, Message::Pong) {
+            let _ = out_tx.send(error_frame(
+                0,
+                ErrorCode::MALFORMED_FRAME,
+                "request id 0 is reserved; use a non-zero id",
+            ));
+            if caller.is_none() {
+                break;
+            }
+            continue;
+        }
         let Some(who) = caller else {
             match frame.body {
                 Message::Hello(hello) => {

@@ -32,8 +32,12 @@ pub enum ReplyShape {
         /// Echoed request number.
         request_number: u32,
     },
-    /// An ADMIN_RESULT.
-    Admin,
+    /// An ADMIN_RESULT; `balance` fills its balance field when the outcome
+    /// carries none (LIMIT_SET answers with the cap).
+    Admin {
+        /// Value for the balance field.
+        balance: Option<Decimal>,
+    },
     /// A BALANCE.
     Balance,
     /// A RESERVATIONS page of at most this many.
@@ -98,7 +102,7 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                     command,
                 }),
             ),
-            ReplyShape::Admin,
+            ReplyShape::Admin { balance: None },
         )
     };
     macro_rules! amount {
@@ -348,6 +352,7 @@ pub fn busy_reply(shape: &ReplyShape) -> Message {
 pub fn render(shape: &ReplyShape, response: EngineResponse) -> Message {
     match (shape, response) {
         (_, EngineResponse::Forbidden) => forbidden(),
+        (_, EngineResponse::NotFound) => admin_error(AdminCode::ACCOUNT_NOT_FOUND),
         (
             ReplyShape::Cca {
                 session_id,
@@ -355,36 +360,35 @@ pub fn render(shape: &ReplyShape, response: EngineResponse) -> Message {
             },
             EngineResponse::CreditControl(a),
         ) => cca(session_id.clone(), *request_number, a),
-        (ReplyShape::Admin, EngineResponse::Ledger(LedgerResponse::Applied(result))) => {
-            match result {
-                Ok(outcome) => {
-                    let (bucket, balance) = match outcome {
-                        Outcome::BucketGranted { bucket } => (bucket.0, Decimal::ZERO),
-                        Outcome::BalanceChanged { bucket, balance } => {
-                            (bucket.0, balance.to_decimal())
-                        }
-                        _ => (0, Decimal::ZERO),
-                    };
-                    Message::AdminResult(AdminResult {
-                        code: AdminCode::OK,
-                        bucket,
-                        balance,
-                    })
-                }
-                Err(e) => {
-                    let balance = match &e {
-                        LedgerError::InsufficientFunds { available } => available.to_decimal(),
-                        LedgerError::LimitExceeded { headroom, .. } => headroom.to_decimal(),
-                        _ => Decimal::ZERO,
-                    };
-                    Message::AdminResult(AdminResult {
-                        code: admin_code(&e),
-                        bucket: 0,
-                        balance,
-                    })
-                }
+        (
+            ReplyShape::Admin { balance: hint },
+            EngineResponse::Ledger(LedgerResponse::Applied(result)),
+        ) => match result {
+            Ok(outcome) => {
+                let (bucket, balance) = match outcome {
+                    Outcome::BucketGranted { bucket } => (bucket.0, Decimal::ZERO),
+                    Outcome::BalanceChanged { bucket, balance } => (bucket.0, balance.to_decimal()),
+                    _ => (0, hint.unwrap_or(Decimal::ZERO)),
+                };
+                Message::AdminResult(AdminResult {
+                    code: AdminCode::OK,
+                    bucket,
+                    balance,
+                })
             }
-        }
+            Err(e) => {
+                let balance = match &e {
+                    LedgerError::InsufficientFunds { available } => available.to_decimal(),
+                    LedgerError::LimitExceeded { headroom, .. } => headroom.to_decimal(),
+                    _ => Decimal::ZERO,
+                };
+                Message::AdminResult(AdminResult {
+                    code: admin_code(&e),
+                    bucket: 0,
+                    balance,
+                })
+            }
+        },
         (ReplyShape::Balance, EngineResponse::Ledger(LedgerResponse::Account(view))) => {
             match view {
                 None => admin_error(AdminCode::ACCOUNT_NOT_FOUND),

@@ -304,13 +304,14 @@ fn low_balance_gives_a_smaller_final_grant_then_credit_limit_reached() {
     assert_eq!(a.result_code, rc::SUCCESS);
     assert_eq!(a.services[0].granted, vec![(Unit::TOKENS_OUT, d("500"))]);
     assert_eq!(a.services[0].final_unit_action, FinalUnitAction::Terminate);
-    // Using the whole grant and asking for more: debited, then refused.
+    // Using the whole grant and asking for more: the usage is debited (so
+    // the request succeeded) and the new grant is refused for the service.
     let a = w.ccr(
         Caller::Org(ORG),
         req("s1", RequestType::Update, 1, vec![tokens("1000", "500")]),
     );
     assert_eq!(a.services[0].result_code, rc::CREDIT_LIMIT_REACHED);
-    assert_eq!(a.result_code, rc::CREDIT_LIMIT_REACHED);
+    assert_eq!(a.result_code, rc::SUCCESS);
     assert!(a.services[0].granted.is_empty());
     assert_eq!(w.usd(ORG), (d("0"), d("0")));
     // A new session on an empty wallet is refused at once.
@@ -445,7 +446,11 @@ fn an_organisation_cannot_touch_another_organisations_accounts() {
         w.now,
         EngineRequest::Ledger(Caller::Org(OTHER_ORG), LedgerRequest::Account(USER)),
     );
-    assert_eq!(r, EngineResponse::Forbidden);
+    assert_eq!(
+        r,
+        EngineResponse::NotFound,
+        "another organisation's account looks absent"
+    );
     let topup = Operation {
         op: OpId(9_999),
         command: Command::Credit {
@@ -479,14 +484,28 @@ fn an_organisation_cannot_touch_another_organisations_accounts() {
         EngineResponse::Forbidden,
         "only admins create organisations"
     );
-    // Its own organisation may.
+    // Changes need an admin credential, even on the organisation's own accounts.
     let r = w.engine.handle(
         w.now,
-        EngineRequest::Ledger(Caller::Org(ORG), LedgerRequest::Apply(topup)),
+        EngineRequest::Ledger(Caller::Org(ORG), LedgerRequest::Apply(topup.clone())),
+    );
+    assert_eq!(r, EngineResponse::Forbidden);
+    let r = w.engine.handle(
+        w.now,
+        EngineRequest::Ledger(Caller::Admin, LedgerRequest::Apply(topup)),
     );
     assert!(matches!(
         r,
         EngineResponse::Ledger(LedgerResponse::Applied(Ok(_)))
+    ));
+    // It may read its own accounts.
+    let r = w.engine.handle(
+        w.now,
+        EngineRequest::Ledger(Caller::Org(ORG), LedgerRequest::Account(USER)),
+    );
+    assert!(matches!(
+        r,
+        EngineResponse::Ledger(LedgerResponse::Account(Some(_)))
     ));
 }
 

@@ -18,27 +18,21 @@ const ACME: &str = "acme-token";
 const GLOBEX: &str = "globex-token";
 
 fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.data_dir = dir.to_path_buf();
-    c.credential_list = vec![
-        CredentialConfig {
-            name: "admin".into(),
-            token: ADMIN.into(),
-            org: None,
-        },
-        CredentialConfig {
-            name: "acme".into(),
-            token: ACME.into(),
-            org: Some(1000),
-        },
-        CredentialConfig {
-            name: "globex".into(),
-            token: GLOBEX.into(),
-            org: Some(2000),
-        },
-    ];
-    c
+    let credential = |name: &str, token: &str, org: Option<u64>| CredentialConfig {
+        name: name.into(),
+        token: token.into(),
+        org,
+    };
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        credential_list: vec![
+            credential("admin", ADMIN, None),
+            credential("acme", ACME, Some(1000)),
+            credential("globex", GLOBEX, Some(2000)),
+        ],
+        ..Config::default()
+    }
 }
 
 fn d(s: &str) -> Decimal {
@@ -122,13 +116,23 @@ async fn tenancy_pipelining_batches_and_bad_credentials() {
     for m in [create(&admin, 1000, None), create(&admin, 2000, None)] {
         ok(&admin.call(m).await.unwrap());
     }
-    let acme = Client::connect(&addr, ACME).await.unwrap();
-    assert_eq!(acme.hello.org_id, 1000);
-    ok(&acme.call(create(&acme, 1001, Some(1000))).await.unwrap());
-    ok(&acme
-        .call(topup(&acme, 1001, Unit::TOKENS_OUT, "100000"))
+    ok(&admin.call(create(&admin, 1001, Some(1000))).await.unwrap());
+    ok(&admin
+        .call(topup(&admin, 1001, Unit::TOKENS_OUT, "100000"))
         .await
         .unwrap());
+    let acme = Client::connect(&addr, ACME).await.unwrap();
+    assert_eq!(acme.hello.org_id, 1000);
+    assert!(!acme.hello.is_admin);
+    // An organisation credential may not change balances, even its own.
+    match acme
+        .call(topup(&acme, 1001, Unit::TOKENS_OUT, "5"))
+        .await
+        .unwrap()
+    {
+        Message::Error(e) => assert_eq!(e.code, ErrorCode::FORBIDDEN),
+        other => panic!("{other:?}"),
+    }
 
     // Globex may not see or touch Acme's accounts, nor create organisations.
     let globex = Client::connect(&addr, GLOBEX).await.unwrap();
@@ -137,7 +141,8 @@ async fn tenancy_pipelining_batches_and_bad_credentials() {
         .await
         .unwrap()
     {
-        Message::Error(e) => assert_eq!(e.code, ErrorCode::FORBIDDEN),
+        // Another organisation's account looks absent.
+        Message::AdminResult(r) => assert_eq!(r.code, AdminCode::ACCOUNT_NOT_FOUND),
         other => panic!("{other:?}"),
     }
     match globex
@@ -187,8 +192,8 @@ async fn tenancy_pipelining_batches_and_bad_credentials() {
     }
 
     // Bad input: too precise an amount is refused and changes nothing.
-    let precise = topup(&acme, 1001, Unit::TOKENS_OUT, "0.0000000001");
-    match acme.call(precise).await.unwrap() {
+    let precise = topup(&admin, 1001, Unit::TOKENS_OUT, "0.0000000001");
+    match admin.call(precise).await.unwrap() {
         Message::AdminResult(r) => assert_eq!(r.code, AdminCode::AMOUNT_TOO_PRECISE),
         other => panic!("{other:?}"),
     }
