@@ -520,6 +520,18 @@ impl Ledger {
         result
     }
 
+    /// Applies a command without recording an op id: for a caller that
+    /// deduplicates at its own level (the charging engine answers
+    /// retransmissions from its stored answers and replays deterministically),
+    /// so the ledger's idempotency table need not hold its internal steps.
+    pub fn apply_unrecorded(&mut self, now: Timestamp, command: &Command) -> OpResult {
+        self.evict_ops(now);
+        if matches!(command, Command::Sweep) {
+            return Ok(self.sweep(now));
+        }
+        self.execute(now, OpId::SERVER, command)
+    }
+
     /// True when `op` would be answered from the idempotency table (a retry
     /// or a reused id) and so changes nothing.
     pub fn is_known_op(&self, op: OpId) -> bool {
