@@ -1115,12 +1115,23 @@ impl Engine {
                     }
                 }
                 if units.is_empty() {
-                    if let Some(view) = self.ledger.ledger.account(ccr.account) {
-                        for b in view.buckets {
+                    // Every unit the account can spend: its own buckets and
+                    // those up the chain it draws on.
+                    let mut current = Some(ccr.account);
+                    for _ in 0..reckon_balances::ledger::DEPTH_MAX {
+                        let Some(view) = current.and_then(|a| self.ledger.ledger.account(a)) else {
+                            break;
+                        };
+                        for b in &view.buckets {
                             if !units.contains(&b.unit) {
                                 units.push(b.unit);
                             }
                         }
+                        current = if view.draws_on_parent {
+                            view.parent
+                        } else {
+                            None
+                        };
                     }
                 }
                 for unit in units {

@@ -351,3 +351,42 @@ async fn kill_dash_nine_under_load_loses_no_acknowledged_debit() {
     server.child.kill().unwrap();
     let _ = server.child.wait();
 }
+
+#[test]
+fn the_example_configuration_loads_and_bad_ones_name_the_field() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/reckon.toml");
+    let config = Config::load(&path).expect("the README's example configuration loads");
+    let engine = config.engine_config().unwrap();
+    assert_eq!(engine.prices.len(), 2);
+    assert_eq!(engine.prices[0].per_unit, d("0.00002"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[price]]\nunit = \"tokens_out\"\ncharge_unit = \"USD\"\nper_unit = \"cheap\"\n",
+    )
+    .unwrap();
+    let err = Config::load(&bad)
+        .unwrap()
+        .engine_config()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("price[0].per_unit"), "{err}");
+    std::fs::write(&bad, "listen = \"127.0.0.1:1\"\nunknown_key = 1\n").unwrap();
+    let err = Config::load(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("bad.toml") && err.contains("unknown_key"),
+        "{err}"
+    );
+    std::fs::write(
+        &bad,
+        "[[price]]\nunit = \"tokens_out\"\ncharge_unit = \"USD\"\nper_unit = \"0.0000000001\"\n",
+    )
+    .unwrap();
+    let err = Config::load(&bad)
+        .unwrap()
+        .engine_config()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("9 decimal places"), "{err}");
+}
