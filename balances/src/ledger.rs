@@ -1504,6 +1504,20 @@ impl Ledger {
             .collect()
     }
 
+    /// The first account on the way from `id` up to its root that is not
+    /// active (and so blocks new reservations), if any.
+    pub fn inactive_ancestor(&self, id: AccountId) -> Option<(AccountId, AccountStatus)> {
+        let mut current = Some(id);
+        for _ in 0..DEPTH_MAX {
+            let account = self.accounts.get(&current?)?;
+            if account.status != AccountStatus::Active {
+                return Some((current?, account.status));
+            }
+            current = account.parent;
+        }
+        None
+    }
+
     /// The root (organisation) of an account's hierarchy.
     pub fn root_of(&self, id: AccountId) -> Option<AccountId> {
         let mut current = id;

@@ -720,6 +720,10 @@ impl Engine {
                     continue;
                 }
             };
+            if self.ledger.ledger.inactive_ancestor(ccr.account).is_some() {
+                result = result_code::END_USER_SERVICE_DENIED;
+                continue;
+            }
             // Size the grant from what the account can spend now, so a low
             // balance yields a smaller grant rather than a refusal.
             let available = match self.ledger.ledger.available(

@@ -646,3 +646,91 @@ fn the_journaled_engine_replays_to_the_same_state() {
     assert_eq!(digest(&j), before);
     j.shutdown();
 }
+
+#[test]
+fn suspended_accounts_are_denied_and_unrateable_usage_is_refused() {
+    let mut w = World::new("10");
+    w.admin(Command::SetStatus {
+        account: ORG,
+        status: reckon_balances::AccountStatus::Suspended,
+    });
+    // A suspended organisation denies its users' new grants.
+    let a = w.ccr(
+        Caller::Org(ORG),
+        req("s1", RequestType::Initial, 0, vec![tokens("100", "")]),
+    );
+    assert_eq!(a.result_code, rc::END_USER_SERVICE_DENIED);
+    assert_eq!(a.services[0].result_code, rc::END_USER_SERVICE_DENIED);
+    assert_eq!(w.usd(ORG), (d("10"), d("0")));
+    w.admin(Command::SetStatus {
+        account: ORG,
+        status: reckon_balances::AccountStatus::Active,
+    });
+    // A price beyond the ledger's range cannot be rated.
+    let mut price = req(
+        "e1",
+        RequestType::Event,
+        0,
+        vec![tokens("100000000000000000000000000", "")],
+    );
+    price.event_action = EventAction::PriceEnquiry;
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), price).result_code,
+        rc::RATING_FAILED
+    );
+    let debit = req(
+        "e2",
+        RequestType::Event,
+        0,
+        vec![tokens("100000000000000000000000000", "")],
+    );
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), debit).result_code,
+        rc::RATING_FAILED
+    );
+    assert_eq!(w.usd(ORG), (d("10"), d("0")));
+}
+
+#[test]
+fn inconsistent_requests_are_refused_whole() {
+    let mut w = World::new("10");
+    let mut r = req("", RequestType::Initial, 0, vec![tokens("1", "")]);
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), r.clone()).result_code,
+        rc::MISSING_AVP
+    );
+    r.session_id = Arc::from("s1");
+    r.services.clear();
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), r.clone()).result_code,
+        rc::MISSING_AVP
+    );
+    r.services = vec![tokens("1", ""), tokens("2", "")];
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), r.clone()).result_code,
+        rc::INVALID_AVP_VALUE,
+        "duplicate service"
+    );
+    r.services = vec![tokens("1", "1")];
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), r.clone()).result_code,
+        rc::INVALID_AVP_VALUE,
+        "used on INITIAL"
+    );
+    r.services = vec![tokens("1", "")];
+    r.request_number = 3;
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), r.clone()).result_code,
+        rc::INVALID_AVP_VALUE,
+        "INITIAL numbered 3"
+    );
+    r.request_number = 0;
+    r.event_action = EventAction::DirectDebit;
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), r).result_code,
+        rc::INVALID_AVP_VALUE,
+        "event action on INITIAL"
+    );
+    assert_eq!(w.usd(ORG), (d("10"), d("0")));
+    assert_eq!(w.engine.session_count(), 0);
+}

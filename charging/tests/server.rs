@@ -390,3 +390,48 @@ fn the_example_configuration_loads_and_bad_ones_name_the_field() {
         .to_string();
     assert!(err.contains("9 decimal places"), "{err}");
 }
+
+/// A writer queue that is full answers BUSY (TOO_BUSY for credit control)
+/// at once; what was refused was not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_answered_busy_and_refused_requests_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        queue_capacity: 1,
+        ..config(dir.path())
+    };
+    let running = server::start(cfg).await.unwrap();
+    let addr = running.addr.to_string();
+    let admin = Client::connect(&addr, ADMIN).await.unwrap();
+    ok(&admin.call(create(&admin, 1000, None)).await.unwrap());
+    ok(&admin
+        .call(topup(&admin, 1000, Unit::TOKENS_OUT, "1000000"))
+        .await
+        .unwrap());
+    let mut calls = Vec::new();
+    for i in 0..2000 {
+        let c = admin.clone();
+        calls.push(tokio::spawn(async move {
+            c.call(debit(&format!("o{i}"), 1000, "1")).await
+        }));
+    }
+    let (mut applied, mut busy) = (0u64, 0u64);
+    for call in calls {
+        match call.await.unwrap().unwrap() {
+            Message::Cca(a) if a.result_code == ResultCode::SUCCESS => applied += 1,
+            Message::Cca(a) if a.result_code == ResultCode::TOO_BUSY => busy += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "a one-slot queue under 2000 concurrent requests refused none"
+    );
+    assert!(applied > 0);
+    assert_eq!(
+        balance(&admin, 1000, Unit::TOKENS_OUT).await,
+        d("1000000") - Decimal::from(applied),
+        "refused requests must not be applied"
+    );
+    running.shutdown().await;
+}
