@@ -499,6 +499,13 @@ impl Ledger {
     /// A digest of the whole state that two ledgers share exactly when their
     /// balances, reservations, caps, counters and remembered ops are equal.
     pub fn state_digest(&self) -> u64 {
+        self.state_digest_at(Timestamp(0))
+    }
+
+    /// [`Ledger::state_digest`] leaving out op ids already past the
+    /// idempotency window at `horizon` (forgetting them is a pure function of
+    /// time and changes no answer from `horizon` on).
+    pub fn state_digest_at(&self, horizon: Timestamp) -> u64 {
         let mut d = crate::codec::Digest::default();
         let mut ids: Vec<&AccountId> = self.accounts.keys().collect();
         ids.sort_unstable();
@@ -512,7 +519,12 @@ impl Ledger {
             d.reservation(*id);
             encode_reservation(&mut d, &self.reservations[id]);
         }
-        let mut ops: Vec<(&OpId, &OpEntry)> = self.ops.iter().collect();
+        let window = self.window_ms;
+        let mut ops: Vec<(&OpId, &OpEntry)> = self
+            .ops
+            .iter()
+            .filter(|(_, e)| e.at.plus_ms(window) > horizon)
+            .collect();
         ops.sort_unstable_by_key(|(op, _)| **op);
         for (op, entry) in ops {
             d.op(*op);

@@ -309,6 +309,8 @@ pub struct Engine {
     config_dirty: bool,
     /// Set when the request being handled changed the ledger.
     changed: bool,
+    /// Answers recorded before this time are forgotten.
+    answers_forgotten_below: Timestamp,
     answers_added: Vec<(Arc<str>, u32)>,
     answer_blobs: Vec<(u64, Timestamp)>,
     checkpoint_seq: u64,
@@ -346,6 +348,7 @@ impl Engine {
             dirty_sessions: Vec::new(),
             config_dirty: true,
             changed: false,
+            answers_forgotten_below: Timestamp(0),
             answers_added: Vec::new(),
             answer_blobs: Vec::new(),
             checkpoint_seq: 0,
@@ -588,9 +591,9 @@ impl Engine {
             RequestType::Terminate => self.terminate(now, ccr),
             RequestType::Event => self.event(now, ccr),
         };
-        if !self.sessions.contains_key(&ccr.session_id) {
-            self.remember_answer(now, ccr, &answer);
-        }
+        // Every answer is kept for the window, so a retransmission of any
+        // earlier request of a session (not only the last) gets its answer.
+        self.remember_answer(now, ccr, &answer);
         answer
     }
 
@@ -608,6 +611,11 @@ impl Engine {
     }
 
     fn forget_answers(&mut self, now: Timestamp) {
+        // Remember the bound, so a restore never brings back an answer the
+        // live engine had already forgotten.
+        if let Some(bound) = now.0.checked_sub(self.config.answer_window_ms) {
+            self.answers_forgotten_below = self.answers_forgotten_below.max(Timestamp(bound + 1));
+        }
         while let Some((at, _, _)) = self.answer_order.front() {
             if at.plus_ms(self.config.answer_window_ms) > now {
                 break;
@@ -959,8 +967,12 @@ impl Engine {
         let answer = self.finish_answer(answers);
         session.last_number = ccr.request_number;
         session.last_answer = answer.clone();
-        session.expires_at = now
-            .plus_ms((validity_max.max(1) as u64 + self.config.supervision_grace_s as u64) * 1000);
+        // Supervision never comes earlier than before: services this UPDATE
+        // did not mention keep their grants and their validity.
+        session.expires_at =
+            session.expires_at.max(now.plus_ms(
+                (validity_max.max(1) as u64 + self.config.supervision_grace_s as u64) * 1000,
+            ));
         self.supervision
             .push(Reverse((session.expires_at, ccr.session_id.clone())));
         session.dirty = false;
@@ -1211,6 +1223,57 @@ impl Engine {
         self.supervision
             .peek()
             .is_some_and(|Reverse((at, _))| *at <= now)
+    }
+
+    /// A digest of everything the engine's behaviour depends on: the
+    /// ledger, the open sessions, the remembered answers and the
+    /// configuration. Two engines with equal digests answer alike.
+    pub fn state_digest(&self) -> u64 {
+        self.state_digest_at(Timestamp(0))
+    }
+
+    /// The parts of [`Engine::state_digest_at`] — ledger, sessions,
+    /// answers, configuration — so a difference can be located.
+    pub fn digest_parts_at(&self, horizon: Timestamp) -> [u64; 4] {
+        let ledger = self.ledger.ledger.state_digest_at(horizon);
+        let mut d = reckon_balances::codec::Digest::default();
+        let mut ids: Vec<&Arc<str>> = self.sessions.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            d.bytes16(id.as_bytes());
+            encode_session(&mut d, &self.sessions[id]);
+        }
+        let sessions = d.finish();
+        let mut d = reckon_balances::codec::Digest::default();
+        let window = self.config.answer_window_ms;
+        let mut answers: Vec<(&(Arc<str>, u32), &(Timestamp, CreditControlAnswer))> = self
+            .answers
+            .iter()
+            .filter(|(_, (at, _))| at.plus_ms(window) > horizon)
+            .collect();
+        answers.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for ((id, number), (at, answer)) in answers {
+            d.bytes16(id.as_bytes());
+            d.u32(*number);
+            d.time(*at);
+            encode_answer(&mut d, answer);
+        }
+        let answers = d.finish();
+        let mut d = reckon_balances::codec::Digest::default();
+        encode_config(&mut d, &self.config);
+        [ledger, sessions, answers, d.finish()]
+    }
+
+    /// [`Engine::state_digest`] leaving out remembered answers and op ids
+    /// already past their window at `horizon`: when they are forgotten
+    /// (a pure function of time) cannot change any answer, so two states
+    /// that differ only there behave the same from `horizon` on.
+    pub fn state_digest_at(&self, horizon: Timestamp) -> u64 {
+        let mut d = reckon_balances::codec::Digest::default();
+        for part in self.digest_parts_at(horizon) {
+            d.u64(part);
+        }
+        d.finish()
     }
 }
 
@@ -1657,6 +1720,7 @@ impl Machine for Engine {
         self.checkpoint_seq += 1;
         let mut meta = Vec::new();
         meta.u64(self.checkpoint_seq);
+        meta.time(self.answers_forgotten_below);
         writes.push((vec![ENGINE_TAG, b'0'], Some(meta)));
         writes
     }
@@ -1703,7 +1767,10 @@ impl Machine for Engine {
                     }
                     engine.answer_blobs.push((seq, newest));
                 }
-                Some(b'0') => engine.checkpoint_seq = r.u64().map_err(|e| e.to_string())?,
+                Some(b'0') => {
+                    engine.checkpoint_seq = r.u64().map_err(|e| e.to_string())?;
+                    engine.answers_forgotten_below = r.time().map_err(|e| e.to_string())?;
+                }
                 Some(b'c') => {
                     engine.config = decode_config(&mut r).map_err(|e| e.to_string())?;
                     engine.config_dirty = false;
@@ -1713,6 +1780,9 @@ impl Machine for Engine {
         }
         answers.sort_by_key(|(at, id, n, _)| (*at, id.clone(), *n));
         for (at, id, number, answer) in answers {
+            if at < engine.answers_forgotten_below {
+                continue;
+            }
             engine.answers.insert((id.clone(), number), (at, answer));
             engine.answer_order.push_back((at, id, number));
         }
