@@ -1246,7 +1246,7 @@ impl Engine {
         let sessions = d.finish();
         let mut d = reckon_balances::codec::Digest::default();
         let window = self.config.answer_window_ms;
-        let mut answers: Vec<(&(Arc<str>, u32), &(Timestamp, CreditControlAnswer))> = self
+        let mut answers: Vec<_> = self
             .answers
             .iter()
             .filter(|(_, (at, _))| at.plus_ms(window) > horizon)
