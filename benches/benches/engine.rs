@@ -43,7 +43,7 @@ fn engine() -> Engine {
         .enumerate()
         {
             let op = Operation {
-                op: OpId(((a as u128) << 8) | n as u128 + 1),
+                op: OpId(((a as u128) << 8) | (n as u128 + 1)),
                 command,
             };
             e.apply(
