@@ -236,7 +236,11 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JournalErro
 
 /// fsyncs every file under `dir` and the directories themselves, because
 /// sled's own flush does not reach the device (sync_file_range).
-fn fsync_tree(dir: &Path) -> Result<(), JournalError> {
+///
+/// Files not modified since `since` were made durable by an earlier
+/// checkpoint and are skipped: sled keeps large values as one file each, and
+/// fsyncing every old one on every checkpoint grew without bound.
+fn fsync_tree(dir: &Path, since: std::time::SystemTime) -> Result<(), JournalError> {
     for entry in std::fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))? {
         let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
         let path = entry.path();
@@ -244,8 +248,15 @@ fn fsync_tree(dir: &Path) -> Result<(), JournalError> {
             .file_type()
             .map_err(io_err(format!("stat {}", path.display())))?;
         if kind.is_dir() {
-            fsync_tree(&path)?;
+            fsync_tree(&path, since)?;
         } else if kind.is_file() {
+            let unchanged = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified < since);
+            if unchanged {
+                continue;
+            }
             match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
                 Ok(()) => {}
                 // sled removes blob files it no longer needs while we walk
@@ -721,7 +732,11 @@ fn snapshot_loop(
     busy: Arc<AtomicBool>,
 ) {
     let mut failed = false;
+    // Files untouched since before the previous durable checkpoint began
+    // need no fsync now.
+    let mut last_durable = std::time::UNIX_EPOCH;
     while let Ok((lsn, writes)) = checkpoints.recv() {
+        let started = std::time::SystemTime::now();
         if failed {
             // A lost delta cannot be rebuilt from the tracking (it was reset),
             // so after one failure no later snapshot may claim a newer log
@@ -740,10 +755,15 @@ fn snapshot_loop(
             batch.insert(SNAPSHOT_LSN_KEY, &lsn.0.to_le_bytes());
             db.apply_batch(batch)?;
             db.flush()?;
-            fsync_tree(&sled_dir)
+            // A margin covers file-system timestamp granularity.
+            let since = last_durable
+                .checked_sub(std::time::Duration::from_secs(2))
+                .unwrap_or(std::time::UNIX_EPOCH);
+            fsync_tree(&sled_dir, since)
         })();
         match result {
             Ok(()) => {
+                last_durable = started;
                 stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 let _ = trims.try_send(lsn);
             }

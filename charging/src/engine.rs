@@ -665,6 +665,11 @@ impl Engine {
             answers.push(answer);
         }
         let answer = self.finish_answer(answers);
+        if answer.result_code != result_code::SUCCESS {
+            // Refused as a whole: nothing was applied, so no session opens
+            // (a retransmission gets this answer from the answer store).
+            return answer;
+        }
         session.last_answer = answer.clone();
         session.expires_at =
             now.plus_ms((validity_max as u64 + self.config.supervision_grace_s as u64) * 1000);

@@ -1,7 +1,12 @@
 //! Reckon's simulator.
 //!
-//! This crate will own the load generator that drives a running server over
-//! the native protocol, and the deterministic simulation of the engine with
-//! injected faults. Nothing in the workspace may depend on it.
-//!
-//! Status: empty until the simulator issue lands; nothing here is usable yet.
+//! This crate owns the load generator that drives a running server over
+//! the native protocol (`reckon-sim load`: [`load`], [`workload`],
+//! [`report`]), and the deterministic simulation of the engine with
+//! injected faults (`reckon-sim dst`: [`dst`]). Nothing in the workspace may depend on it.
+
+pub mod dst;
+pub mod load;
+pub mod report;
+pub mod rng;
+pub mod workload;
