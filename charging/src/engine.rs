@@ -167,6 +167,79 @@ impl CreditControlAnswer {
     }
 }
 
+/// How one (service, unit) is priced: a fixed price per unit, or a rule of
+/// the active rate card at a time.
+#[derive(Clone, Debug)]
+enum Rate {
+    Fixed(Decimal),
+    Card {
+        card: String,
+        service: u32,
+        unit: reckon_rating::Unit,
+        at: u64,
+    },
+}
+
+/// A rate card file as applied: kept so a restore rebuilds the rate book
+/// exactly (the book itself has no serialised form) and a retried apply
+/// gets its original result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RateFile {
+    at: Timestamp,
+    op: u128,
+    name: Arc<str>,
+    text: Arc<str>,
+    result: RateCardOutcome,
+}
+
+/// What applying a rate card did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RateCardOutcome {
+    /// Accepted: the card's id and how many versions were added.
+    Applied {
+        /// The card's id.
+        card: String,
+        /// Versions added (0 when the file was applied before).
+        versions_added: u16,
+    },
+    /// Refused, nothing changed: the card's id (if read) and the errors.
+    Refused {
+        /// The card's id, or empty.
+        card: String,
+        /// One error per line, `file:line:col: field: message`.
+        message: String,
+    },
+}
+
+/// One version of a card, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateCardVersionSummary {
+    /// Version number.
+    pub version: u32,
+    /// When it takes effect, ms since the epoch.
+    pub effective_from_ms: u64,
+    /// Unit charged.
+    pub charge_unit: String,
+    /// Reporting currency.
+    pub currency: String,
+}
+
+/// One card, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateCardSummary {
+    /// Its id.
+    pub card: String,
+    /// True for the card the engine prices with.
+    pub active: bool,
+    /// Its versions, oldest first.
+    pub versions: Vec<RateCardVersionSummary>,
+}
+
+/// Longest rate card text accepted, in bytes.
+pub const RATE_CARD_TEXT_MAX: usize = 60_000;
+/// Most rate card files kept (each apply adds one).
+pub const RATE_FILES_MAX: usize = 1_000;
+
 /// Who is asking: the organisation a credential belongs to, or an admin.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -188,6 +261,20 @@ pub enum EngineRequest {
     /// Replaces prices and policies. Logged, so a replay prices every
     /// request with the configuration in force when it was first applied.
     Configure(EngineConfig),
+    /// Validates a rate card file and activates its versions (admin only).
+    /// Logged with its text, so a replay rebuilds the same rate book.
+    ApplyRateCard {
+        /// Who asks.
+        caller: Caller,
+        /// Idempotency key.
+        op: u128,
+        /// File name (format and error messages).
+        name: Arc<str>,
+        /// The file's text.
+        text: Arc<str>,
+    },
+    /// Lists rate cards (one by id, or all when empty).
+    ShowRateCards(String),
 }
 
 /// The engine's answer.
@@ -203,6 +290,10 @@ pub enum EngineResponse {
     Configured,
     /// The account does not exist, or is not visible to the caller.
     NotFound,
+    /// The result of applying a rate card.
+    RateCard(RateCardOutcome),
+    /// The rate cards.
+    RateCards(Vec<RateCardSummary>),
 }
 
 /// The price of one unit of a service.
@@ -307,6 +398,13 @@ pub struct Engine {
     answer_order: VecDeque<(Timestamp, Arc<str>, u32)>,
     dirty_sessions: Vec<Arc<str>>,
     config_dirty: bool,
+    /// Rate cards (pure pricing, rebuilt from the applied files on restore).
+    rates: reckon_rating::RateBook,
+    /// The card the engine prices with.
+    active_card: Option<String>,
+    /// Every rate card file applied, in order: (time, op id, name, text, result).
+    rate_files: Vec<RateFile>,
+    rates_dirty: bool,
     /// Set when the request being handled changed the ledger.
     changed: bool,
     /// Answers recorded before this time are forgotten.
@@ -347,6 +445,10 @@ impl Engine {
             answer_order: VecDeque::new(),
             dirty_sessions: Vec::new(),
             config_dirty: true,
+            rates: reckon_rating::RateBook::new(),
+            active_card: None,
+            rate_files: Vec::new(),
+            rates_dirty: false,
             changed: false,
             answers_forgotten_below: Timestamp(0),
             answers_added: Vec::new(),
@@ -403,16 +505,86 @@ impl Engine {
             .unwrap_or_else(|| EngineConfig::default().policies[0].clone())
     }
 
-    /// (charge unit, price per unit) — 1:1 in the unit itself when unpriced.
-    fn tariff(&self, service: ServiceId, unit: Unit) -> (Unit, Decimal) {
+    /// How (service, unit) is priced at `now`, and in which ledger unit it
+    /// is charged: the active rate card when it has a rule for the pair,
+    /// else the fixed price table, else one-for-one in the unit itself.
+    fn tariff(&self, service: ServiceId, unit: Unit, now: Timestamp) -> (Unit, Rate) {
+        if let Some(card_id) = &self.active_card {
+            if let (Some(card), Ok(runit)) = (
+                self.rates.card(card_id),
+                reckon_rating::Unit::new(unit.as_str()),
+            ) {
+                if let Some(version) = card.version_at(now.0) {
+                    if version.units_of(service.0).contains(&runit) {
+                        if let Ok(charge) = Unit::new(version.charge_unit().as_str()) {
+                            return (
+                                charge,
+                                Rate::Card {
+                                    card: card_id.clone(),
+                                    service: service.0,
+                                    unit: runit,
+                                    at: now.0,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
         match self.price(service, unit) {
-            Some(p) => (p.charge_unit, p.per_unit),
-            None => (unit, Decimal::ONE),
+            Some(p) => (p.charge_unit, Rate::Fixed(p.per_unit)),
+            None => (unit, Rate::Fixed(Decimal::ONE)),
         }
     }
 
-    /// Cost of `units`, rounded up to the ledger's precision.
-    fn cost(per_unit: Decimal, units: Decimal) -> Result<Amount, u32> {
+    /// Price of `units` at a rate, in ledger amounts.
+    fn cost(&self, rate: &Rate, units: Decimal) -> Result<Amount, u32> {
+        match rate {
+            Rate::Fixed(per_unit) => Self::fixed_cost(*per_unit, units),
+            Rate::Card {
+                card,
+                service,
+                unit,
+                at,
+            } => {
+                let usage = reckon_rating::Usage::new(*service, *unit, units, *at);
+                let rated = self
+                    .rates
+                    .rate(card, &usage)
+                    .map_err(|_| result_code::RATING_FAILED)?;
+                Amount::from_decimal(rated.price).map_err(|_| result_code::RATING_FAILED)
+            }
+        }
+    }
+
+    /// Whole units `money` buys at a rate.
+    fn units_for(&self, rate: &Rate, money: Amount) -> Decimal {
+        match rate {
+            Rate::Fixed(per_unit) => Self::fixed_units_for(*per_unit, money),
+            Rate::Card {
+                card,
+                service,
+                unit,
+                at,
+            } => {
+                let usage = reckon_rating::Usage::new(*service, *unit, Decimal::ZERO, *at);
+                let mut units = self
+                    .rates
+                    .units_for(card, &usage, money.to_decimal())
+                    .unwrap_or(Decimal::ZERO)
+                    .floor();
+                // Grants are whole units; never more than the money pays for.
+                while units.is_sign_positive() && self.cost(rate, units).map_or(true, |c| c > money)
+                {
+                    units -= Decimal::ONE;
+                }
+                units.max(Decimal::ZERO)
+            }
+        }
+    }
+
+    /// Cost of `units` at a fixed price, rounded up to the ledger's precision.
+    fn fixed_cost(per_unit: Decimal, units: Decimal) -> Result<Amount, u32> {
         let raw = per_unit
             .checked_mul(units)
             .ok_or(result_code::RATING_FAILED)?;
@@ -420,13 +592,14 @@ impl Engine {
         Amount::from_decimal(rounded).map_err(|_| result_code::RATING_FAILED)
     }
 
-    /// Whole units that `money` buys at `per_unit`.
-    fn units_for(per_unit: Decimal, money: Amount) -> Decimal {
+    /// Whole units that `money` buys at a fixed `per_unit`.
+    fn fixed_units_for(per_unit: Decimal, money: Amount) -> Decimal {
         if per_unit.is_zero() {
             return Decimal::MAX;
         }
         let mut units = (money.to_decimal() / per_unit).floor();
-        while units.is_sign_positive() && Self::cost(per_unit, units).is_ok_and(|c| c > money) {
+        while units.is_sign_positive() && Self::fixed_cost(per_unit, units).is_ok_and(|c| c > money)
+        {
             units -= Decimal::ONE;
         }
         units.max(Decimal::ZERO)
@@ -473,6 +646,18 @@ impl Engine {
                 self.config_dirty = true;
                 EngineResponse::Configured
             }
+            EngineRequest::ApplyRateCard {
+                caller,
+                op,
+                name,
+                text,
+            } => {
+                if caller != Caller::Admin {
+                    return EngineResponse::Forbidden;
+                }
+                EngineResponse::RateCard(self.apply_rate_card(now, op, name, text))
+            }
+            EngineRequest::ShowRateCards(card) => EngineResponse::RateCards(self.rate_cards(&card)),
         }
     }
 
@@ -725,8 +910,8 @@ impl Engine {
             let policy = self.policy(service.service, Some(unit));
             let asked = asked.min(policy.max_grant).trunc();
             validity = validity.min(policy.validity_s);
-            let (charge_unit, per_unit) = self.tariff(service.service, unit);
-            let want_money = match Self::cost(per_unit, asked) {
+            let (charge_unit, per_unit) = self.tariff(service.service, unit, now);
+            let want_money = match self.cost(&per_unit, asked) {
                 Ok(m) => m,
                 Err(code) => {
                     result = code;
@@ -748,11 +933,13 @@ impl Engine {
                 Ok(a) => a,
                 Err(_) => Amount::ZERO,
             };
-            let units = Self::units_for(per_unit, available.min(want_money)).min(asked);
+            let units = self
+                .units_for(&per_unit, available.min(want_money))
+                .min(asked);
             if units < asked {
                 final_units = true;
             }
-            let money = Self::cost(per_unit, units).unwrap_or(Amount::ZERO);
+            let money = self.cost(&per_unit, units).unwrap_or(Amount::ZERO);
             if units.is_zero() || money.is_zero() {
                 if units.is_zero() && result == result_code::SUCCESS {
                     result = result_code::CREDIT_LIMIT_REACHED;
@@ -834,8 +1021,8 @@ impl Engine {
     ) -> u32 {
         let mut result = result_code::SUCCESS;
         for (unit, used) in &service.used {
-            let (charge_unit, per_unit) = self.tariff(service.service, *unit);
-            let cost = match Self::cost(per_unit, *used) {
+            let (charge_unit, per_unit) = self.tariff(service.service, *unit, now);
+            let cost = match self.cost(&per_unit, *used) {
                 Ok(c) => c,
                 Err(code) => {
                     result = code;
@@ -1038,8 +1225,8 @@ impl Engine {
                 let mut need: Vec<(Unit, Option<ServiceId>, Amount)> = Vec::new();
                 for service in &ccr.services {
                     for (unit, units) in event_units(service) {
-                        let (charge_unit, per_unit) = self.tariff(service.service, *unit);
-                        let Ok(cost) = Self::cost(per_unit, *units) else {
+                        let (charge_unit, per_unit) = self.tariff(service.service, *unit, now);
+                        let Ok(cost) = self.cost(&per_unit, *units) else {
                             return CreditControlAnswer::error(result_code::RATING_FAILED);
                         };
                         need.push((charge_unit, Some(service.service), cost));
@@ -1089,8 +1276,8 @@ impl Engine {
                 for service in &ccr.services {
                     let mut code = result_code::SUCCESS;
                     for (unit, units) in event_units(service) {
-                        let (charge_unit, per_unit) = self.tariff(service.service, *unit);
-                        let Ok(amount) = Self::cost(per_unit, *units) else {
+                        let (charge_unit, per_unit) = self.tariff(service.service, *unit, now);
+                        let Ok(amount) = self.cost(&per_unit, *units) else {
                             code = result_code::RATING_FAILED;
                             continue;
                         };
@@ -1129,7 +1316,7 @@ impl Engine {
                 let mut units: Vec<Unit> = Vec::new();
                 for service in &ccr.services {
                     for (unit, _) in service.requested.iter().chain(&service.used) {
-                        let (charge_unit, _) = self.tariff(service.service, *unit);
+                        let (charge_unit, _) = self.tariff(service.service, *unit, now);
                         if !units.contains(&charge_unit) {
                             units.push(charge_unit);
                         }
@@ -1167,8 +1354,8 @@ impl Engine {
             EventAction::PriceEnquiry => {
                 for service in &ccr.services {
                     for (unit, units) in &service.requested {
-                        let (charge_unit, per_unit) = self.tariff(service.service, *unit);
-                        match Self::cost(per_unit, *units) {
+                        let (charge_unit, per_unit) = self.tariff(service.service, *unit, now);
+                        match self.cost(&per_unit, *units) {
                             Ok(c) => answer.price.push((charge_unit, c.to_decimal())),
                             Err(code) => answer.result_code = code,
                         }
@@ -1178,6 +1365,95 @@ impl Engine {
             EventAction::None => answer.result_code = result_code::INVALID_AVP_VALUE,
         }
         answer
+    }
+
+    fn apply_rate_card(
+        &mut self,
+        now: Timestamp,
+        op: u128,
+        name: Arc<str>,
+        text: Arc<str>,
+    ) -> RateCardOutcome {
+        if let Some(earlier) = self.rate_files.iter().find(|f| f.op == op) {
+            // A retry: the original result, whether it succeeded or not.
+            if earlier.name == name && earlier.text == text {
+                return earlier.result.clone();
+            }
+            return RateCardOutcome::Refused {
+                card: String::new(),
+                message: "op id already used for a different rate card".into(),
+            };
+        }
+        let result = self.load_rate_card(now, &name, &text);
+        if self.rate_files.len() < RATE_FILES_MAX {
+            self.rate_files.push(RateFile {
+                at: now,
+                op,
+                name,
+                text,
+                result: result.clone(),
+            });
+            self.rates_dirty = true;
+        }
+        result
+    }
+
+    fn load_rate_card(&mut self, now: Timestamp, name: &str, text: &str) -> RateCardOutcome {
+        if text.len() > RATE_CARD_TEXT_MAX {
+            return RateCardOutcome::Refused {
+                card: String::new(),
+                message: format!("{name}: rate card larger than {RATE_CARD_TEXT_MAX} bytes"),
+            };
+        }
+        let parsed = if name.ends_with(".json") || text.trim_start().starts_with('{') {
+            reckon_rating::parse_json(name, text)
+        } else {
+            reckon_rating::parse_toml(name, text)
+        };
+        let card = match parsed {
+            Ok(card) => card,
+            Err(errors) => {
+                return RateCardOutcome::Refused {
+                    card: String::new(),
+                    message: errors.to_string(),
+                }
+            }
+        };
+        let id = card.id().to_string();
+        match self.rates.apply(card, now.0) {
+            Ok(applied) => {
+                self.active_card = Some(id.clone());
+                RateCardOutcome::Applied {
+                    card: id,
+                    versions_added: applied.added.min(u16::MAX as usize) as u16,
+                }
+            }
+            Err(e) => RateCardOutcome::Refused {
+                card: id,
+                message: e.to_string(),
+            },
+        }
+    }
+
+    fn rate_cards(&self, only: &str) -> Vec<RateCardSummary> {
+        self.rates
+            .cards()
+            .filter(|c| only.is_empty() || c.id() == only)
+            .map(|c| RateCardSummary {
+                card: c.id().to_string(),
+                active: self.active_card.as_deref() == Some(c.id()),
+                versions: c
+                    .versions()
+                    .iter()
+                    .map(|v| RateCardVersionSummary {
+                        version: v.version(),
+                        effective_from_ms: v.effective_from_ms(),
+                        charge_unit: v.charge_unit().as_str().to_string(),
+                        currency: v.currency().as_str().to_string(),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Where a refund goes: back up the draw chain to the first account
@@ -1266,6 +1542,10 @@ impl Engine {
         let answers = d.finish();
         let mut d = reckon_balances::codec::Digest::default();
         encode_config(&mut d, &self.config);
+        d.bytes16(self.active_card.as_deref().unwrap_or("").as_bytes());
+        for f in &self.rate_files {
+            encode_rate_file(&mut d, f.at, f.op, &f.name, &f.text);
+        }
         [ledger, sessions, answers, d.finish()]
     }
 
@@ -1300,6 +1580,31 @@ const REC_CCR: u8 = 1;
 const REC_LEDGER: u8 = 2;
 const REC_SUPERVISE: u8 = 3;
 const REC_CONFIG: u8 = 4;
+const REC_RATECARD: u8 = 5;
+
+fn encode_rate_file<S: Sink>(s: &mut S, at: Timestamp, op: u128, name: &str, text: &str) {
+    s.time(at);
+    s.u128(op);
+    s.bytes16(name.as_bytes());
+    s.u32(text.len() as u32);
+    s.put(text.as_bytes());
+}
+
+fn decode_rate_file(
+    r: &mut Reader<'_>,
+) -> Result<(Timestamp, u128, Arc<str>, Arc<str>), DecodeError> {
+    let at = r.time()?;
+    let op = r.u128()?;
+    let name =
+        std::str::from_utf8(r.bytes16(256)?).map_err(|_| DecodeError::Invalid("rate card name"))?;
+    let len = r.u32()? as usize;
+    if len > RATE_CARD_TEXT_MAX {
+        return Err(DecodeError::Invalid("rate card too long"));
+    }
+    let text =
+        std::str::from_utf8(r.take(len)?).map_err(|_| DecodeError::Invalid("rate card text"))?;
+    Ok((at, op, Arc::from(name), Arc::from(text)))
+}
 
 fn encode_config<S: Sink>(s: &mut S, c: &EngineConfig) {
     s.u16(c.prices.len() as u16);
@@ -1604,6 +1909,20 @@ fn encode_request(request: &EngineRequest, out: &mut Vec<u8>) -> bool {
             encode_config(out, config);
             true
         }
+        EngineRequest::ApplyRateCard {
+            caller,
+            op,
+            name,
+            text,
+        } => {
+            out.u8(ENGINE_TAG);
+            out.u8(REC_RATECARD);
+            encode_caller(out, *caller);
+            // The time is the record's own; encode_rate_file's slot is unused here.
+            encode_rate_file(out, Timestamp(0), *op, name, text);
+            true
+        }
+        EngineRequest::ShowRateCards(_) => false,
     }
 }
 
@@ -1664,6 +1983,19 @@ impl Machine for Engine {
                 let config = decode_config(&mut r).map_err(|e| e.to_string())?;
                 self.handle(now, EngineRequest::Configure(config));
             }
+            REC_RATECARD => {
+                let caller = decode_caller(&mut r).map_err(|e| e.to_string())?;
+                let (_, op, name, text) = decode_rate_file(&mut r).map_err(|e| e.to_string())?;
+                self.handle(
+                    now,
+                    EngineRequest::ApplyRateCard {
+                        caller,
+                        op,
+                        name,
+                        text,
+                    },
+                );
+            }
             other => return Err(format!("unknown engine record {other}")),
         }
         r.finish().map_err(|e| e.to_string())
@@ -1716,6 +2048,15 @@ impl Machine for Engine {
             }
             keep
         });
+        if self.rates_dirty {
+            self.rates_dirty = false;
+            let mut v = Vec::new();
+            v.u32(self.rate_files.len() as u32);
+            for f in &self.rate_files {
+                encode_rate_file(&mut v, f.at, f.op, &f.name, &f.text);
+            }
+            writes.push((vec![ENGINE_TAG, b'r'], Some(v)));
+        }
         if self.config_dirty {
             self.config_dirty = false;
             let mut v = Vec::new();
@@ -1779,6 +2120,20 @@ impl Machine for Engine {
                 Some(b'c') => {
                     engine.config = decode_config(&mut r).map_err(|e| e.to_string())?;
                     engine.config_dirty = false;
+                }
+                Some(b'r') => {
+                    let n = r.u32().map_err(|e| e.to_string())? as usize;
+                    if n > RATE_FILES_MAX {
+                        return Err("too many rate card files".into());
+                    }
+                    for _ in 0..n {
+                        let (at, op, name, text) =
+                            decode_rate_file(&mut r).map_err(|e| e.to_string())?;
+                        // Re-applying each file at its own time rebuilds the
+                        // book, the active card and the stored results.
+                        engine.apply_rate_card(at, op, name, text);
+                    }
+                    engine.rates_dirty = false;
                 }
                 _ => return Err("unknown engine snapshot key".into()),
             }

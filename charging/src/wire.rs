@@ -40,6 +40,10 @@ pub enum ReplyShape {
     },
     /// A BALANCE.
     Balance,
+    /// A RATECARD_RESULT.
+    RateCard,
+    /// A RATECARDS listing.
+    RateCards,
     /// A RESERVATIONS page of at most this many.
     Reservations {
         /// Page size asked for.
@@ -240,6 +244,28 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                 ReplyShape::Reservations { limit },
             )
         }
+        Message::RateCardApply(m) => {
+            if m.op_id == 0 {
+                return Prepared::Immediate(Message::RateCardResult(msg::RateCardResult {
+                    code: AdminCode::INVALID_OP_ID,
+                    card: String::new(),
+                    versions_added: 0,
+                    message: "op id 0 is reserved".into(),
+                }));
+            }
+            Prepared::Submit(
+                EngineRequest::ApplyRateCard {
+                    caller,
+                    op: m.op_id,
+                    name: Arc::from(m.name.as_str()),
+                    text: Arc::from(m.text.as_str()),
+                },
+                ReplyShape::RateCard,
+            )
+        }
+        Message::RateCardShow(m) => {
+            Prepared::Submit(EngineRequest::ShowRateCards(m.card), ReplyShape::RateCards)
+        }
         other => Prepared::Immediate(Message::Error(msg::ErrorReply {
             code: ErrorCode::UNEXPECTED_KIND,
             message: format!(
@@ -353,6 +379,52 @@ pub fn render(shape: &ReplyShape, response: EngineResponse) -> Message {
     match (shape, response) {
         (_, EngineResponse::Forbidden) => forbidden(),
         (_, EngineResponse::NotFound) => admin_error(AdminCode::ACCOUNT_NOT_FOUND),
+        (ReplyShape::RateCard, EngineResponse::RateCard(outcome)) => {
+            Message::RateCardResult(match outcome {
+                engine::RateCardOutcome::Applied {
+                    card,
+                    versions_added,
+                } => msg::RateCardResult {
+                    code: AdminCode::OK,
+                    card,
+                    versions_added,
+                    message: String::new(),
+                },
+                engine::RateCardOutcome::Refused { card, message } => msg::RateCardResult {
+                    code: AdminCode::INVALID_INPUT,
+                    card,
+                    versions_added: 0,
+                    message: message
+                        .chars()
+                        .take(reckon_protocol::limits::RATECARD_MESSAGE_MAX / 4)
+                        .collect(),
+                },
+            })
+        }
+        (ReplyShape::RateCards, EngineResponse::RateCards(cards)) => {
+            Message::RateCards(msg::RateCards {
+                cards: cards
+                    .into_iter()
+                    .take(reckon_protocol::limits::RATECARDS_MAX)
+                    .map(|c| msg::RateCardInfo {
+                        card: c.card,
+                        active: c.active,
+                        versions: c
+                            .versions
+                            .into_iter()
+                            .take(reckon_protocol::limits::RATECARD_VERSIONS_MAX)
+                            .map(|v| msg::RateCardVersionInfo {
+                                version: v.version,
+                                effective_from_ms: v.effective_from_ms,
+                                charge_unit: wt::Unit::new(&v.charge_unit)
+                                    .unwrap_or(wt::Unit::CREDITS),
+                                currency: wt::Unit::new(&v.currency).unwrap_or(wt::Unit::USD),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+        }
         (
             ReplyShape::Cca {
                 session_id,

@@ -734,3 +734,161 @@ fn inconsistent_requests_are_refused_whole() {
     assert_eq!(w.usd(ORG), (d("10"), d("0")));
     assert_eq!(w.engine.session_count(), 0);
 }
+
+/// A rate card applied through the engine prices sessions (here in credits,
+/// per started 1K output tokens), survives a restart by replay, and a bad
+/// card is refused with its file, line and field, changing nothing.
+#[test]
+fn rate_cards_price_sessions_and_replay() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../rating/examples/inference.toml"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clock: Clock = Arc::new(|| Timestamp(T0));
+    let mut cfg = JournalConfig::new(dir.path());
+    cfg.checkpoint_on_shutdown = false;
+    let (j, _) = Journal::<Engine>::open(cfg.clone(), clock.clone()).unwrap();
+    let call = |j: &Journal<Engine>, r: EngineRequest| j.call(r).unwrap();
+    let admin = |j: &Journal<Engine>, op: u128, command: Command| {
+        call(
+            j,
+            EngineRequest::Ledger(
+                Caller::Admin,
+                LedgerRequest::Apply(Operation {
+                    op: OpId(op),
+                    command,
+                }),
+            ),
+        )
+    };
+    admin(
+        &j,
+        1,
+        Command::CreateAccount {
+            account: ORG,
+            parent: None,
+            draws_on_parent: false,
+        },
+    );
+    admin(
+        &j,
+        2,
+        Command::Credit {
+            account: ORG,
+            unit: Unit::CREDITS,
+            amount: Amount::from_units(1000),
+            bucket: None,
+            kind: CreditKind::TopUp,
+            reason: "".into(),
+        },
+    );
+    // An organisation may not apply rate cards.
+    let apply = |caller, op: u128, name: &str, text: &str| EngineRequest::ApplyRateCard {
+        caller,
+        op,
+        name: Arc::from(name),
+        text: Arc::from(text),
+    };
+    assert_eq!(
+        call(&j, apply(Caller::Org(ORG), 3, "inference.toml", &text)),
+        EngineResponse::Forbidden
+    );
+    // A broken card names the file, line and field; nothing changes.
+    match call(
+        &j,
+        apply(
+            Caller::Admin,
+            4,
+            "broken.toml",
+            "card = \"x\"\n[[versions]]\nversion = \"one\"\n",
+        ),
+    ) {
+        EngineResponse::RateCard(reckon_charging::engine::RateCardOutcome::Refused {
+            message,
+            ..
+        }) => {
+            assert!(message.contains("broken.toml:3"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match call(&j, apply(Caller::Admin, 5, "inference.toml", &text)) {
+        EngineResponse::RateCard(reckon_charging::engine::RateCardOutcome::Applied {
+            card,
+            versions_added,
+        }) => {
+            assert_eq!(card, "inference-acme");
+            assert!(versions_added >= 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Service 1 output tokens with no model attribute: the card's default
+    // rule, 4 credits per started 1,000 tokens.
+    let chat = |requested: &str, used: &str| {
+        let q = |v: &str| {
+            if v.is_empty() {
+                vec![]
+            } else {
+                vec![(Unit::TOKENS_OUT, d(v))]
+            }
+        };
+        vec![ServiceRequest {
+            service: ServiceId(1),
+            requested: q(requested),
+            used: q(used),
+        }]
+    };
+    let mut open = req("rc1", RequestType::Initial, 0, chat("4096", ""));
+    open.account = ORG;
+    let a = call(&j, EngineRequest::CreditControl(Caller::Admin, open));
+    let EngineResponse::CreditControl(a) = a else {
+        panic!("{a:?}")
+    };
+    assert_eq!(a.services[0].granted, vec![(Unit::TOKENS_OUT, d("4096"))]);
+    let mut close = req("rc1", RequestType::Terminate, 1, chat("", "1213"));
+    close.account = ORG;
+    call(&j, EngineRequest::CreditControl(Caller::Admin, close));
+    let credits = |j: &Journal<Engine>| match call(
+        j,
+        EngineRequest::Ledger(Caller::Admin, LedgerRequest::Account(ORG)),
+    ) {
+        EngineResponse::Ledger(LedgerResponse::Account(Some(v))) => v
+            .buckets
+            .iter()
+            .find(|b| b.unit == Unit::CREDITS)
+            .map(|b| (b.amount.to_decimal(), b.held.to_decimal()))
+            .unwrap(),
+        other => panic!("{other:?}"),
+    };
+    // 1,213 tokens are two started thousands: 8 credits.
+    assert_eq!(credits(&j), (d("992"), d("0")));
+    let mut price = req("rc2", RequestType::Event, 0, chat("1000000", ""));
+    price.account = ORG;
+    price.event_action = EventAction::PriceEnquiry;
+    match call(&j, EngineRequest::CreditControl(Caller::Admin, price)) {
+        EngineResponse::CreditControl(a) => assert_eq!(a.price, vec![(Unit::CREDITS, d("4000"))]),
+        other => panic!("{other:?}"),
+    }
+    // Retrying the apply gets its original answer.
+    match call(&j, apply(Caller::Admin, 5, "inference.toml", &text)) {
+        EngineResponse::RateCard(reckon_charging::engine::RateCardOutcome::Applied {
+            versions_added,
+            ..
+        }) => {
+            assert!(versions_added >= 2)
+        }
+        other => panic!("{other:?}"),
+    }
+    j.shutdown();
+    let (j, _) = Journal::<Engine>::open(cfg, clock).unwrap();
+    assert_eq!(credits(&j), (d("992"), d("0")));
+    match call(&j, EngineRequest::ShowRateCards(String::new())) {
+        EngineResponse::RateCards(cards) => {
+            assert_eq!(cards.len(), 1);
+            assert!(cards[0].active);
+        }
+        other => panic!("{other:?}"),
+    }
+    j.shutdown();
+}

@@ -38,6 +38,10 @@ pub enum Kind {
     BalanceQuery = 0x26,
     /// Query: an account's reservations.
     ReservationList = 0x27,
+    /// Admin: validate and activate a rate card (TOML or JSON text).
+    RateCardApply = 0x28,
+    /// Query: the rate cards and their versions.
+    RateCardShow = 0x29,
     /// Accepts the connection.
     HelloOk = 0x81,
     /// Keepalive answer.
@@ -52,6 +56,10 @@ pub enum Kind {
     Balance = 0xA1,
     /// Answer to a reservation listing.
     Reservations = 0xA2,
+    /// Answer to a rate card apply.
+    RateCardResult = 0xA3,
+    /// Answer to a rate card listing.
+    RateCards = 0xA4,
     /// Protocol-level failure.
     Error = 0xFF,
 }
@@ -71,6 +79,8 @@ impl Kind {
         Kind::LimitSet,
         Kind::BalanceQuery,
         Kind::ReservationList,
+        Kind::RateCardApply,
+        Kind::RateCardShow,
         Kind::HelloOk,
         Kind::Pong,
         Kind::BatchResult,
@@ -78,6 +88,8 @@ impl Kind {
         Kind::AdminResult,
         Kind::Balance,
         Kind::Reservations,
+        Kind::RateCardResult,
+        Kind::RateCards,
         Kind::Error,
     ];
 
@@ -96,6 +108,8 @@ impl Kind {
             0x25 => Kind::LimitSet,
             0x26 => Kind::BalanceQuery,
             0x27 => Kind::ReservationList,
+            0x28 => Kind::RateCardApply,
+            0x29 => Kind::RateCardShow,
             0x81 => Kind::HelloOk,
             0x82 => Kind::Pong,
             0x83 => Kind::BatchResult,
@@ -103,6 +117,8 @@ impl Kind {
             0xA0 => Kind::AdminResult,
             0xA1 => Kind::Balance,
             0xA2 => Kind::Reservations,
+            0xA3 => Kind::RateCardResult,
+            0xA4 => Kind::RateCards,
             0xFF => Kind::Error,
             _ => return None,
         })
@@ -128,6 +144,8 @@ impl Kind {
             Kind::LimitSet => "LIMIT_SET",
             Kind::BalanceQuery => "BALANCE_QUERY",
             Kind::ReservationList => "RESERVATION_LIST",
+            Kind::RateCardApply => "RATECARD_APPLY",
+            Kind::RateCardShow => "RATECARD_SHOW",
             Kind::HelloOk => "HELLO_OK",
             Kind::Pong => "PONG",
             Kind::BatchResult => "BATCH_RESULT",
@@ -135,6 +153,8 @@ impl Kind {
             Kind::AdminResult => "ADMIN_RESULT",
             Kind::Balance => "BALANCE",
             Kind::Reservations => "RESERVATIONS",
+            Kind::RateCardResult => "RATECARD_RESULT",
+            Kind::RateCards => "RATECARDS",
             Kind::Error => "ERROR",
         }
     }
@@ -154,20 +174,29 @@ impl Kind {
                 | Kind::Adjust
                 | Kind::BucketGrant
                 | Kind::LimitSet
+                | Kind::RateCardApply
         )
     }
 
     /// True for kinds that may be entries of a `BATCH`: CCR and admin requests.
     pub fn allowed_in_batch(self) -> bool {
-        matches!(self, Kind::Ccr | Kind::BalanceQuery | Kind::ReservationList)
-            || self.is_mutating_admin()
+        matches!(
+            self,
+            Kind::Ccr | Kind::BalanceQuery | Kind::ReservationList | Kind::RateCardShow
+        ) || self.is_mutating_admin()
     }
 
     /// True for kinds that may be entries of a `BATCH_RESULT`.
     pub fn allowed_in_batch_result(self) -> bool {
         matches!(
             self,
-            Kind::Cca | Kind::AdminResult | Kind::Balance | Kind::Reservations | Kind::Error
+            Kind::Cca
+                | Kind::AdminResult
+                | Kind::Balance
+                | Kind::Reservations
+                | Kind::RateCardResult
+                | Kind::RateCards
+                | Kind::Error
         )
     }
 

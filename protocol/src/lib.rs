@@ -38,6 +38,7 @@ pub use frame::{decode_frame, decode_frame_with_limit, frame_size, Frame, Kind};
 pub use message::{
     AccountCreate, AccountStatusChange, Adjust, AdminResult, Balance, BalanceQuery, Batch,
     BatchResult, BucketGrant, BucketInfo, Cca, Ccr, ErrorReply, Hello, HelloOk, LimitSet, Message,
+    RateCardApply, RateCardInfo, RateCardResult, RateCardShow, RateCardVersionInfo, RateCards,
     ReservationInfo, ReservationList, Reservations, ServiceAnswer, ServiceRequest, TopUp,
 };
 pub use types::{

@@ -50,3 +50,15 @@ pub const BUCKET_SERVICES_MAX: usize = 32;
 pub const BUCKETS_MAX: usize = 1024;
 /// Most reservations in a `RESERVATIONS` answer.
 pub const RESERVATIONS_MAX: usize = 4096;
+/// Longest rate card name (file name) in `RATECARD_APPLY`.
+pub const RATECARD_NAME_MAX: usize = 256;
+/// Longest rate card text in `RATECARD_APPLY`, in bytes.
+pub const RATECARD_TEXT_MAX: usize = 60_000;
+/// Longest rate card id.
+pub const RATECARD_ID_MAX: usize = 64;
+/// Longest `RATECARD_RESULT.message` (validation errors).
+pub const RATECARD_MESSAGE_MAX: usize = 8192;
+/// Most cards in `RATECARDS`.
+pub const RATECARDS_MAX: usize = 64;
+/// Most versions per card in `RATECARDS`.
+pub const RATECARD_VERSIONS_MAX: usize = 1024;

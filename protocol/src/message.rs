@@ -313,6 +313,68 @@ pub struct Reservations {
     pub reservations: Vec<ReservationInfo>,
 }
 
+/// Validate a rate card and activate its versions (admin).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateCardApply {
+    /// Idempotency key.
+    pub op_id: u128,
+    /// File name, for error messages and the format (`.json` is JSON, else TOML).
+    pub name: String,
+    /// The card's text, at most 60,000 bytes.
+    pub text: String,
+}
+
+/// List rate cards and their versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateCardShow {
+    /// One card's id, or empty for every card.
+    pub card: String,
+}
+
+/// The answer to [`RateCardApply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateCardResult {
+    /// `OK`, or why the card was refused (nothing changed then).
+    pub code: AdminCode,
+    /// The card's id.
+    pub card: String,
+    /// Versions added (0 when the same card was applied again).
+    pub versions_added: u16,
+    /// Validation errors, one per line (`file:line:col: field: message`).
+    pub message: String,
+}
+
+/// One version of a card in [`RateCards`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateCardVersionInfo {
+    /// Version number.
+    pub version: u32,
+    /// When it takes effect, ms since the epoch.
+    pub effective_from_ms: u64,
+    /// The unit it charges in (a currency or credits).
+    pub charge_unit: Unit,
+    /// Its reporting currency.
+    pub currency: Unit,
+}
+
+/// One card in [`RateCards`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateCardInfo {
+    /// Its id.
+    pub card: String,
+    /// True for the card the server prices with.
+    pub active: bool,
+    /// Its versions, oldest first.
+    pub versions: Vec<RateCardVersionInfo>,
+}
+
+/// The answer to [`RateCardShow`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateCards {
+    /// The cards.
+    pub cards: Vec<RateCardInfo>,
+}
+
 /// A protocol-level failure (sent with flags = 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorReply {
@@ -349,6 +411,10 @@ pub enum Message {
     BalanceQuery(BalanceQuery),
     /// `RESERVATION_LIST` (0x27).
     ReservationList(ReservationList),
+    /// `RATECARD_APPLY` (0x28).
+    RateCardApply(RateCardApply),
+    /// `RATECARD_SHOW` (0x29).
+    RateCardShow(RateCardShow),
     /// `HELLO_OK` (0x81).
     HelloOk(HelloOk),
     /// `PONG` (0x82).
@@ -363,6 +429,10 @@ pub enum Message {
     Balance(Balance),
     /// `RESERVATIONS` (0xA2).
     Reservations(Reservations),
+    /// `RATECARD_RESULT` (0xA3).
+    RateCardResult(RateCardResult),
+    /// `RATECARDS` (0xA4).
+    RateCards(RateCards),
     /// `ERROR` (0xFF).
     Error(ErrorReply),
 }
@@ -390,6 +460,10 @@ impl Message {
             Message::AdminResult(_) => Kind::AdminResult,
             Message::Balance(_) => Kind::Balance,
             Message::Reservations(_) => Kind::Reservations,
+            Message::RateCardApply(_) => Kind::RateCardApply,
+            Message::RateCardShow(_) => Kind::RateCardShow,
+            Message::RateCardResult(_) => Kind::RateCardResult,
+            Message::RateCards(_) => Kind::RateCards,
             Message::Error(_) => Kind::Error,
         }
     }
@@ -565,6 +639,34 @@ impl Message {
                     put_unit(dst, &r.unit);
                     put_decimal(dst, &r.remaining);
                     dst.put_u64_le(r.expires_at_ms);
+                }
+            }
+            Message::RateCardApply(m) => {
+                dst.put_u128_le(m.op_id);
+                put_string(dst, &m.name, "name", RATECARD_NAME_MAX)?;
+                put_string(dst, &m.text, "text", RATECARD_TEXT_MAX)?;
+            }
+            Message::RateCardShow(m) => put_string(dst, &m.card, "card", RATECARD_ID_MAX)?,
+            Message::RateCardResult(m) => {
+                dst.put_u32_le(m.code.0);
+                put_string(dst, &m.card, "card", RATECARD_ID_MAX)?;
+                dst.put_u16_le(m.versions_added);
+                put_string(dst, &m.message, "message", RATECARD_MESSAGE_MAX)?;
+            }
+            Message::RateCards(m) => {
+                check_count("cards", m.cards.len(), RATECARDS_MAX)?;
+                dst.put_u16_le(m.cards.len() as u16);
+                for c in &m.cards {
+                    put_string(dst, &c.card, "card", RATECARD_ID_MAX)?;
+                    dst.put_u8(c.active as u8);
+                    check_count("versions", c.versions.len(), RATECARD_VERSIONS_MAX)?;
+                    dst.put_u16_le(c.versions.len() as u16);
+                    for v in &c.versions {
+                        dst.put_u32_le(v.version);
+                        dst.put_u64_le(v.effective_from_ms);
+                        put_unit(dst, &v.charge_unit);
+                        put_unit(dst, &v.currency);
+                    }
                 }
             }
             Message::Error(m) => {
@@ -884,6 +986,64 @@ impl Message {
                     i,
                     Message::Reservations(Reservations { more, reservations }),
                 )
+            }
+            Kind::RateCardApply => {
+                let (i, op_id) = cx.u128(i, "op_id")?;
+                let (i, name) = cx.string(i, "name", RATECARD_NAME_MAX)?;
+                let (i, text) = cx.string(i, "text", RATECARD_TEXT_MAX)?;
+                (
+                    i,
+                    Message::RateCardApply(RateCardApply { op_id, name, text }),
+                )
+            }
+            Kind::RateCardShow => {
+                let (i, card) = cx.string(i, "card", RATECARD_ID_MAX)?;
+                (i, Message::RateCardShow(RateCardShow { card }))
+            }
+            Kind::RateCardResult => {
+                let (i, code) = cx.u32(i, "code")?;
+                let (i, card) = cx.string(i, "card", RATECARD_ID_MAX)?;
+                let (i, versions_added) = cx.u16(i, "versions_added")?;
+                let (i, message) = cx.string(i, "message", RATECARD_MESSAGE_MAX)?;
+                let m = RateCardResult {
+                    code: AdminCode(code),
+                    card,
+                    versions_added,
+                    message,
+                };
+                (i, Message::RateCardResult(m))
+            }
+            Kind::RateCards => {
+                let (mut i, n) = cx.count_u16(i, "cards", RATECARDS_MAX)?;
+                // Smallest card: 2 (empty id) + 1 + 2.
+                let mut cards = Vec::with_capacity(bounded_capacity(n, i.len(), 5));
+                for _ in 0..n {
+                    let (r, card) = cx.string(i, "card", RATECARD_ID_MAX)?;
+                    let (r, active) = cx.bool(r, "active")?;
+                    let (mut r, m) = cx.count_u16(r, "versions", RATECARD_VERSIONS_MAX)?;
+                    // Smallest version: 4 + 8 + 2 * 3.
+                    let mut versions = Vec::with_capacity(bounded_capacity(m, r.len(), 18));
+                    for _ in 0..m {
+                        let (q, version) = cx.u32(r, "version")?;
+                        let (q, effective_from_ms) = cx.u64(q, "effective_from_ms")?;
+                        let (q, charge_unit) = cx.unit(q, "charge_unit")?;
+                        let (q, currency) = cx.unit(q, "currency")?;
+                        versions.push(RateCardVersionInfo {
+                            version,
+                            effective_from_ms,
+                            charge_unit,
+                            currency,
+                        });
+                        r = q;
+                    }
+                    cards.push(RateCardInfo {
+                        card,
+                        active,
+                        versions,
+                    });
+                    i = r;
+                }
+                (i, Message::RateCards(RateCards { cards }))
             }
             Kind::Error => {
                 let (i, code) = cx.u16(i, "code")?;

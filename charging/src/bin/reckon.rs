@@ -149,12 +149,35 @@ enum Cmd {
         #[command(subcommand)]
         action: SessionCmd,
     },
+    /// Rate cards: apply a file (validates, then activates its versions
+    /// through the server's log), or show the cards and their versions.
+    Ratecard {
+        #[command(subcommand)]
+        action: RatecardCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// One-shot events: debit, refund, check, price.
     Event {
         /// debit | refund | check | price
         action: String,
         #[command(flatten)]
         ccr: CcrArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RatecardCmd {
+    /// Validate a TOML or JSON rate card and activate it.
+    Apply {
+        /// The file.
+        file: PathBuf,
+    },
+    /// List the rate cards and their versions.
+    Show {
+        /// One card's id (default: all).
+        #[arg(long, default_value = "")]
+        card: String,
     },
 }
 
@@ -370,6 +393,36 @@ fn show(message: &Message) -> Result<(), String> {
                 ))
             }
         }
+        Message::RateCardResult(r) if r.code.is_ok() => {
+            println!(
+                "rate card {}: {} version(s) added; it now prices requests",
+                r.card, r.versions_added
+            );
+            Ok(())
+        }
+        Message::RateCardResult(r) => Err(format!(
+            "rate card refused ({}):\n{}",
+            r.code.name().unwrap_or("unknown code"),
+            r.message
+        )),
+        Message::RateCards(list) => {
+            if list.cards.is_empty() {
+                println!("no rate cards (prices come from the server's configuration)");
+            }
+            for c in &list.cards {
+                println!("card {}{}", c.card, if c.active { " (active)" } else { "" });
+                for v in &c.versions {
+                    println!(
+                        "  version {:>3}  effective {} ms  charged in {} (currency {})",
+                        v.version,
+                        v.effective_from_ms,
+                        v.charge_unit.as_str(),
+                        v.currency.as_str()
+                    );
+                }
+            }
+            Ok(())
+        }
         Message::Error(e) => Err(format!(
             "error {}: {}",
             e.code.name().unwrap_or("?"),
@@ -563,6 +616,34 @@ async fn run(cli: Cli) -> Result<(), String> {
             })
             .await
         }
+        Cmd::Ratecard { action, conn } => match action {
+            RatecardCmd::Apply { file } => {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("reading {}: {e}", file.display()))?;
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                send(&conn, |c| {
+                    Ok(Message::RateCardApply(
+                        reckon_protocol::message::RateCardApply {
+                            op_id: c.new_op_id(),
+                            name,
+                            text,
+                        },
+                    ))
+                })
+                .await
+            }
+            RatecardCmd::Show { card } => {
+                send(&conn, |_| {
+                    Ok(Message::RateCardShow(
+                        reckon_protocol::message::RateCardShow { card },
+                    ))
+                })
+                .await
+            }
+        },
         Cmd::Balance { account, conn } => {
             send(&conn, |_| {
                 Ok(Message::BalanceQuery(BalanceQuery { account }))

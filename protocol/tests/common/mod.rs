@@ -219,6 +219,32 @@ pub fn samples() -> Vec<Message> {
         batch,
         batch_result,
         Message::Batch(Batch { entries: vec![] }),
+        Message::RateCardApply(RateCardApply {
+            op_id: 9,
+            name: "inference.toml".into(),
+            text: "card = \"inference\"\n".into(),
+        }),
+        Message::RateCardShow(RateCardShow {
+            card: String::new(),
+        }),
+        Message::RateCardResult(RateCardResult {
+            code: AdminCode::INVALID_INPUT,
+            card: "inference".into(),
+            versions_added: 0,
+            message: "inference.toml:3:1: versions[0].version: missing".into(),
+        }),
+        Message::RateCards(RateCards {
+            cards: vec![RateCardInfo {
+                card: "inference".into(),
+                active: true,
+                versions: vec![RateCardVersionInfo {
+                    version: 2,
+                    effective_from_ms: 1_740_787_200_000,
+                    charge_unit: Unit::CREDITS,
+                    currency: unit("USD"),
+                }],
+            }],
+        }),
     ]
 }
 
