@@ -59,6 +59,17 @@ pub struct PriceConfig {
     pub per_unit: String,
 }
 
+/// Which product a service (rating group) is, for rate cards whose rules
+/// depend on attributes: `[[product]] service = 11, attributes = { model = "large" }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductConfig {
+    /// The service id.
+    pub service: u32,
+    /// Attribute name → value (model, region, category, site, ...).
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
 /// A service policy as written in the file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +142,9 @@ pub struct Config {
     /// Service policies.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// Rate-card attributes of services.
+    #[serde(default, rename = "product")]
+    pub products: Vec<ProductConfig>,
     /// Seconds a silent session is kept past its grant's validity.
     #[serde(default = "default_grace")]
     pub supervision_grace_s: u32,
@@ -210,6 +224,24 @@ impl Config {
             });
         }
         config.policies.sort_by_key(|p| p.service.is_none());
+        for (i, p) in self.products.iter().enumerate() {
+            if p.attributes.len() > 8
+                || p.attributes
+                    .iter()
+                    .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 128)
+            {
+                return Err(ServerError::Config(format!(
+                    "product[{i}].attributes: at most 8, names 1..=64 bytes, values at most 128"
+                )));
+            }
+            config.service_attributes.push((
+                ServiceId(p.service),
+                p.attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ));
+        }
         config.supervision_grace_s = self.supervision_grace_s;
         config.final_unit_action = match self.final_unit_action.as_str() {
             "terminate" => FinalUnitAction::Terminate,

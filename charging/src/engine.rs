@@ -176,7 +176,11 @@ enum Rate {
         card: String,
         service: u32,
         unit: reckon_rating::Unit,
+        /// Start of the usage.
         at: u64,
+        /// Length of the usage in ms (0: an instant); a usage that spans a
+        /// tariff change is priced on each side.
+        span_ms: u64,
     },
 }
 
@@ -338,6 +342,8 @@ pub struct EngineConfig {
     /// How long answers of finished sessions and events are kept for
     /// retransmissions, in milliseconds.
     pub answer_window_ms: u64,
+    /// Rate-card attributes per service (e.g. service 11 is model "large").
+    pub service_attributes: Vec<(ServiceId, Vec<(String, String)>)>,
 }
 
 impl Default for EngineConfig {
@@ -354,6 +360,7 @@ impl Default for EngineConfig {
             supervision_grace_s: 30,
             final_unit_action: FinalUnitAction::Terminate,
             answer_window_ms: 10 * 60 * 1000,
+            service_attributes: Vec::new(),
         }
     }
 }
@@ -364,6 +371,9 @@ struct Grant {
     service: ServiceId,
     unit: Unit,
     reservation: Option<ReservationId>,
+    /// When the grant was made: usage reported against it is rated over
+    /// [granted_at, report time], so a tariff change in between splits it.
+    granted_at: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -524,6 +534,7 @@ impl Engine {
                                     service: service.0,
                                     unit: runit,
                                     at: now.0,
+                                    span_ms: 0,
                                 },
                             );
                         }
@@ -537,6 +548,17 @@ impl Engine {
         }
     }
 
+    /// Usage attributes (model, region, ...) configured for a service: the
+    /// native protocol names the service (rating group), the configuration
+    /// says which product it is.
+    fn attributes_of(&self, service: ServiceId) -> &[(String, String)] {
+        self.config
+            .service_attributes
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map_or(&[], |(_, a)| a.as_slice())
+    }
+
     /// Price of `units` at a rate, in ledger amounts.
     fn cost(&self, rate: &Rate, units: Decimal) -> Result<Amount, u32> {
         match rate {
@@ -546,8 +568,16 @@ impl Engine {
                 service,
                 unit,
                 at,
+                span_ms,
             } => {
-                let usage = reckon_rating::Usage::new(*service, *unit, units, *at);
+                let attributes = self.attributes_of(ServiceId(*service));
+                let pairs: Vec<(&str, &str)> = attributes
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let usage = reckon_rating::Usage::new(*service, *unit, units, *at)
+                    .with_attributes(&pairs)
+                    .spanning(*span_ms);
                 let rated = self
                     .rates
                     .rate(card, &usage)
@@ -566,8 +596,15 @@ impl Engine {
                 service,
                 unit,
                 at,
+                ..
             } => {
-                let usage = reckon_rating::Usage::new(*service, *unit, Decimal::ZERO, *at);
+                let attributes = self.attributes_of(ServiceId(*service));
+                let pairs: Vec<(&str, &str)> = attributes
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let usage = reckon_rating::Usage::new(*service, *unit, Decimal::ZERO, *at)
+                    .with_attributes(&pairs);
                 let mut units = self
                     .rates
                     .units_for(card, &usage, money.to_decimal())
@@ -973,6 +1010,7 @@ impl Engine {
                         service: service.service,
                         unit,
                         reservation: Some(reservation),
+                        granted_at: now,
                     });
                 }
                 Ok(_) => result = result_code::UNABLE_TO_COMPLY,
@@ -1021,7 +1059,20 @@ impl Engine {
     ) -> u32 {
         let mut result = result_code::SUCCESS;
         for (unit, used) in &service.used {
-            let (charge_unit, per_unit) = self.tariff(service.service, *unit, now);
+            let (charge_unit, mut per_unit) = self.tariff(service.service, *unit, now);
+            // Usage under a grant is rated over the time since the grant, so
+            // a tariff change in between prices each side at its own rate.
+            let granted_at = session
+                .grants
+                .iter()
+                .find(|g| g.service == service.service && g.unit == *unit)
+                .map(|g| g.granted_at);
+            if let (Some(since), Rate::Card { at, span_ms, .. }) = (granted_at, &mut per_unit) {
+                if since < now {
+                    *at = since.0;
+                    *span_ms = now.0 - since.0;
+                }
+            }
             let cost = match self.cost(&per_unit, *used) {
                 Ok(c) => c,
                 Err(code) => {
@@ -1627,6 +1678,15 @@ fn encode_config<S: Sink>(s: &mut S, c: &EngineConfig) {
     s.u32(c.supervision_grace_s);
     s.u8(c.final_unit_action as u8);
     s.u64(c.answer_window_ms);
+    s.u16(c.service_attributes.len() as u16);
+    for (service, attributes) in &c.service_attributes {
+        s.service(*service);
+        s.u8(attributes.len() as u8);
+        for (k, v) in attributes {
+            s.bytes16(k.as_bytes());
+            s.bytes16(v.as_bytes());
+        }
+    }
 }
 
 /// Most prices or policies in a configuration.
@@ -1672,12 +1732,34 @@ fn decode_config(r: &mut Reader<'_>) -> Result<EngineConfig, DecodeError> {
         3 => FinalUnitAction::RestrictAccess,
         _ => return Err(DecodeError::Invalid("final unit action")),
     };
+    let answer_window_ms = r.u64()?;
+    let n = r.u16()? as usize;
+    if n > CONFIG_ENTRIES_MAX {
+        return Err(DecodeError::Invalid("too many service attributes"));
+    }
+    let mut service_attributes = Vec::with_capacity(n);
+    for _ in 0..n {
+        let service = r.service()?;
+        let m = r.u8()? as usize;
+        let mut attributes = Vec::with_capacity(m);
+        for _ in 0..m {
+            let k = std::str::from_utf8(r.bytes16(64)?)
+                .map_err(|_| DecodeError::Invalid("attribute"))?
+                .to_string();
+            let v = std::str::from_utf8(r.bytes16(128)?)
+                .map_err(|_| DecodeError::Invalid("attribute"))?
+                .to_string();
+            attributes.push((k, v));
+        }
+        service_attributes.push((service, attributes));
+    }
     Ok(EngineConfig {
         prices,
         policies,
         supervision_grace_s,
         final_unit_action,
-        answer_window_ms: r.u64()?,
+        answer_window_ms,
+        service_attributes,
     })
 }
 
@@ -1846,6 +1928,7 @@ fn encode_session<S: Sink>(s: &mut S, v: &Session) {
         s.service(g.service);
         s.unit(g.unit);
         s.u64(g.reservation.map_or(0, |r| r.0));
+        s.time(g.granted_at);
     }
 }
 
@@ -1861,10 +1944,12 @@ fn decode_session(r: &mut Reader<'_>) -> Result<Session, DecodeError> {
             let service = r.service()?;
             let unit = r.unit()?;
             let id = r.u64()?;
+            let granted_at = r.time()?;
             Ok(Grant {
                 service,
                 unit,
                 reservation: (id != 0).then_some(ReservationId(id)),
+                granted_at,
             })
         })
         .collect::<Result<_, DecodeError>>()?;

@@ -61,6 +61,7 @@ fn config() -> EngineConfig {
         supervision_grace_s: 30,
         final_unit_action: FinalUnitAction::Terminate,
         answer_window_ms: 600_000,
+        service_attributes: vec![],
     }
 }
 
@@ -891,4 +892,63 @@ fn rate_cards_price_sessions_and_replay() {
         other => panic!("{other:?}"),
     }
     j.shutdown();
+}
+
+/// A call that runs across a tariff change is priced on each side: the
+/// usage reported at TERMINATE is rated over the time since its grant.
+#[test]
+fn usage_across_a_tariff_change_is_split() {
+    let card = "card = \"voice\"\n\
+[[versions]]\nversion = 1\neffective_from_ms = 1799999000000\ncurrency = \"USD\"\n\
+[[versions.services]]\nid = 5\nname = \"voice\"\n\
+[[versions.services.rules]]\nname = \"call\"\nunit = \"seconds\"\nprice = { model = \"per_unit\", price = \"0.01\" }\n\
+[[versions]]\nversion = 2\neffective_from_ms = 1800000060000\ncurrency = \"USD\"\n\
+[[versions.services]]\nid = 5\nname = \"voice\"\n\
+[[versions.services.rules]]\nname = \"call\"\nunit = \"seconds\"\nprice = { model = \"per_unit\", price = \"0.02\" }\n";
+    let mut w = World::new("10");
+    let applied = w.engine.handle(
+        w.now,
+        EngineRequest::ApplyRateCard {
+            caller: Caller::Admin,
+            op: 77,
+            name: Arc::from("voice.toml"),
+            text: Arc::from(card),
+        },
+    );
+    assert!(
+        matches!(
+            applied,
+            EngineResponse::RateCard(reckon_charging::engine::RateCardOutcome::Applied { .. })
+        ),
+        "{applied:?}"
+    );
+    let call = |requested: &str, used: &str| {
+        let q = |v: &str| {
+            if v.is_empty() {
+                vec![]
+            } else {
+                vec![(Unit::SECONDS, d(v))]
+            }
+        };
+        vec![ServiceRequest {
+            service: ServiceId(5),
+            requested: q(requested),
+            used: q(used),
+        }]
+    };
+    let a = w.ccr(
+        Caller::Admin,
+        req("call-1", RequestType::Initial, 0, call("120", "")),
+    );
+    assert_eq!(a.services[0].granted, vec![(Unit::SECONDS, d("120"))]);
+    // 120 s at the old 0.01 are held.
+    assert_eq!(w.usd(ORG), (d("10"), d("1.2")));
+    // The tariff changes 60 s into the call; it ends at 120 s.
+    w.now = Timestamp(T0 + 120_000);
+    w.ccr(
+        Caller::Admin,
+        req("call-1", RequestType::Terminate, 1, call("", "120")),
+    );
+    // 60 s × 0.01 + 60 s × 0.02 = 1.80.
+    assert_eq!(w.usd(ORG), (d("8.2"), d("0")));
 }

@@ -359,6 +359,11 @@ fn the_example_configuration_loads_and_bad_ones_name_the_field() {
     let engine = config.engine_config().unwrap();
     assert_eq!(engine.prices.len(), 2);
     assert_eq!(engine.prices[0].per_unit, d("0.00002"));
+    assert_eq!(engine.service_attributes.len(), 1);
+    assert_eq!(
+        engine.service_attributes[0].1,
+        vec![("model".to_string(), "draw-1".to_string())]
+    );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(
