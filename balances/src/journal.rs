@@ -53,6 +53,13 @@ pub trait Machine: Send + Sized + 'static {
     /// Snapshot writes for everything changed since the last checkpoint.
     fn checkpoint(&mut self, now: Timestamp) -> Vec<SnapshotWrite>;
 
+    /// Work of the checkpoint just taken that can run off the writer
+    /// thread: the journal calls it on the snapshot thread and writes what
+    /// it returns with the rest (e.g. encoding data the machine handed over).
+    fn checkpoint_background(&mut self) -> Option<Deferred> {
+        None
+    }
+
     /// Rebuilds the machine from all snapshot pairs.
     fn restore(pairs: &mut dyn Iterator<Item = SnapshotPair>) -> Result<Self, String>;
 
@@ -62,6 +69,9 @@ pub trait Machine: Send + Sized + 'static {
     /// A server-issued request due at `now` (e.g. an expiry sweep).
     fn due(&self, now: Timestamp) -> Option<Self::Request>;
 }
+
+/// Checkpoint work moved off the writer thread.
+pub type Deferred = Box<dyn FnOnce() -> Vec<SnapshotWrite> + Send>;
 
 /// One key/value of the snapshot as read back (sled's cheap shared bytes).
 pub type SnapshotPair = (sled::IVec, sled::IVec);
@@ -166,7 +176,15 @@ enum Submission<M: Machine> {
 struct Batch<M: Machine> {
     wal: WalBatch,
     replies: Vec<(Reply<M>, Vec<M::Response>)>,
-    checkpoint: Option<(Lsn, Vec<SnapshotWrite>)>,
+    checkpoint: Option<Checkpoint>,
+}
+
+/// A checkpoint on its way to sled: writes encoded on the writer, and work
+/// to finish on the snapshot thread.
+struct Checkpoint {
+    lsn: Lsn,
+    writes: Vec<SnapshotWrite>,
+    deferred: Option<Deferred>,
 }
 
 /// Counters of the journal's work, readable while it runs.
@@ -184,6 +202,8 @@ pub struct JournalStats {
     pub checkpoints: AtomicU64,
     /// Last durable log position.
     pub durable_lsn: AtomicU64,
+    /// Longest time the writer spent encoding one checkpoint, in µs.
+    pub checkpoint_encode_us_max: AtomicU64,
 }
 
 /// What recovery found and did.
@@ -379,7 +399,7 @@ impl<M: Machine> Journal<M> {
     ) -> Journal<M> {
         let (queue_tx, queue_rx) = bounded::<Submission<M>>(config.queue_capacity);
         let (sync_tx, sync_rx) = bounded::<Batch<M>>(2);
-        let (snap_tx, snap_rx) = bounded::<(Lsn, Vec<SnapshotWrite>)>(1);
+        let (snap_tx, snap_rx) = bounded::<Checkpoint>(1);
         let (trim_tx, trim_rx) = bounded::<Lsn>(4);
         let stats = Arc::new(JournalStats::default());
         stats.durable_lsn.store(next_lsn.0 - 1, Ordering::Relaxed);
@@ -628,19 +648,37 @@ impl<M: Machine> WriterLoop<M> {
         self.records_since_checkpoint += 1;
     }
 
-    fn checkpoint(&mut self, now: Timestamp) -> Option<(Lsn, Vec<SnapshotWrite>)> {
+    fn checkpoint(&mut self, now: Timestamp) -> Option<Checkpoint> {
+        let started = Instant::now();
         let writes = self.machine.checkpoint(now);
+        let micros = started.elapsed().as_micros() as u64;
+        // The writer is paused while the changed state is encoded: this is
+        // the stall requests see, so it is measured and reported.
+        self.stats
+            .checkpoint_encode_us_max
+            .fetch_max(micros, Ordering::Relaxed);
+        let bytes: usize = writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        tracing::debug!(
+            writes = writes.len(),
+            bytes,
+            micros,
+            "checkpoint encoded on the writer"
+        );
         self.records_since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
+        let deferred = self.machine.checkpoint_background();
         self.checkpoint_busy.store(true, Ordering::Release);
-        Some((Lsn(self.batch.next_lsn().0 - 1), writes))
+        Some(Checkpoint {
+            lsn: Lsn(self.batch.next_lsn().0 - 1),
+            writes,
+            deferred,
+        })
     }
 
-    fn maybe_checkpoint(
-        &mut self,
-        now: Timestamp,
-        shutting_down: bool,
-    ) -> Option<(Lsn, Vec<SnapshotWrite>)> {
+    fn maybe_checkpoint(&mut self, now: Timestamp, shutting_down: bool) -> Option<Checkpoint> {
         if shutting_down || self.checkpoint_busy.load(Ordering::Acquire) {
             return None;
         }
@@ -659,7 +697,7 @@ impl<M: Machine> WriterLoop<M> {
 fn sync_loop<M: Machine>(
     mut writer: WalWriter,
     batches: Receiver<Batch<M>>,
-    snapshots: Sender<(Lsn, Vec<SnapshotWrite>)>,
+    snapshots: Sender<Checkpoint>,
     trims: Receiver<Lsn>,
     stats: Arc<JournalStats>,
     stopped: Arc<AtomicBool>,
@@ -726,7 +764,7 @@ fn sync_loop<M: Machine>(
 fn snapshot_loop(
     db: sled::Db,
     sled_dir: PathBuf,
-    checkpoints: Receiver<(Lsn, Vec<SnapshotWrite>)>,
+    checkpoints: Receiver<Checkpoint>,
     trims: Sender<Lsn>,
     stats: Arc<JournalStats>,
     busy: Arc<AtomicBool>,
@@ -735,7 +773,12 @@ fn snapshot_loop(
     // Files untouched since before the previous durable checkpoint began
     // need no fsync now.
     let mut last_durable = std::time::UNIX_EPOCH;
-    while let Ok((lsn, writes)) = checkpoints.recv() {
+    while let Ok(Checkpoint {
+        lsn,
+        mut writes,
+        deferred,
+    }) = checkpoints.recv()
+    {
         let started = std::time::SystemTime::now();
         if failed {
             // A lost delta cannot be rebuilt from the tracking (it was reset),
@@ -743,6 +786,9 @@ fn snapshot_loop(
             // position: the log keeps everything since the last good one.
             busy.store(false, Ordering::Release);
             continue;
+        }
+        if let Some(work) = deferred {
+            writes.extend(work());
         }
         let result = (|| -> Result<(), JournalError> {
             let mut batch = sled::Batch::default();

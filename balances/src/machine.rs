@@ -109,9 +109,16 @@ impl LedgerMachine {
         Ok(())
     }
 
-    /// Snapshot writes since the last checkpoint.
+    /// Snapshot writes since the last checkpoint, but for the audit
+    /// entries, which [`LedgerMachine::audit_encoder`] hands off.
     pub fn checkpoint_writes(&mut self, now: Timestamp) -> Vec<SnapshotWrite> {
-        self.ledger.checkpoint(&mut self.checkpoints, now)
+        self.ledger.checkpoint_state(&mut self.checkpoints, now)
+    }
+
+    /// The audit entries of the checkpoint just taken, to encode off the
+    /// writer thread.
+    pub fn audit_encoder(&mut self) -> crate::journal::Deferred {
+        self.ledger.take_audit_encoder()
     }
 
     /// Rebuilds from snapshot pairs, ignoring keys of other namespaces.
@@ -174,6 +181,10 @@ impl Machine for LedgerMachine {
 
     fn checkpoint(&mut self, now: Timestamp) -> Vec<SnapshotWrite> {
         self.checkpoint_writes(now)
+    }
+
+    fn checkpoint_background(&mut self) -> Option<crate::journal::Deferred> {
+        Some(self.audit_encoder())
     }
 
     fn restore(pairs: &mut dyn Iterator<Item = SnapshotPair>) -> Result<Self, String> {

@@ -292,8 +292,40 @@ pub fn decode_audit_blob(bytes: &[u8]) -> Result<Vec<AuditEntry>, DecodeError> {
 
 impl Ledger {
     /// Encodes everything that changed since the last checkpoint as
-    /// snapshot writes, and resets the change tracking.
+    /// snapshot writes (the audit entries included), and resets the change
+    /// tracking.
     pub fn checkpoint(
+        &mut self,
+        state: &mut CheckpointState,
+        now: Timestamp,
+    ) -> Vec<SnapshotWrite> {
+        let mut writes = self.checkpoint_state(state, now);
+        writes.extend(self.take_audit_encoder()());
+        writes
+    }
+
+    /// Takes the audit entries since the last checkpoint and returns the
+    /// work that encodes them, so it can run off the writer thread (the
+    /// entries are moved, not copied).
+    pub fn take_audit_encoder(&mut self) -> Box<dyn FnOnce() -> Vec<SnapshotWrite> + Send> {
+        let audit = std::mem::take(&mut self.audit);
+        Box::new(move || {
+            let mut writes = Vec::new();
+            if let Some(first) = audit.iter().flatten().next().map(|e| e.seq) {
+                let count: usize = audit.iter().map(Vec::len).sum();
+                let mut blob = Vec::with_capacity(count * 120);
+                for e in audit.iter().flatten() {
+                    encode_audit(&mut blob, e);
+                }
+                writes.push((key(K_AUDIT, first), Some(blob)));
+            }
+            writes
+        })
+    }
+
+    /// [`Ledger::checkpoint`] without the audit entries (see
+    /// [`Ledger::take_audit_encoder`]).
+    pub fn checkpoint_state(
         &mut self,
         state: &mut CheckpointState,
         now: Timestamp,
@@ -361,15 +393,6 @@ impl Ledger {
             }
             keep
         });
-        let audit = std::mem::take(&mut self.audit);
-        if let Some(first) = audit.iter().flatten().next().map(|e| e.seq) {
-            let count: usize = audit.iter().map(Vec::len).sum();
-            let mut blob = Vec::with_capacity(count * 120);
-            for e in audit.iter().flatten() {
-                encode_audit(&mut blob, e);
-            }
-            writes.push((key(K_AUDIT, first), Some(blob)));
-        }
         let mut meta = Vec::new();
         meta.u64(self.next_bucket);
         meta.u64(self.next_reservation);

@@ -381,7 +381,6 @@ struct Session {
     account: AccountId,
     caller: Caller,
     last_number: u32,
-    last_answer: CreditControlAnswer,
     grants: Vec<Grant>,
     expires_at: Timestamp,
     dirty: bool,
@@ -785,16 +784,18 @@ impl Engine {
     ) -> CreditControlAnswer {
         self.forget_answers(now);
         // Retransmission of an answered request: the stored answer.
-        if let Some(session) = self.sessions.get(&ccr.session_id) {
-            if session.last_number == ccr.request_number {
-                return session.last_answer.clone();
-            }
-        }
         if let Some((_, answer)) = self
             .answers
             .get(&(ccr.session_id.clone(), ccr.request_number))
         {
             return answer.clone();
+        }
+        if let Some(session) = self.sessions.get(&ccr.session_id) {
+            if session.last_number == ccr.request_number {
+                // The session's last request again, but its answer has aged
+                // out of the window: refuse rather than apply it twice.
+                return CreditControlAnswer::error(result_code::UNABLE_TO_COMPLY);
+            }
         }
         if let Err(code) = self.validate(ccr) {
             return CreditControlAnswer::error(code);
@@ -873,7 +874,6 @@ impl Engine {
             account: ccr.account,
             caller,
             last_number: ccr.request_number,
-            last_answer: CreditControlAnswer::error(result_code::SUCCESS),
             grants: Vec::new(),
             expires_at: now,
             dirty: true,
@@ -892,7 +892,6 @@ impl Engine {
             // (a retransmission gets this answer from the answer store).
             return answer;
         }
-        session.last_answer = answer.clone();
         session.expires_at =
             now.plus_ms((validity_max as u64 + self.config.supervision_grace_s as u64) * 1000);
         self.supervision
@@ -1209,7 +1208,6 @@ impl Engine {
         }
         let answer = self.finish_answer(answers);
         session.last_number = ccr.request_number;
-        session.last_answer = answer.clone();
         // Supervision never comes earlier than before: services this UPDATE
         // did not mention keep their grants and their validity.
         session.expires_at =
@@ -1267,7 +1265,6 @@ impl Engine {
                     account: ccr.account,
                     caller: Caller::Admin,
                     last_number: ccr.request_number,
-                    last_answer: answer.clone(),
                     grants: Vec::new(),
                     expires_at: now,
                     dirty: false,
@@ -1921,7 +1918,6 @@ fn encode_session<S: Sink>(s: &mut S, v: &Session) {
     s.account(v.account);
     encode_caller(s, v.caller);
     s.u32(v.last_number);
-    encode_answer(s, &v.last_answer);
     s.time(v.expires_at);
     s.u8(v.grants.len() as u8);
     for g in &v.grants {
@@ -1936,7 +1932,6 @@ fn decode_session(r: &mut Reader<'_>) -> Result<Session, DecodeError> {
     let account = r.account()?;
     let caller = decode_caller(r)?;
     let last_number = r.u32()?;
-    let last_answer = decode_answer(r)?;
     let expires_at = r.time()?;
     let n = r.u8()? as usize;
     let grants = (0..n)
@@ -1957,7 +1952,6 @@ fn decode_session(r: &mut Reader<'_>) -> Result<Session, DecodeError> {
         account,
         caller,
         last_number,
-        last_answer,
         grants,
         expires_at,
         dirty: false,
@@ -2154,6 +2148,10 @@ impl Machine for Engine {
         meta.time(self.answers_forgotten_below);
         writes.push((vec![ENGINE_TAG, b'0'], Some(meta)));
         writes
+    }
+
+    fn checkpoint_background(&mut self) -> Option<reckon_balances::journal::Deferred> {
+        Some(self.ledger.audit_encoder())
     }
 
     fn restore(pairs: &mut dyn Iterator<Item = SnapshotPair>) -> Result<Self, String> {
