@@ -155,6 +155,9 @@ pub enum JournalError {
     /// The recovered state broke an invariant; refusing to serve it.
     #[error("recovered state is inconsistent: {0}")]
     Invariant(String),
+    /// Another process has the data directory open.
+    #[error("data directory {0} is in use by another Reckon process")]
+    InUse(PathBuf),
     /// The queue is full; retry later.
     #[error("busy: the writer's queue is full")]
     Busy,
@@ -230,6 +233,8 @@ pub struct Journal<M: Machine> {
     submitter: Submitter<M>,
     stats: Arc<JournalStats>,
     threads: Vec<JoinHandle<()>>,
+    /// Held (and so locked) for as long as the journal lives.
+    _lock: std::fs::File,
 }
 
 /// A cloneable handle that submits requests to a running journal.
@@ -308,6 +313,18 @@ impl<M: Machine> Journal<M> {
         let started = Instant::now();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io_err(format!("creating {}", config.data_dir.display())))?;
+        // One process per data directory: a second would interleave its log
+        // with ours. The lock goes with the process, kill -9 included.
+        let lock_path = config.data_dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(format!("opening {}", lock_path.display())))?;
+        if lock.try_lock().is_err() {
+            return Err(JournalError::InUse(config.data_dir.clone()));
+        }
         let sled_dir = config.data_dir.join("snapshot");
         let db = sled::Config::new()
             .path(&sled_dir)
@@ -382,6 +399,7 @@ impl<M: Machine> Journal<M> {
             last_now,
             db,
             sled_dir,
+            lock,
         );
         Ok((journal, report))
     }
@@ -396,6 +414,7 @@ impl<M: Machine> Journal<M> {
         last_now: Timestamp,
         db: sled::Db,
         sled_dir: PathBuf,
+        lock: std::fs::File,
     ) -> Journal<M> {
         let (queue_tx, queue_rx) = bounded::<Submission<M>>(config.queue_capacity);
         let (sync_tx, sync_rx) = bounded::<Batch<M>>(2);
@@ -452,6 +471,7 @@ impl<M: Machine> Journal<M> {
             },
             stats,
             threads,
+            _lock: lock,
         }
     }
 

@@ -455,3 +455,20 @@ fn crash_cut_at_any_offset_keeps_every_acknowledged_operation() {
     assert!(positions.len() > 20, "recovered positions {positions:?}");
     assert_eq!(positions.first(), Some(&acknowledged_lsn));
 }
+
+#[test]
+fn a_data_directory_serves_one_journal_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, _) = manual_clock();
+    let config = quiet_config(dir.path());
+    let (first, _) = open(&config, clock.clone());
+    let second = Journal::<LedgerMachine>::open(config.clone(), clock.clone());
+    let err = second
+        .err()
+        .expect("a second journal on the same directory is refused");
+    assert!(err.to_string().contains("in use"), "{err}");
+    first.shutdown();
+    // Once the first is gone, the directory opens again.
+    let (again, _) = open(&config, clock);
+    again.shutdown();
+}
