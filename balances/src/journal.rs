@@ -326,11 +326,26 @@ impl<M: Machine> Journal<M> {
             return Err(JournalError::InUse(config.data_dir.clone()));
         }
         let sled_dir = config.data_dir.join("snapshot");
-        let db = sled::Config::new()
-            .path(&sled_dir)
-            .cache_capacity(config.sled_cache_bytes)
-            .flush_every_ms(None)
-            .open()?;
+        // sled releases its own file lock a little after a previous Db in
+        // this process was dropped (its I/O threads hold the file); we hold
+        // the directory's LOCK, so waiting briefly for it is safe.
+        let db = loop {
+            match sled::Config::new()
+                .path(&sled_dir)
+                .cache_capacity(config.sled_cache_bytes)
+                .flush_every_ms(None)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && started.elapsed() < Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let snapshot_lsn = match db.get(SNAPSHOT_LSN_KEY)? {
             Some(v) => u64::from_le_bytes(
                 v.as_ref()
