@@ -8,12 +8,16 @@
 //! reserves the next grant. Retransmissions (same session id and request
 //! number) get the stored answer and change nothing.
 //!
-//! Pricing until the rating crate lands: a fixed [`PriceTable`] maps
-//! (service, unit) to a price per unit in a charge unit (e.g. USD per
-//! token). A unit with no price is drawn 1:1 from buckets of that unit
-//! (e.g. `gpu_seconds`). Rounding: the cost of used units is rounded up to
-//! the ledger's 10^-9 (never undercharge a fraction); grants are whole units,
-//! rounded down to what the available credit buys.
+//! Pricing: the active rate card (applied through the log, so a replay
+//! prices alike) prices every (service, unit) it has a rule for, with the
+//! card's own rounding rules; usage under a grant is rated over the time
+//! since the grant, so it splits across tariff changes. Otherwise the
+//! configuration's fixed [`Price`] table maps (service, unit) to a price
+//! per unit in a charge unit (e.g. USD per token), and a unit with no price
+//! is drawn 1:1 from buckets of that unit (e.g. `gpu_seconds`). Rounding on
+//! the fixed table: the cost of used units is rounded up to the ledger's
+//! 10^-9 (never undercharge a fraction). Grants are whole units, as many as
+//! the available credit buys.
 
 use reckon_balances::codec::{DecodeError, Reader, Sink};
 use reckon_balances::journal::{Machine, SnapshotPair};

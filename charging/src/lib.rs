@@ -1,10 +1,13 @@
 //! Reckon's online charging system.
 //!
 //! It owns the credit-control engine ([`engine::Engine`]: sessions,
-//! services, grant sizing, validity, final units, result codes) that ties
-//! `rating`, `balances` and `settlement` together, and (next) the tokio
-//! server and the `reckon` command-line binary. Only `sim` and `benches` may
-//! depend on it; it never reads a clock or a socket inside the engine.
+//! services, grant sizing, validity, final units, result codes, rate cards)
+//! that ties `rating`, `balances` and (later) `settlement` together; the
+//! tokio server ([`server`]) that feeds it through the journal's single
+//! writer; the async client ([`client`]); the mapping between protocol
+//! messages and engine requests ([`wire`]); the server's configuration
+//! ([`config`]); and the `reckon` binary. Only `sim` and `benches` may
+//! depend on it. The engine itself never reads a clock or a socket.
 
 pub mod client;
 pub mod config;
