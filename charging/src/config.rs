@@ -110,6 +110,9 @@ fn default_grace() -> u32 {
 fn default_final_action() -> String {
     "terminate".into()
 }
+fn default_window() -> u64 {
+    600
+}
 
 /// Everything `reckon serve` can be told.
 #[derive(Clone, Debug, Deserialize)]
@@ -151,6 +154,12 @@ pub struct Config {
     /// `terminate`, `redirect` or `restrict`.
     #[serde(default = "default_final_action")]
     pub final_unit_action: String,
+    /// Seconds a credit-control answer is kept for retransmissions (and a
+    /// mutating admin op id for retries). Every request costs memory for
+    /// this long: at high rates, keep it to what clients' retry schedules
+    /// need (Diameter Tx timers are seconds).
+    #[serde(default = "default_window")]
+    pub retransmission_window_s: u64,
 }
 
 impl Default for Config {
@@ -242,6 +251,12 @@ impl Config {
                     .collect(),
             ));
         }
+        if !(1..=7 * 24 * 3600).contains(&self.retransmission_window_s) {
+            return Err(ServerError::Config(
+                "retransmission_window_s: must be between 1 and 604800 (7 days)".into(),
+            ));
+        }
+        config.answer_window_ms = self.retransmission_window_s * 1000;
         config.supervision_grace_s = self.supervision_grace_s;
         config.final_unit_action = match self.final_unit_action.as_str() {
             "terminate" => FinalUnitAction::Terminate,

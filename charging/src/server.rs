@@ -108,8 +108,23 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         "data directory recovered"
     );
     // Prices and policies are state: logging them keeps replay exact.
+    let window_ms = engine_config.answer_window_ms;
     journal
         .call(EngineRequest::Configure(engine_config))
+        .map_err(ServerError::Journal)?;
+    // The ledger's op-id window follows the same setting. The op id is
+    // derived from the value, so restarting with an unchanged setting is a
+    // retry of the same operation.
+    let op = reckon_balances::OpId(0x7769_6e64_6f77_u128 << 64 | window_ms as u128);
+    let window = reckon_balances::Operation {
+        op,
+        command: reckon_balances::Command::SetIdempotencyWindow { window_ms },
+    };
+    journal
+        .call(EngineRequest::Ledger(
+            Caller::Admin,
+            reckon_balances::machine::LedgerRequest::Apply(window),
+        ))
         .map_err(ServerError::Journal)?;
     let listener =
         TcpListener::bind(config.listen)

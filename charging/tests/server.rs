@@ -377,6 +377,22 @@ fn the_example_configuration_loads_and_bad_ones_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("price[0].per_unit"), "{err}");
+    std::fs::write(&bad, "retransmission_window_s = 0\n").unwrap();
+    let err = Config::load(&bad)
+        .unwrap()
+        .engine_config()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("retransmission_window_s"), "{err}");
+    std::fs::write(&bad, "retransmission_window_s = 30\n").unwrap();
+    assert_eq!(
+        Config::load(&bad)
+            .unwrap()
+            .engine_config()
+            .unwrap()
+            .answer_window_ms,
+        30_000
+    );
     std::fs::write(&bad, "listen = \"127.0.0.1:1\"\nunknown_key = 1\n").unwrap();
     let err = Config::load(&bad).unwrap_err().to_string();
     assert!(
