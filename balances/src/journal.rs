@@ -39,7 +39,8 @@ pub trait Machine: Send + Sized + 'static {
 
     /// Applies a request at `now`. When it may change state, appends the
     /// bytes that [`Machine::replay`] needs to redo it to `log`; leaving
-    /// `log` empty means nothing is logged.
+    /// `log` as it was means nothing is logged. (`log` may already hold a
+    /// prefix of the caller's: append, never clear.)
     fn apply(
         &mut self,
         now: Timestamp,
@@ -294,12 +295,6 @@ fn fsync_tree(dir: &Path, since: std::time::SystemTime) -> Result<(), JournalErr
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(io_err(format!("fsync {}", dir.display())))
-}
-
-fn encode_record(now: Timestamp, payload: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(&now.0.to_le_bytes());
-    out.extend_from_slice(payload);
 }
 
 impl<M: Machine> Journal<M> {
@@ -588,7 +583,6 @@ impl<M: Machine> WriterLoop<M> {
 
     fn run(mut self) {
         let tick = Duration::from_millis(self.config.tick_ms.max(1));
-        let mut payload = Vec::with_capacity(256);
         let mut record = Vec::with_capacity(256);
         let mut shutting_down = false;
         loop {
@@ -614,12 +608,7 @@ impl<M: Machine> WriterLoop<M> {
                     Submission::Requests(requests, reply) => {
                         let mut responses = Vec::with_capacity(requests.len());
                         for request in requests {
-                            payload.clear();
-                            responses.push(self.machine.apply(now, request, &mut payload));
-                            if !payload.is_empty() {
-                                encode_record(now, &payload, &mut record);
-                                self.push_record(&record);
-                            }
+                            responses.push(self.apply_logged(now, request, &mut record));
                             applied += 1;
                         }
                         replies.push((reply, responses));
@@ -632,12 +621,7 @@ impl<M: Machine> WriterLoop<M> {
             }
             // Server-issued work (expiry sweeps) rides in the same batch.
             if let Some(request) = self.machine.due(now) {
-                payload.clear();
-                let _ = self.machine.apply(now, request, &mut payload);
-                if !payload.is_empty() {
-                    encode_record(now, &payload, &mut record);
-                    self.push_record(&record);
-                }
+                let _ = self.apply_logged(now, request, &mut record);
             }
             self.stats
                 .requests
@@ -672,6 +656,23 @@ impl<M: Machine> WriterLoop<M> {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+    }
+
+    /// Applies a request and logs what it appended, as one record: the
+    /// time, then the machine's payload written straight after it (no copy).
+    fn apply_logged(
+        &mut self,
+        now: Timestamp,
+        request: M::Request,
+        record: &mut Vec<u8>,
+    ) -> M::Response {
+        record.clear();
+        record.extend_from_slice(&now.0.to_le_bytes());
+        let response = self.machine.apply(now, request, record);
+        if record.len() > 8 {
+            self.push_record(record);
+        }
+        response
     }
 
     fn push_record(&mut self, record: &[u8]) {

@@ -383,7 +383,6 @@ struct Grant {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Session {
     account: AccountId,
-    caller: Caller,
     last_number: u32,
     grants: Vec<Grant>,
     expires_at: Timestamp,
@@ -429,22 +428,6 @@ pub struct Engine {
 
 /// First byte of the engine's log records.
 pub const ENGINE_TAG: u8 = b'E';
-
-fn op_id(session: &str, number: u32, step: u32) -> OpId {
-    // Deterministic ids for the ledger operations one request makes, so a
-    // replay issues exactly the same ones.
-    let mut a = reckon_balances::codec::Digest::default();
-    a.put(session.as_bytes());
-    a.u32(number);
-    a.u32(step);
-    let mut b = reckon_balances::codec::Digest::default();
-    b.u64(0x005e_ed0f_e1e5);
-    b.put(session.as_bytes());
-    b.u32(number);
-    b.u32(step);
-    let id = ((a.finish() as u128) << 64) | b.finish() as u128;
-    OpId(id.max(1))
-}
 
 impl Engine {
     /// An engine over a ledger.
@@ -655,16 +638,10 @@ impl Engine {
         }
     }
 
-    fn ledger_apply(
-        &mut self,
-        now: Timestamp,
-        op: OpId,
-        command: Command,
-    ) -> Result<Outcome, LedgerError> {
-        // The engine deduplicates whole requests itself, so its internal
-        // steps need no ledger-level op ids (the id still names the audit
-        // entries' cause in logs and tests).
-        let _ = op;
+    /// Applies one ledger step of the request being handled. The engine
+    /// deduplicates whole requests itself (and replays them
+    /// deterministically), so its steps carry no ledger op ids.
+    fn ledger_apply(&mut self, now: Timestamp, command: Command) -> Result<Outcome, LedgerError> {
         let result = self.ledger.ledger.apply_unrecorded(now, &command);
         self.changed |= result.is_ok();
         result
@@ -726,8 +703,17 @@ impl Engine {
                 _ => return EngineResponse::NotFound,
             }
         }
-        let mut discard = Vec::new();
-        EngineResponse::Ledger(self.ledger.apply(now, request, &mut discard))
+        match request {
+            // The engine logs the whole request itself; the ledger's own
+            // log encoding of the operation would be thrown away.
+            LedgerRequest::Apply(op) => {
+                EngineResponse::Ledger(LedgerResponse::Applied(self.ledger.ledger.apply(now, &op)))
+            }
+            read => {
+                let mut reads_log_nothing = Vec::new();
+                EngineResponse::Ledger(self.ledger.apply(now, read, &mut reads_log_nothing))
+            }
+        }
     }
 
     /// The consistency rules of the protocol (SPEC 7.3): a request that
@@ -813,7 +799,7 @@ impl Engine {
             return CreditControlAnswer::error(result_code::USER_UNKNOWN);
         }
         let answer = match ccr.request_type {
-            RequestType::Initial => self.initial(now, caller, ccr),
+            RequestType::Initial => self.initial(now, ccr),
             RequestType::Update => self.update(now, ccr),
             RequestType::Terminate => self.terminate(now, ccr),
             RequestType::Event => self.event(now, ccr),
@@ -862,12 +848,7 @@ impl Engine {
         }
     }
 
-    fn initial(
-        &mut self,
-        now: Timestamp,
-        caller: Caller,
-        ccr: &CreditControlRequest,
-    ) -> CreditControlAnswer {
+    fn initial(&mut self, now: Timestamp, ccr: &CreditControlRequest) -> CreditControlAnswer {
         if self.sessions.contains_key(&ccr.session_id) {
             return CreditControlAnswer::error(result_code::UNABLE_TO_COMPLY);
         }
@@ -876,17 +857,15 @@ impl Engine {
         }
         let mut session = Session {
             account: ccr.account,
-            caller,
             last_number: ccr.request_number,
             grants: Vec::new(),
             expires_at: now,
             dirty: true,
         };
         let mut answers = Vec::with_capacity(ccr.services.len());
-        let mut step = 0u32;
         let mut validity_max = 0u32;
         for service in &ccr.services {
-            let answer = self.grant(now, ccr, &mut session, service, &mut step);
+            let answer = self.grant(now, ccr, &mut session, service);
             validity_max = validity_max.max(answer.validity_time_s);
             answers.push(answer);
         }
@@ -934,7 +913,6 @@ impl Engine {
         ccr: &CreditControlRequest,
         session: &mut Session,
         service: &ServiceRequest,
-        step: &mut u32,
     ) -> ServiceAnswer {
         let wanted: Vec<Quantity> = if service.requested.is_empty() {
             let p = self.policy(service.service, None);
@@ -988,7 +966,6 @@ impl Engine {
                     continue;
                 }
             }
-            *step += 1;
             let reserve = Command::Reserve {
                 account: ccr.account,
                 unit: charge_unit,
@@ -999,11 +976,7 @@ impl Engine {
                     (policy.validity_s as u64 + self.config.supervision_grace_s as u64) * 1000,
                 ),
             };
-            match self.ledger_apply(
-                now,
-                op_id(&ccr.session_id, ccr.request_number, *step),
-                reserve,
-            ) {
+            match self.ledger_apply(now, reserve) {
                 Ok(Outcome::Reserved { reservation, .. }) => {
                     granted.push((unit, units));
                     session
@@ -1058,7 +1031,6 @@ impl Engine {
         ccr: &CreditControlRequest,
         session: &mut Session,
         service: &ServiceRequest,
-        step: &mut u32,
     ) -> u32 {
         let mut result = result_code::SUCCESS;
         for (unit, used) in &service.used {
@@ -1097,11 +1069,9 @@ impl Engine {
                     .map(|v| v.remaining)
                     .unwrap_or(Amount::ZERO);
                 let covered = left.min(remaining);
-                *step += 1;
                 if self
                     .ledger_apply(
                         now,
-                        op_id(&ccr.session_id, ccr.request_number, *step),
                         Command::Commit {
                             reservation: r,
                             used: covered,
@@ -1116,10 +1086,8 @@ impl Engine {
             if left.is_positive() {
                 // Usage beyond the grant (or after the grant lapsed) is still
                 // charged: debit what the account can pay now.
-                *step += 1;
                 let reserved = self.ledger_apply(
                     now,
-                    op_id(&ccr.session_id, ccr.request_number, *step),
                     Command::Reserve {
                         account: ccr.account,
                         unit: charge_unit,
@@ -1135,10 +1103,8 @@ impl Engine {
                     ..
                 }) = reserved
                 {
-                    *step += 1;
                     let _ = self.ledger_apply(
                         now,
-                        op_id(&ccr.session_id, ccr.request_number, *step),
                         Command::Commit {
                             reservation,
                             used: granted,
@@ -1156,22 +1122,10 @@ impl Engine {
         result
     }
 
-    fn release_grants(
-        &mut self,
-        now: Timestamp,
-        session_id: &str,
-        number: u32,
-        grants: &mut [Grant],
-        step: &mut u32,
-    ) {
+    fn release_grants(&mut self, now: Timestamp, grants: &mut [Grant]) {
         for g in grants.iter_mut() {
             if let Some(r) = g.reservation.take() {
-                *step += 1;
-                let _ = self.ledger_apply(
-                    now,
-                    op_id(session_id, number, *step),
-                    Command::Release { reservation: r },
-                );
+                let _ = self.ledger_apply(now, Command::Release { reservation: r });
             }
         }
     }
@@ -1197,12 +1151,11 @@ impl Engine {
         let Some(mut session) = self.sessions.remove(&ccr.session_id) else {
             return CreditControlAnswer::error(result_code::UNKNOWN_SESSION_ID);
         };
-        let mut step = 0u32;
         let mut answers = Vec::with_capacity(ccr.services.len());
         let mut validity_max = 0u32;
         for service in &ccr.services {
-            let settled = self.settle(now, ccr, &mut session, service, &mut step);
-            let mut answer = self.grant(now, ccr, &mut session, service, &mut step);
+            let settled = self.settle(now, ccr, &mut session, service);
+            let mut answer = self.grant(now, ccr, &mut session, service);
             if settled != result_code::SUCCESS && answer.result_code == result_code::SUCCESS {
                 answer.result_code = settled;
                 answer.final_unit_action = self.config.final_unit_action;
@@ -1234,10 +1187,9 @@ impl Engine {
             return CreditControlAnswer::error(result_code::UNKNOWN_SESSION_ID);
         };
         self.dirty_sessions.push(ccr.session_id.clone());
-        let mut step = 0u32;
         let mut answers = Vec::with_capacity(ccr.services.len());
         for service in &ccr.services {
-            let code = self.settle(now, ccr, &mut session, service, &mut step);
+            let code = self.settle(now, ccr, &mut session, service);
             answers.push(ServiceAnswer {
                 service: service.service,
                 result_code: code,
@@ -1246,13 +1198,7 @@ impl Engine {
                 final_unit_action: FinalUnitAction::None,
             });
         }
-        self.release_grants(
-            now,
-            &ccr.session_id,
-            ccr.request_number,
-            &mut session.grants,
-            &mut step,
-        );
+        self.release_grants(now, &mut session.grants);
         let mut answer = self.finish_answer(answers);
         // Terminating always succeeds as a request; per-service codes say
         // whether all usage could be collected.
@@ -1261,13 +1207,11 @@ impl Engine {
     }
 
     fn event(&mut self, now: Timestamp, ccr: &CreditControlRequest) -> CreditControlAnswer {
-        let mut step = 0u32;
         let mut answer = CreditControlAnswer::error(result_code::SUCCESS);
         match ccr.event_action {
             EventAction::DirectDebit => {
                 let mut session = Session {
                     account: ccr.account,
-                    caller: Caller::Admin,
                     last_number: ccr.request_number,
                     grants: Vec::new(),
                     expires_at: now,
@@ -1312,7 +1256,7 @@ impl Engine {
                         requested: Vec::new(),
                         used: event_units(service).to_vec(),
                     };
-                    let code = self.settle(now, ccr, &mut session, &debit, &mut step);
+                    let code = self.settle(now, ccr, &mut session, &debit);
                     services.push(ServiceAnswer {
                         service: service.service,
                         result_code: code,
@@ -1336,11 +1280,9 @@ impl Engine {
                         if amount.is_zero() {
                             continue;
                         }
-                        step += 1;
                         let target = self.refund_target(ccr.account, charge_unit);
                         let credited = self.ledger_apply(
                             now,
-                            op_id(&ccr.session_id, ccr.request_number, step),
                             Command::Credit {
                                 account: target,
                                 unit: charge_unit,
@@ -1541,9 +1483,7 @@ impl Engine {
                 continue;
             }
             if let Some(mut session) = self.sessions.remove(&id) {
-                let mut step = 0;
-                let number = session.last_number.wrapping_add(1 << 31);
-                self.release_grants(now, &id, number, &mut session.grants, &mut step);
+                self.release_grants(now, &mut session.grants);
                 self.dirty_sessions.push(id.clone());
                 expired += 1;
                 tracing::info!(session = %id, "session supervision expired; grants released");
@@ -1920,7 +1860,6 @@ fn decode_answer(r: &mut Reader<'_>) -> Result<CreditControlAnswer, DecodeError>
 
 fn encode_session<S: Sink>(s: &mut S, v: &Session) {
     s.account(v.account);
-    encode_caller(s, v.caller);
     s.u32(v.last_number);
     s.time(v.expires_at);
     s.u8(v.grants.len() as u8);
@@ -1934,7 +1873,6 @@ fn encode_session<S: Sink>(s: &mut S, v: &Session) {
 
 fn decode_session(r: &mut Reader<'_>) -> Result<Session, DecodeError> {
     let account = r.account()?;
-    let caller = decode_caller(r)?;
     let last_number = r.u32()?;
     let expires_at = r.time()?;
     let n = r.u8()? as usize;
@@ -1954,7 +1892,6 @@ fn decode_session(r: &mut Reader<'_>) -> Result<Session, DecodeError> {
         .collect::<Result<_, DecodeError>>()?;
     Ok(Session {
         account,
-        caller,
         last_number,
         grants,
         expires_at,
