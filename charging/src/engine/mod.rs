@@ -1,0 +1,215 @@
+//! The credit-control engine: sessions, grants, validity, final units and
+//! result codes, on top of the ledger. Sans-IO: `apply(now, request)`.
+//!
+//! One charging session is keyed by its session id. Each (service, unit) of
+//! a session holds at most one ledger reservation: the current grant. An
+//! UPDATE or TERMINATE reporting used units commits their cost against that
+//! reservation and releases the rest; an UPDATE asking for more then
+//! reserves the next grant. Retransmissions (same session id and request
+//! number) get the stored answer and change nothing.
+//!
+//! Pricing: the active rate card (applied through the log, so a replay
+//! prices alike) prices every (service, unit) it has a rule for, with the
+//! card's own rounding rules; usage under a grant is rated over the time
+//! since the grant, so it splits across tariff changes. Otherwise the
+//! configuration's fixed [`Price`] table maps (service, unit) to a price
+//! per unit in a charge unit (e.g. USD per token), and a unit with no price
+//! is drawn 1:1 from buckets of that unit (e.g. `gpu_seconds`). Rounding on
+//! the fixed table: the cost of used units is rounded up to the ledger's
+//! 10^-9 (never undercharge a fraction). Grants are whole units, as many as
+//! the available credit buys.
+
+use reckon_balances::codec::{DecodeError, Reader, Sink};
+use reckon_balances::journal::{Machine, SnapshotPair};
+use reckon_balances::machine::{LedgerMachine, LedgerRequest, LedgerResponse};
+use reckon_balances::snapshot::SnapshotWrite;
+use reckon_balances::{
+    AccountId, Amount, Command, CreditKind, LedgerError, OpId, Operation, Outcome, ReservationId,
+    ServiceId, Timestamp, Unit,
+};
+use rust_decimal::{Decimal, RoundingStrategy};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+mod answers;
+mod codec;
+mod credit_control;
+mod events;
+mod persist;
+mod pricing;
+mod ratecards;
+mod sessions;
+mod tenancy;
+mod types;
+
+pub use codec::CONFIG_ENTRIES_MAX;
+use codec::*;
+use pricing::Rate;
+use ratecards::RateFile;
+pub use ratecards::{
+    RateCardOutcome, RateCardSummary, RateCardVersionSummary, RATE_CARD_TEXT_MAX, RATE_FILES_MAX,
+};
+use sessions::{Grant, Session};
+pub use types::*;
+
+/// The credit-control engine with its ledger.
+#[derive(Debug)]
+pub struct Engine {
+    /// The ledger (and its checkpoint bookkeeping).
+    pub ledger: LedgerMachine,
+    config: EngineConfig,
+    sessions: HashMap<Arc<str>, Session>,
+    supervision: BinaryHeap<Reverse<(Timestamp, Arc<str>)>>,
+    answers: HashMap<(Arc<str>, u32), (Timestamp, CreditControlAnswer)>,
+    answer_order: VecDeque<(Timestamp, Arc<str>, u32)>,
+    dirty_sessions: Vec<Arc<str>>,
+    config_dirty: bool,
+    /// Rate cards (pure pricing, rebuilt from the applied files on restore).
+    rates: reckon_rating::RateBook,
+    /// The card the engine prices with.
+    active_card: Option<String>,
+    /// Every rate card file applied, in order: (time, op id, name, text, result).
+    rate_files: Vec<RateFile>,
+    rates_dirty: bool,
+    /// Set when the request being handled changed the ledger.
+    changed: bool,
+    /// Answers recorded before this time are forgotten.
+    answers_forgotten_below: Timestamp,
+    answers_added: Vec<(Arc<str>, u32)>,
+    answer_blobs: Vec<(u64, Timestamp)>,
+    checkpoint_seq: u64,
+}
+
+/// First byte of the engine's log records.
+pub const ENGINE_TAG: u8 = b'E';
+
+impl Engine {
+    /// An engine over a ledger.
+    pub fn new(ledger: LedgerMachine, config: EngineConfig) -> Engine {
+        Engine {
+            ledger,
+            config,
+            sessions: HashMap::new(),
+            supervision: BinaryHeap::new(),
+            answers: HashMap::new(),
+            answer_order: VecDeque::new(),
+            dirty_sessions: Vec::new(),
+            config_dirty: true,
+            rates: reckon_rating::RateBook::new(),
+            active_card: None,
+            rate_files: Vec::new(),
+            rates_dirty: false,
+            changed: false,
+            answers_forgotten_below: Timestamp(0),
+            answers_added: Vec::new(),
+            answer_blobs: Vec::new(),
+            checkpoint_seq: 0,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Applies one ledger step of the request being handled. The engine
+    /// deduplicates whole requests itself (and replays them
+    /// deterministically), so its steps carry no ledger op ids.
+    fn ledger_apply(&mut self, now: Timestamp, command: Command) -> Result<Outcome, LedgerError> {
+        let result = self.ledger.ledger.apply_unrecorded(now, &command);
+        self.changed |= result.is_ok();
+        result
+    }
+
+    /// Applies one request at `now`.
+    pub fn handle(&mut self, now: Timestamp, request: EngineRequest) -> EngineResponse {
+        match request {
+            EngineRequest::Ledger(caller, request) => self.handle_ledger(now, caller, request),
+            EngineRequest::CreditControl(caller, ccr) => {
+                EngineResponse::CreditControl(self.credit_control(now, caller, &ccr))
+            }
+            EngineRequest::Supervise => {
+                self.supervise(now);
+                EngineResponse::CreditControl(CreditControlAnswer::error(result_code::SUCCESS))
+            }
+            EngineRequest::Configure(config) => {
+                self.config = config;
+                self.config_dirty = true;
+                EngineResponse::Configured
+            }
+            EngineRequest::ApplyRateCard {
+                caller,
+                op,
+                name,
+                text,
+            } => {
+                if caller != Caller::Admin {
+                    return EngineResponse::Forbidden;
+                }
+                EngineResponse::RateCard(self.apply_rate_card(now, op, name, text))
+            }
+            EngineRequest::ShowRateCards(card) => EngineResponse::RateCards(self.rate_cards(&card)),
+        }
+    }
+
+    /// A digest of everything the engine's behaviour depends on: the
+    /// ledger, the open sessions, the remembered answers and the
+    /// configuration. Two engines with equal digests answer alike.
+    pub fn state_digest(&self) -> u64 {
+        self.state_digest_at(Timestamp(0))
+    }
+
+    /// The parts of [`Engine::state_digest_at`] — ledger, sessions,
+    /// answers, configuration — so a difference can be located.
+    pub fn digest_parts_at(&self, horizon: Timestamp) -> [u64; 4] {
+        let ledger = self.ledger.ledger.state_digest_at(horizon);
+        let mut d = reckon_balances::codec::Digest::default();
+        let mut ids: Vec<&Arc<str>> = self.sessions.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            d.bytes16(id.as_bytes());
+            encode_session(&mut d, &self.sessions[id]);
+        }
+        let sessions = d.finish();
+        let mut d = reckon_balances::codec::Digest::default();
+        let window = self.config.answer_window_ms;
+        let mut answers: Vec<_> = self
+            .answers
+            .iter()
+            .filter(|(_, (at, _))| at.plus_ms(window) > horizon)
+            .collect();
+        answers.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for ((id, number), (at, answer)) in answers {
+            d.bytes16(id.as_bytes());
+            d.u32(*number);
+            d.time(*at);
+            encode_answer(&mut d, answer);
+        }
+        let answers = d.finish();
+        let mut d = reckon_balances::codec::Digest::default();
+        encode_config(&mut d, &self.config);
+        d.bytes16(self.active_card.as_deref().unwrap_or("").as_bytes());
+        for f in &self.rate_files {
+            encode_rate_file(&mut d, f.at, f.op, &f.name, &f.text);
+        }
+        [ledger, sessions, answers, d.finish()]
+    }
+
+    /// [`Engine::state_digest`] leaving out remembered answers and op ids
+    /// already past their window at `horizon`: when they are forgotten
+    /// (a pure function of time) cannot change any answer, so two states
+    /// that differ only there behave the same from `horizon` on.
+    pub fn state_digest_at(&self, horizon: Timestamp) -> u64 {
+        let mut d = reckon_balances::codec::Digest::default();
+        for part in self.digest_parts_at(horizon) {
+            d.u64(part);
+        }
+        d.finish()
+    }
+}

@@ -1,0 +1,274 @@
+//! The engine's public vocabulary: requests, answers, callers, codes,
+//! configuration and limits.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Diameter-style result codes used in answers.
+pub mod result_code {
+    /// The request succeeded.
+    pub const SUCCESS: u32 = 2001;
+    /// Too busy: retry later (another server or after a pause).
+    pub const TOO_BUSY: u32 = 3004;
+    /// The service is not allowed for this user.
+    pub const END_USER_SERVICE_DENIED: u32 = 4010;
+    /// Credit control does not apply to this service.
+    pub const CREDIT_CONTROL_NOT_APPLICABLE: u32 = 4011;
+    /// No credit left for this service.
+    pub const CREDIT_LIMIT_REACHED: u32 = 4012;
+    /// The session id is not known (UPDATE/TERMINATE without INITIAL).
+    pub const UNKNOWN_SESSION_ID: u32 = 5002;
+    /// The caller may not act on this account.
+    pub const AUTHORIZATION_REJECTED: u32 = 5003;
+    /// A field has a value the server cannot accept.
+    pub const INVALID_AVP_VALUE: u32 = 5004;
+    /// A required field is missing.
+    pub const MISSING_AVP: u32 = 5005;
+    /// The request cannot be processed (e.g. out-of-order request number).
+    pub const UNABLE_TO_COMPLY: u32 = 5012;
+    /// No such account.
+    pub const USER_UNKNOWN: u32 = 5030;
+    /// The usage could not be priced.
+    pub const RATING_FAILED: u32 = 5031;
+}
+
+/// The phase of a credit-control request.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RequestType {
+    /// Opens a session and asks for first grants.
+    Initial = 1,
+    /// Reports usage and asks for more.
+    Update = 2,
+    /// Reports final usage and closes the session.
+    Terminate = 3,
+    /// A one-shot event (see [`EventAction`]).
+    Event = 4,
+}
+
+/// What an EVENT request asks for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EventAction {
+    /// Not an event (session requests).
+    None = 0,
+    /// Debit the used units now.
+    DirectDebit = 1,
+    /// Credit the used units' price back.
+    Refund = 2,
+    /// Report what the account could spend.
+    CheckBalance = 3,
+    /// Report what the requested units would cost.
+    PriceEnquiry = 4,
+}
+
+/// What the client must do when the granted units are the last ones.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FinalUnitAction {
+    /// Not the final grant.
+    None = 0,
+    /// End the service when the grant is used.
+    Terminate = 1,
+    /// Redirect the user (e.g. to a top-up page).
+    Redirect = 2,
+    /// Restrict access (e.g. to free services).
+    RestrictAccess = 3,
+}
+
+/// Units of one kind and how many.
+pub type Quantity = (Unit, Decimal);
+
+/// One service (rating group) within a credit-control request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRequest {
+    /// The rating group or service id.
+    pub service: ServiceId,
+    /// Units asked for (empty: the service's default grant).
+    pub requested: Vec<Quantity>,
+    /// Units used since the last report.
+    pub used: Vec<Quantity>,
+}
+
+/// A credit-control request (the native form of a Diameter CCR).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditControlRequest {
+    /// The session's id, unique per client.
+    pub session_id: Arc<str>,
+    /// INITIAL / UPDATE / TERMINATE / EVENT.
+    pub request_type: RequestType,
+    /// Increases by one per request of the session.
+    pub request_number: u32,
+    /// The account charged.
+    pub account: AccountId,
+    /// For EVENT requests.
+    pub event_action: EventAction,
+    /// The services.
+    pub services: Vec<ServiceRequest>,
+}
+
+/// One service's part of an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAnswer {
+    /// The rating group or service id.
+    pub service: ServiceId,
+    /// Per-service result code.
+    pub result_code: u32,
+    /// Units granted.
+    pub granted: Vec<Quantity>,
+    /// Seconds the grant is valid (0: no limit).
+    pub validity_time_s: u32,
+    /// Set when this grant is the last one.
+    pub final_unit_action: FinalUnitAction,
+}
+
+/// A credit-control answer (the native form of a Diameter CCA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditControlAnswer {
+    /// Overall result code.
+    pub result_code: u32,
+    /// Per-service answers, in request order.
+    pub services: Vec<ServiceAnswer>,
+    /// For CHECK_BALANCE: what could be spent, per unit.
+    pub balance: Vec<Quantity>,
+    /// For PRICE_ENQUIRY: the price of the requested units.
+    pub price: Vec<Quantity>,
+}
+
+impl CreditControlAnswer {
+    pub(super) fn error(code: u32) -> Self {
+        CreditControlAnswer {
+            result_code: code,
+            services: Vec::new(),
+            balance: Vec::new(),
+            price: Vec::new(),
+        }
+    }
+}
+
+/// Who is asking: the organisation a credential belongs to, or an admin.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// May act on every account.
+    Admin,
+    /// May act only on accounts under this organisation (root account).
+    Org(AccountId),
+}
+
+/// A request to the engine.
+#[derive(Clone, Debug)]
+pub enum EngineRequest {
+    /// Credit control.
+    CreditControl(Caller, CreditControlRequest),
+    /// A ledger operation or read (admin and account management).
+    Ledger(Caller, LedgerRequest),
+    /// Server-issued: release the grants of silent sessions.
+    Supervise,
+    /// Replaces prices and policies. Logged, so a replay prices every
+    /// request with the configuration in force when it was first applied.
+    Configure(EngineConfig),
+    /// Validates a rate card file and activates its versions (admin only).
+    /// Logged with its text, so a replay rebuilds the same rate book.
+    ApplyRateCard {
+        /// Who asks.
+        caller: Caller,
+        /// Idempotency key.
+        op: u128,
+        /// File name (format and error messages).
+        name: Arc<str>,
+        /// The file's text.
+        text: Arc<str>,
+    },
+    /// Lists rate cards (one by id, or all when empty).
+    ShowRateCards(String),
+}
+
+/// The engine's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineResponse {
+    /// Answer to credit control.
+    CreditControl(CreditControlAnswer),
+    /// Answer from the ledger.
+    Ledger(LedgerResponse),
+    /// The caller may not touch that account (or create a root account).
+    Forbidden,
+    /// The configuration was replaced.
+    Configured,
+    /// The account does not exist, or is not visible to the caller.
+    NotFound,
+    /// The result of applying a rate card.
+    RateCard(RateCardOutcome),
+    /// The rate cards.
+    RateCards(Vec<RateCardSummary>),
+}
+
+/// The price of one unit of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Price {
+    /// Service it applies to; `None` for every service.
+    pub service: Option<ServiceId>,
+    /// The unit priced (e.g. `tokens_out`).
+    pub unit: Unit,
+    /// The unit charged (e.g. `USD`).
+    pub charge_unit: Unit,
+    /// Charge units per unit (at most 9 decimal places).
+    pub per_unit: Decimal,
+}
+
+/// Grant sizing and validity for a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePolicy {
+    /// Service it applies to; `None` for every service.
+    pub service: Option<ServiceId>,
+    /// Unit granted when a request asks for nothing specific.
+    pub default_unit: Unit,
+    /// Units granted when a request asks for nothing specific.
+    pub default_grant: Decimal,
+    /// Most units one grant may carry.
+    pub max_grant: Decimal,
+    /// Seconds a grant is valid.
+    pub validity_s: u32,
+}
+
+/// The engine's configuration: prices and service policies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Prices, most specific (service set) first when matching.
+    pub prices: Vec<Price>,
+    /// Service policies, most specific first when matching.
+    pub policies: Vec<ServicePolicy>,
+    /// Extra seconds a silent session is kept after its grant's validity.
+    pub supervision_grace_s: u32,
+    /// What a final grant tells the client to do.
+    pub final_unit_action: FinalUnitAction,
+    /// How long answers of finished sessions and events are kept for
+    /// retransmissions, in milliseconds.
+    pub answer_window_ms: u64,
+    /// Rate-card attributes per service (e.g. service 11 is model "large").
+    pub service_attributes: Vec<(ServiceId, Vec<(String, String)>)>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            prices: Vec::new(),
+            policies: vec![ServicePolicy {
+                service: None,
+                default_unit: Unit::SECONDS,
+                default_grant: Decimal::from(60),
+                max_grant: Decimal::from(1_000_000_000u64),
+                validity_s: 300,
+            }],
+            supervision_grace_s: 30,
+            final_unit_action: FinalUnitAction::Terminate,
+            answer_window_ms: 10 * 60 * 1000,
+            service_attributes: Vec::new(),
+        }
+    }
+}
+
+/// Most sessions kept at once; more INITIALs get TOO_BUSY.
+pub const SESSIONS_MAX: usize = 10_000_000;
+/// Most services in one request.
+pub const SERVICES_MAX: usize = 32;
+/// Most unit kinds per service in one request.
+pub const UNITS_PER_SERVICE_MAX: usize = 8;
+/// Longest session id in bytes.
+pub const SESSION_ID_LEN_MAX: usize = 128;
