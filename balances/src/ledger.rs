@@ -422,6 +422,9 @@ fn touch<'a>(
 pub struct Ledger {
     pub(crate) accounts: IdMap<AccountId, Account>,
     pub(crate) reservations: IdMap<ReservationId, Reservation>,
+    /// Open reservations by the account that made them, so one account's
+    /// list is a range read, never a scan of every tenant's reservations.
+    pub(crate) by_account: BTreeSet<(AccountId, ReservationId)>,
     pub(crate) reservation_expiry: ExpiryQueue,
     pub(crate) bucket_expiry: BTreeSet<(Timestamp, AccountId, BucketId)>,
     pub(crate) ops: IdMap<OpId, OpEntry>,
@@ -459,6 +462,7 @@ impl Ledger {
         Ledger {
             accounts: IdMap::default(),
             reservations: IdMap::default(),
+            by_account: BTreeSet::new(),
             reservation_expiry: ExpiryQueue::default(),
             bucket_expiry: BTreeSet::new(),
             ops: IdMap::default(),
@@ -676,14 +680,49 @@ impl Ledger {
             return Err(LedgerError::Invalid(InvalidInput::ClosingIsFinal));
         }
         // A closed account's balances never change again, so it may not be
-        // closed while reservations (its own or a child's) hold its credit.
-        if status == AccountStatus::Closed && account.buckets.iter().any(|b| b.held.is_positive()) {
+        // closed while reservations (its own or a child's) hold its credit,
+        // nor while it or an account below it has a reservation open: the
+        // usage owed on it could no longer be collected.
+        if status == AccountStatus::Closed
+            && (account.buckets.iter().any(|b| b.held.is_positive())
+                || self.subtree_has_reservations(id))
+        {
             return Err(LedgerError::Invalid(
                 InvalidInput::CloseWithOpenReservations,
             ));
         }
         self.account_mut(id)?.status = status;
         Ok(Outcome::StatusSet)
+    }
+
+    /// Whether `root` or an account below it made a reservation still
+    /// open. Closing is rare: this walks the open reservations once, each
+    /// up at most [`DEPTH_MAX`] levels.
+    fn subtree_has_reservations(&self, root: AccountId) -> bool {
+        if self
+            .by_account
+            .range((root, ReservationId(0))..=(root, ReservationId(u64::MAX)))
+            .next()
+            .is_some()
+        {
+            return true;
+        }
+        let mut last = None;
+        for (account, _) in &self.by_account {
+            if last == Some(*account) {
+                continue;
+            }
+            last = Some(*account);
+            let mut current = self.accounts.get(account).and_then(|a| a.parent);
+            for _ in 0..DEPTH_MAX {
+                match current {
+                    Some(a) if a == root => return true,
+                    Some(a) => current = self.accounts.get(&a).and_then(|x| x.parent),
+                    None => break,
+                }
+            }
+        }
+        false
     }
 
     fn set_limit(&mut self, id: AccountId, unit: Unit, cap: Option<Amount>) -> OpResult {
@@ -1102,6 +1141,7 @@ impl Ledger {
             },
         );
         self.reservation_expiry.push(expires_at, reservation_id);
+        self.by_account.insert((id, reservation_id));
         Ok(Outcome::Reserved {
             reservation: reservation_id,
             granted: grant,
@@ -1209,6 +1249,7 @@ impl Ledger {
         }
         let remaining = reservation.remaining;
         if remaining.is_zero() {
+            self.by_account.remove(&(reservation.account, id));
             self.reservation_expiry.settle(&self.reservations);
         } else {
             reservation.holds.retain(|h| h.amount.is_positive());
@@ -1289,6 +1330,7 @@ impl Ledger {
         reservation: Reservation,
     ) -> Amount {
         self.dirty.reservation_changed(id);
+        self.by_account.remove(&(reservation.account, id));
         self.reservation_expiry.settle(&self.reservations);
         for hold in &reservation.holds {
             self.unhold(now, hold.account, hold.bucket, hold.amount);
@@ -1491,16 +1533,13 @@ impl Ledger {
         after: ReservationId,
         limit: usize,
     ) -> Vec<ReservationView> {
-        let mut ids: Vec<ReservationId> = self
-            .reservations
-            .iter()
-            .filter(|(id, r)| r.account == account && **id > after)
-            .map(|(id, _)| *id)
-            .collect();
-        ids.sort_unstable();
-        ids.truncate(limit);
-        ids.into_iter()
-            .filter_map(|id| self.reservation(id))
+        let Some(first) = after.0.checked_add(1) else {
+            return Vec::new();
+        };
+        self.by_account
+            .range((account, ReservationId(first))..=(account, ReservationId(u64::MAX)))
+            .take(limit)
+            .filter_map(|(_, id)| self.reservation(*id))
             .collect()
     }
 
@@ -1585,12 +1624,24 @@ impl Ledger {
             if !queued.contains(&(r.expires_at, *id)) {
                 return Err(format!("reservation {id:?} missing from the expiry queue"));
             }
+            if !self.by_account.contains(&(r.account, *id)) {
+                return Err(format!(
+                    "reservation {id:?} missing from its account's index"
+                ));
+            }
             for h in &r.holds {
                 *held_by_bucket.entry((h.account, h.bucket)).or_default() += h.amount.nanos();
             }
             for a in &r.limit_accounts {
                 *held_by_limit.entry((*a, r.unit)).or_default() += r.remaining.nanos();
             }
+        }
+        if self.by_account.len() != self.reservations.len() {
+            return Err(format!(
+                "account index lists {} reservations, {} are open",
+                self.by_account.len(),
+                self.reservations.len()
+            ));
         }
         if let Some((at, id)) = self.reservation_expiry.head() {
             if self.reservations.get(&id).map(|r| r.expires_at) != Some(at) {

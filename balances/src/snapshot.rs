@@ -460,6 +460,7 @@ impl Ledger {
                     let res = decode_reservation(&mut r)?;
                     r.finish()?;
                     ledger.reservation_expiry.push(res.expires_at, rid);
+                    ledger.by_account.insert((res.account, rid));
                     ledger.reservations.insert(rid, res);
                 }
                 K_OPS => {

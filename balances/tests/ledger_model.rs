@@ -241,6 +241,17 @@ impl Model {
                 draws_on_parent,
             } => self.create_account(*account, *parent, *draws_on_parent),
             Command::SetStatus { account, status } => {
+                // Reservations made by the account or any account below it.
+                let below = |mut a: AccountId| loop {
+                    if a == *account {
+                        return true;
+                    }
+                    match self.accounts.get(&a).and_then(|x| x.parent) {
+                        Some(p) => a = p,
+                        None => return false,
+                    }
+                };
+                let subtree_reserved = self.reservations.values().any(|r| below(r.account));
                 let a = self
                     .accounts
                     .get_mut(account)
@@ -248,7 +259,9 @@ impl Model {
                 if a.status == AccountStatus::Closed {
                     return Err(LedgerError::Invalid(InvalidInput::ClosingIsFinal));
                 }
-                if *status == AccountStatus::Closed && a.buckets.iter().any(|b| b.held > 0) {
+                if *status == AccountStatus::Closed
+                    && (a.buckets.iter().any(|b| b.held > 0) || subtree_reserved)
+                {
                     return Err(LedgerError::Invalid(
                         InvalidInput::CloseWithOpenReservations,
                     ));

@@ -79,6 +79,7 @@ fn ccr(
             request_type: kind,
             request_number: number,
             account: AccountId(account),
+            timestamp_ms: 0,
             event_action: if kind == RequestType::Event {
                 EventAction::DirectDebit
             } else {

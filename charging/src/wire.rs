@@ -140,6 +140,7 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                     Some(wt::EventAction::CheckBalance) => engine::EventAction::CheckBalance,
                     Some(wt::EventAction::PriceEnquiry) => engine::EventAction::PriceEnquiry,
                 },
+                timestamp_ms: ccr.timestamp_ms,
                 services: ccr
                     .services
                     .iter()
@@ -379,16 +380,21 @@ pub fn render(shape: &ReplyShape, response: EngineResponse) -> Message {
     match (shape, response) {
         (_, EngineResponse::Forbidden) => forbidden(),
         (_, EngineResponse::NotFound) => admin_error(AdminCode::ACCOUNT_NOT_FOUND),
+        (_, EngineResponse::UnknownUnit(_)) => admin_error(AdminCode::UNKNOWN_UNIT),
         (ReplyShape::RateCard, EngineResponse::RateCard(outcome)) => {
             Message::RateCardResult(match outcome {
                 engine::RateCardOutcome::Applied {
                     card,
                     versions_added,
+                    notice,
                 } => msg::RateCardResult {
                     code: AdminCode::OK,
                     card,
                     versions_added,
-                    message: String::new(),
+                    message: notice
+                        .chars()
+                        .take(reckon_protocol::limits::RATECARD_MESSAGE_MAX / 4)
+                        .collect(),
                 },
                 engine::RateCardOutcome::Refused { card, message } => msg::RateCardResult {
                     code: AdminCode::INVALID_INPUT,

@@ -62,6 +62,7 @@ fn config() -> EngineConfig {
         final_unit_action: FinalUnitAction::Terminate,
         answer_window_ms: 600_000,
         service_attributes: vec![],
+        units: vec![],
     }
 }
 
@@ -157,6 +158,7 @@ fn req(
         } else {
             EventAction::None
         },
+        timestamp_ms: 0,
         services,
     }
 }
@@ -355,9 +357,40 @@ fn events_debit_refund_check_and_price() {
     assert_eq!(a.result_code, rc::CREDIT_LIMIT_REACHED);
     assert_eq!(w.usd(ORG), (d("0.98"), d("0")));
 
+    // A refund with nothing charged behind it would mint money: refused.
     let mut refund = req("e3", RequestType::Event, 0, vec![tokens("", "500")]);
     refund.event_action = EventAction::Refund;
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), refund).result_code,
+        rc::REFUND_NOT_COVERED
+    );
+    assert_eq!(w.usd(ORG), (d("0.98"), d("0")));
+    // A refund of half of event e1 (its next request number) gives back
+    // half of what e1 collected; the rest can follow, but never more.
+    let mut refund = req("e1", RequestType::Event, 1, vec![tokens("", "500")]);
+    refund.event_action = EventAction::Refund;
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), refund.clone()).result_code,
+        rc::SUCCESS
+    );
+    assert_eq!(w.usd(ORG), (d("0.99"), d("0")));
     assert_eq!(w.ccr(Caller::Org(ORG), refund).result_code, rc::SUCCESS);
+    assert_eq!(w.usd(ORG), (d("0.99"), d("0")));
+    let mut more = req("e1", RequestType::Event, 2, vec![tokens("", "501")]);
+    more.event_action = EventAction::Refund;
+    assert_eq!(
+        w.ccr(Caller::Org(ORG), more).result_code,
+        rc::REFUND_NOT_COVERED
+    );
+    // A refused request keeps its number (ids are never reused): the next
+    // refund takes the next one.
+    let mut rest = req("e1", RequestType::Event, 3, vec![tokens("", "500")]);
+    rest.event_action = EventAction::Refund;
+    assert_eq!(w.ccr(Caller::Org(ORG), rest).result_code, rc::SUCCESS);
+    assert_eq!(w.usd(ORG), (d("1.00"), d("0")));
+    // Spend it again so the checks below see 0.99.
+    let ev = req("e6", RequestType::Event, 0, vec![tokens("", "500")]);
+    assert_eq!(w.ccr(Caller::Org(ORG), ev).result_code, rc::SUCCESS);
     assert_eq!(w.usd(ORG), (d("0.99"), d("0")));
 
     let mut check = req("e4", RequestType::Event, 0, vec![tokens("1", "")]);
@@ -560,6 +593,10 @@ fn the_journaled_engine_replays_to_the_same_state() {
     cfg.checkpoint_records = 7;
     let call = |j: &Journal<Engine>, r: EngineRequest| j.call(r).unwrap();
     let (j, _) = Journal::<Engine>::open(cfg.clone(), clock.clone()).unwrap();
+    assert_eq!(
+        call(&j, EngineRequest::Configure(config())),
+        EngineResponse::Configured
+    );
     let mut op = 0u128;
     let mut admin = |j: &Journal<Engine>, command: Command| {
         op += 1;
@@ -619,9 +656,27 @@ fn the_journaled_engine_replays_to_the_same_state() {
             &j,
             EngineRequest::CreditControl(
                 Caller::Org(ORG),
-                req(&s, kind, i / 4, vec![tokens("1000", used)]),
+                req(
+                    &s,
+                    kind,
+                    i / 4,
+                    vec![tokens(
+                        if kind == RequestType::Terminate {
+                            ""
+                        } else {
+                            "1000"
+                        },
+                        used,
+                    )],
+                ),
             ),
         ));
+    }
+    for a in &answers {
+        match a {
+            EngineResponse::CreditControl(a) => assert_eq!(a.result_code, rc::SUCCESS, "{a:?}"),
+            other => panic!("{other:?}"),
+        }
     }
     let digest = |j: &Journal<Engine>| match call(
         j,
@@ -633,14 +688,14 @@ fn the_journaled_engine_replays_to_the_same_state() {
     let before = digest(&j);
     j.shutdown();
     let (j, report) = Journal::<Engine>::open(cfg, clock).unwrap();
-    assert!(report.replayed > 0);
+    assert!(report.replayed > 0, "{report:?}");
     assert_eq!(digest(&j), before);
     // A retransmission after the restart still gets the stored answer.
     let again = call(
         &j,
         EngineRequest::CreditControl(
             Caller::Org(ORG),
-            req("s3", RequestType::Terminate, 4, vec![tokens("1000", "321")]),
+            req("s3", RequestType::Terminate, 4, vec![tokens("", "321")]),
         ),
     );
     assert_eq!(again, answers[19]);
@@ -667,7 +722,7 @@ fn suspended_accounts_are_denied_and_unrateable_usage_is_refused() {
         account: ORG,
         status: reckon_balances::AccountStatus::Active,
     });
-    // A price beyond the ledger's range cannot be rated.
+    // Quantities beyond the ledger's range are refused as invalid.
     let mut price = req(
         "e1",
         RequestType::Event,
@@ -677,7 +732,7 @@ fn suspended_accounts_are_denied_and_unrateable_usage_is_refused() {
     price.event_action = EventAction::PriceEnquiry;
     assert_eq!(
         w.ccr(Caller::Org(ORG), price).result_code,
-        rc::RATING_FAILED
+        rc::INVALID_AVP_VALUE
     );
     let debit = req(
         "e2",
@@ -687,8 +742,9 @@ fn suspended_accounts_are_denied_and_unrateable_usage_is_refused() {
     );
     assert_eq!(
         w.ccr(Caller::Org(ORG), debit).result_code,
-        rc::RATING_FAILED
+        rc::INVALID_AVP_VALUE
     );
+
     assert_eq!(w.usd(ORG), (d("10"), d("0")));
 }
 
@@ -818,6 +874,7 @@ fn rate_cards_price_sessions_and_replay() {
         EngineResponse::RateCard(reckon_charging::engine::RateCardOutcome::Applied {
             card,
             versions_added,
+            ..
         }) => {
             assert_eq!(card, "inference-acme");
             assert!(versions_added >= 2);

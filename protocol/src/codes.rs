@@ -79,6 +79,15 @@ code_table! {
         USER_UNKNOWN = 5030,
         /// The usage could not be rated (no tariff for the service or unit).
         RATING_FAILED = 5031,
+        /// The session id and request number were used before for a request
+        /// with other content; nothing applied (Reckon-specific).
+        REQUEST_ID_REUSED = 5040,
+        /// `timestamp_ms` is outside the retransmission window; nothing
+        /// applied (Reckon-specific).
+        REQUEST_TOO_OLD = 5041,
+        /// A refund that no recorded, unrefunded charge of the named session
+        /// covers; nothing applied (Reckon-specific).
+        REFUND_NOT_COVERED = 5042,
     }
 }
 
@@ -132,6 +141,9 @@ code_table! {
         AMOUNT_TOO_PRECISE = 13,
         /// An amount is outside the ledger's range (±10^18).
         AMOUNT_OUT_OF_RANGE = 14,
+        /// The unit is not one the server knows (built in, configured, or
+        /// named by a price or rate card).
+        UNKNOWN_UNIT = 15,
         /// An input is out of range, no more specific code applies.
         INVALID_INPUT = 100,
         /// An amount that must be positive was not.

@@ -516,6 +516,7 @@ impl World {
                 request_type: kind,
                 request_number: s.next_number,
                 account: s.account,
+                timestamp_ms: 0,
                 event_action: if kind == RequestType::Event {
                     EventAction::DirectDebit
                 } else {

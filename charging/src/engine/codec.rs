@@ -3,6 +3,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use sessions::{Charge, Closed};
 
 pub(super) const REC_CCR: u8 = 1;
 pub(super) const REC_LEDGER: u8 = 2;
@@ -29,8 +30,8 @@ pub(super) fn decode_rate_file(
 ) -> Result<(Timestamp, u128, Arc<str>, Arc<str>), DecodeError> {
     let at = r.time()?;
     let op = r.u128()?;
-    let name =
-        std::str::from_utf8(r.bytes16(256)?).map_err(|_| DecodeError::Invalid("rate card name"))?;
+    let name = std::str::from_utf8(r.bytes16(RATE_CARD_NAME_MAX)?)
+        .map_err(|_| DecodeError::Invalid("rate card name"))?;
     let len = r.u32()? as usize;
     if len > RATE_CARD_TEXT_MAX {
         return Err(DecodeError::Invalid("rate card too long"));
@@ -70,10 +71,11 @@ pub(super) fn encode_config<S: Sink>(s: &mut S, c: &EngineConfig) {
             s.bytes16(v.as_bytes());
         }
     }
+    s.u16(c.units.len() as u16);
+    for u in &c.units {
+        s.unit(*u);
+    }
 }
-
-/// Most prices or policies in a configuration.
-pub const CONFIG_ENTRIES_MAX: usize = 4096;
 
 pub(super) fn decode_config(r: &mut Reader<'_>) -> Result<EngineConfig, DecodeError> {
     let n = r.u16()? as usize;
@@ -124,18 +126,26 @@ pub(super) fn decode_config(r: &mut Reader<'_>) -> Result<EngineConfig, DecodeEr
     for _ in 0..n {
         let service = r.service()?;
         let m = r.u8()? as usize;
+        if m > ATTRIBUTES_MAX {
+            return Err(DecodeError::Invalid("too many attributes"));
+        }
         let mut attributes = Vec::with_capacity(m);
         for _ in 0..m {
-            let k = std::str::from_utf8(r.bytes16(64)?)
+            let k = std::str::from_utf8(r.bytes16(ATTRIBUTE_NAME_LEN_MAX)?)
                 .map_err(|_| DecodeError::Invalid("attribute"))?
                 .to_string();
-            let v = std::str::from_utf8(r.bytes16(128)?)
+            let v = std::str::from_utf8(r.bytes16(ATTRIBUTE_VALUE_LEN_MAX)?)
                 .map_err(|_| DecodeError::Invalid("attribute"))?
                 .to_string();
             attributes.push((k, v));
         }
         service_attributes.push((service, attributes));
     }
+    let n = r.u16()? as usize;
+    if n > CONFIG_ENTRIES_MAX {
+        return Err(DecodeError::Invalid("too many units"));
+    }
+    let units = (0..n).map(|_| r.unit()).collect::<Result<_, _>>()?;
     Ok(EngineConfig {
         prices,
         policies,
@@ -143,6 +153,7 @@ pub(super) fn decode_config(r: &mut Reader<'_>) -> Result<EngineConfig, DecodeEr
         final_unit_action,
         answer_window_ms,
         service_attributes,
+        units,
     })
 }
 
@@ -204,6 +215,7 @@ pub(super) fn encode_ccr<S: Sink>(s: &mut S, ccr: &CreditControlRequest) {
     s.u32(ccr.request_number);
     s.account(ccr.account);
     s.u8(ccr.event_action as u8);
+    s.u64(ccr.timestamp_ms);
     s.u8(ccr.services.len() as u8);
     for service in &ccr.services {
         s.service(service.service);
@@ -232,6 +244,7 @@ pub(super) fn decode_ccr(r: &mut Reader<'_>) -> Result<CreditControlRequest, Dec
         4 => EventAction::PriceEnquiry,
         _ => return Err(DecodeError::Invalid("event action")),
     };
+    let timestamp_ms = r.u64()?;
     let n = r.u8()? as usize;
     if n > SERVICES_MAX {
         return Err(DecodeError::Invalid("too many services"));
@@ -251,6 +264,7 @@ pub(super) fn decode_ccr(r: &mut Reader<'_>) -> Result<CreditControlRequest, Dec
         request_number,
         account,
         event_action,
+        timestamp_ms,
         services,
     })
 }
@@ -304,20 +318,74 @@ pub(super) fn encode_session<S: Sink>(s: &mut S, v: &Session) {
     s.account(v.account);
     s.u32(v.last_number);
     s.time(v.expires_at);
-    s.u8(v.grants.len() as u8);
+    s.u16(v.grants.len() as u16);
     for g in &v.grants {
         s.service(g.service);
         s.unit(g.unit);
         s.u64(g.reservation.map_or(0, |r| r.0));
         s.time(g.granted_at);
     }
+    encode_charges(s, &v.charges);
+}
+
+/// Most (service, unit) grants or charges one session can hold.
+pub(super) const SESSION_LINES_MAX: usize = SERVICES_MAX * UNITS_PER_SERVICE_MAX * 2;
+
+fn encode_charges<S: Sink>(s: &mut S, charges: &[Charge]) {
+    s.u16(charges.len() as u16);
+    for c in charges {
+        s.service(c.service);
+        s.unit(c.unit);
+        s.unit(c.charge_unit);
+        s.account(c.account);
+        encode_decimal(s, c.units);
+        s.amount(c.amount);
+    }
+}
+
+fn decode_charges(r: &mut Reader<'_>) -> Result<Vec<Charge>, DecodeError> {
+    let n = r.u16()? as usize;
+    if n > SESSION_LINES_MAX {
+        return Err(DecodeError::Invalid("too many charges"));
+    }
+    (0..n)
+        .map(|_| {
+            Ok(Charge {
+                service: r.service()?,
+                unit: r.unit()?,
+                charge_unit: r.unit()?,
+                account: r.account()?,
+                units: decode_decimal(r)?,
+                amount: r.amount()?,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn encode_closed<S: Sink>(s: &mut S, v: &Closed) {
+    s.account(v.account);
+    s.u32(v.last_number);
+    s.time(v.closed_at);
+    encode_charges(s, &v.charges);
+}
+
+pub(super) fn decode_closed(r: &mut Reader<'_>) -> Result<Closed, DecodeError> {
+    Ok(Closed {
+        account: r.account()?,
+        last_number: r.u32()?,
+        closed_at: r.time()?,
+        charges: decode_charges(r)?,
+    })
 }
 
 pub(super) fn decode_session(r: &mut Reader<'_>) -> Result<Session, DecodeError> {
     let account = r.account()?;
     let last_number = r.u32()?;
     let expires_at = r.time()?;
-    let n = r.u8()? as usize;
+    let n = r.u16()? as usize;
+    if n > SESSION_LINES_MAX {
+        return Err(DecodeError::Invalid("too many grants"));
+    }
     let grants = (0..n)
         .map(|_| {
             let service = r.service()?;
@@ -337,6 +405,7 @@ pub(super) fn decode_session(r: &mut Reader<'_>) -> Result<Session, DecodeError>
         last_number,
         grants,
         expires_at,
+        charges: decode_charges(r)?,
         dirty: false,
     })
 }

@@ -18,7 +18,9 @@ impl Engine {
         if (ccr.request_type == RequestType::Event) != (ccr.event_action != EventAction::None) {
             return Err(INVALID_AVP_VALUE);
         }
-        if matches!(ccr.request_type, RequestType::Initial | RequestType::Event)
+        // A refund continues the numbering of the session it refunds.
+        if (ccr.request_type == RequestType::Initial
+            || (ccr.request_type == RequestType::Event && ccr.event_action != EventAction::Refund))
             && ccr.request_number != 0
         {
             return Err(INVALID_AVP_VALUE);
@@ -43,6 +45,14 @@ impl Engine {
                     if q.is_sign_negative() || list[..j].iter().any(|(u, _)| u == unit) {
                         return Err(INVALID_AVP_VALUE);
                     }
+                    // Finer than the ledger holds, or beyond its range:
+                    // refused, never rounded.
+                    if q.normalize().scale() > Amount::SCALE || Amount::from_decimal(*q).is_err() {
+                        return Err(INVALID_AVP_VALUE);
+                    }
+                    if !self.knows_unit(*unit) {
+                        return Err(INVALID_AVP_VALUE);
+                    }
                 }
             }
             if ccr.request_type == RequestType::Initial && !s.used.is_empty() {
@@ -55,47 +65,82 @@ impl Engine {
         Ok(())
     }
 
+    /// Answers one credit-control request. The order matters for tenancy:
+    /// the request is checked and its caller authorised for the account
+    /// before anything keyed by the client's ids is looked at, and those
+    /// keys carry the account's organisation.
     pub(super) fn credit_control(
         &mut self,
         now: Timestamp,
         caller: Caller,
         ccr: &CreditControlRequest,
     ) -> CreditControlAnswer {
-        self.forget_answers(now);
-        // Retransmission of an answered request: the stored answer.
-        if let Some((_, answer)) = self
-            .answers
-            .get(&(ccr.session_id.clone(), ccr.request_number))
-        {
-            return answer.clone();
-        }
-        if let Some(session) = self.sessions.get(&ccr.session_id) {
-            if session.last_number == ccr.request_number {
-                // The session's last request again, but its answer has aged
-                // out of the window: refuse rather than apply it twice.
-                return CreditControlAnswer::error(result_code::UNABLE_TO_COMPLY);
-            }
-        }
+        self.answers.forget(now, self.config.answer_window_ms);
+        self.forget_closed(now);
         if let Err(code) = self.validate(ccr) {
             return CreditControlAnswer::error(code);
         }
-        self.changed = false;
-        if self.ledger.ledger.account(ccr.account).is_none()
-            || self.authorise(caller, ccr.account).is_err()
-        {
+        let planted_lookup_first = self.planted == Some(PlantedBug::AnswersBeforeAuthorisation);
+        let Some(org) = (if planted_lookup_first {
+            self.ledger.ledger.root_of(ccr.account)
+        } else {
+            self.authorised_org(caller, ccr.account)
+        }) else {
             // Another organisation's account is reported as unknown: its
             // existence is not the caller's business.
             return CreditControlAnswer::error(result_code::USER_UNKNOWN);
-        }
-        let answer = match ccr.request_type {
-            RequestType::Initial => self.initial(now, ccr),
-            RequestType::Update => self.update(now, ccr),
-            RequestType::Terminate => self.terminate(now, ccr),
-            RequestType::Event => self.event(now, ccr),
         };
-        // Every answer is kept for the window, so a retransmission of any
-        // earlier request of a session (not only the last) gets its answer.
-        self.remember_answer(now, ccr, &answer);
+        let key: SessionKey = (org, ccr.session_id.clone());
+        let digest = request_digest(ccr);
+        let answer_key = (org, ccr.session_id.clone(), ccr.request_number);
+        if let Some(remembered) = self.answers.get(&answer_key) {
+            // A retransmission gets the original answer; the same ids with
+            // other content are a client bug (or an attack), never answered
+            // with the old result.
+            return if remembered.digest == digest {
+                remembered.answer.clone()
+            } else {
+                CreditControlAnswer::error(result_code::REQUEST_ID_REUSED)
+            };
+        }
+        if planted_lookup_first && self.authorised_org(caller, ccr.account).is_none() {
+            return CreditControlAnswer::error(result_code::USER_UNKNOWN);
+        }
+        let window = self.config.answer_window_ms;
+        if ccr.timestamp_ms != 0
+            && (ccr.timestamp_ms.saturating_add(window) <= now.0
+                || ccr.timestamp_ms > now.0.saturating_add(window))
+        {
+            // A retransmission older than the window could no longer be
+            // recognised: refuse it rather than apply it a second time.
+            return CreditControlAnswer::error(result_code::REQUEST_TOO_OLD);
+        }
+        self.changed = false;
+        let answer = match ccr.request_type {
+            RequestType::Initial => self.initial(now, &key, ccr),
+            RequestType::Update => self.update(now, &key, ccr),
+            RequestType::Terminate => self.terminate(now, &key, ccr),
+            RequestType::Event => self.event(now, caller, &key, ccr),
+        };
+        // Remember what changed state, and credit decisions that changed
+        // nothing (a late duplicate of a refused debit must not succeed
+        // after a top-up behind the client's back). Sequence errors are not
+        // remembered: the same request in its proper turn is valid.
+        let decision = matches!(
+            answer.result_code,
+            result_code::CREDIT_LIMIT_REACHED
+                | result_code::END_USER_SERVICE_DENIED
+                | result_code::RATING_FAILED
+                | result_code::REFUND_NOT_COVERED
+        );
+        let mutating = ccr.request_type != RequestType::Event
+            || matches!(
+                ccr.event_action,
+                EventAction::DirectDebit | EventAction::Refund
+            );
+        if mutating && (self.changed || decision) {
+            self.answers.insert(now, answer_key, digest, answer.clone());
+        }
         answer
     }
 

@@ -29,7 +29,7 @@ use reckon_balances::{
 };
 use rust_decimal::{Decimal, RoundingStrategy};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 mod answers;
@@ -43,15 +43,27 @@ mod sessions;
 mod tenancy;
 mod types;
 
-pub use codec::CONFIG_ENTRIES_MAX;
+use answers::request_digest;
 use codec::*;
 use pricing::Rate;
 use ratecards::RateFile;
 pub use ratecards::{
-    RateCardOutcome, RateCardSummary, RateCardVersionSummary, RATE_CARD_TEXT_MAX, RATE_FILES_MAX,
+    RateCardOutcome, RateCardSummary, RateCardVersionSummary, RATE_CARD_NAME_MAX,
+    RATE_CARD_TEXT_MAX, RATE_FILES_MAX,
 };
 use sessions::{Grant, Session};
 pub use types::*;
+
+/// A bug the deterministic simulator may plant, to prove its checks catch
+/// it. Never set by the server; not part of the configuration or the log.
+#[doc(hidden)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Look remembered answers up before authorising the caller.
+    AnswersBeforeAuthorisation,
+    /// Let an organisation refund without a recorded charge.
+    RefundWithoutCharge,
+}
 
 /// The credit-control engine with its ledger.
 #[derive(Debug)]
@@ -59,12 +71,19 @@ pub struct Engine {
     /// The ledger (and its checkpoint bookkeeping).
     pub ledger: LedgerMachine,
     config: EngineConfig,
-    sessions: HashMap<Arc<str>, Session>,
-    supervision: BinaryHeap<Reverse<(Timestamp, Arc<str>)>>,
-    answers: HashMap<(Arc<str>, u32), (Timestamp, CreditControlAnswer)>,
-    answer_order: VecDeque<(Timestamp, Arc<str>, u32)>,
-    dirty_sessions: Vec<Arc<str>>,
+    /// Open sessions, by organisation and id.
+    sessions: HashMap<SessionKey, Session>,
+    supervision: BinaryHeap<Reverse<(Timestamp, SessionKey)>>,
+    dirty_sessions: Vec<SessionKey>,
+    /// Ended sessions and events that charged something, for refunds.
+    closed: HashMap<SessionKey, sessions::Closed>,
+    closed_order: VecDeque<(Timestamp, SessionKey)>,
+    dirty_closed: Vec<SessionKey>,
+    /// Answers remembered for retransmissions.
+    answers: answers::AnswerStore,
     config_dirty: bool,
+    /// Units the engine accepts (see [`Engine::knows_unit`]).
+    known_units: HashSet<Unit>,
     /// Rate cards (pure pricing, rebuilt from the applied files on restore).
     rates: reckon_rating::RateBook,
     /// The card the engine prices with.
@@ -72,13 +91,10 @@ pub struct Engine {
     /// Every rate card file applied, in order: (time, op id, name, text, result).
     rate_files: Vec<RateFile>,
     rates_dirty: bool,
-    /// Set when the request being handled changed the ledger.
+    /// Set when the request being handled changed state.
     changed: bool,
-    /// Answers recorded before this time are forgotten.
-    answers_forgotten_below: Timestamp,
-    answers_added: Vec<(Arc<str>, u32)>,
-    answer_blobs: Vec<(u64, Timestamp)>,
     checkpoint_seq: u64,
+    planted: Option<PlantedBug>,
 }
 
 /// First byte of the engine's log records.
@@ -87,25 +103,39 @@ pub const ENGINE_TAG: u8 = b'E';
 impl Engine {
     /// An engine over a ledger.
     pub fn new(ledger: LedgerMachine, config: EngineConfig) -> Engine {
-        Engine {
+        let mut engine = Engine {
             ledger,
             config,
             sessions: HashMap::new(),
             supervision: BinaryHeap::new(),
-            answers: HashMap::new(),
-            answer_order: VecDeque::new(),
             dirty_sessions: Vec::new(),
+            closed: HashMap::new(),
+            closed_order: VecDeque::new(),
+            dirty_closed: Vec::new(),
+            answers: answers::AnswerStore::default(),
             config_dirty: true,
+            known_units: HashSet::new(),
             rates: reckon_rating::RateBook::new(),
             active_card: None,
             rate_files: Vec::new(),
             rates_dirty: false,
             changed: false,
-            answers_forgotten_below: Timestamp(0),
-            answers_added: Vec::new(),
-            answer_blobs: Vec::new(),
             checkpoint_seq: 0,
-        }
+            planted: None,
+        };
+        engine.refresh_units();
+        engine
+    }
+
+    /// Plants a bug (the deterministic simulator's self-test only).
+    #[doc(hidden)]
+    pub fn plant(&mut self, bug: Option<PlantedBug>) {
+        self.planted = bug;
+    }
+
+    /// Number of answers remembered for retransmissions.
+    pub fn remembered_answers(&self) -> usize {
+        self.answers.len()
     }
 
     /// The configuration in force.
@@ -139,8 +169,12 @@ impl Engine {
                 EngineResponse::CreditControl(CreditControlAnswer::error(result_code::SUCCESS))
             }
             EngineRequest::Configure(config) => {
+                if let Err(e) = config.validate() {
+                    return EngineResponse::ConfigRefused(e);
+                }
                 self.config = config;
                 self.config_dirty = true;
+                self.refresh_units();
                 EngineResponse::Configured
             }
             EngineRequest::ApplyRateCard {
@@ -169,29 +203,29 @@ impl Engine {
     /// answers, configuration — so a difference can be located.
     pub fn digest_parts_at(&self, horizon: Timestamp) -> [u64; 4] {
         let ledger = self.ledger.ledger.state_digest_at(horizon);
+        let window = self.config.answer_window_ms;
         let mut d = reckon_balances::codec::Digest::default();
-        let mut ids: Vec<&Arc<str>> = self.sessions.keys().collect();
-        ids.sort_unstable();
-        for id in ids {
-            d.bytes16(id.as_bytes());
-            encode_session(&mut d, &self.sessions[id]);
+        let mut keys: Vec<&SessionKey> = self.sessions.keys().collect();
+        keys.sort_unstable();
+        for key in keys {
+            d.account(key.0);
+            d.bytes16(key.1.as_bytes());
+            encode_session(&mut d, &self.sessions[key]);
+        }
+        let mut keys: Vec<&SessionKey> = self
+            .closed
+            .iter()
+            .filter(|(_, c)| c.closed_at.plus_ms(window) > horizon)
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort_unstable();
+        for key in keys {
+            d.account(key.0);
+            d.bytes16(key.1.as_bytes());
+            encode_closed(&mut d, &self.closed[key]);
         }
         let sessions = d.finish();
-        let mut d = reckon_balances::codec::Digest::default();
-        let window = self.config.answer_window_ms;
-        let mut answers: Vec<_> = self
-            .answers
-            .iter()
-            .filter(|(_, (at, _))| at.plus_ms(window) > horizon)
-            .collect();
-        answers.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for ((id, number), (at, answer)) in answers {
-            d.bytes16(id.as_bytes());
-            d.u32(*number);
-            d.time(*at);
-            encode_answer(&mut d, answer);
-        }
-        let answers = d.finish();
+        let answers = self.answers.digest_at(horizon, window);
         let mut d = reckon_balances::codec::Digest::default();
         encode_config(&mut d, &self.config);
         d.bytes16(self.active_card.as_deref().unwrap_or("").as_bytes());

@@ -26,8 +26,31 @@ impl Machine for Engine {
                 ));
             }
         }
+        // Requests that break the protocol's consistency rules change
+        // nothing and are never logged: whatever reaches the log decodes
+        // within the same limits on replay.
+        if let EngineRequest::CreditControl(_, ccr) = &request {
+            if let Err(code) = self.validate(ccr) {
+                return EngineResponse::CreditControl(CreditControlAnswer::error(code));
+            }
+        }
+        if let EngineRequest::Configure(config) = &request {
+            if let Err(e) = config.validate() {
+                return EngineResponse::ConfigRefused(e);
+            }
+        }
+        let start = log.len();
         encode_request(&request, log);
-        self.handle(now, request)
+        let is_ccr = matches!(request, EngineRequest::CreditControl(..));
+        let remembered = self.answers.inserted();
+        self.changed = false;
+        let response = self.handle(now, request);
+        if is_ccr && !self.changed && self.answers.inserted() == remembered {
+            // Changed nothing and remembered nothing (a read, a
+            // retransmission, a refusal): replay needs no record of it.
+            log.truncate(start);
+        }
+        response
     }
 
     fn replay(&mut self, now: Timestamp, payload: &[u8]) -> Result<(), String> {
@@ -80,52 +103,38 @@ impl Machine for Engine {
     }
 
     fn checkpoint(&mut self, now: Timestamp) -> Vec<SnapshotWrite> {
-        self.forget_answers(now);
+        let window = self.config.answer_window_ms;
+        self.answers.forget(now, window);
+        self.forget_closed(now);
         let mut writes = self.ledger.checkpoint_writes(now);
-        let session_key = |id: &str| {
-            let mut k = vec![ENGINE_TAG, b's'];
-            k.extend_from_slice(id.as_bytes());
-            k
-        };
-        for id in std::mem::take(&mut self.dirty_sessions) {
-            match self.sessions.get_mut(&id) {
+        for key in std::mem::take(&mut self.dirty_sessions) {
+            let k = session_key(b's', &key);
+            match self.sessions.get_mut(&key) {
                 Some(session) => {
                     session.dirty = false;
                     let mut v = Vec::new();
                     encode_session(&mut v, session);
-                    writes.push((session_key(&id), Some(v)));
+                    writes.push((k, Some(v)));
                 }
-                None => writes.push((session_key(&id), None)),
+                None => writes.push((k, None)),
             }
         }
-        let mut blob = Vec::new();
-        let mut newest = Timestamp(0);
-        for key in std::mem::take(&mut self.answers_added) {
-            if let Some((at, answer)) = self.answers.get(&key) {
-                blob.bytes16(key.0.as_bytes());
-                blob.u32(key.1);
-                blob.time(*at);
-                encode_answer(&mut blob, answer);
-                newest = newest.max(*at);
+        let mut dirty_closed = std::mem::take(&mut self.dirty_closed);
+        dirty_closed.sort_unstable();
+        dirty_closed.dedup();
+        for key in dirty_closed {
+            let k = session_key(b'x', &key);
+            match self.closed.get(&key) {
+                Some(closed) => {
+                    let mut v = Vec::new();
+                    encode_closed(&mut v, closed);
+                    writes.push((k, Some(v)));
+                }
+                None => writes.push((k, None)),
             }
         }
-        let blob_key = |seq: u64| {
-            let mut k = vec![ENGINE_TAG, b'a'];
-            k.extend_from_slice(&seq.to_be_bytes());
-            k
-        };
-        if !blob.is_empty() {
-            writes.push((blob_key(self.checkpoint_seq), Some(blob)));
-            self.answer_blobs.push((self.checkpoint_seq, newest));
-        }
-        let window = self.config.answer_window_ms;
-        self.answer_blobs.retain(|(seq, newest)| {
-            let keep = newest.plus_ms(window) > now;
-            if !keep {
-                writes.push((blob_key(*seq), None));
-            }
-            keep
-        });
+        self.answers
+            .checkpoint(now, window, self.checkpoint_seq, &mut writes);
         if self.rates_dirty {
             self.rates_dirty = false;
             let mut v = Vec::new();
@@ -144,7 +153,7 @@ impl Machine for Engine {
         self.checkpoint_seq += 1;
         let mut meta = Vec::new();
         meta.u64(self.checkpoint_seq);
-        meta.time(self.answers_forgotten_below);
+        meta.time(self.answers.forgotten_below());
         writes.push((vec![ENGINE_TAG, b'0'], Some(meta)));
         writes
     }
@@ -166,45 +175,40 @@ impl Machine for Engine {
         let ledger = LedgerMachine::restore_pairs(&mut ledger_pairs)?;
         drop(ledger_pairs);
         let mut engine = Engine::new(ledger, EngineConfig::default());
-        let mut answers: Vec<(Timestamp, Arc<str>, u32, CreditControlAnswer)> = Vec::new();
+        let text = |e: DecodeError| e.to_string();
         for (k, v) in engine_pairs {
             let mut r = Reader::new(&v);
             match k.get(1) {
                 Some(b's') => {
-                    let id: Arc<str> =
-                        Arc::from(std::str::from_utf8(&k[2..]).map_err(|e| e.to_string())?);
-                    let session = decode_session(&mut r).map_err(|e| e.to_string())?;
+                    let key = decode_session_key(&k)?;
+                    let session = decode_session(&mut r).map_err(text)?;
                     engine
                         .supervision
-                        .push(Reverse((session.expires_at, id.clone())));
-                    engine.sessions.insert(id, session);
+                        .push(Reverse((session.expires_at, key.clone())));
+                    engine.sessions.insert(key, session);
+                }
+                Some(b'x') => {
+                    let key = decode_session_key(&k)?;
+                    let closed = decode_closed(&mut r).map_err(text)?;
+                    engine
+                        .closed_order
+                        .push_back((closed.closed_at, key.clone()));
+                    engine.closed.insert(key, closed);
                 }
                 Some(b'a') => {
                     let seq = u64::from_be_bytes(k[2..].try_into().map_err(|_| "answer blob key")?);
-                    let mut newest = Timestamp(0);
-                    while !r.is_empty() {
-                        let id = std::str::from_utf8(
-                            r.bytes16(SESSION_ID_LEN_MAX).map_err(|e| e.to_string())?,
-                        )
-                        .map_err(|e| e.to_string())?;
-                        let number = r.u32().map_err(|e| e.to_string())?;
-                        let at = r.time().map_err(|e| e.to_string())?;
-                        let answer = decode_answer(&mut r).map_err(|e| e.to_string())?;
-                        newest = newest.max(at);
-                        answers.push((at, Arc::from(id), number, answer));
-                    }
-                    engine.answer_blobs.push((seq, newest));
+                    engine.answers.restore_blob(seq, &v).map_err(text)?;
                 }
                 Some(b'0') => {
-                    engine.checkpoint_seq = r.u64().map_err(|e| e.to_string())?;
-                    engine.answers_forgotten_below = r.time().map_err(|e| e.to_string())?;
+                    engine.checkpoint_seq = r.u64().map_err(text)?;
+                    engine.answers.set_forgotten_below(r.time().map_err(text)?);
                 }
                 Some(b'c') => {
-                    engine.config = decode_config(&mut r).map_err(|e| e.to_string())?;
+                    engine.config = decode_config(&mut r).map_err(text)?;
                     engine.config_dirty = false;
                 }
                 Some(b'r') => {
-                    let n = r.u32().map_err(|e| e.to_string())? as usize;
+                    let n = r.u32().map_err(text)? as usize;
                     if n > RATE_FILES_MAX {
                         return Err("too many rate card files".into());
                     }
@@ -220,26 +224,23 @@ impl Machine for Engine {
                 _ => return Err("unknown engine snapshot key".into()),
             }
         }
-        answers.sort_by_key(|(at, id, n, _)| (*at, id.clone(), *n));
-        for (at, id, number, answer) in answers {
-            if at < engine.answers_forgotten_below {
-                continue;
-            }
-            engine.answers.insert((id.clone(), number), (at, answer));
-            engine.answer_order.push_back((at, id, number));
-        }
+        engine.answers.finish_restore();
+        let mut order: Vec<_> = engine.closed_order.drain(..).collect();
+        order.sort();
+        engine.closed_order = order.into();
+        engine.refresh_units();
         Ok(engine)
     }
 
     fn check(&self) -> Result<(), String> {
         self.ledger.ledger.check_invariants()?;
-        for (id, session) in &self.sessions {
+        for (key, session) in &self.sessions {
             for g in &session.grants {
                 if let Some(r) = g.reservation {
                     if self.ledger.ledger.reservation(r).is_none() {
                         // A grant whose reservation lapsed is harmless (the
                         // ledger expired it); note it rather than refuse.
-                        tracing::debug!(session = %id, reservation = r.0, "grant's reservation already expired");
+                        tracing::debug!(org = key.0 .0, session = %key.1, reservation = r.0, "grant's reservation already expired");
                     }
                 }
             }
@@ -255,4 +256,24 @@ impl Machine for Engine {
             .due_sweep(now)
             .map(|op| EngineRequest::Ledger(Caller::Admin, LedgerRequest::Apply(op)))
     }
+}
+
+/// Snapshot key of a session (`kind` b's') or an ended session (b'x'):
+/// the organisation, big-endian, then the id.
+fn session_key(kind: u8, key: &SessionKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + key.1.len());
+    k.push(ENGINE_TAG);
+    k.push(kind);
+    k.extend_from_slice(&key.0 .0.to_be_bytes());
+    k.extend_from_slice(key.1.as_bytes());
+    k
+}
+
+fn decode_session_key(k: &[u8]) -> Result<SessionKey, String> {
+    if k.len() < 10 || k.len() > 10 + SESSION_ID_LEN_MAX {
+        return Err("bad session key".into());
+    }
+    let org = u64::from_be_bytes(k[2..10].try_into().map_err(|_| "bad session key")?);
+    let id = std::str::from_utf8(&k[10..]).map_err(|e| e.to_string())?;
+    Ok((AccountId(org), Arc::from(id)))
 }

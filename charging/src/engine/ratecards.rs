@@ -24,6 +24,9 @@ pub enum RateCardOutcome {
         card: String,
         /// Versions added (0 when the file was applied before).
         versions_added: u16,
+        /// What the operator should know, e.g. (service, unit) pairs another
+        /// card priced until now; empty when nothing to say.
+        notice: String,
     },
     /// Refused, nothing changed: the card's id (if read) and the errors.
     Refused {
@@ -58,6 +61,8 @@ pub struct RateCardSummary {
     pub versions: Vec<RateCardVersionSummary>,
 }
 
+/// Longest rate card file name accepted, in bytes.
+pub const RATE_CARD_NAME_MAX: usize = 256;
 /// Longest rate card text accepted, in bytes.
 pub const RATE_CARD_TEXT_MAX: usize = 60_000;
 /// Most rate card files kept (each apply adds one).
@@ -81,16 +86,33 @@ impl Engine {
                 message: "op id already used for a different rate card".into(),
             };
         }
+        if self.rate_files.len() >= RATE_FILES_MAX {
+            // Refused whole, never applied without a record of it: a restore
+            // rebuilds the book from the recorded files only.
+            return RateCardOutcome::Refused {
+                card: String::new(),
+                message: format!("the server keeps at most {RATE_FILES_MAX} rate card files; no more can be applied"),
+            };
+        }
+        if name.len() > RATE_CARD_NAME_MAX || text.len() > RATE_CARD_TEXT_MAX {
+            return RateCardOutcome::Refused {
+                card: String::new(),
+                message: format!(
+                    "rate card file names are at most {RATE_CARD_NAME_MAX} bytes and texts at most {RATE_CARD_TEXT_MAX}"
+                ),
+            };
+        }
         let result = self.load_rate_card(now, &name, &text);
-        if self.rate_files.len() < RATE_FILES_MAX {
-            self.rate_files.push(RateFile {
-                at: now,
-                op,
-                name,
-                text,
-                result: result.clone(),
-            });
-            self.rates_dirty = true;
+        self.rate_files.push(RateFile {
+            at: now,
+            op,
+            name,
+            text,
+            result: result.clone(),
+        });
+        self.rates_dirty = true;
+        if matches!(result, RateCardOutcome::Applied { .. }) {
+            self.refresh_units();
         }
         result
     }
@@ -122,12 +144,59 @@ impl Engine {
             }
         };
         let id = card.id().to_string();
+        // The ledger keeps 9 decimal places: a card that prices finer would
+        // have to be rounded silently, so it is refused.
+        for v in card.versions() {
+            if v.decimals() > Amount::SCALE {
+                return RateCardOutcome::Refused {
+                    card: id,
+                    message: format!(
+                        "{name}: version {}: decimals = {} but the ledger keeps at most {}",
+                        v.version(),
+                        v.decimals(),
+                        Amount::SCALE
+                    ),
+                };
+            }
+            if Unit::new(v.charge_unit().as_str()).is_err() {
+                return RateCardOutcome::Refused {
+                    card: id,
+                    message: format!(
+                        "{name}: version {}: charge unit {} is not a ledger unit",
+                        v.version(),
+                        v.charge_unit().as_str()
+                    ),
+                };
+            }
+        }
+        let before = self.priced_pairs(now);
+        let previous = self.active_card.clone();
         match self.rates.apply(card, now.0) {
             Ok(applied) => {
                 self.active_card = Some(id.clone());
+                let mut notice = String::new();
+                if let Some(previous) = previous.filter(|p| *p != id) {
+                    let after = self.priced_pairs(now);
+                    let lost: Vec<String> = before
+                        .iter()
+                        .filter(|p| !after.contains(p))
+                        .map(|(s, u)| format!("{s}/{u}"))
+                        .collect();
+                    notice = format!(
+                        "card {id} replaces {previous} as the active card; it now prices {} (service/unit) pair(s)",
+                        after.len()
+                    );
+                    if !lost.is_empty() {
+                        notice.push_str(&format!(
+                            "; no longer priced by a card (fixed prices apply): {}",
+                            lost.join(", ")
+                        ));
+                    }
+                }
                 RateCardOutcome::Applied {
                     card: id,
                     versions_added: applied.added.min(u16::MAX as usize) as u16,
+                    notice,
                 }
             }
             Err(e) => RateCardOutcome::Refused {
@@ -135,6 +204,24 @@ impl Engine {
                 message: e.to_string(),
             },
         }
+    }
+
+    /// (service, unit) pairs the active card prices at `now`.
+    fn priced_pairs(&self, now: Timestamp) -> Vec<(u32, String)> {
+        let Some(card) = self.active_card.as_deref().and_then(|c| self.rates.card(c)) else {
+            return Vec::new();
+        };
+        let Some(version) = card.version_at(now.0) else {
+            return Vec::new();
+        };
+        let mut pairs = Vec::new();
+        for service in version.service_ids() {
+            for unit in version.units_of(service) {
+                pairs.push((service, unit.as_str().to_string()));
+            }
+        }
+        pairs.sort();
+        pairs
     }
 
     pub(super) fn rate_cards(&self, only: &str) -> Vec<RateCardSummary> {

@@ -15,21 +15,91 @@ pub(super) struct Grant {
     pub(super) granted_at: Timestamp,
 }
 
+/// What a session (or event) was charged for one (service, unit), net of
+/// refunds: what an organisation may still have refunded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Charge {
+    pub(super) service: ServiceId,
+    /// The unit used (e.g. tokens_out).
+    pub(super) unit: Unit,
+    /// The unit debited for it (e.g. USD).
+    pub(super) charge_unit: Unit,
+    /// The account the usage was charged to.
+    pub(super) account: AccountId,
+    /// Units charged and not refunded.
+    pub(super) units: Decimal,
+    /// Amount collected and not refunded.
+    pub(super) amount: Amount,
+}
+
+/// Adds collected usage to a session's charges.
+pub(super) fn add_charge(charges: &mut Vec<Charge>, new: Charge) {
+    match charges.iter_mut().find(|c| {
+        c.service == new.service && c.unit == new.unit && c.charge_unit == new.charge_unit
+    }) {
+        Some(c) => {
+            c.units += new.units;
+            c.amount = Amount::from_nanos(c.amount.nanos() + new.amount.nanos());
+        }
+        None => charges.push(new),
+    }
+}
+
+/// An open charging session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Session {
     pub(super) account: AccountId,
     pub(super) last_number: u32,
     pub(super) grants: Vec<Grant>,
     pub(super) expires_at: Timestamp,
+    /// Usage collected so far (refundable once the session has ended).
+    pub(super) charges: Vec<Charge>,
     pub(super) dirty: bool,
 }
 
+/// A session or event that ended having charged something: kept for the
+/// retransmission window so its organisation can have it refunded, and so
+/// its id is never reopened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Closed {
+    pub(super) account: AccountId,
+    pub(super) last_number: u32,
+    pub(super) closed_at: Timestamp,
+    pub(super) charges: Vec<Charge>,
+}
+
 impl Engine {
-    pub(super) fn mark(&mut self, session_id: &Arc<str>) {
-        if let Some(s) = self.sessions.get_mut(session_id) {
+    pub(super) fn mark(&mut self, key: &SessionKey) {
+        if let Some(s) = self.sessions.get_mut(key) {
             if !s.dirty {
                 s.dirty = true;
-                self.dirty_sessions.push(session_id.clone());
+                self.dirty_sessions.push(key.clone());
+            }
+        }
+    }
+
+    /// Keeps what an ended session charged, for refunds.
+    pub(super) fn close(&mut self, now: Timestamp, key: SessionKey, closed: Closed) {
+        if closed.charges.is_empty() {
+            return;
+        }
+        self.closed_order.push_back((now, key.clone()));
+        self.dirty_closed.push(key.clone());
+        self.closed.insert(key, closed);
+    }
+
+    /// Forgets ended sessions a window old.
+    pub(super) fn forget_closed(&mut self, now: Timestamp) {
+        let window = self.config.answer_window_ms;
+        while let Some((at, _)) = self.closed_order.front() {
+            if at.plus_ms(window) > now {
+                break;
+            }
+            if let Some((at, key)) = self.closed_order.pop_front() {
+                if self.closed.get(&key).is_some_and(|c| c.closed_at == at) {
+                    self.closed.remove(&key);
+                    self.dirty_closed.push(key);
+                }
             }
         }
     }
@@ -37,10 +107,12 @@ impl Engine {
     pub(super) fn initial(
         &mut self,
         now: Timestamp,
+        key: &SessionKey,
         ccr: &CreditControlRequest,
     ) -> CreditControlAnswer {
-        if self.sessions.contains_key(&ccr.session_id) {
-            return CreditControlAnswer::error(result_code::UNABLE_TO_COMPLY);
+        if self.sessions.contains_key(key) || self.closed.contains_key(key) {
+            // Session ids are never reused, also not after the session ended.
+            return CreditControlAnswer::error(result_code::REQUEST_ID_REUSED);
         }
         if self.sessions.len() >= SESSIONS_MAX {
             return CreditControlAnswer::error(result_code::TOO_BUSY);
@@ -50,6 +122,7 @@ impl Engine {
             last_number: ccr.request_number,
             grants: Vec::new(),
             expires_at: now,
+            charges: Vec::new(),
             dirty: true,
         };
         let mut answers = Vec::with_capacity(ccr.services.len());
@@ -68,9 +141,10 @@ impl Engine {
         session.expires_at =
             now.plus_ms((validity_max as u64 + self.config.supervision_grace_s as u64) * 1000);
         self.supervision
-            .push(Reverse((session.expires_at, ccr.session_id.clone())));
-        self.sessions.insert(ccr.session_id.clone(), session);
-        self.dirty_sessions.push(ccr.session_id.clone());
+            .push(Reverse((session.expires_at, key.clone())));
+        self.sessions.insert(key.clone(), session);
+        self.dirty_sessions.push(key.clone());
+        self.changed = true;
         answer
     }
 
@@ -216,18 +290,53 @@ impl Engine {
                     *span_ms = now.0 - since.0;
                 }
             }
-            let cost = match self.cost(&per_unit, *used) {
-                Ok(c) => c,
-                Err(code) => {
-                    result = code;
-                    continue;
-                }
-            };
             let reservation = session
                 .grants
                 .iter_mut()
                 .find(|g| g.service == service.service && g.unit == *unit)
                 .and_then(|g| g.reservation.take());
+            let cost = match self.cost(&per_unit, *used) {
+                Ok(c) => c,
+                Err(code) => {
+                    // Usage that cannot be priced is never free: the grant
+                    // reserved for it is taken in full.
+                    result = code;
+                    if let Some(r) = reservation {
+                        let remaining = self
+                            .ledger
+                            .ledger
+                            .reservation(r)
+                            .map(|v| v.remaining)
+                            .unwrap_or(Amount::ZERO);
+                        if self
+                            .ledger_apply(
+                                now,
+                                Command::Commit {
+                                    reservation: r,
+                                    used: remaining,
+                                    release_rest: true,
+                                },
+                            )
+                            .is_ok()
+                            && remaining.is_positive()
+                        {
+                            add_charge(
+                                &mut session.charges,
+                                Charge {
+                                    service: service.service,
+                                    unit: *unit,
+                                    charge_unit,
+                                    account: ccr.account,
+                                    units: *used,
+                                    amount: remaining,
+                                },
+                            );
+                        }
+                        tracing::warn!(session = %ccr.session_id, unit = %unit, "usage could not be priced; the whole grant was charged");
+                    }
+                    continue;
+                }
+            };
             let mut left = cost;
             if let Some(r) = reservation {
                 let remaining = self
@@ -286,6 +395,20 @@ impl Engine {
                     result = result_code::CREDIT_LIMIT_REACHED;
                 }
             }
+            let collected = Amount::from_nanos(cost.nanos() - left.nanos());
+            if collected.is_positive() {
+                add_charge(
+                    &mut session.charges,
+                    Charge {
+                        service: service.service,
+                        unit: *unit,
+                        charge_unit,
+                        account: ccr.account,
+                        units: *used,
+                        amount: collected,
+                    },
+                );
+            }
         }
         result
     }
@@ -300,15 +423,18 @@ impl Engine {
 
     pub(super) fn check_sequence(
         &self,
+        key: &SessionKey,
         ccr: &CreditControlRequest,
     ) -> Result<(), CreditControlAnswer> {
-        match self.sessions.get(&ccr.session_id) {
+        match self.sessions.get(key) {
             None => Err(CreditControlAnswer::error(result_code::UNKNOWN_SESSION_ID)),
             Some(s) if s.account != ccr.account => {
                 Err(CreditControlAnswer::error(result_code::INVALID_AVP_VALUE))
             }
-            // Older than the last answered request: out of order.
-            Some(s) if ccr.request_number < s.last_number => {
+            // Not after the last answered request: out of order, or the
+            // last request again after its answer aged out (never applied
+            // twice).
+            Some(s) if ccr.request_number <= s.last_number => {
                 Err(CreditControlAnswer::error(result_code::UNABLE_TO_COMPLY))
             }
             Some(_) => Ok(()),
@@ -318,14 +444,16 @@ impl Engine {
     pub(super) fn update(
         &mut self,
         now: Timestamp,
+        key: &SessionKey,
         ccr: &CreditControlRequest,
     ) -> CreditControlAnswer {
-        if let Err(a) = self.check_sequence(ccr) {
+        if let Err(a) = self.check_sequence(key, ccr) {
             return a;
         }
-        let Some(mut session) = self.sessions.remove(&ccr.session_id) else {
+        let Some(mut session) = self.sessions.remove(key) else {
             return CreditControlAnswer::error(result_code::UNKNOWN_SESSION_ID);
         };
+        self.changed = true;
         let mut answers = Vec::with_capacity(ccr.services.len());
         let mut validity_max = 0u32;
         for service in &ccr.services {
@@ -347,25 +475,27 @@ impl Engine {
                 (validity_max.max(1) as u64 + self.config.supervision_grace_s as u64) * 1000,
             ));
         self.supervision
-            .push(Reverse((session.expires_at, ccr.session_id.clone())));
+            .push(Reverse((session.expires_at, key.clone())));
         session.dirty = false;
-        self.sessions.insert(ccr.session_id.clone(), session);
-        self.mark(&ccr.session_id);
+        self.sessions.insert(key.clone(), session);
+        self.mark(key);
         answer
     }
 
     pub(super) fn terminate(
         &mut self,
         now: Timestamp,
+        key: &SessionKey,
         ccr: &CreditControlRequest,
     ) -> CreditControlAnswer {
-        if let Err(a) = self.check_sequence(ccr) {
+        if let Err(a) = self.check_sequence(key, ccr) {
             return a;
         }
-        let Some(mut session) = self.sessions.remove(&ccr.session_id) else {
+        let Some(mut session) = self.sessions.remove(key) else {
             return CreditControlAnswer::error(result_code::UNKNOWN_SESSION_ID);
         };
-        self.dirty_sessions.push(ccr.session_id.clone());
+        self.changed = true;
+        self.dirty_sessions.push(key.clone());
         let mut answers = Vec::with_capacity(ccr.services.len());
         for service in &ccr.services {
             let code = self.settle(now, ccr, &mut session, service);
@@ -382,6 +512,16 @@ impl Engine {
         // Terminating always succeeds as a request; per-service codes say
         // whether all usage could be collected.
         answer.result_code = result_code::SUCCESS;
+        self.close(
+            now,
+            key.clone(),
+            Closed {
+                account: session.account,
+                last_number: ccr.request_number,
+                closed_at: now,
+                charges: session.charges,
+            },
+        );
         answer
     }
 
@@ -401,7 +541,18 @@ impl Engine {
                 self.release_grants(now, &mut session.grants);
                 self.dirty_sessions.push(id.clone());
                 expired += 1;
-                tracing::info!(session = %id, "session supervision expired; grants released");
+                tracing::info!(org = id.0 .0, session = %id.1, "session supervision expired; grants released");
+                let charges = std::mem::take(&mut session.charges);
+                self.close(
+                    now,
+                    id,
+                    Closed {
+                        account: session.account,
+                        last_number: session.last_number,
+                        closed_at: now,
+                        charges,
+                    },
+                );
             }
         }
         expired

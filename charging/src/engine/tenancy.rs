@@ -4,13 +4,66 @@
 use super::*;
 
 impl Engine {
-    pub(super) fn authorise(&self, caller: Caller, account: AccountId) -> Result<(), ()> {
+    /// The organisation of `account` when it exists and the caller may act
+    /// on it; `None` otherwise (another tenant's account looks absent).
+    pub(super) fn authorised_org(&self, caller: Caller, account: AccountId) -> Option<AccountId> {
+        let root = self.ledger.ledger.root_of(account)?;
         match caller {
-            Caller::Admin => Ok(()),
-            Caller::Org(org) => match self.ledger.ledger.root_of(account) {
-                Some(root) if root == org => Ok(()),
-                _ => Err(()),
-            },
+            Caller::Admin => Some(root),
+            Caller::Org(org) if org == root => Some(root),
+            Caller::Org(_) => None,
+        }
+    }
+
+    /// Whether a unit was declared: built in, configured, priced, or named
+    /// by a rate card. Undeclared units are refused so that a typo never
+    /// opens a bucket nobody will draw on.
+    pub(super) fn knows_unit(&self, unit: Unit) -> bool {
+        self.known_units.contains(&unit)
+    }
+
+    /// Rebuilds the set [`Engine::knows_unit`] reads, after the
+    /// configuration or the rate cards changed.
+    pub(super) fn refresh_units(&mut self) {
+        let mut units: HashSet<Unit> = BUILTIN_UNITS
+            .iter()
+            .filter_map(|u| Unit::new(u).ok())
+            .collect();
+        units.extend(self.config.units.iter().copied());
+        for p in &self.config.prices {
+            units.insert(p.unit);
+            units.insert(p.charge_unit);
+        }
+        for p in &self.config.policies {
+            units.insert(p.default_unit);
+        }
+        for card in self.rates.cards() {
+            for version in card.versions() {
+                for name in [version.charge_unit().as_str(), version.currency().as_str()] {
+                    if let Ok(u) = Unit::new(name) {
+                        units.insert(u);
+                    }
+                }
+                for service in version.service_ids() {
+                    for u in version.units_of(service) {
+                        if let Ok(u) = Unit::new(u.as_str()) {
+                            units.insert(u);
+                        }
+                    }
+                }
+            }
+        }
+        self.known_units = units;
+    }
+
+    /// The unit an admin operation would create or move, if any.
+    fn unit_of(command: &Command) -> Option<Unit> {
+        match command {
+            Command::Credit { unit, .. }
+            | Command::SetLimit { unit, .. }
+            | Command::Reserve { unit, .. } => Some(*unit),
+            Command::GrantBucket { spec, .. } => Some(spec.unit),
+            _ => None,
         }
     }
 
@@ -39,6 +92,13 @@ impl Engine {
             match target {
                 Some(a) if self.ledger.ledger.root_of(a) == Some(org) => {}
                 _ => return EngineResponse::NotFound,
+            }
+        }
+        if let LedgerRequest::Apply(op) = &request {
+            if let Some(unit) = Self::unit_of(&op.command) {
+                if !self.knows_unit(unit) {
+                    return EngineResponse::UnknownUnit(unit);
+                }
             }
         }
         match request {

@@ -30,6 +30,16 @@ pub mod result_code {
     pub const USER_UNKNOWN: u32 = 5030;
     /// The usage could not be priced.
     pub const RATING_FAILED: u32 = 5031;
+    /// The session id and request number were used before for a request
+    /// with other content; nothing applied (Reckon-specific).
+    pub const REQUEST_ID_REUSED: u32 = 5040;
+    /// The request's timestamp lies outside the retransmission window
+    /// (too old, or too far ahead of the server's clock); nothing applied
+    /// (Reckon-specific).
+    pub const REQUEST_TOO_OLD: u32 = 5041;
+    /// A refund not covered by what the named session was charged and has
+    /// not had refunded; nothing applied (Reckon-specific).
+    pub const REFUND_NOT_COVERED: u32 = 5042;
 }
 
 /// The phase of a credit-control request.
@@ -100,6 +110,10 @@ pub struct CreditControlRequest {
     pub account: AccountId,
     /// For EVENT requests.
     pub event_action: EventAction,
+    /// When the client first sent it, ms since the epoch (0: not given). A
+    /// retransmission carries the original's; the engine refuses a request
+    /// whose timestamp lies outside the retransmission window.
+    pub timestamp_ms: u64,
     /// The services.
     pub services: Vec<ServiceRequest>,
 }
@@ -191,12 +205,16 @@ pub enum EngineResponse {
     Forbidden,
     /// The configuration was replaced.
     Configured,
+    /// The configuration breaks a limit; nothing changed.
+    ConfigRefused(String),
     /// The account does not exist, or is not visible to the caller.
     NotFound,
     /// The result of applying a rate card.
     RateCard(RateCardOutcome),
     /// The rate cards.
     RateCards(Vec<RateCardSummary>),
+    /// An admin operation named a unit nobody declared; nothing changed.
+    UnknownUnit(Unit),
 }
 
 /// The price of one unit of a service.
@@ -243,6 +261,10 @@ pub struct EngineConfig {
     pub answer_window_ms: u64,
     /// Rate-card attributes per service (e.g. service 11 is model "large").
     pub service_attributes: Vec<(ServiceId, Vec<(String, String)>)>,
+    /// Units accepted beyond the built-in ones ([`BUILTIN_UNITS`]) and those
+    /// the prices, policies and rate cards name: a unit nobody declared is
+    /// refused, so a typo never opens a new bucket.
+    pub units: Vec<Unit>,
 }
 
 impl Default for EngineConfig {
@@ -260,9 +282,130 @@ impl Default for EngineConfig {
             final_unit_action: FinalUnitAction::Terminate,
             answer_window_ms: 10 * 60 * 1000,
             service_attributes: Vec::new(),
+            units: Vec::new(),
         }
     }
 }
+
+/// Units every server knows: service units and common currencies.
+pub const BUILTIN_UNITS: &[&str] = &[
+    "credits",
+    "gpu_seconds",
+    "gpu_hours",
+    "tokens_in",
+    "tokens_out",
+    "requests",
+    "octets",
+    "seconds",
+    "USD",
+    "EUR",
+    "GBP",
+    "JPY",
+    "CHF",
+    "CAD",
+    "AUD",
+    "NZD",
+    "CNY",
+    "HKD",
+    "SGD",
+    "INR",
+    "KRW",
+    "BRL",
+    "MXN",
+    "ZAR",
+    "SEK",
+    "NOK",
+    "DKK",
+    "PLN",
+];
+
+/// Most prices, policies, products or extra units in a configuration.
+pub const CONFIG_ENTRIES_MAX: usize = 4096;
+/// Most attributes bound to one product (service).
+pub const ATTRIBUTES_MAX: usize = 8;
+/// Longest attribute name, in bytes.
+pub const ATTRIBUTE_NAME_LEN_MAX: usize = 64;
+/// Longest attribute value, in bytes.
+pub const ATTRIBUTE_VALUE_LEN_MAX: usize = 128;
+/// Shortest retransmission window, in ms.
+pub const ANSWER_WINDOW_MS_MIN: u64 = 1_000;
+/// Longest retransmission window, in ms (the ledger's op-id window limit).
+pub const ANSWER_WINDOW_MS_MAX: u64 = reckon_balances::ledger::WINDOW_MS_MAX;
+
+impl EngineConfig {
+    /// Checks every limit the log and snapshot encodings rely on, so a
+    /// configuration that is accepted can always be logged and recovered.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.prices.len() > CONFIG_ENTRIES_MAX
+            || self.policies.len() > CONFIG_ENTRIES_MAX
+            || self.service_attributes.len() > CONFIG_ENTRIES_MAX
+            || self.units.len() > CONFIG_ENTRIES_MAX
+        {
+            return Err(format!(
+                "at most {CONFIG_ENTRIES_MAX} prices, services, products and units"
+            ));
+        }
+        for (i, p) in self.prices.iter().enumerate() {
+            if p.per_unit.is_sign_negative() || p.per_unit.normalize().scale() > Amount::SCALE {
+                return Err(format!(
+                    "price[{i}].per_unit: must be >= 0 with at most {} decimal places",
+                    Amount::SCALE
+                ));
+            }
+            if Amount::from_decimal(p.per_unit).is_err() {
+                return Err(format!("price[{i}].per_unit: beyond the ledger's range"));
+            }
+        }
+        for (i, p) in self.policies.iter().enumerate() {
+            for (field, v) in [
+                ("default_grant", p.default_grant),
+                ("max_grant", p.max_grant),
+            ] {
+                if v.is_sign_negative() || v.normalize().scale() > Amount::SCALE {
+                    return Err(format!(
+                        "service[{i}].{field}: must be >= 0 with at most {} decimal places",
+                        Amount::SCALE
+                    ));
+                }
+                if Amount::from_decimal(v).is_err() {
+                    return Err(format!("service[{i}].{field}: beyond the ledger's range"));
+                }
+            }
+            if p.validity_s == 0 {
+                return Err(format!("service[{i}].validity_s: must be at least 1"));
+            }
+        }
+        for (i, (_, attributes)) in self.service_attributes.iter().enumerate() {
+            if attributes.len() > ATTRIBUTES_MAX
+                || attributes.iter().any(|(k, v)| {
+                    k.is_empty()
+                        || k.len() > ATTRIBUTE_NAME_LEN_MAX
+                        || v.len() > ATTRIBUTE_VALUE_LEN_MAX
+                })
+            {
+                return Err(format!(
+                    "product[{i}].attributes: at most {ATTRIBUTES_MAX}, names 1..={ATTRIBUTE_NAME_LEN_MAX} bytes, values at most {ATTRIBUTE_VALUE_LEN_MAX}"
+                ));
+            }
+        }
+        if !(ANSWER_WINDOW_MS_MIN..=ANSWER_WINDOW_MS_MAX).contains(&self.answer_window_ms) {
+            return Err(format!(
+                "retransmission window: must be between {} and {} seconds",
+                ANSWER_WINDOW_MS_MIN / 1000,
+                ANSWER_WINDOW_MS_MAX / 1000
+            ));
+        }
+        if self.supervision_grace_s > 24 * 3600 {
+            return Err("supervision_grace_s: at most 86400".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a charging session (or event) lives: its organisation (the root of
+/// the account it charges) and its id. Ids are the client's choice, so two
+/// organisations may use the same one without ever meeting.
+pub type SessionKey = (AccountId, Arc<str>);
 
 /// Most sessions kept at once; more INITIALs get TOO_BUSY.
 pub const SESSIONS_MAX: usize = 10_000_000;
