@@ -31,10 +31,11 @@ def free_port() -> int:
 
 
 class ReckonServer:
-    """One `reckon serve` process; `extra_config` is appended to its TOML file."""
+    """One `reckon serve` process: `top_config` holds top-level keys, `extra_config`
+    tables appended to its TOML file."""
 
     def __init__(self, extra_config: str = "", data_dir: Optional[Path] = None,
-                 port: Optional[int] = None) -> None:
+                 port: Optional[int] = None, top_config: str = "") -> None:
         self.port = port or free_port()
         self._tmp = None
         if data_dir is None:
@@ -44,7 +45,7 @@ class ReckonServer:
         self.config = self.data_dir / "reckon.toml"
         self.config.write_text(
             f'listen = "127.0.0.1:{self.port}"\n'
-            f'data_dir = "{self.data_dir / "data"}"\n'
+            f'data_dir = "{self.data_dir / "data"}"\n' + top_config +
             f'[[credential]]\nname = "admin"\ntoken = "{ADMIN_TOKEN}"\n' + extra_config)
         self.proc: Optional[subprocess.Popen] = None
         self.log = self.data_dir / "server.log"

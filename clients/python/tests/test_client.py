@@ -69,8 +69,11 @@ def test_admin_operations_and_typed_admin_errors(server):
             assert child.parent == org and child.draws_on_parent and child.buckets == []
             with pytest.raises(rc.errors.AccountNotFound):
                 await c.balance(org + 9)
-            cap = await c.set_limit(org + 1, "USD", Decimal("1.5"))
-            assert cap.balance == Decimal("1.5")
+            await c.set_limit(org + 1, "USD", Decimal("1.5"))
+            # The cap bounds the child's grant: 1.5 USD buys 75,000 output tokens.
+            cca = await c.initial(f"cap;{org}", org + 1, {10: {"tokens_out": 100_000}})
+            assert cca.service(10).granted_of("tokens_out") == 75_000
+            await c.terminate(f"cap;{org}", org + 1, 1, {10: {}})
             with pytest.raises(TypeError, match="never a float"):
                 await c.topup(org, "USD", 1.5)
     run(go())
@@ -131,17 +134,17 @@ def test_pipelined_requests_match_out_of_order_answers(server):
     async def go():
         async with admin(server) as c:
             await c.create_account(org)
-            await c.topup(org, "tokens_out", 100_000)
+            await c.topup(org, "tokens_out", 200_000)
             n = 600
             # Many debits in flight at once on one connection; each answer is paired by
             # request id, whatever order the server answers in.
             answers = await asyncio.gather(*(
                 c.event(f"pipe;{org};{i}", org, wire.EventAction.DIRECT_DEBIT, {1: {"tokens_out": i}})
-                for i in range(n)))
-            assert [a.session_id for a in answers] == [f"pipe;{org};{i}" for i in range(n)]
+                for i in range(1, n + 1)))
+            assert [a.session_id for a in answers] == [f"pipe;{org};{i}" for i in range(1, n + 1)]
             assert all(a.result_code == rc.ResultCode.SUCCESS for a in answers)
             bal = await c.balance(org)
-            assert bal.total("tokens_out") == 100_000 - sum(range(n))
+            assert bal.total("tokens_out") == 200_000 - sum(range(1, n + 1))
     run(go())
 
 
@@ -217,7 +220,7 @@ def test_reconnects_and_a_resent_request_applies_once():
 
 
 def test_keepalive_pings_are_answered():
-    srv = ReckonServer("keepalive_s = 1\n").start()
+    srv = ReckonServer(top_config="keepalive_s = 1\n").start()
     try:
         async def go():
             async with rc.Client("127.0.0.1", srv.port, ADMIN_TOKEN) as c:

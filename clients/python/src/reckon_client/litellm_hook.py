@@ -51,6 +51,8 @@ log = logging.getLogger("reckon_client.litellm")
 _COMPLETION_CALLS = frozenset({"completion", "acompletion", "text_completion",
                                "atext_completion"})
 _IDENTITIES = ("end_user", "key", "key_alias", "team", "user", "org")
+_OPEN_MAX = 100_000  # open requests tracked per process before stale ones are dropped
+_STALE_S = 3600
 
 
 @dataclass
@@ -159,6 +161,7 @@ class _Reservation:
     granted_output: int
     stream: bool
     settled: bool = False
+    opened: float = field(default_factory=time.monotonic)
 
 
 def _http_error(refusal: ReckonRefusal) -> Exception:
@@ -301,9 +304,19 @@ class ReckonBudget(CustomLogger):
             meta = {}
             data["metadata"] = meta
         meta["reckon_session"] = session_id
+        if len(self._open) >= _OPEN_MAX:
+            self._forget_stale()
         self._open[session_id] = _Reservation(session_id, account, service, input_tokens,
                                               granted_out, stream)
         return data
+
+    def _forget_stale(self) -> None:
+        """Drops requests LiteLLM never reported back on (their reservations expire in
+        Reckon at their validity), so the map stays bounded."""
+        cutoff = time.monotonic() - _STALE_S
+        for key in [k for k, r in self._open.items() if r.opened < cutoff]:
+            log.warning("reckon: no outcome for %s after %d s; leaving it to expire", key, _STALE_S)
+            del self._open[key]
 
     # ------------------------------------------------------------------ settle
 
