@@ -74,7 +74,8 @@ class Processes:
             "model_list": [{"model_name": MODEL, "litellm_params": {
                 "model": f"openai/{MODEL}", "api_base": f"http://127.0.0.1:{upstream_port}/v1",
                 "api_key": "mock-upstream-key"}}],
-            "general_settings": {"master_key": MASTER_KEY},
+            # A client that leaves cancels the upstream call, so the hook releases.
+            "general_settings": {"master_key": MASTER_KEY, "cancel_on_disconnect": True},
             "litellm_settings": {"request_timeout": 30, "num_retries": 0},
         }
         if hook_config:
