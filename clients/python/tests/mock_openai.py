@@ -4,7 +4,8 @@ POST /v1/chat/completions answers with exactly ``max_tokens`` (or
 ``max_completion_tokens``) output tokens, as a model cut off at its length
 limit, and says which limit it received in the content ("max_tokens=N").
 ``prompt_tokens`` is counted with LiteLLM's own token counter, as the hook
-counts it. A user message containing FAIL gets a 500; SLOW waits 5 s first.
+counts it. A user message containing FAIL gets a 500; SLOW waits 5 s first;
+DRIP streams ten pieces 0.3 s apart.
 Run: python mock_openai.py PORT
 """
 
@@ -54,10 +55,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         await resp.write(f"data: {json.dumps(obj)}\n\n".encode())
 
     base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
-    for i, piece in enumerate(content.split("=")):
+    drip = "DRIP" in text  # a slow stream: ten pieces, 0.3 s apart
+    pieces = [" drip"] * 10 if drip else [content[:11], content[11:]]
+    for piece in pieces:
         await send({**base, "choices": [{"index": 0, "finish_reason": None, "delta": {
-            "role": "assistant", "content": piece if i == 0 else "=" + piece}}]})
-        await asyncio.sleep(0.01)
+            "role": "assistant", "content": piece}}]})
+        await asyncio.sleep(0.3 if drip else 0.01)
     await send({**base, "choices": [{"index": 0, "finish_reason": "length", "delta": {}}]})
     if (body.get("stream_options") or {}).get("include_usage"):
         await send({**base, "choices": [], "usage": usage})

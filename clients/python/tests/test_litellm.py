@@ -200,6 +200,50 @@ def test_errors_and_disconnects_release_and_streams_commit_at_end(gateway):
                 bal = await settled()
                 assert bal.total("USD") == Decimal("1.00") - cost(prompt_tokens(), 30)
 
+                # A stream the client leaves before its first chunk: released.
+                with pytest.raises(asyncio.TimeoutError):
+                    async with http.post(
+                            f"http://127.0.0.1:{ports[2]}/v1/chat/completions",
+                            json={"model": MODEL, "user": "carol", "max_tokens": 40,
+                                  "stream": True,
+                                  "messages": [{"role": "user", "content": "SLOW stream"}]},
+                            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+                            timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+                        await resp.read()
+                await asyncio.sleep(0.5)
+                after_stream = bal.total("USD")
+                assert (await settled()).total("USD") == after_stream
+
+                # A stream the client leaves after some chunks: what was delivered is
+                # charged (input plus the delivered output), the rest released.
+                async with http.post(f"http://127.0.0.1:{ports[0]}/v1/chat/completions",
+                                     json={"model": MODEL, "user": "carol", "max_tokens": 40,
+                                           "stream": True, "messages": [
+                                               {"role": "user", "content": "DRIP please"}]},
+                                     headers={"Authorization": f"Bearer {MASTER_KEY}"}) as resp:
+                    got = ""
+                    async for line in resp.content:
+                        line = line.decode().strip()
+                        if line.startswith("data: {"):
+                            for c in json.loads(line[6:]).get("choices", []):
+                                got += (c.get("delta") or {}).get("content") or ""
+                        if got.count("drip") >= 2:
+                            break
+                    resp.close()  # the client leaves mid-stream
+                await asyncio.sleep(0.5)
+                charged = after_stream - (await settled()).total("USD")
+                drip_prompt = prompt_tokens([{"role": "user", "content": "DRIP please"}])
+                assert cost(drip_prompt, 1) <= charged < cost(drip_prompt, 40), charged
+
+                # The end user named by LiteLLM's end-user header instead of the body.
+                before = (await settled()).total("USD")
+                async with http.post(f"http://127.0.0.1:{ports[1]}/v1/chat/completions",
+                                     json={"model": MODEL, "messages": MESSAGES, "max_tokens": 5},
+                                     headers={"Authorization": f"Bearer {MASTER_KEY}",
+                                              "x-litellm-end-user-id": "carol"}) as resp:
+                    assert resp.status == 200, await resp.text()
+                assert before - (await settled()).total("USD") == cost(prompt_tokens(), 5)
+
                 # No Reckon account for the end user: refused, naming why.
                 status, body = await chat(http, ports[0], {
                     "model": MODEL, "messages": MESSAGES, "user": "mallory"})

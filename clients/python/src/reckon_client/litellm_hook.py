@@ -83,6 +83,7 @@ class HookConfig:
     default_service: Optional[int] = None
     """Service for models not listed; None refuses them."""
     input_unit: str = "tokens_in"
+    """Unit of prompt tokens; empty to charge output tokens only."""
     output_unit: str = "tokens_out"
     max_output_tokens: int = 4096
     """Output tokens reserved when a request names no max_tokens (the model's window)."""
@@ -262,7 +263,7 @@ class ReckonBudget(CustomLogger):
         service = self.service_of(model)
         if service is None:
             raise ReckonRefusal(400, "NO_SERVICE", f"model {model!r} is not mapped to a Reckon service")
-        input_tokens = self._input_tokens(data)
+        input_tokens = self._input_tokens(data) if cfg.input_unit else 0
         field_name = "max_completion_tokens" if data.get("max_completion_tokens") is not None \
             else "max_tokens"
         asked = data.get(field_name)
@@ -271,15 +272,15 @@ class ReckonBudget(CustomLogger):
             raise ReckonRefusal(400, "INVALID_MAX_TOKENS", f"{field_name} must be at least 1")
         session_id = f"{self.prefix};{uuid.uuid4().hex}"[:wire.SESSION_ID_MAX]
         try:
-            cca = await self.client().initial(
-                session_id, account,
-                {service: {cfg.input_unit: input_tokens, cfg.output_unit: want}}, check=False)
+            asks = {cfg.input_unit: input_tokens} if cfg.input_unit else {}
+            asks[cfg.output_unit] = want
+            cca = await self.client().initial(session_id, account, {service: asks}, check=False)
         except ReckonError as e:
             raise ReckonRefusal(503, "RECKON_UNAVAILABLE", f"Reckon did not answer: {e}") from e
         answer = cca.service(service)
         code = cca.result_code if cca.result_code != ResultCode.SUCCESS or answer is None \
             else answer.result_code
-        granted_in = answer.granted_of(cfg.input_unit) if answer else Decimal(0)
+        granted_in = answer.granted_of(cfg.input_unit) if answer and cfg.input_unit else Decimal(0)
         granted_out = int(answer.granted_of(cfg.output_unit)) if answer else 0
         if code == ResultCode.SUCCESS and (granted_in < input_tokens
                                            or granted_out < max(cfg.min_output_tokens, 1)):
@@ -326,7 +327,7 @@ class ReckonBudget(CustomLogger):
         background (same session id and request number: applied once)."""
         r.settled = True
         self._open.pop(r.session_id, None)
-        usage = {r.service: {u: int(n) for u, n in used.items() if n}}
+        usage = {r.service: {u: int(n) for u, n in used.items() if n and u}}
         try:
             await self.client().terminate(r.session_id, r.account, 1, usage, cause=cause)
             return
