@@ -257,7 +257,7 @@ class Client:
             except asyncio.TimeoutError:
                 silent = time.monotonic() - conn.last_rx
                 if silent >= 3 * k:
-                    raise ConnectionLost(f"no frame from the server for {silent:.0f} s")
+                    raise ConnectionLost(f"no frame from the server for {silent:.0f} s") from None
                 conn.send(self._request_id(), wire.Ping())
 
     def _dispatch(self, conn: _Connection, frame: wire.Frame) -> None:
