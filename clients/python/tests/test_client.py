@@ -258,3 +258,26 @@ def test_sync_facade_from_threads(server):
         assert c.balance(org).total("requests") == 50
         with pytest.raises(rc.errors.CreditLimitReached):
             c.event(f"sync;{org};big", org, wire.EventAction.DIRECT_DEBIT, {1: {"requests": 51}})
+
+
+def test_batch_answers_too_large_for_a_frame_are_fetched_alone():
+    srv = ReckonServer(top_config="max_frame = 65536\n").start()
+    try:
+        async def go():
+            async with rc.Client("127.0.0.1", srv.port, ADMIN_TOKEN) as c:
+                assert c.hello.max_frame == 65536
+                await c.create_account(42)
+                grants = await c.batch([wire.BucketGrant(rc.new_op_id(), 42, "credits", Decimal(i))
+                                        for i in range(1, 61)])
+                assert all(isinstance(g, wire.AdminResult) and g.code == 0 for g in grants)
+                # 20 answers of 60 buckets each (~6 KB apiece) cannot share one 64 KiB frame:
+                # the server answers the tail FRAME_TOO_LARGE and the client asks for those alone.
+                raw = await c.request(wire.Batch([wire.BalanceQuery(42)] * 20))
+                too_large = [e for e in raw.entries if isinstance(e, wire.ErrorReply)]
+                assert too_large and all(e.code == rc.ErrorCode.FRAME_TOO_LARGE for e in too_large)
+                out = await c.batch([wire.BalanceQuery(42)] * 20)
+                assert all(isinstance(b, wire.Balance) and len(b.buckets) == 60 for b in out)
+                assert out[-1].total("credits") == sum(range(1, 61))
+        run(go())
+    finally:
+        srv.cleanup()
