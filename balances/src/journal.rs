@@ -168,6 +168,107 @@ pub enum JournalError {
     Stopped(String),
 }
 
+/// Whether the journal still serves, and why not once it stopped: shared by
+/// its threads (a failed fdatasync, a panicking thread) and read by the
+/// server, which must then exit so a supervisor restarts it into recovery.
+#[derive(Debug, Default)]
+pub struct Health {
+    stopped: AtomicBool,
+    failure: parking_lot::Mutex<Option<String>>,
+}
+
+impl Health {
+    /// Records a fatal failure (the first one wins) and stops the journal.
+    pub fn fail(&self, why: impl Into<String>) {
+        let mut failure = self.failure.lock();
+        if failure.is_none() {
+            *failure = Some(why.into());
+        }
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// The fatal failure, if one happened.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+}
+
+/// Marks the journal failed when the thread holding it unwinds from a
+/// panic: a dead writer must not leave a server answering errors forever.
+struct PanicGuard(Arc<Health>, &'static str);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail(format!("the {} thread panicked", self.1));
+        }
+    }
+}
+
+/// The writer's time: it follows the wall clock, never runs backwards, and
+/// never jumps. A wall clock stepped forward (NTP, a paused VM) is caught up
+/// at most at twice the speed of real (monotonic) time, so answers, op ids,
+/// reservations and sessions age out in order instead of all at once; a
+/// wall clock stepped back is waited for at half speed. Pure (readings are
+/// passed in), so the simulator runs the same rule.
+#[derive(Clone, Debug)]
+pub struct WriterClock {
+    now: Timestamp,
+    mono_ms: u64,
+    warned_at_ms: Option<u64>,
+}
+
+/// Difference between wall and writer time worth a log line, in ms.
+const CLOCK_STEP_WARN_MS: u64 = 10_000;
+
+impl WriterClock {
+    /// Starts at `start` (at least the time of the last logged record).
+    pub fn new(start: Timestamp, mono_ms: u64) -> WriterClock {
+        WriterClock {
+            now: start,
+            mono_ms,
+            warned_at_ms: None,
+        }
+    }
+
+    /// The writer's current time.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Advances to a new reading of the wall clock and the monotonic clock.
+    pub fn advance(&mut self, wall: Timestamp, mono_ms: u64) -> Timestamp {
+        let dt = mono_ms.saturating_sub(self.mono_ms);
+        self.mono_ms = self.mono_ms.max(mono_ms);
+        let step = if wall > self.now {
+            (wall.0 - self.now.0).min(dt.saturating_mul(2).saturating_add(1))
+        } else {
+            dt / 2
+        };
+        self.now = Timestamp(self.now.0.saturating_add(step));
+        let gap = wall.0.abs_diff(self.now.0);
+        if gap > CLOCK_STEP_WARN_MS
+            && self
+                .warned_at_ms
+                .is_none_or(|at| mono_ms.saturating_sub(at) >= 60_000)
+        {
+            self.warned_at_ms = Some(mono_ms);
+            tracing::warn!(
+                wall_ms = wall.0,
+                writer_ms = self.now.0,
+                "the wall clock differs from the writer's time by {gap} ms (a clock step?); the writer's time follows it gradually"
+            );
+        } else if gap <= CLOCK_STEP_WARN_MS {
+            self.warned_at_ms = None;
+        }
+        self.now
+    }
+}
+
 /// What a submitter gets back: every response of its batch, in order.
 pub type Reply<M> =
     Box<dyn FnOnce(Result<Vec<<M as Machine>::Response>, Arc<JournalError>>) + Send>;
@@ -232,6 +333,7 @@ pub struct RecoveryReport {
 /// The running journal; owns its threads. Stop it with [`Journal::shutdown`].
 pub struct Journal<M: Machine> {
     submitter: Submitter<M>,
+    health: Arc<Health>,
     stats: Arc<JournalStats>,
     threads: Vec<JoinHandle<()>>,
     /// Held (and so locked) for as long as the journal lives.
@@ -241,14 +343,14 @@ pub struct Journal<M: Machine> {
 /// A cloneable handle that submits requests to a running journal.
 pub struct Submitter<M: Machine> {
     queue: Sender<Submission<M>>,
-    stopped: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
 impl<M: Machine> Clone for Submitter<M> {
     fn clone(&self) -> Self {
         Submitter {
             queue: self.queue.clone(),
-            stopped: self.stopped.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -260,41 +362,60 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JournalErro
     move |source| JournalError::Io { what, source }
 }
 
-/// fsyncs every file under `dir` and the directories themselves, because
-/// sled's own flush does not reach the device (sync_file_range).
+/// Makes sled's files durable, because sled's own flush does not reach the
+/// device (it uses `sync_file_range`).
 ///
-/// Files not modified since `since` were made durable by an earlier
-/// checkpoint and are skipped: sled keeps large values as one file each, and
-/// fsyncing every old one on every checkpoint grew without bound.
-fn fsync_tree(dir: &Path, since: std::time::SystemTime) -> Result<(), JournalError> {
-    for entry in std::fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))? {
-        let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
-        let path = entry.path();
-        let kind = entry
-            .file_type()
-            .map_err(io_err(format!("stat {}", path.display())))?;
-        if kind.is_dir() {
-            fsync_tree(&path, since)?;
-        } else if kind.is_file() {
-            let unchanged = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| modified < since);
-            if unchanged {
-                continue;
-            }
-            match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
-                Ok(()) => {}
-                // sled removes blob files it no longer needs while we walk
-                // its directory; a file that is gone needs no fsync.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(format!("fsync {}", path.display()))(e)),
+/// sled writes large values as blob files under `blobs/`, each written
+/// once and never changed (a new value is a new blob): a blob fsynced once
+/// stays durable, so only blobs not seen before are fsynced. Every other
+/// file (the log-structured `db`, `conf`, sled's own snapshot files) and
+/// every directory is fsynced each time. Nothing depends on file times.
+#[derive(Default)]
+struct SledSync {
+    blobs_synced: std::collections::HashSet<std::ffi::OsString>,
+}
+
+impl SledSync {
+    fn sync(&mut self, dir: &Path) -> Result<(), JournalError> {
+        let blobs = dir.join("blobs");
+        for entry in std::fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))? {
+            let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
+            let path = entry.path();
+            let kind = entry
+                .file_type()
+                .map_err(io_err(format!("stat {}", path.display())))?;
+            if kind.is_file() {
+                fsync_path(&path)?;
             }
         }
+        if blobs.is_dir() {
+            let mut present = std::collections::HashSet::new();
+            for entry in
+                std::fs::read_dir(&blobs).map_err(io_err(format!("reading {}", blobs.display())))?
+            {
+                let entry = entry.map_err(io_err(format!("reading {}", blobs.display())))?;
+                let name = entry.file_name();
+                if !self.blobs_synced.contains(&name) {
+                    fsync_path(&entry.path())?;
+                }
+                present.insert(name);
+            }
+            // Forget blobs sled removed, so the set stays as small as the
+            // directory.
+            self.blobs_synced = present;
+            fsync_path(&blobs)?;
+        }
+        fsync_path(dir)
     }
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(format!("fsync {}", dir.display())))
+}
+
+/// fsyncs one file or directory; one sled removed meanwhile needs none.
+fn fsync_path(path: &Path) -> Result<(), JournalError> {
+    match std::fs::File::open(path).and_then(|f| f.sync_all()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("fsync {}", path.display()))(e)),
+    }
 }
 
 impl<M: Machine> Journal<M> {
@@ -432,18 +553,22 @@ impl<M: Machine> Journal<M> {
         let (trim_tx, trim_rx) = bounded::<Lsn>(4);
         let stats = Arc::new(JournalStats::default());
         stats.durable_lsn.store(next_lsn.0 - 1, Ordering::Relaxed);
-        let stopped = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(Health::default());
         let checkpoint_busy = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
 
         let writer_state = WriterLoop {
             config: config.clone(),
-            clock,
+            clock: clock.clone(),
             machine,
             queue: queue_rx,
             sync: sync_tx,
             batch: WalBatch::new(next_lsn),
-            last_now,
+            // Downtime was real time: start at the wall clock (or the last
+            // record's time, if the clock is behind it).
+            time: WriterClock::new(last_now.max(clock()), 0),
+            started: Instant::now(),
+            health: health.clone(),
             stats: stats.clone(),
             checkpoint_busy: checkpoint_busy.clone(),
             records_since_checkpoint: 0,
@@ -456,12 +581,12 @@ impl<M: Machine> Journal<M> {
                 .expect("spawning the writer thread"),
         );
         let sync_stats = stats.clone();
-        let sync_stopped = stopped.clone();
+        let sync_health = health.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("reckon-sync".into())
                 .spawn(move || {
-                    sync_loop::<M>(writer, sync_rx, snap_tx, trim_rx, sync_stats, sync_stopped)
+                    sync_loop::<M>(writer, sync_rx, snap_tx, trim_rx, sync_stats, sync_health)
                 })
                 .expect("spawning the sync thread"),
         );
@@ -477,8 +602,9 @@ impl<M: Machine> Journal<M> {
         Journal {
             submitter: Submitter {
                 queue: queue_tx,
-                stopped,
+                health: health.clone(),
             },
+            health,
             stats,
             threads,
             _lock: lock,
@@ -505,6 +631,12 @@ impl<M: Machine> Journal<M> {
         self.submitter.call(request)
     }
 
+    /// Whether the journal stopped on a fatal failure (a failed fdatasync,
+    /// a dead thread), and why.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
     /// Counters of the journal's work.
     pub fn stats(&self) -> &JournalStats {
         &self.stats
@@ -525,8 +657,12 @@ impl<M: Machine> Submitter<M> {
     /// batch is durable. Refuses with [`JournalError::Busy`] when the queue
     /// is full rather than queueing without bound.
     pub fn submit(&self, requests: Vec<M::Request>, reply: Reply<M>) -> Result<(), JournalError> {
-        if self.stopped.load(Ordering::Acquire) {
-            return Err(JournalError::Stopped("journal is stopped".into()));
+        if self.health.is_stopped() {
+            return Err(JournalError::Stopped(
+                self.health
+                    .failure()
+                    .unwrap_or_else(|| "journal is stopped".into()),
+            ));
         }
         match self.queue.try_send(Submission::Requests(requests, reply)) {
             Ok(()) => Ok(()),
@@ -567,7 +703,9 @@ struct WriterLoop<M: Machine> {
     queue: Receiver<Submission<M>>,
     sync: Sender<Batch<M>>,
     batch: WalBatch,
-    last_now: Timestamp,
+    time: WriterClock,
+    started: Instant,
+    health: Arc<Health>,
     stats: Arc<JournalStats>,
     checkpoint_busy: Arc<AtomicBool>,
     records_since_checkpoint: u64,
@@ -576,12 +714,14 @@ struct WriterLoop<M: Machine> {
 
 impl<M: Machine> WriterLoop<M> {
     fn now(&mut self) -> Timestamp {
-        // Time never runs backwards in the log, whatever the wall clock does.
-        self.last_now = self.last_now.max((self.clock)());
-        self.last_now
+        // Time never runs backwards in the log and never jumps, whatever
+        // the wall clock does.
+        let mono_ms = self.started.elapsed().as_millis() as u64;
+        self.time.advance((self.clock)(), mono_ms)
     }
 
     fn run(mut self) {
+        let _guard = PanicGuard(self.health.clone(), "writer");
         let tick = Duration::from_millis(self.config.tick_ms.max(1));
         let mut record = Vec::with_capacity(256);
         let mut shutting_down = false;
@@ -736,8 +876,9 @@ fn sync_loop<M: Machine>(
     snapshots: Sender<Checkpoint>,
     trims: Receiver<Lsn>,
     stats: Arc<JournalStats>,
-    stopped: Arc<AtomicBool>,
+    health: Arc<Health>,
 ) {
+    let _guard = PanicGuard(health.clone(), "sync");
     let mut failure: Option<Arc<JournalError>> = None;
     while let Ok(first) = batches.recv() {
         let mut group = vec![first];
@@ -776,7 +917,7 @@ fn sync_loop<M: Machine>(
                     // After a failed fsync the page cache may lie about what
                     // is on disk: stop acknowledging anything.
                     tracing::error!(error = %e, "write-ahead log failed; the journal stops");
-                    stopped.store(true, Ordering::Release);
+                    health.fail(format!("write-ahead log: {e}"));
                     failure = Some(Arc::new(JournalError::Wal(e)));
                 }
             }
@@ -806,16 +947,13 @@ fn snapshot_loop(
     busy: Arc<AtomicBool>,
 ) {
     let mut failed = false;
-    // Files untouched since before the previous durable checkpoint began
-    // need no fsync now.
-    let mut last_durable = std::time::UNIX_EPOCH;
+    let mut sled_sync = SledSync::default();
     while let Ok(Checkpoint {
         lsn,
         mut writes,
         deferred,
     }) = checkpoints.recv()
     {
-        let started = std::time::SystemTime::now();
         if failed {
             // A lost delta cannot be rebuilt from the tracking (it was reset),
             // so after one failure no later snapshot may claim a newer log
@@ -837,15 +975,10 @@ fn snapshot_loop(
             batch.insert(SNAPSHOT_LSN_KEY, &lsn.0.to_le_bytes());
             db.apply_batch(batch)?;
             db.flush()?;
-            // A margin covers file-system timestamp granularity.
-            let since = last_durable
-                .checked_sub(std::time::Duration::from_secs(2))
-                .unwrap_or(std::time::UNIX_EPOCH);
-            fsync_tree(&sled_dir, since)
+            sled_sync.sync(&sled_dir)
         })();
         match result {
             Ok(()) => {
-                last_durable = started;
                 stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 let _ = trims.try_send(lsn);
             }

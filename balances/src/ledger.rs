@@ -528,12 +528,14 @@ impl Ledger {
     /// deduplicates at its own level (the charging engine answers
     /// retransmissions from its stored answers and replays deterministically),
     /// so the ledger's idempotency table need not hold its internal steps.
-    pub fn apply_unrecorded(&mut self, now: Timestamp, command: &Command) -> OpResult {
+    /// `cause` identifies the caller's request in the audit entries the
+    /// command writes.
+    pub fn apply_unrecorded(&mut self, now: Timestamp, cause: OpId, command: &Command) -> OpResult {
         self.evict_ops(now);
         if matches!(command, Command::Sweep) {
             return Ok(self.sweep(now));
         }
-        self.execute(now, OpId::SERVER, command)
+        self.execute(now, cause, command)
     }
 
     /// True when `op` would be answered from the idempotency table (a retry

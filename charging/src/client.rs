@@ -32,7 +32,15 @@ pub enum ClientError {
     /// The server sent something unexpected.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// No answer within the client's timeout; the outcome is unknown:
+    /// resend the same request (same op id or session id and number).
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
+
+/// How long [`Client::connect`] waits for the connection and handshake, and
+/// [`Client::call`] for an answer, unless told otherwise.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>>;
 
@@ -41,6 +49,10 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>>;
 pub struct Client {
     out: mpsc::UnboundedSender<Frame>,
     pending: Pending,
+    /// Set (before the pending answers are dropped) once the connection is
+    /// gone, so a call made afterwards fails at once instead of waiting.
+    closed: Arc<std::sync::atomic::AtomicBool>,
+    timeout: std::time::Duration,
     next_id: Arc<AtomicU64>,
     op_base: u128,
     op_counter: Arc<AtomicU64>,
@@ -65,8 +77,29 @@ fn random_u128() -> u128 {
 }
 
 impl Client {
-    /// Connects and authenticates with a credential.
+    /// Connects and authenticates with a credential, waiting at most
+    /// [`DEFAULT_TIMEOUT`].
     pub async fn connect(addr: &str, credential: &str) -> Result<Client, ClientError> {
+        Self::connect_with_timeout(addr, credential, DEFAULT_TIMEOUT).await
+    }
+
+    /// Connects and authenticates; `timeout` bounds the handshake and, from
+    /// then on, every call.
+    pub async fn connect_with_timeout(
+        addr: &str,
+        credential: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Client, ClientError> {
+        tokio::time::timeout(timeout, Self::open(addr, credential, timeout))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    async fn open(
+        addr: &str,
+        credential: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (read, write) = stream.into_split();
@@ -123,6 +156,8 @@ impl Client {
         });
         let routes = pending.clone();
         let pong = out.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader_closed = closed.clone();
         tokio::spawn(async move {
             while let Some(Ok(frame)) = frames.next().await {
                 if matches!(frame.body, Message::Ping) {
@@ -133,12 +168,16 @@ impl Client {
                     let _ = waiter.send(frame.body);
                 }
             }
-            // Connection gone: every waiter learns it by its sender dropping.
+            // Connection gone: every waiter learns it by its sender dropping,
+            // and later calls by the flag (set first, see `call`).
+            reader_closed.store(true, Ordering::SeqCst);
             routes.lock().clear();
         });
         Ok(Client {
             out,
             pending,
+            closed,
+            timeout,
             next_id: Arc::new(AtomicU64::new(2)),
             op_base: random_u128() & !(u64::MAX as u128),
             op_counter: Arc::new(AtomicU64::new(1)),
@@ -158,11 +197,24 @@ impl Client {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, tx);
-        if self.out.send(Frame::new(id, message)).is_err() {
+        // Checked after inserting: the reader sets the flag before it drops
+        // the pending answers, so either it drops ours or we see the flag.
+        if self.closed.load(Ordering::SeqCst) || self.out.send(Frame::new(id, message)).is_err() {
             self.pending.lock().remove(&id);
             return Err(ClientError::Closed);
         }
-        rx.await.map_err(|_| ClientError::Closed)
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(answer) => answer.map_err(|_| ClientError::Closed),
+            Err(_) => {
+                self.pending.lock().remove(&id);
+                Err(ClientError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// Whether the connection is known to be gone.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Sends many requests in one BATCH frame; answers come in order.

@@ -7,7 +7,7 @@
 //!
 //! [[credential]]            # none configured: an admin token is created
 //! name = "gateway-acme"     # in DATA_DIR/admin.token on first start
-//! token = "s3cret"
+//! token = "<32+ characters; `reckon token` prints one>"
 //! org = 1000                # omit for an admin credential
 //!
 //! [[price]]
@@ -98,6 +98,12 @@ fn default_max_connections() -> usize {
 fn default_max_frame() -> u32 {
     reckon_protocol::limits::DEFAULT_MAX_FRAME
 }
+fn default_max_pending() -> usize {
+    128
+}
+fn default_hello_timeout() -> u64 {
+    5_000
+}
 fn default_keepalive() -> u16 {
     30
 }
@@ -127,6 +133,12 @@ pub struct Config {
     /// Most open connections.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections that have not yet completed HELLO.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_connections: usize,
+    /// Milliseconds a new connection has to complete HELLO.
+    #[serde(default = "default_hello_timeout")]
+    pub hello_timeout_ms: u64,
     /// Largest frame accepted after the handshake, in bytes.
     #[serde(default = "default_max_frame")]
     pub max_frame: u32,
@@ -171,6 +183,18 @@ impl Default for Config {
 /// File name of the generated admin token inside the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
+/// Shortest credential token accepted, in characters: 32 hex digits are 128
+/// bits.
+pub const TOKEN_LEN_MIN: usize = 32;
+
+/// A new random token of 256 bits, as 64 hex digits.
+pub fn new_token() -> Result<String, std::io::Error> {
+    let mut raw = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn decimal(field: &str, text: &str) -> Result<Decimal, ServerError> {
     text.parse::<Decimal>()
         .map_err(|_| ServerError::Config(format!("{field}: {text:?} is not a decimal number")))
@@ -189,8 +213,26 @@ impl Config {
     }
 
     /// The credentials in force, creating the admin token when none are set.
+    /// Tokens are at least [`TOKEN_LEN_MIN`] characters (128 bits as hex)
+    /// and unique; a weak or repeated token is a configuration error.
     pub fn credentials(&self) -> Result<Vec<CredentialConfig>, ServerError> {
         if !self.credential_list.is_empty() {
+            for (i, c) in self.credential_list.iter().enumerate() {
+                let len = c.token.chars().count();
+                if len < TOKEN_LEN_MIN || c.token.len() > reckon_protocol::limits::CREDENTIAL_MAX {
+                    return Err(ServerError::Config(format!(
+                        "credential[{i}] ({}): a token must be {TOKEN_LEN_MIN}..={} characters (at least 128 bits, e.g. `reckon token` prints one)",
+                        c.name,
+                        reckon_protocol::limits::CREDENTIAL_MAX
+                    )));
+                }
+                if self.credential_list[..i].iter().any(|o| o.token == c.token) {
+                    return Err(ServerError::Config(format!(
+                        "credential[{i}] ({}): the same token is configured twice",
+                        c.name
+                    )));
+                }
+            }
             return Ok(self.credential_list.clone());
         }
         let token = admin_token(&self.data_dir)?;
@@ -277,19 +319,35 @@ impl Config {
 pub fn admin_token(data_dir: &Path) -> Result<String, ServerError> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
-        let token = text.trim().to_string();
-        if !token.is_empty() {
-            return Ok(token);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(ServerError::Config(format!(
+                    "{} is readable by other users (mode {:o}); it grants full control of every account: run `chmod 600 {}`",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                )));
+            }
         }
+        let token = text.trim().to_string();
+        if token.chars().count() < TOKEN_LEN_MIN {
+            return Err(ServerError::Config(format!(
+                "{} holds a token shorter than {TOKEN_LEN_MIN} characters; delete the file to have a new one created",
+                path.display()
+            )));
+        }
+        return Ok(token);
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| ServerError::Config(format!("creating {}: {e}", data_dir.display())))?;
-    let mut raw = [0u8; 24];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut raw))
-        .map_err(|e| ServerError::Config(format!("reading /dev/urandom: {e}")))?;
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let token =
+        new_token().map_err(|e| ServerError::Config(format!("reading /dev/urandom: {e}")))?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -13,4 +13,5 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod server;
+pub mod timefmt;
 pub mod wire;

@@ -60,6 +60,10 @@ struct Shared {
     keepalive_s: u16,
     shutdown: watch::Receiver<bool>,
     connections: Arc<Semaphore>,
+    /// Connections that have not completed HELLO yet: bounded apart, so a
+    /// flood of idle sockets cannot take every slot.
+    pending: Arc<Semaphore>,
+    hello_timeout: Duration,
     requests: AtomicU64,
 }
 
@@ -68,19 +72,32 @@ pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
-    done: tokio::task::JoinHandle<()>,
+    done: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
 impl RunningServer {
     /// Stops accepting, drains in-flight requests, flushes and checkpoints.
-    pub async fn shutdown(self) {
+    /// An error says the journal had failed before (see [`RunningServer::finished`]).
+    pub async fn shutdown(mut self) -> Result<(), String> {
         let _ = self.stop.send(true);
-        let _ = self.done.await;
+        self.finished().await
     }
 
-    /// Waits until the server stops by itself (never, unless shut down).
-    pub async fn wait(self) {
-        let _ = self.done.await;
+    /// Waits until the server stops by itself: only when its journal failed
+    /// (a failed fdatasync, a dead writer thread), with the reason. A server
+    /// in that state acknowledges nothing more; the process should exit
+    /// non-zero so that its supervisor restarts it into recovery.
+    pub async fn finished(&mut self) -> Result<(), String> {
+        match self.done.as_mut() {
+            None => Ok(()),
+            Some(handle) => {
+                let result = handle
+                    .await
+                    .unwrap_or_else(|e| Err(format!("server task failed: {e}")));
+                self.done = None;
+                result
+            }
+        }
     }
 }
 
@@ -148,10 +165,22 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         keepalive_s: config.keepalive_s,
         shutdown: shutdown.clone(),
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        pending: Arc::new(Semaphore::new(config.max_pending_connections)),
+        hello_timeout: Duration::from_millis(config.hello_timeout_ms),
         requests: AtomicU64::new(0),
     });
-    let done = tokio::spawn(accept_loop(listener, shared, shutdown, journal));
-    Ok(RunningServer { addr, stop, done })
+    let done = tokio::spawn(accept_loop(
+        listener,
+        shared,
+        shutdown,
+        journal,
+        stop.clone(),
+    ));
+    Ok(RunningServer {
+        addr,
+        stop,
+        done: Some(done),
+    })
 }
 
 async fn accept_loop(
@@ -159,11 +188,26 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     journal: Journal<Engine>,
-) {
+    stop: watch::Sender<bool>,
+) -> Result<(), String> {
     let mut tasks = tokio::task::JoinSet::new();
+    let health = journal.health();
+    let mut health_check = tokio::time::interval(Duration::from_millis(50));
+    let mut fatal = None;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
+            _ = health_check.tick() => {
+                if let Some(why) = health.failure() {
+                    tracing::error!(reason = %why, "the journal failed: nothing more can be acknowledged; stopping so a restart recovers from the log");
+                    fatal = Some(why);
+                    // Connections see the same signal as a shutdown.
+                    let _ = stop.send(true);
+                    break;
+                }
+            }
+            // Finished connections are reaped as they end, not at shutdown.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(pair) => pair,
@@ -177,10 +221,14 @@ async fn accept_loop(
                     tracing::warn!(%peer, "connection limit reached; refusing");
                     continue;
                 };
+                let Ok(pending) = shared.pending.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many connections waiting to authenticate; refusing");
+                    continue;
+                };
                 let shared = shared.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = connection(stream, peer, shared).await {
+                    if let Err(e) = connection(stream, peer, shared, pending).await {
                         tracing::debug!(%peer, error = %e, "connection ended");
                     }
                 });
@@ -192,11 +240,12 @@ async fn accept_loop(
     // Connections see the shutdown flag, stop reading and finish their
     // in-flight requests; give them a bounded time.
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
+    let grace = if fatal.is_some() { 1 } else { 10 };
+    if tokio::time::timeout(Duration::from_secs(grace), drain)
         .await
         .is_err()
     {
-        tracing::warn!("connections did not drain in 10 s; closing them");
+        tracing::warn!("connections did not drain in {grace} s; closing them");
         tasks.abort_all();
     }
     tracing::info!(
@@ -205,6 +254,10 @@ async fn accept_loop(
     );
     let _ = tokio::task::spawn_blocking(move || journal.shutdown()).await;
     tracing::info!("stopped");
+    match fatal {
+        Some(why) => Err(format!("journal failed: {why}")),
+        None => Ok(()),
+    }
 }
 
 fn error_frame(request_id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -217,10 +270,19 @@ fn error_frame(request_id: u64, code: ErrorCode, message: impl Into<String>) -> 
     )
 }
 
+fn too_large() -> Message {
+    Message::Error(msg::ErrorReply {
+        code: ErrorCode::FRAME_TOO_LARGE,
+        message: "answer too large for one frame; resend this request alone".into(),
+    })
+}
+
 /// Makes an answer fit the frame limit (SPEC 5.6, 6.3): a batch result
 /// loses answers from the end, replaced by FRAME_TOO_LARGE errors; any other
 /// answer becomes one such error. The requests were applied either way.
+/// Linear in the batch: each entry is measured once.
 fn fit(frame: Frame, max_frame: u32) -> Frame {
+    use reckon_protocol::limits::{HEADER_LEN, LENGTH_PREFIX_LEN};
     // Only these answers can grow large; the rest skip the measuring.
     if !matches!(
         frame.body,
@@ -228,45 +290,51 @@ fn fit(frame: Frame, max_frame: u32) -> Frame {
     ) {
         return frame;
     }
-    let size = |f: &Frame| f.to_bytes().map(|b| b.len()).unwrap_or(usize::MAX);
-    let limit = max_frame as usize + reckon_protocol::limits::LENGTH_PREFIX_LEN;
-    if size(&frame) <= limit {
-        return frame;
-    }
-    let too_large = || {
-        Message::Error(msg::ErrorReply {
-            code: ErrorCode::FRAME_TOO_LARGE,
-            message: "answer too large for one frame; resend this request alone".into(),
-        })
-    };
+    let limit = max_frame as usize + LENGTH_PREFIX_LEN;
     let request_id = frame.request_id;
     match frame.body {
         Message::BatchResult(mut result) => {
+            let mut scratch = bytes::BytesMut::new();
+            let mut entry_size = |m: &Message| {
+                scratch.clear();
+                // u32 length, u8 kind, body.
+                m.encode(&mut scratch)
+                    .map_or(usize::MAX / 4096, |_| 5 + scratch.len())
+            };
+            let sizes: Vec<usize> = result.entries.iter().map(&mut entry_size).collect();
+            let small = entry_size(&too_large());
+            let mut total = LENGTH_PREFIX_LEN + HEADER_LEN + 2 + sizes.iter().sum::<usize>();
             for i in (0..result.entries.len()).rev() {
-                result.entries[i] = too_large();
-                let candidate = Frame::new(request_id, Message::BatchResult(result.clone()));
-                if size(&candidate) <= limit {
-                    return candidate;
+                if total <= limit {
+                    break;
                 }
+                total = total - sizes[i] + small;
+                result.entries[i] = too_large();
             }
             Frame::new(request_id, Message::BatchResult(result))
         }
-        _ => Frame::new(request_id, too_large()),
+        body => {
+            let frame = Frame::new(request_id, body);
+            match frame.to_bytes() {
+                Ok(b) if b.len() <= limit => frame,
+                _ => Frame::new(request_id, too_large()),
+            }
+        }
     }
 }
 
 fn authenticate(shared: &Shared, credential: &str) -> Option<Caller> {
-    // Compare every credential fully, whatever matches, so timing does not
-    // reveal how much of a token was right.
+    use subtle::ConstantTimeEq;
+    // An empty credential never authenticates; every credential is
+    // compared in full, in constant time, whatever matches, so timing
+    // tells nothing about how much of a token was right.
+    if credential.is_empty() {
+        return None;
+    }
     let mut found = None;
     for c in &shared.credentials {
-        let equal = c.token.len() == credential.len()
-            && c.token
-                .bytes()
-                .zip(credential.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if equal {
+        let equal: bool = c.token.as_bytes().ct_eq(credential.as_bytes()).into();
+        if equal && !c.token.is_empty() {
             found = Some(match c.org {
                 None => Caller::Admin,
                 Some(org) => Caller::Org(AccountId(org)),
@@ -276,10 +344,29 @@ fn authenticate(shared: &Shared, credential: &str) -> Option<Caller> {
     found
 }
 
+/// A frame on its way out, with the in-flight permits of the request it
+/// answers: they are released once the frame is handed to the socket, so a
+/// client that never reads stops being read from (TCP backpressure) instead
+/// of growing the server's queues.
+struct Outgoing {
+    frame: Frame,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+type Out = mpsc::UnboundedSender<Outgoing>;
+
+fn send(out: &Out, frame: Frame, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+    let _ = out.send(Outgoing {
+        frame,
+        _permit: permit,
+    });
+}
+
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    pending: tokio::sync::OwnedSemaphorePermit,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (read, write) = stream.into_split();
@@ -287,16 +374,17 @@ async fn connection(
         read,
         TolerantCodec::with_max_frame(reckon_protocol::limits::PRE_AUTH_MAX_FRAME),
     );
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let max_frame = shared.max_frame;
     let writer = tokio::spawn(async move {
         let mut sink = FramedWrite::new(write, TolerantCodec::with_max_frame(max_frame));
-        while let Some(frame) = out_rx.recv().await {
+        while let Some(Outgoing { frame, _permit }) = out_rx.recv().await {
             let frame = fit(frame, max_frame);
             if let Err(e) = sink.feed(frame).await {
                 tracing::debug!(error = %e, "write failed");
                 return;
             }
+            drop(_permit);
             // Flush when nothing else is waiting: batches small writes.
             if out_rx.is_empty() && SinkExt::<Frame>::flush(&mut sink).await.is_err() {
                 return;
@@ -304,8 +392,127 @@ async fn connection(
         }
         let _ = SinkExt::<Frame>::flush(&mut sink).await;
     });
+    let caller = handshake(&mut frames, &out_tx, peer, &shared).await;
+    // Authenticated (or refused): no longer one of the connections waiting.
+    drop(pending);
+    if let Some(who) = caller {
+        frames.decoder_mut().inner.set_max_frame(shared.max_frame);
+        serve(&mut frames, &out_tx, peer, &shared, who).await;
+    }
+    drop(out_tx);
+    let _ = writer.await;
+    Ok(())
+}
+
+/// Waits (at most the HELLO deadline) for the handshake; the caller on
+/// success. Anything else is answered and ends the connection.
+async fn handshake(
+    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, TolerantCodec>,
+    out: &Out,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Option<Caller> {
+    let first = match tokio::time::timeout(shared.hello_timeout, frames.next()).await {
+        Ok(Some(item)) => item,
+        Ok(None) => return None,
+        Err(_) => {
+            tracing::debug!(%peer, "no HELLO within the deadline; closing");
+            return None;
+        }
+    };
+    let frame = match first {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(e)) | Err(e) => {
+            send(
+                out,
+                error_frame(e.request_id().unwrap_or(0), e.code(), e.to_string()),
+                None,
+            );
+            return None;
+        }
+    };
+    let request_id = frame.request_id;
+    if request_id == 0 {
+        send(
+            out,
+            error_frame(
+                0,
+                ErrorCode::MALFORMED_FRAME,
+                "request id 0 is reserved; use a non-zero id",
+            ),
+            None,
+        );
+        return None;
+    }
+    let Message::Hello(hello) = frame.body else {
+        send(
+            out,
+            error_frame(request_id, ErrorCode::NOT_AUTHENTICATED, "send HELLO first"),
+            None,
+        );
+        return None;
+    };
+    if hello.min_version == 0
+        || hello.min_version > hello.max_version
+        || hello.min_version > PROTOCOL_VERSION
+        || hello.max_version < PROTOCOL_VERSION
+    {
+        send(
+            out,
+            error_frame(
+                request_id,
+                ErrorCode::UNSUPPORTED_VERSION,
+                format!("supported versions: {PROTOCOL_VERSION}..={PROTOCOL_VERSION}"),
+            ),
+            None,
+        );
+        return None;
+    }
+    let Some(c) = authenticate(shared, &hello.credential) else {
+        tracing::warn!(%peer, client = %hello.client_name, "authentication failed");
+        send(
+            out,
+            error_frame(
+                request_id,
+                ErrorCode::AUTH_FAILED,
+                "credential not accepted",
+            ),
+            None,
+        );
+        return None;
+    };
+    tracing::debug!(%peer, client = %hello.client_name, caller = ?c, "authenticated");
+    send(
+        out,
+        Frame::new(
+            request_id,
+            Message::HelloOk(HelloOk {
+                version: PROTOCOL_VERSION,
+                org_id: match c {
+                    Caller::Admin => 0,
+                    Caller::Org(a) => a.0,
+                },
+                is_admin: c == Caller::Admin,
+                max_frame: shared.max_frame,
+                keepalive_s: shared.keepalive_s,
+                server_name: format!("reckon {}", env!("CARGO_PKG_VERSION")),
+            }),
+        ),
+        None,
+    );
+    Some(c)
+}
+
+/// Reads requests of an authenticated connection until it closes, the peer
+/// goes silent or the server shuts down; then waits for every answer.
+async fn serve(
+    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, TolerantCodec>,
+    out: &Out,
+    peer: SocketAddr,
+    shared: &Shared,
+    who: Caller,
+) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
-    let mut caller: Option<Caller> = None;
     let mut shutdown = shared.shutdown.clone();
     let ping_after = Duration::from_secs(shared.keepalive_s.max(1) as u64);
     let idle = ping_after * 3;
@@ -313,7 +520,7 @@ async fn connection(
     loop {
         let next = tokio::select! {
             _ = shutdown.changed() => {
-                let _ = out_tx.send(error_frame(0, ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"));
+                send(out, error_frame(0, ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"), None);
                 None
             }
             next = tokio::time::timeout(ping_after, frames.next()) => match next {
@@ -324,140 +531,83 @@ async fn connection(
                 Err(_) => {
                     silent_for += ping_after;
                     if silent_for >= idle {
-                        tracing::info!(%peer, "no frame within three keepalive periods; closing");
+                        tracing::debug!(%peer, "no frame within three keepalive periods; closing");
                         None
                     } else {
                         // Silent for a keepalive period: ask the peer.
-                        let _ = out_tx.send(Frame::new(0, Message::Ping));
+                        send(out, Frame::new(0, Message::Ping), None);
                         continue;
                     }
                 }
             },
         };
         let Some(item) = next else { break };
+        // Every request, answered at once or by the writer, holds in-flight
+        // permits until its answer is written: a BATCH one per entry.
+        let entries = match &item {
+            Ok(Ok(Frame {
+                body: Message::Batch(b),
+                ..
+            })) => b.entries.len().clamp(1, IN_FLIGHT_PER_CONNECTION),
+            _ => 1,
+        };
+        let Ok(permit) = in_flight.clone().acquire_many_owned(entries as u32).await else {
+            break;
+        };
         let frame = match item {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
                 // Malformed but the frame boundary is intact: answer, go on.
-                let _ = out_tx.send(error_frame(
-                    e.request_id().unwrap_or(0),
-                    e.code(),
-                    e.to_string(),
-                ));
-                if caller.is_none() {
-                    break;
-                }
+                send(
+                    out,
+                    error_frame(e.request_id().unwrap_or(0), e.code(), e.to_string()),
+                    Some(permit),
+                );
                 continue;
             }
             Err(e) => {
-                let _ = out_tx.send(error_frame(
-                    e.request_id().unwrap_or(0),
-                    e.code(),
-                    e.to_string(),
-                ));
+                send(
+                    out,
+                    error_frame(e.request_id().unwrap_or(0), e.code(), e.to_string()),
+                    Some(permit),
+                );
                 break;
             }
         };
         let request_id = frame.request_id;
         if request_id == 0 && !matches!(frame.body, Message::Pong) {
-            let _ = out_tx.send(error_frame(
-                0,
-                ErrorCode::MALFORMED_FRAME,
-                "request id 0 is reserved; use a non-zero id",
-            ));
-            if caller.is_none() {
-                break;
-            }
+            send(
+                out,
+                error_frame(
+                    0,
+                    ErrorCode::MALFORMED_FRAME,
+                    "request id 0 is reserved; use a non-zero id",
+                ),
+                Some(permit),
+            );
             continue;
         }
-        let Some(who) = caller else {
-            match frame.body {
-                Message::Hello(hello) => {
-                    if hello.min_version > PROTOCOL_VERSION || hello.max_version < PROTOCOL_VERSION
-                    {
-                        let _ = out_tx.send(error_frame(
-                            request_id,
-                            ErrorCode::UNSUPPORTED_VERSION,
-                            "this server speaks version 1",
-                        ));
-                        break;
-                    }
-                    match authenticate(&shared, &hello.credential) {
-                        Some(c) => {
-                            caller = Some(c);
-                            frames.decoder_mut().inner.set_max_frame(shared.max_frame);
-                            tracing::info!(%peer, client = %hello.client_name, caller = ?c, "authenticated");
-                            let _ = out_tx.send(Frame::new(
-                                request_id,
-                                Message::HelloOk(HelloOk {
-                                    version: PROTOCOL_VERSION,
-                                    org_id: match c {
-                                        Caller::Admin => 0,
-                                        Caller::Org(a) => a.0,
-                                    },
-                                    is_admin: c == Caller::Admin,
-                                    max_frame: shared.max_frame,
-                                    keepalive_s: shared.keepalive_s,
-                                    server_name: format!("reckon {}", env!("CARGO_PKG_VERSION")),
-                                }),
-                            ));
-                        }
-                        None => {
-                            tracing::warn!(%peer, client = %hello.client_name, "authentication failed");
-                            let _ = out_tx.send(error_frame(
-                                request_id,
-                                ErrorCode::AUTH_FAILED,
-                                "credential not accepted",
-                            ));
-                            break;
-                        }
-                    }
-                }
-                _ => {
-                    let _ = out_tx.send(error_frame(
-                        request_id,
-                        ErrorCode::NOT_AUTHENTICATED,
-                        "send HELLO first",
-                    ));
-                    break;
-                }
-            }
-            continue;
-        };
         match frame.body {
-            Message::Ping => {
-                let _ = out_tx.send(Frame::new(request_id, Message::Pong));
-            }
+            Message::Ping => send(out, Frame::new(request_id, Message::Pong), Some(permit)),
             Message::Pong => {}
-            Message::Hello(_) => {
-                let _ = out_tx.send(error_frame(
+            Message::Hello(_) => send(
+                out,
+                error_frame(
                     request_id,
                     ErrorCode::UNEXPECTED_KIND,
                     "already authenticated",
-                ));
-            }
+                ),
+                Some(permit),
+            ),
             Message::Batch(batch) => {
-                let Ok(permit) = in_flight.clone().acquire_many_owned(1).await else {
-                    break;
-                };
                 shared
                     .requests
                     .fetch_add(batch.entries.len() as u64, Ordering::Relaxed);
-                submit_batch(
-                    &shared,
-                    who,
-                    request_id,
-                    batch.entries,
-                    out_tx.clone(),
-                    permit,
-                );
+                submit_batch(shared, who, request_id, batch.entries, out.clone(), permit);
             }
             body => {
-                let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                    break;
-                };
                 shared.requests.fetch_add(1, Ordering::Relaxed);
-                submit_one(&shared, who, request_id, body, out_tx.clone(), permit);
+                submit_one(shared, who, request_id, body, out.clone(), permit);
             }
         }
     }
@@ -465,9 +615,6 @@ async fn connection(
     let _ = in_flight
         .acquire_many(IN_FLIGHT_PER_CONNECTION as u32)
         .await;
-    drop(out_tx);
-    let _ = writer.await;
-    Ok(())
 }
 
 fn submit_one(
@@ -475,16 +622,20 @@ fn submit_one(
     caller: Caller,
     request_id: u64,
     body: Message,
-    out: mpsc::UnboundedSender<Frame>,
+    out: Out,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let (request, shape) = match wire::prepare(caller, body) {
         Prepared::Immediate(message) => {
-            let _ = out.send(Frame::new(request_id, message));
+            send(&out, Frame::new(request_id, message), Some(permit));
             return;
         }
         Prepared::Submit(request, shape) => (request, shape),
     };
+    // The permit travels with the reply; a refused submission hands it
+    // back through this slot so the refusal carries it instead.
+    let slot = Arc::new(parking_lot::Mutex::new(Some(permit)));
+    let reply_slot = slot.clone();
     let reply_shape = shape.clone();
     let reply_out = out.clone();
     let submitted = shared.submitter.submit(
@@ -503,8 +654,8 @@ fn submit_one(
                     message: e.to_string(),
                 }),
             };
-            let _ = reply_out.send(Frame::new(request_id, message));
-            drop(permit);
+            let permit = reply_slot.lock().take();
+            send(&reply_out, Frame::new(request_id, message), permit);
         }),
     );
     if let Err(e) = submitted {
@@ -515,7 +666,8 @@ fn submit_one(
                 message: other.to_string(),
             }),
         };
-        let _ = out.send(Frame::new(request_id, message));
+        let permit = slot.lock().take();
+        send(&out, Frame::new(request_id, message), permit);
     }
 }
 
@@ -524,7 +676,7 @@ fn submit_batch(
     caller: Caller,
     request_id: u64,
     entries: Vec<Message>,
-    out: mpsc::UnboundedSender<Frame>,
+    out: Out,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     // Entries answered at once keep their place; the rest go to the writer
@@ -544,14 +696,17 @@ fn submit_batch(
     }
     if requests.is_empty() {
         let entries = slots.into_iter().flatten().collect();
-        let _ = out.send(Frame::new(
-            request_id,
-            Message::BatchResult(BatchResult { entries }),
-        ));
+        send(
+            &out,
+            Frame::new(request_id, Message::BatchResult(BatchResult { entries })),
+            Some(permit),
+        );
         return;
     }
+    let shapes = Arc::new(shapes);
     let reply_shapes = shapes.clone();
-    let mut reply_slots = slots.clone();
+    let slots = Arc::new(parking_lot::Mutex::new((slots, Some(permit))));
+    let reply_slots = slots.clone();
     let reply_out = out.clone();
     let submitted = shared.submitter.submit(
         requests,
@@ -573,17 +728,17 @@ fn submit_batch(
                     .collect(),
             }
             .into_iter();
-            for slot in reply_slots.iter_mut() {
-                if slot.is_none() {
-                    *slot = responses.next();
-                }
-            }
-            let entries = reply_slots.into_iter().flatten().collect();
-            let _ = reply_out.send(Frame::new(
-                request_id,
-                Message::BatchResult(BatchResult { entries }),
-            ));
-            drop(permit);
+            let (slots, permit) = std::mem::take(&mut *reply_slots.lock());
+            let entries = slots
+                .into_iter()
+                .map(|slot| slot.or_else(|| responses.next()))
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default();
+            send(
+                &reply_out,
+                Frame::new(request_id, Message::BatchResult(BatchResult { entries })),
+                permit,
+            );
         }),
     );
     if let Err(e) = submitted {
@@ -594,15 +749,16 @@ fn submit_batch(
                 message: other.to_string(),
             }),
         });
-        for slot in slots.iter_mut() {
-            if slot.is_none() {
-                *slot = busy.next();
-            }
-        }
-        let entries = slots.into_iter().flatten().collect();
-        let _ = out.send(Frame::new(
-            request_id,
-            Message::BatchResult(BatchResult { entries }),
-        ));
+        let (slots, permit) = std::mem::take(&mut *slots.lock());
+        let entries = slots
+            .into_iter()
+            .map(|slot| slot.or_else(|| busy.next()))
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
+        send(
+            &out,
+            Frame::new(request_id, Message::BatchResult(BatchResult { entries })),
+            permit,
+        );
     }
 }

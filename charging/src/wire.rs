@@ -97,7 +97,7 @@ fn wire_quantities(list: &[engine::Quantity]) -> Vec<UnitAmount> {
 
 /// Maps a request message to what the engine should do.
 pub fn prepare(caller: Caller, message: Message) -> Prepared {
-    let apply = |op_id: u128, command: Command| {
+    let apply_with = |op_id: u128, command: Command, balance: Option<Decimal>| {
         Prepared::Submit(
             EngineRequest::Ledger(
                 caller,
@@ -106,9 +106,10 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                     command,
                 }),
             ),
-            ReplyShape::Admin { balance: None },
+            ReplyShape::Admin { balance },
         )
     };
+    let apply = |op_id: u128, command: Command| apply_with(op_id, command, None);
     macro_rules! amount {
         ($d:expr) => {
             match Amount::from_decimal($d) {
@@ -195,7 +196,8 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                 reason: Arc::from(m.reason.as_str()),
             },
         ),
-        Message::BucketGrant(m) => apply(
+        // SPEC 8.2: a new bucket is answered with its amount.
+        Message::BucketGrant(m) => apply_with(
             m.op_id,
             Command::GrantBucket {
                 account: AccountId(m.account),
@@ -209,19 +211,22 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                     credit_limit: amount!(m.credit_limit),
                 },
             },
+            Some(m.amount),
         ),
         Message::LimitSet(m) => {
             let cap = match m.cap {
                 Some(c) => Some(amount!(c)),
                 None => None,
             };
-            apply(
+            // SPEC 8.2: answered with the cap (0 when removed).
+            apply_with(
                 m.op_id,
                 Command::SetLimit {
                     account: AccountId(m.account),
                     unit: unit(&m.unit),
                     cap,
                 },
+                Some(m.cap.unwrap_or(Decimal::ZERO)),
             )
         }
         Message::BalanceQuery(m) => Prepared::Submit(
@@ -229,9 +234,9 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
             ReplyShape::Balance,
         ),
         Message::ReservationList(m) => {
-            let limit = m
-                .limit
-                .clamp(1, reckon_protocol::limits::RESERVATIONS_MAX as u32);
+            // SPEC 6.5: 0, or more than the maximum, means the maximum.
+            let max = reckon_protocol::limits::RESERVATIONS_MAX as u32;
+            let limit = if m.limit == 0 { max } else { m.limit.min(max) };
             Prepared::Submit(
                 EngineRequest::Ledger(
                     caller,
@@ -444,7 +449,7 @@ pub fn render(shape: &ReplyShape, response: EngineResponse) -> Message {
         ) => match result {
             Ok(outcome) => {
                 let (bucket, balance) = match outcome {
-                    Outcome::BucketGranted { bucket } => (bucket.0, Decimal::ZERO),
+                    Outcome::BucketGranted { bucket } => (bucket.0, hint.unwrap_or(Decimal::ZERO)),
                     Outcome::BalanceChanged { bucket, balance } => (bucket.0, balance.to_decimal()),
                     _ => (0, hint.unwrap_or(Decimal::ZERO)),
                 };

@@ -13,9 +13,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const ADMIN: &str = "admin-token";
-const ACME: &str = "acme-token";
-const GLOBEX: &str = "globex-token";
+const ADMIN: &str = "admin-token-0123456789abcdef0123456789abcdef";
+const ACME: &str = "acme-token-0123456789abcdef0123456789abcdef";
+const GLOBEX: &str = "globex-token-0123456789abcdef0123456789abcdef";
 
 fn config(dir: &std::path::Path) -> Config {
     let credential = |name: &str, token: &str, org: Option<u64>| CredentialConfig {
@@ -198,7 +198,7 @@ async fn tenancy_pipelining_batches_and_bad_credentials() {
         other => panic!("{other:?}"),
     }
     assert_eq!(balance(&acme, 1001, Unit::TOKENS_OUT).await, d("94997"));
-    running.shutdown().await;
+    running.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +214,7 @@ async fn restart_keeps_state_and_answers_retransmissions() {
         .unwrap());
     let first = admin.call(debit("r1", 1000, "100")).await.unwrap();
     ok(&first);
-    running.shutdown().await;
+    running.shutdown().await.unwrap();
 
     let running = server::start(config(dir.path())).await.unwrap();
     let admin = Client::connect(&running.addr.to_string(), ADMIN)
@@ -224,7 +224,7 @@ async fn restart_keeps_state_and_answers_retransmissions() {
     // The retransmitted event gets the original answer and no second debit.
     assert_eq!(admin.call(debit("r1", 1000, "100")).await.unwrap(), first);
     assert_eq!(balance(&admin, 1000, Unit::TOKENS_OUT).await, d("900"));
-    running.shutdown().await;
+    running.shutdown().await.unwrap();
 }
 
 struct ServerProcess {
@@ -454,5 +454,5 @@ async fn overload_is_answered_busy_and_refused_requests_change_nothing() {
         d("1000000") - Decimal::from(applied),
         "refused requests must not be applied"
     );
-    running.shutdown().await;
+    running.shutdown().await.unwrap();
 }

@@ -178,25 +178,18 @@ impl Kind {
         )
     }
 
-    /// True for kinds that may be entries of a `BATCH`: CCR and admin requests.
+    /// True for kinds that may be entries of a `BATCH`: CCR and the admin
+    /// requests 0x20–0x27 (SPEC 6.3); rate-card requests travel alone.
     pub fn allowed_in_batch(self) -> bool {
-        matches!(
-            self,
-            Kind::Ccr | Kind::BalanceQuery | Kind::ReservationList | Kind::RateCardShow
-        ) || self.is_mutating_admin()
+        matches!(self, Kind::Ccr | Kind::BalanceQuery | Kind::ReservationList)
+            || (self.is_mutating_admin() && self != Kind::RateCardApply)
     }
 
     /// True for kinds that may be entries of a `BATCH_RESULT`.
     pub fn allowed_in_batch_result(self) -> bool {
         matches!(
             self,
-            Kind::Cca
-                | Kind::AdminResult
-                | Kind::Balance
-                | Kind::Reservations
-                | Kind::RateCardResult
-                | Kind::RateCards
-                | Kind::Error
+            Kind::Cca | Kind::AdminResult | Kind::Balance | Kind::Reservations | Kind::Error
         )
     }
 

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const ADMIN: &str = "admin-token";
+const ADMIN: &str = "admin-token-0123456789abcdef0123456789abcdef";
 
 fn server_config(dir: &std::path::Path) -> Config {
     Config {
@@ -168,7 +168,7 @@ async fn closed_loop_every_flow_conserves_money() {
         }
     }
     assert_eq!(total_debited, r.units_debited.values().sum::<u64>());
-    running.shutdown().await;
+    running.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -269,7 +269,7 @@ async fn open_loop_holds_its_rate_and_the_cli_writes_its_files() {
     assert!(r.requests > 0);
     let v = r.verification.unwrap();
     assert!(v.exact && v.held_after == 0, "{v:?}");
-    running.shutdown().await;
+    running.shutdown().await.unwrap();
 }
 
 #[test]

@@ -96,12 +96,13 @@ enum Cmd {
         /// Opening amount.
         #[arg(long)]
         amount: Decimal,
-        /// Valid from (ms since epoch).
-        #[arg(long, default_value_t = 0)]
-        valid_from_ms: u64,
-        /// Valid until (ms since epoch; default never).
-        #[arg(long, default_value_t = u64::MAX)]
-        valid_until_ms: u64,
+        /// Valid from: ISO 8601 UTC (2027-01-01, 2027-01-01T00:00:00Z) or
+        /// ms since the epoch; default at once.
+        #[arg(long, default_value = "0", value_parser = reckon_charging::timefmt::parse_time)]
+        valid_from: u64,
+        /// Valid until (same forms, or never); default never.
+        #[arg(long, default_value = "never", value_parser = reckon_charging::timefmt::parse_time)]
+        valid_until: u64,
         /// Higher draws first.
         #[arg(long, default_value_t = 0)]
         priority: i16,
@@ -161,9 +162,16 @@ enum Cmd {
     Event {
         /// debit | refund | check | price
         action: String,
+        /// For a refund: the next request number of the session or event
+        /// refunded (1 for an event's first refund); others use 0.
+        #[arg(long, default_value_t = 0)]
+        number: u32,
         #[command(flatten)]
         ccr: CcrArgs,
     },
+    /// Print a new random credential token (256 bits, hex) for a
+    /// `[[credential]]` entry of the configuration.
+    Token,
 }
 
 #[derive(Subcommand)]
@@ -213,9 +221,6 @@ struct CcrArgs {
     /// Account charged.
     #[arg(long)]
     account: u64,
-    /// Request number (0 for INITIAL, then 1, 2, ...).
-    #[arg(long, default_value_t = 0)]
-    number: u32,
     /// Service (rating group).
     #[arg(long, default_value_t = 1)]
     service: u32,
@@ -231,12 +236,24 @@ struct CcrArgs {
 
 #[derive(Subcommand)]
 enum SessionCmd {
-    /// INITIAL: open a session and get a first grant.
+    /// INITIAL: open a session and get a first grant (request number 0).
     Open(CcrArgs),
     /// UPDATE: report usage, get more.
-    Update(CcrArgs),
+    Update {
+        /// This request's number: 1 for the first UPDATE, then 2, 3, ...
+        #[arg(long)]
+        number: u32,
+        #[command(flatten)]
+        ccr: CcrArgs,
+    },
     /// TERMINATE: report final usage and close.
-    Close(CcrArgs),
+    Close {
+        /// This request's number: one more than the session's last.
+        #[arg(long)]
+        number: u32,
+        #[command(flatten)]
+        ccr: CcrArgs,
+    },
 }
 
 fn quantities(list: &[String]) -> Result<Vec<UnitAmount>, String> {
@@ -312,8 +329,16 @@ fn show(message: &Message) -> Result<(), String> {
                 println!("  no buckets");
             }
             for k in &b.buckets {
+                let validity = match (k.valid_from_ms, k.valid_until_ms) {
+                    (0, u64::MAX) => String::new(),
+                    (from, until) => format!(
+                        "  valid {} .. {}",
+                        reckon_charging::timefmt::format_ms(from),
+                        reckon_charging::timefmt::format_ms(until)
+                    ),
+                };
                 println!(
-                    "  bucket {:>4}  {:>20} {:<12} held {:>14}  available {:>20}{}{}",
+                    "  bucket {:>4}  {:>20} {:<12} held {:>14}  available {:>20}{}{}{}",
                     k.bucket,
                     k.amount,
                     k.unit.as_str(),
@@ -324,6 +349,7 @@ fn show(message: &Message) -> Result<(), String> {
                     } else {
                         String::new()
                     },
+                    validity,
                     if k.expired { "  EXPIRED" } else { "" }
                 );
             }
@@ -332,11 +358,12 @@ fn show(message: &Message) -> Result<(), String> {
         Message::Reservations(list) => {
             for r in &list.reservations {
                 println!(
-                    "  reservation {:>8}  {} {}  expires {}",
+                    "  reservation {:>8}  account {}  {} {}  expires {}",
                     r.reservation,
+                    r.account,
                     r.remaining,
                     r.unit.as_str(),
-                    r.expires_at_ms
+                    reckon_charging::timefmt::format_ms(r.expires_at_ms)
                 );
             }
             println!(
@@ -398,6 +425,9 @@ fn show(message: &Message) -> Result<(), String> {
                 "rate card {}: {} version(s) added; it now prices requests",
                 r.card, r.versions_added
             );
+            if !r.message.is_empty() {
+                println!("note: {}", r.message);
+            }
             Ok(())
         }
         Message::RateCardResult(r) => Err(format!(
@@ -413,9 +443,9 @@ fn show(message: &Message) -> Result<(), String> {
                 println!("card {}{}", c.card, if c.active { " (active)" } else { "" });
                 for v in &c.versions {
                     println!(
-                        "  version {:>3}  effective {} ms  charged in {} (currency {})",
+                        "  version {:>3}  effective {}  charged in {} (currency {})",
                         v.version,
-                        v.effective_from_ms,
+                        reckon_charging::timefmt::format_ms(v.effective_from_ms),
                         v.charge_unit.as_str(),
                         v.currency.as_str()
                     );
@@ -445,16 +475,23 @@ async fn send(
 fn ccr(
     args: &CcrArgs,
     kind: wt::RequestType,
+    number: u32,
     action: Option<wt::EventAction>,
 ) -> Result<Message, String> {
+    // Stamped now: the server refuses a request older than its
+    // retransmission window instead of applying it a second time.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     Ok(Message::Ccr(Ccr {
         session_id: args.session.clone(),
         request_type: kind,
-        request_number: args.number,
+        request_number: number,
         account: args.account,
         event_action: action,
         termination_cause: None,
-        timestamp_ms: 0,
+        timestamp_ms: now_ms,
         services: vec![ServiceRequest {
             service_id: args.service,
             requested: quantities(&args.requested)?,
@@ -487,7 +524,7 @@ async fn serve(
                 .display()
         );
     }
-    let server = reckon_charging::server::start(cfg)
+    let mut server = reckon_charging::server::start(cfg)
         .await
         .map_err(|e| e.to_string())?;
     eprintln!("reckon listening on {}", server.addr);
@@ -496,9 +533,14 @@ async fn serve(
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+        // The journal failed: exit non-zero so a supervisor restarts the
+        // server into recovery, rather than linger answering errors.
+        result = server.finished() => {
+            return result.map_err(|e| format!("{e}; exiting so that a restart recovers from the log"));
+        }
     }
     eprintln!("reckon: draining in-flight requests and flushing");
-    server.shutdown().await;
+    server.shutdown().await?;
     eprintln!("reckon: stopped");
     Ok(())
 }
@@ -576,8 +618,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             account,
             unit: u,
             amount,
-            valid_from_ms,
-            valid_until_ms,
+            valid_from: valid_from_ms,
+            valid_until: valid_until_ms,
             priority,
             credit_limit,
             services,
@@ -661,15 +703,27 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await
         }
         Cmd::Session { action } => {
-            let (args, kind) = match action {
-                SessionCmd::Open(a) => (a, wt::RequestType::Initial),
-                SessionCmd::Update(a) => (a, wt::RequestType::Update),
-                SessionCmd::Close(a) => (a, wt::RequestType::Terminate),
+            let (args, kind, number) = match action {
+                SessionCmd::Open(a) => (a, wt::RequestType::Initial, 0),
+                SessionCmd::Update { number, ccr } => (ccr, wt::RequestType::Update, number),
+                SessionCmd::Close { number, ccr } => (ccr, wt::RequestType::Terminate, number),
             };
-            let message = ccr(&args, kind, None)?;
+            let message = ccr(&args, kind, number, None)?;
             send(&args.conn, |_| Ok(message)).await
         }
-        Cmd::Event { action, ccr: args } => {
+        Cmd::Token => {
+            println!(
+                "{}",
+                reckon_charging::config::new_token()
+                    .map_err(|e| format!("reading /dev/urandom: {e}"))?
+            );
+            Ok(())
+        }
+        Cmd::Event {
+            action,
+            number,
+            ccr: args,
+        } => {
             let action = match action.as_str() {
                 "debit" => wt::EventAction::DirectDebit,
                 "refund" => wt::EventAction::Refund,
@@ -677,7 +731,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 "price" => wt::EventAction::PriceEnquiry,
                 other => return Err(format!("{other:?}: expected debit, refund, check or price")),
             };
-            let message = ccr(&args, wt::RequestType::Event, Some(action))?;
+            let message = ccr(&args, wt::RequestType::Event, number, Some(action))?;
             send(&args.conn, |_| Ok(message)).await
         }
     }

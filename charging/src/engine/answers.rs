@@ -33,9 +33,11 @@ pub(super) struct Remembered {
 }
 
 /// The digest that tells a retransmission (same content) from a reused id.
+/// The timestamp is left out: it says when the client sent the request,
+/// not what it asks, and a client may stamp a resent request anew.
 pub(super) fn request_digest(ccr: &CreditControlRequest) -> u64 {
     let mut d = reckon_balances::codec::Digest::default();
-    encode_ccr(&mut d, ccr);
+    encode_ccr_with(&mut d, ccr, false);
     d.finish()
 }
 

@@ -210,12 +210,20 @@ pub(super) fn decode_quantities(r: &mut Reader<'_>) -> Result<Vec<Quantity>, Dec
 }
 
 pub(super) fn encode_ccr<S: Sink>(s: &mut S, ccr: &CreditControlRequest) {
+    encode_ccr_with(s, ccr, true)
+}
+
+/// Encodes a CCR, leaving out its timestamp when `timestamp` is false (the
+/// request digest: a client resending a request may stamp it anew).
+pub(super) fn encode_ccr_with<S: Sink>(s: &mut S, ccr: &CreditControlRequest, timestamp: bool) {
     s.bytes16(ccr.session_id.as_bytes());
     s.u8(ccr.request_type as u8);
     s.u32(ccr.request_number);
     s.account(ccr.account);
     s.u8(ccr.event_action as u8);
-    s.u64(ccr.timestamp_ms);
+    if timestamp {
+        s.u64(ccr.timestamp_ms);
+    }
     s.u8(ccr.services.len() as u8);
     for service in &ccr.services {
         s.service(service.service);

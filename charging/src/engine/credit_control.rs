@@ -116,6 +116,7 @@ impl Engine {
             return CreditControlAnswer::error(result_code::REQUEST_TOO_OLD);
         }
         self.changed = false;
+        self.cause = request_ref(org, &ccr.session_id, ccr.request_number);
         let answer = match ccr.request_type {
             RequestType::Initial => self.initial(now, &key, ccr),
             RequestType::Update => self.update(now, &key, ccr),
@@ -141,6 +142,7 @@ impl Engine {
         if mutating && (self.changed || decision) {
             self.answers.insert(now, answer_key, digest, answer.clone());
         }
+        self.cause = OpId::SERVER;
         answer
     }
 

@@ -95,6 +95,18 @@ pub struct Engine {
     changed: bool,
     checkpoint_seq: u64,
     planted: Option<PlantedBug>,
+    /// The request being handled, as its audit entries name it.
+    cause: OpId,
+}
+
+/// How audit entries name the credit-control request that caused them: the
+/// organisation in the high 64 bits, a digest of the session id and request
+/// number in the low 64 (supervision uses request number `u32::MAX`).
+pub fn request_ref(org: AccountId, session_id: &str, request_number: u32) -> OpId {
+    let mut d = reckon_balances::codec::Digest::default();
+    d.bytes16(session_id.as_bytes());
+    d.u32(request_number);
+    OpId(((org.0 as u128) << 64) | d.finish() as u128)
 }
 
 /// First byte of the engine's log records.
@@ -122,6 +134,7 @@ impl Engine {
             changed: false,
             checkpoint_seq: 0,
             planted: None,
+            cause: OpId::SERVER,
         };
         engine.refresh_units();
         engine
@@ -152,7 +165,10 @@ impl Engine {
     /// deduplicates whole requests itself (and replays them
     /// deterministically), so its steps carry no ledger op ids.
     fn ledger_apply(&mut self, now: Timestamp, command: Command) -> Result<Outcome, LedgerError> {
-        let result = self.ledger.ledger.apply_unrecorded(now, &command);
+        let result = self
+            .ledger
+            .ledger
+            .apply_unrecorded(now, self.cause, &command);
         self.changed |= result.is_ok();
         result
     }

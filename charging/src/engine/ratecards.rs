@@ -61,10 +61,10 @@ pub struct RateCardSummary {
     pub versions: Vec<RateCardVersionSummary>,
 }
 
-/// Longest rate card file name accepted, in bytes.
-pub const RATE_CARD_NAME_MAX: usize = 256;
-/// Longest rate card text accepted, in bytes.
-pub const RATE_CARD_TEXT_MAX: usize = 60_000;
+/// Longest rate card file name accepted, in bytes (the protocol's limit).
+pub const RATE_CARD_NAME_MAX: usize = reckon_protocol::limits::RATECARD_NAME_MAX;
+/// Longest rate card text accepted, in bytes (the protocol's limit).
+pub const RATE_CARD_TEXT_MAX: usize = reckon_protocol::limits::RATECARD_TEXT_MAX;
 /// Most rate card files kept (each apply adds one).
 pub const RATE_FILES_MAX: usize = 1_000;
 

@@ -538,7 +538,9 @@ impl Engine {
                 continue;
             }
             if let Some(mut session) = self.sessions.remove(&id) {
+                self.cause = request_ref(id.0, &id.1, u32::MAX);
                 self.release_grants(now, &mut session.grants);
+                self.cause = OpId::SERVER;
                 self.dirty_sessions.push(id.clone());
                 expired += 1;
                 tracing::info!(org = id.0 .0, session = %id.1, "session supervision expired; grants released");

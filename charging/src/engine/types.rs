@@ -409,9 +409,9 @@ pub type SessionKey = (AccountId, Arc<str>);
 
 /// Most sessions kept at once; more INITIALs get TOO_BUSY.
 pub const SESSIONS_MAX: usize = 10_000_000;
-/// Most services in one request.
-pub const SERVICES_MAX: usize = 32;
-/// Most unit kinds per service in one request.
-pub const UNITS_PER_SERVICE_MAX: usize = 8;
-/// Longest session id in bytes.
-pub const SESSION_ID_LEN_MAX: usize = 128;
+/// Most services in one request (the protocol's limit).
+pub const SERVICES_MAX: usize = reckon_protocol::limits::SERVICES_MAX;
+/// Most unit kinds per service in one request (the protocol's limit).
+pub const UNITS_PER_SERVICE_MAX: usize = reckon_protocol::limits::UNIT_AMOUNTS_MAX;
+/// Longest session id in bytes (the protocol's limit).
+pub const SESSION_ID_LEN_MAX: usize = reckon_protocol::limits::SESSION_ID_MAX;

@@ -27,7 +27,7 @@ from reckon_server import ADMIN_TOKEN, ReckonServer  # noqa: E402
 
 import reckon_client as rc  # noqa: E402
 
-TOKEN = "bench-gateway"
+TOKEN = "bench-gateway-token-0123456789abcdef012345"
 BODY = {"model": MODEL, "max_tokens": 64, "user": "bench",
         "messages": [{"role": "user", "content": "How many GPU-hours did we use?"}]}
 

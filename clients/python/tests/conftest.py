@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 
 from reckon_server import ReckonServer  # noqa: E402
 
-ORG_TOKEN = "org-7000-token"
+ORG_TOKEN = "org-7000-token-0123456789abcdef0123456789"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[3]
-ADMIN_TOKEN = "admin-test-token"
+ADMIN_TOKEN = "admin-test-token-0123456789abcdef0123456789"
 
 
 def reckon_binary() -> Path:

@@ -18,7 +18,7 @@ from reckon_server import ADMIN_TOKEN, ReckonServer
 
 litellm = pytest.importorskip("litellm")  # ci.sh installs it; the codec tests need nothing
 
-GATEWAY_TOKEN = "gateway-acme-token"
+GATEWAY_TOKEN = "gateway-acme-token-0123456789abcdef01234567"
 ORG, DEPT, ALICE, BOB, CAROL, DAVE = 1000, 1100, 1101, 1102, 1103, 1104
 SERVICE = 10
 PRICE_IN, PRICE_OUT = Decimal("0.000005"), Decimal("0.00002")
