@@ -310,6 +310,9 @@ impl Config {
                 )))
             }
         };
+        config
+            .validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         Ok(config)
     }
 }

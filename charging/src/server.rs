@@ -126,9 +126,13 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
     );
     // Prices and policies are state: logging them keeps replay exact.
     let window_ms = engine_config.answer_window_ms;
-    journal
+    match journal
         .call(EngineRequest::Configure(engine_config))
-        .map_err(ServerError::Journal)?;
+        .map_err(ServerError::Journal)?
+    {
+        crate::engine::EngineResponse::Configured => {}
+        other => return Err(ServerError::Config(format!("{other:?}"))),
+    }
     // The ledger's op-id window follows the same setting. The op id is
     // derived from the value, so restarting with an unchanged setting is a
     // retry of the same operation.
