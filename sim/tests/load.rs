@@ -47,6 +47,7 @@ fn load_config(addr: &str) -> LoadConfig {
         skip_provision: false,
         verify: true,
         progress: false,
+        ..LoadConfig::default()
     }
 }
 
