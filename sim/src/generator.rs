@@ -197,8 +197,8 @@ pub(crate) struct ConnStats {
     pub debited: Vec<u64>,
     /// Requests answered per interval.
     pub series: Vec<u64>,
-    /// Open loop: how late (µs) each flow's first request was written
-    /// behind its scheduled arrival.
+    /// Open loop: how late (µs) the generator noticed each flow's
+    /// scheduled arrival (its own lateness, not the server's backpressure).
     pub lag: Histogram<u64>,
     /// Frames (or Redis commands) written.
     pub frames: u64,
@@ -688,7 +688,6 @@ struct Lane {
     ask: Vec<(Unit, u64)>,
     message: Message,
     ready: Instant,
-    due: Option<Instant>,
     backoff: Duration,
     solo: bool,
     timer: u32,
@@ -713,7 +712,6 @@ impl Lane {
             ask: Vec::new(),
             message: Message::Ping,
             ready: now,
-            due: None,
             backoff: Duration::from_millis(1),
             solo: false,
             timer: 0,
@@ -894,11 +892,11 @@ impl<T: Transport> Engine<T> {
             let id = (self.conn * depth + d) as u64;
             self.lanes.push(Lane::new(id, self.plan.config.seed, now));
             let flow = self.plan.config.mix.pick(&mut self.lanes[d].rng);
-            self.start_flow(d as u32, flow, now, None);
+            self.start_flow(d as u32, flow, now);
         }
     }
 
-    fn start_flow(&mut self, l: u32, flow: Flow, ready: Instant, due: Option<Instant>) {
+    fn start_flow(&mut self, l: u32, flow: Flow, ready: Instant) {
         let c = &self.plan.config;
         let (base, accounts, run_id) = (c.account_base, c.accounts, self.plan.run_id);
         let lane = &mut self.lanes[l as usize];
@@ -917,7 +915,6 @@ impl<T: Transport> Engine<T> {
         lane.number = 0;
         lane.grant = Grant::default();
         lane.ready = ready;
-        lane.due = due;
         lane.solo = false;
         match flow {
             Flow::Event => {
@@ -967,7 +964,7 @@ impl<T: Transport> Engine<T> {
             self.idle.push(l);
         } else if !self.stopping(now) && !self.dead {
             let flow = self.plan.config.mix.pick(&mut self.lanes[l as usize].rng);
-            self.start_flow(l, flow, now, None);
+            self.start_flow(l, flow, now);
         }
     }
 
@@ -1227,9 +1224,16 @@ impl<T: Transport> Engine<T> {
                 lane.seq = 0;
                 lane.rng = Rng::derive(self.plan.config.seed, id);
                 let flow = self.plan.config.mix.pick(&mut self.picker);
+                // How late this loop noticed the arrival: the generator's own
+                // lateness (timer granularity, a busy thread). Waiting for a
+                // free place in flight afterwards is the server's doing.
+                record_us(
+                    &mut self.stats.lag,
+                    now.saturating_duration_since(due).as_micros() as u64,
+                );
                 // Timed from its scheduled arrival, however late it is sent:
                 // queueing counts as latency (no coordinated omission).
-                self.start_flow(l, flow, due, Some(due));
+                self.start_flow(l, flow, due);
             }
         }
         let idx = self.plan.interval_of(now);
@@ -1272,15 +1276,8 @@ impl<T: Transport> Engine<T> {
                 }
                 self.group.push(l);
                 self.in_flight += 1;
-                let lane = &mut self.lanes[l as usize];
-                if let Some(due) = lane.due.take() {
-                    record_us(
-                        &mut self.stats.lag,
-                        now.saturating_duration_since(due).as_micros() as u64,
-                    );
-                }
                 if solo {
-                    lane.solo = false;
+                    self.lanes[l as usize].solo = false;
                     break;
                 }
             }

@@ -111,8 +111,9 @@ pub struct Latency {
     pub curve: Vec<(f64, u64)>,
 }
 
-/// Schedule lag: how late the generator wrote each open-loop flow's first
-/// request behind its scheduled arrival, µs (part of the latency reported).
+/// Schedule lag: how late the generator started each open-loop flow
+/// behind its scheduled arrival, µs: its own lateness (timer granularity,
+/// a busy thread), which is part of the latency reported.
 #[derive(Clone, Debug, Serialize)]
 pub struct Lag {
     /// Median.
@@ -701,7 +702,7 @@ pub fn summary(r: &Report) -> String {
     if let Some(l) = &g.schedule_lag_us {
         let _ = writeln!(
             out,
-            "open loop schedule lag (first request written after its arrival time; included in the latency): p50 {}, p99 {}, p99.9 {}, max {}",
+            "open loop schedule lag (the generator's lateness in starting flows; included in the latency): p50 {}, p99 {}, p99.9 {}, max {}",
             human_us(l.p50 as f64),
             human_us(l.p99 as f64),
             human_us(l.p99_9 as f64),

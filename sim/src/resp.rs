@@ -320,9 +320,13 @@ impl RespTransport {
                 Event2::Cca(cca(ResultCode::CREDIT_LIMIT_REACHED, Vec::new()))
             }
             (Op::Commit, Value::Integer(_)) => Event2::Cca(cca(ResultCode::SUCCESS, Vec::new())),
+            // Redis 7 puts "ERR " before a script's own error code.
             (_, Value::Error(e)) => Event2::Failed(format!(
                 "redis {}",
-                e.split_whitespace().next().unwrap_or("error")
+                e.trim_start_matches("ERR ")
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("error")
             )),
             (_, other) => Event2::Failed(format!("unexpected redis reply {other:?}")),
         }
