@@ -4,7 +4,9 @@
 //! the native protocol (`reckon-sim load`: [`load`], [`workload`],
 //! [`report`], with its engine in [`generator`] and the samples of the server
 //! and of itself in [`sample`]), the same generator against Redis + Lua
-//! for comparison (`reckon-sim redis`: [`resp`]), and the deterministic
+//! for comparison (`reckon-sim redis`: [`resp`]), a stand-in server that
+//! answers at once to measure the generator's own ceiling (`reckon-sim
+//! sink`: [`sink`]), and the deterministic
 //! simulation of the engine with injected faults (`reckon-sim dst`:
 //! [`dst`]). Nothing in the workspace may depend on it.
 
@@ -15,4 +17,5 @@ pub mod report;
 pub mod resp;
 pub mod rng;
 pub mod sample;
+pub mod sink;
 pub mod workload;

@@ -711,11 +711,26 @@ pub fn summary(r: &Report) -> String {
     }
     let _ = writeln!(out, "generator verdict: {}", g.verdict);
     if let Some(st) = &r.steady_state {
-        for (what, f) in [("server RSS", &st.rss), ("data directory", &st.disk)] {
-            if let Some(f) = f {
-                let _ = writeln!(
-                    out,
-                    "{what} from {:.0} s on ({} samples): {} .. {} (spread {}): {}",
+        type Get = fn(&Sample) -> Option<u64>;
+        let rss: Get = |x| x.rss_bytes;
+        let disk: Get = |x| x.disk_bytes;
+        for (what, f, get) in [
+            ("server RSS", &st.rss, rss),
+            ("data directory", &st.disk, disk),
+        ] {
+            let Some(f) = f else { continue };
+            let values: Vec<u64> = st.samples.iter().filter_map(get).collect();
+            let (Some(first), Some(last)) = (values.first(), values.last()) else {
+                let _ = writeln!(out, "{what}: could not be read");
+                continue;
+            };
+            let judged = match f.verdict.as_str() {
+                "too few samples" => format!(
+                    "from {:.0} s on: too few samples to judge (is the run shorter than --flat-after?)",
+                    f.after_s
+                ),
+                verdict => format!(
+                    "from {:.0} s on ({} samples): {} .. {} (spread {}): {}",
                     f.after_s,
                     f.samples,
                     human_bytes(f.min),
@@ -725,13 +740,28 @@ pub fn summary(r: &Report) -> String {
                     } else {
                         format!("{:.1} %", f.spread_pct)
                     },
-                    match f.verdict.as_str() {
-                        "flat" => format!("FLAT (within {:.0} %)", f.tolerance_pct),
-                        "not flat" => format!("NOT FLAT (more than {:.0} %)", f.tolerance_pct),
-                        other => other.to_string(),
+                    if verdict == "flat" {
+                        format!("FLAT (within {:.0} %)", f.tolerance_pct)
+                    } else {
+                        format!("NOT FLAT (more than {:.0} %)", f.tolerance_pct)
                     }
-                );
-            }
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "{what}: {} at the start, {} at the end; {judged}",
+                human_bytes(*first),
+                human_bytes(*last)
+            );
+        }
+        let cores: Vec<f64> = st.samples.iter().filter_map(|x| x.server_cores).collect();
+        if !cores.is_empty() {
+            let _ = writeln!(
+                out,
+                "server CPU: {:.2} cores on average over the samples (max {:.2})",
+                cores.iter().sum::<f64>() / cores.len() as f64,
+                cores.iter().copied().fold(0.0, f64::max)
+            );
         }
     }
     out
@@ -1315,9 +1345,13 @@ fn throughput_panel(s: &mut String, r: &Report, top: f64) {
         ),
         (format!("last/first: {:.1} %", t.last_vs_first_pct), "#222"),
         (
+            format!("generator: {:.2} cores", r.generator.cores_used),
+            "#555",
+        ),
+        (
             format!(
-                "generator: {:.2} cores, busiest thread {:.0} %",
-                r.generator.cores_used, r.generator.busiest_thread_busy_pct
+                "busiest generator thread {:.0} % busy",
+                r.generator.busiest_thread_busy_pct
             ),
             "#555",
         ),

@@ -371,14 +371,20 @@ impl Probe {
             .as_deref()
             .and_then(|d| dir_bytes(d).ok());
         let server_cpu = self.config.server_pid.and_then(|p| process_cpu_of(p).ok());
+        // Rates over less than 50 ms (the first sample) say nothing.
+        let long_enough = t - self.last_t >= 0.05;
         let server_cores = match (server_cpu, self.last_server_cpu) {
-            (Some(now), Some(before)) if t > 0.0 => {
+            (Some(now), Some(before)) if long_enough => {
                 Some(now.saturating_sub(before).as_secs_f64() / dt)
             }
             _ => None,
         };
         let own = process_cpu().total();
-        let generator_cores = own.saturating_sub(self.last_own_cpu).as_secs_f64() / dt;
+        let generator_cores = if long_enough {
+            own.saturating_sub(self.last_own_cpu).as_secs_f64() / dt
+        } else {
+            0.0
+        };
         self.last_server_cpu = server_cpu;
         self.last_own_cpu = own;
         self.last_t = t;

@@ -307,3 +307,25 @@ async fn open_loop_latency_counts_a_stall_from_the_scheduled_arrivals() {
     );
     assert_eq!(r.throughput.requests.iter().sum::<u64>(), r.requests);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_answers_everything_and_the_generator_measures_itself() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(reckon_sim::sink::serve(listener));
+    let c = LoadConfig {
+        mix: "telco=1,inference=1,gpu=1,event=1,reserve-commit=1"
+            .parse()
+            .unwrap(),
+        batch: 32,
+        ..config(&addr)
+    };
+    let r = load::run(&c).await.unwrap().report;
+    print!("{}", report::summary(&r));
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.succeeded, r.requests);
+    assert_eq!(r.flows_completed.len(), 5);
+    assert!(r.flows_completed.values().all(|n| *n > 0));
+    assert!(r.generator.cpu_s > 0.0 && r.generator.cpu_us_per_request > 0.0);
+    assert_eq!(r.throughput.requests.iter().sum::<u64>(), r.requests);
+}

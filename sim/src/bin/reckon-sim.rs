@@ -35,6 +35,9 @@ enum Cmd {
     /// Compare two JSON reports (e.g. Redis and Reckon): throughput,
     /// latency and their ratio.
     Compare(CompareArgs),
+    /// A stand-in server that answers every CCR SUCCESS at once and stores
+    /// nothing: drive it with `load` to measure the generator's own ceiling.
+    Sink(SinkArgs),
     /// Deterministic simulation of the engine with injected faults: runs
     /// seeds, checks every property after every step, prints a reproducer
     /// on failure.
@@ -209,6 +212,26 @@ struct RedisArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:7979")]
+    listen: std::net::SocketAddr,
+}
+
+async fn sink(args: SinkArgs) -> Result<bool, String> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("reckon-sim sink listening on {addr}");
+    tokio::select! {
+        _ = reckon_sim::sink::serve(listener) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(true)
 }
 
 #[derive(Args)]
@@ -409,6 +432,7 @@ fn main() -> ExitCode {
         Cmd::Load(args) => runtime.block_on(load(args)),
         Cmd::Redis(args) => runtime.block_on(redis(args)),
         Cmd::Compare(args) => compare(args),
+        Cmd::Sink(args) => runtime.block_on(sink(args)),
         Cmd::Dst(args) => dst(args),
     };
     match result {
