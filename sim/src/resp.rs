@@ -3,7 +3,7 @@
 //!
 //! A small RESP2 client (requests are arrays of bulk strings; replies are
 //! parsed incrementally with every length bounded), two Lua scripts that
-//! do the work of Reckon's reserve-commit flow, and a [`Transport`] that
+//! do the work of Reckon's reserve-commit flow, and a transport that
 //! turns the flow's INITIAL and TERMINATE into `EVALSHA` calls, pipelined
 //! on each connection as deep as `--depth` (Redis answers in order).
 //!
