@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// A generator thread this busy (share of the run) may have limited the run.
 pub const BUSY_THREAD_LIMIT_PCT: f64 = 90.0;
+/// A generator taking this share of the machine (percent) is said to compete with a server on it.
+pub const SHARE_WARN_PCT: f64 = 25.0;
 /// Throughput is compared over the first and last window of this length (or half the run).
 pub const WINDOW: Duration = Duration::from_secs(60);
 
@@ -160,6 +162,8 @@ pub struct GeneratorReport {
     pub schedule_lag_us: Option<Lag>,
     /// True when a generator thread was busy enough to have limited the run.
     pub may_have_limited: bool,
+    /// True when the generator took [`SHARE_WARN_PCT`] or more of the machine.
+    pub competed_for_cpu: bool,
     /// The verdict in words.
     pub verdict: String,
 }
@@ -375,14 +379,19 @@ fn generator_report(i: &Inputs<'_>, requests: u64, elapsed_s: f64) -> GeneratorR
         p99_9: i.lag.value_at_quantile(0.999),
         max: i.lag.max(),
     });
+    let competing = share >= SHARE_WARN_PCT;
     let mut verdict = if limited {
         format!(
             "the generator may have limited this run: its busiest thread was {busiest_pct:.0} % busy (try more --threads{})",
             if c.batch <= 1 && i.target == "reckon" { " or --batch" } else { "" }
         )
+    } else if competing {
+        format!(
+            "its threads kept up (busiest {busiest_pct:.0} % busy), but it took {cores_used:.2} of the {machine_cores} cores ({share:.0} %): a server on this machine had that much less (fewer connections, or the generator on another machine, leave it more)"
+        )
     } else {
         format!(
-            "not the bottleneck: its busiest thread was {busiest_pct:.0} % busy; it used {cores_used:.2} of {machine_cores} cores ({share:.0} %), which the server could not use"
+            "not the bottleneck: its busiest thread was {busiest_pct:.0} % busy; it took {cores_used:.2} of the {machine_cores} cores ({share:.0} %)"
         )
     };
     if let Some(l) = &lag {
@@ -418,6 +427,7 @@ fn generator_report(i: &Inputs<'_>, requests: u64, elapsed_s: f64) -> GeneratorR
         busiest_thread_busy_pct: round(busiest_pct, 10.0),
         schedule_lag_us: lag,
         may_have_limited: limited,
+        competed_for_cpu: competing,
         verdict,
     }
 }
@@ -1532,6 +1542,72 @@ mod tests {
         assert_eq!(tick_label(500.0), "500 µs");
         assert_eq!(tick_label(2000.0), "2 ms");
         assert_eq!(tick_label(100_000_000.0), "100 s");
+    }
+
+    #[test]
+    fn first_and_last_windows_leave_out_the_drain() {
+        // Ten minutes decaying from 1,000/s to 700/s in steps of a minute, then a drain.
+        let mut series: Vec<u64> = (0..600).map(|i| 1000 - (i / 60) * 30).collect();
+        series.push(5);
+        let (w, first, last, pct) =
+            windows(&series, Duration::from_secs(1), Duration::from_secs(600));
+        assert_eq!(w, 60.0);
+        assert_eq!(first, 1000.0);
+        assert_eq!(last, 730.0);
+        assert_eq!(pct, 73.0);
+        // A short run compares halves; the drain interval (index 8) is not in the last.
+        let short = [10, 10, 10, 10, 20, 20, 20, 20, 1];
+        assert_eq!(
+            windows(&short, Duration::from_secs(1), Duration::from_secs(8)),
+            (4.0, 10.0, 20.0, 200.0)
+        );
+        // Longer intervals: a minute is one 60-s interval.
+        let (w, first, last, _) = windows(
+            &[600, 1200, 1800],
+            Duration::from_secs(60),
+            Duration::from_secs(180),
+        );
+        assert_eq!((w, first, last), (60.0, 10.0, 30.0));
+        assert_eq!(
+            windows(&[], Duration::from_secs(1), Duration::from_secs(1)).3,
+            0.0
+        );
+    }
+
+    #[test]
+    fn compare_reports_side_by_side_with_the_ratio() {
+        let report = |target: &str, per_s: f64, p50: u64, p99: u64| {
+            serde_json::json!({
+                "config": {"target": target, "server": "127.0.0.1:1", "connections": 4, "depth": 256,
+                           "duration_s": 10.0, "mode": "closed", "mix": "reserve-commit=1"},
+                "elapsed_s": 10.0,
+                "requests_per_s": per_s,
+                "flows_completed": {"reserve-commit": (per_s * 5.0) as u64},
+                "latency_all_us": {"p50": p50, "p99": p99, "p99.9": p99 * 2},
+                "errors": {"BUSY": 3},
+                "generator": {"cores_used": 0.25}
+            })
+        };
+        let text = compare(
+            &report("redis", 50_000.0, 1000, 4000),
+            &report("reckon", 150_000.0, 500, 1000),
+        )
+        .unwrap();
+        assert!(
+            text.contains("reckon / redis: 3.00× the requests/s; p50 0.50×, p99 0.25×"),
+            "{text}"
+        );
+        assert!(text.contains("both: 4 conn × 256 in flight"), "{text}");
+        assert!(
+            text.contains("75000"),
+            "reserve+commit pairs per second: {text}"
+        );
+        let mut other = report("reckon", 1.0, 1, 1);
+        other["config"]["depth"] = serde_json::json!(1);
+        assert!(compare(&report("redis", 1.0, 1, 1), &other)
+            .unwrap()
+            .contains("NOTE: the runs differ"));
+        assert!(compare(&serde_json::json!({}), &other).is_err());
     }
 
     #[test]
