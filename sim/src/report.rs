@@ -865,7 +865,7 @@ pub fn compare(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<32} {:>12} {:>14} {:>10} {:>10} {:>10} {:>8} {:>10}",
+        "{:<32} {:>12} {:>16} {:>10} {:>10} {:>10} {:>8} {:>10}",
         "", "requests/s", "reserve+commit/s", "p50", "p99", "p99.9", "errors", "gen cores"
     );
     for r in [&a, &b] {
