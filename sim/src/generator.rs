@@ -310,6 +310,8 @@ pub(crate) struct ConnStats {
     pub sent: u64,
     /// Connections that were lost or told the server was shutting down.
     pub dead: usize,
+    /// When the run was told to stop early, if it was (time since the start).
+    pub stopped_after: Option<Duration>,
 }
 
 impl ConnStats {
@@ -328,6 +330,7 @@ impl ConnStats {
             frames: 0,
             sent: 0,
             dead: 0,
+            stopped_after: None,
         }
     }
 
@@ -364,6 +367,10 @@ impl ConnStats {
         self.frames += o.frames;
         self.sent += o.sent;
         self.dead += o.dead;
+        self.stopped_after = match (self.stopped_after, o.stopped_after) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -1430,6 +1437,9 @@ impl<T: Transport> Engine<T> {
     /// The run was told to stop: think times end now.
     fn on_stop(&mut self, now: Instant) {
         self.stop_seen = true;
+        if now < self.plan.deadline {
+            self.stats.stopped_after = Some(now.saturating_duration_since(self.plan.start));
+        }
         let timers = std::mem::take(&mut self.timers);
         self.timers = timers
             .into_iter()

@@ -870,6 +870,9 @@ impl Measured {
             intervals: &self.gen.intervals,
             late_interval_samples: self.gen.late_interval_samples,
             interval: self.interval,
+            load: s
+                .stopped_after
+                .map_or(config.duration, |d| d.min(config.duration)),
             samples: self.samples.clone(),
         })
     }

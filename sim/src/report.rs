@@ -183,6 +183,8 @@ pub struct Throughput {
     pub max_us: Vec<u64>,
     /// Latency samples that reached their interval's summary too late to be in it.
     pub late_latency_samples: u64,
+    /// Seconds of load before the deadline (or before the run was told to stop).
+    pub load_s: f64,
     /// Length of the first and last windows compared, seconds.
     pub window_s: f64,
     /// Requests per second over the first window of the load.
@@ -304,6 +306,8 @@ pub(crate) struct Inputs<'a> {
     pub late_interval_samples: u64,
     /// Length of an interval.
     pub interval: Duration,
+    /// How long the load ran before the deadline, or before it was told to stop.
+    pub load: Duration,
     /// Samples of the server, when taken.
     pub samples: Option<Vec<Sample>>,
 }
@@ -338,8 +342,9 @@ fn latency(h: &Histogram<u64>, succeeded: u64) -> Latency {
 /// (window seconds, first, last, last/first %).
 pub fn windows(series: &[u64], interval: Duration, duration: Duration) -> (f64, f64, f64, f64) {
     let step = interval.as_secs_f64().max(1e-9);
-    // Intervals of the load proper (the drain after the deadline is not compared).
-    let load = ((duration.as_secs_f64() / step).ceil() as usize).max(1);
+    // Whole intervals of the load proper (the drain after the deadline or
+    // the stop is not compared).
+    let load = ((duration.as_secs_f64() / step).floor() as usize).max(1);
     let w = ((WINDOW.as_secs_f64() / step).ceil() as usize)
         .min((load / 2).max(1))
         .max(1);
@@ -439,7 +444,7 @@ fn throughput(i: &Inputs<'_>) -> Throughput {
             .map(|k| i.intervals.get(&k).map_or(0, f))
             .collect()
     };
-    let (window_s, first, last, pct) = windows(i.series, i.interval, i.config.duration);
+    let (window_s, first, last, pct) = windows(i.series, i.interval, i.load);
     Throughput {
         interval_s: i.interval.as_secs_f64(),
         requests: i.series.to_vec(),
@@ -447,6 +452,7 @@ fn throughput(i: &Inputs<'_>) -> Throughput {
         p99_us: pick(|l| l.p99),
         max_us: pick(|l| l.max),
         late_latency_samples: i.late_interval_samples,
+        load_s: i.load.as_secs_f64(),
         window_s,
         first_window_per_s: first.round(),
         last_window_per_s: last.round(),
@@ -700,8 +706,17 @@ pub fn summary(r: &Report) -> String {
     let t = &r.throughput;
     let _ = writeln!(
         out,
-        "throughput: first {:.0} s {:.0}/s, last {:.0} s {:.0}/s ({:.1} % of the first)",
-        t.window_s, t.first_window_per_s, t.window_s, t.last_window_per_s, t.last_vs_first_pct
+        "throughput: first {:.0} s {:.0}/s, last {:.0} s {:.0}/s ({:.1} % of the first){}",
+        t.window_s,
+        t.first_window_per_s,
+        t.window_s,
+        t.last_window_per_s,
+        t.last_vs_first_pct,
+        if t.load_s + 1e-9 < c.duration_s {
+            format!("; the load was stopped after {:.1} s", t.load_s)
+        } else {
+            String::new()
+        }
     );
     let g = &r.generator;
     let _ = writeln!(
@@ -1562,6 +1577,16 @@ mod tests {
             (4.0, 10.0, 20.0, 200.0)
         );
         // Longer intervals: a minute is one 60-s interval.
+        // Stopped early at 12.5 s: the partial 13th second is not compared.
+        let early = [5, 5, 5, 5, 5, 5, 9, 9, 9, 9, 9, 9, 1, 0];
+        assert_eq!(
+            windows(
+                &early,
+                Duration::from_secs(1),
+                Duration::from_millis(12_500)
+            ),
+            (6.0, 5.0, 9.0, 180.0)
+        );
         let (w, first, last, _) = windows(
             &[600, 1200, 1800],
             Duration::from_secs(60),

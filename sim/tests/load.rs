@@ -267,6 +267,12 @@ async fn open_loop_holds_its_rate_and_the_cli_writes_its_files() {
     });
     let r = load::run_with_stop(&long, stop).await.unwrap().report;
     assert!(r.elapsed_s < 5.0, "{} s", r.elapsed_s);
+    // First and last minute are compared over the load that ran, not the 60 s asked for.
+    assert!(
+        r.throughput.load_s > 0.3 && r.throughput.load_s < 5.0,
+        "{}",
+        r.throughput.load_s
+    );
     assert!(r.requests > 0);
     let v = r.verification.unwrap();
     assert!(v.exact && v.held_after == 0, "{v:?}");

@@ -338,17 +338,31 @@ fn base_config(
     })
 }
 
-/// The first Ctrl-C ends the load early (with a report); a second one quits.
+/// Waits for Ctrl-C or SIGTERM; false if neither can be waited for.
+async fn signalled(term: &mut Option<tokio::signal::unix::Signal>) -> bool {
+    match term.as_mut() {
+        Some(t) => tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok(),
+            r = t.recv() => r.is_some(),
+        },
+        None => tokio::signal::ctrl_c().await.is_ok(),
+    }
+}
+
+/// The first Ctrl-C or SIGTERM ends the load early (with a report); a
+/// second one quits.
 fn stop_on_ctrl_c() -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        let mut term = signal(SignalKind::terminate()).ok();
+        if signalled(&mut term).await {
             eprintln!(
                 "reckon-sim: stopping: terminating open sessions (Ctrl-C again to quit at once)"
             );
             on_signal.cancel();
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if signalled(&mut term).await {
                 std::process::exit(130);
             }
         }
