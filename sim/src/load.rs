@@ -6,14 +6,21 @@
 //!    are created with one bucket of every unit the mix draws on, each
 //!    topped up with `balance` units, in BATCH frames (ACCOUNT_CREATE +
 //!    TOPUP). Accounts that exist already are reused and topped up again.
-//! 2. **Load** for `duration`: closed loop (`rate` 0: every connection keeps
-//!    `depth` flows running back to back, so `depth` requests in flight) or
-//!    open loop (`rate` > 0: flows arrive on a fixed schedule so that about
-//!    `rate` requests per second are sent, at most `depth` in flight per
-//!    connection; when the generator falls behind its schedule, a flow's
-//!    first request is timed from its scheduled arrival, so queueing counts
-//!    as latency rather than being hidden by coordinated omission). At the
-//!    deadline no new flow starts and open sessions are terminated.
+//! 2. **Load** for `duration`, on `threads` generator threads that share
+//!    the `connections` between them (see [`crate::generator`] for why it is built
+//!    that way): closed loop (`rate` 0: every connection keeps `depth` flows
+//!    running back to back, so `depth` requests in flight) or open loop
+//!    (`rate` > 0: flows arrive on a fixed schedule per connection so that
+//!    about `rate` requests per second are sent, at most `depth` in flight
+//!    per connection; every flow's first request is timed from its
+//!    scheduled arrival, however late the generator or the server made it,
+//!    so queueing counts as latency rather than being hidden by coordinated
+//!    omission, and the generator's own lateness is reported as schedule
+//!    lag). With `batch` > 1 up to `batch` ready requests of a connection
+//!    go out in one BATCH frame. At the deadline no new flow starts and
+//!    open sessions are terminated. Requests answered are counted per
+//!    interval (throughput over time); the generator's CPU time is measured;
+//!    the server's RSS, CPU and data directory are sampled if asked.
 //! 3. **Verification** (optional): every account's balance is read before
 //!    and after the load; what each account lost must equal exactly what
 //!    the generator saw acknowledged as debited.
@@ -23,22 +30,20 @@
 //! TOO_BUSY answers are counted and retried with the same session id and
 //! request number after a backoff (1 ms doubling to 1 s).
 
+use crate::generator::{self as gen, GenOutcome, Target};
 use crate::report::{self, Report};
 use crate::rng::Rng;
-use crate::workload::{self as wl, Flow, Mix, MsgType};
-use hdrhistogram::Histogram;
+use crate::sample::{self, CpuTimes, Sample, SamplingConfig};
+use crate::workload::Mix;
 use parking_lot::Mutex;
 use reckon_charging::client::Client;
-use reckon_protocol::codes::{AdminCode, ErrorCode, ResultCode};
-use reckon_protocol::message::{AccountCreate, BalanceQuery, Cca, Message, TopUp};
-use reckon_protocol::types::{CreditKind, RequestType, Unit};
-use rust_decimal::prelude::ToPrimitive;
+use reckon_protocol::codes::{AdminCode, ErrorCode};
+use reckon_protocol::message::{AccountCreate, BalanceQuery, Message, TopUp};
+use reckon_protocol::types::{CreditKind, Unit};
 use rust_decimal::Decimal;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -60,12 +65,14 @@ pub const BALANCE_MAX: u64 = 1_000_000_000_000_000;
 pub const THINK_MS_MAX: u64 = 3_600_000;
 /// Most accounts whose balances `verify` reads (it keeps them in memory).
 pub const VERIFY_ACCOUNTS_MAX: u64 = 1_000_000;
-/// How long past the deadline BUSY answers are still retried.
-const BUSY_RETRY_GRACE: Duration = Duration::from_secs(30);
-/// Lateness of an open-loop arrival put down to the timer, not to load.
-const TIMER_SLACK: Duration = Duration::from_millis(2);
-/// Histogram shards (each behind its own lock) to spread recording.
-const SHARDS: usize = 32;
+/// Most generator threads.
+pub const THREADS_MAX: usize = 256;
+/// Longest time between samples.
+pub const SAMPLE_EVERY_MAX: Duration = Duration::from_secs(3600);
+/// Largest flatness tolerance, percent.
+pub const TOLERANCE_PCT_MAX: u32 = 1000;
+/// Most throughput intervals a run records (longer runs get longer intervals).
+pub const INTERVALS_MAX: u64 = 3600;
 
 /// Everything a load run is told.
 #[derive(Clone, Debug)]
@@ -100,6 +107,12 @@ pub struct LoadConfig {
     pub verify: bool,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// Generator threads; 0: one per core, at most one per connection.
+    pub threads: usize,
+    /// Most ready requests of a connection sent in one BATCH frame; 1: one frame per request.
+    pub batch: usize,
+    /// The server's RSS, CPU and data directory to sample during the run.
+    pub sampling: SamplingConfig,
 }
 
 impl Default for LoadConfig {
@@ -120,6 +133,9 @@ impl Default for LoadConfig {
             skip_provision: false,
             verify: false,
             progress: true,
+            threads: 0,
+            batch: 1,
+            sampling: SamplingConfig::default(),
         }
     }
 }
@@ -155,6 +171,17 @@ pub enum LoadError {
 impl LoadConfig {
     /// Checks every option against its bounds; the error says which and why.
     pub fn validate(&self) -> Result<(), LoadError> {
+        self.validate_shape()?;
+        if self.token.is_empty() {
+            return Err(LoadError::Config(
+                "no credential: pass --token or --data-dir of the server".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`LoadConfig::validate`] but for the credential (a Redis run needs none).
+    pub fn validate_shape(&self) -> Result<(), LoadError> {
         let bad = |m: String| Err(LoadError::Config(m));
         if self.accounts == 0 || self.accounts > ACCOUNTS_MAX {
             return bad(format!(
@@ -216,8 +243,39 @@ impl LoadConfig {
                 self.accounts
             ));
         }
-        if self.token.is_empty() {
-            return bad("no credential: pass --token or --data-dir of the server".into());
+        if self.threads > THREADS_MAX {
+            return bad(format!(
+                "--threads {}: at most {THREADS_MAX} (0: one per core)",
+                self.threads
+            ));
+        }
+        let batch_max = reckon_protocol::limits::BATCH_MAX;
+        if self.batch == 0 || self.batch > batch_max {
+            return bad(format!(
+                "--batch {}: must be 1 to {batch_max} (1: no BATCH frames)",
+                self.batch
+            ));
+        }
+        let s = &self.sampling;
+        if s.every < Duration::from_secs(1) || s.every > SAMPLE_EVERY_MAX {
+            return bad(format!(
+                "--sample-every {} s: must be 1 to {} s",
+                s.every.as_secs_f64(),
+                SAMPLE_EVERY_MAX.as_secs()
+            ));
+        }
+        if s.flat_after > DURATION_MAX {
+            return bad(format!(
+                "--flat-after {} s: at most {} s",
+                s.flat_after.as_secs(),
+                DURATION_MAX.as_secs()
+            ));
+        }
+        if s.tolerance_pct > TOLERANCE_PCT_MAX {
+            return bad(format!(
+                "--flat-tolerance {}: at most {TOLERANCE_PCT_MAX} %",
+                s.tolerance_pct
+            ));
         }
         Ok(())
     }
@@ -229,6 +287,23 @@ impl LoadConfig {
         } else {
             "open"
         }
+    }
+
+    /// Generator threads the run uses: as asked (or one per core), at most
+    /// one per connection.
+    pub fn effective_threads(&self) -> usize {
+        let asked = if self.threads == 0 {
+            sample::cores()
+        } else {
+            self.threads
+        };
+        asked.clamp(1, self.connections.max(1))
+    }
+
+    /// Length of one throughput interval: 1 s, longer for runs over an hour
+    /// so a report holds at most [`INTERVALS_MAX`] of them.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.duration.as_secs().div_ceil(INTERVALS_MAX).max(1))
     }
 }
 
@@ -249,7 +324,7 @@ impl Debits {
         }
     }
 
-    fn add(&self, account: u64, unit: usize, amount: u64) {
+    pub(crate) fn add(&self, account: u64, unit: usize, amount: u64) {
         let i = (account - self.base) as usize * self.units.len() + unit;
         self.cells[i].fetch_add(amount, Ordering::Relaxed);
     }
@@ -281,441 +356,6 @@ pub struct LoadOutcome {
     pub debits: Option<Arc<Debits>>,
 }
 
-struct Shard {
-    latency: [Histogram<u64>; 4],
-    succeeded: [u64; 4],
-    errors: BTreeMap<String, u64>,
-    service_results: BTreeMap<String, u64>,
-    flows: [u64; 4],
-    final_units: u64,
-}
-
-impl Shard {
-    fn new() -> Shard {
-        let h = || Histogram::<u64>::new(3).expect("3 significant figures are valid");
-        Shard {
-            latency: [h(), h(), h(), h()],
-            succeeded: [0; 4],
-            errors: BTreeMap::new(),
-            service_results: BTreeMap::new(),
-            flows: [0; 4],
-            final_units: 0,
-        }
-    }
-}
-
-/// Longest latency recorded as such (an hour, in µs); longer ones count as an hour.
-const LATENCY_MAX_US: u64 = 3_600_000_000;
-
-/// Records a latency in an auto-resizing histogram. (`saturating_record`
-/// would clamp to the histogram's current, initially tiny, range instead of
-/// growing it.)
-fn record_us(h: &mut Histogram<u64>, micros: u64) {
-    let _ = h.record(micros.clamp(1, LATENCY_MAX_US));
-}
-
-struct Stats {
-    shards: Vec<Mutex<Shard>>,
-    answered: AtomicU64,
-    errors: AtomicU64,
-    dropped: AtomicU64,
-    debited: Vec<AtomicU64>,
-}
-
-impl Stats {
-    fn error(&self, shard: usize, name: String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        *self.shards[shard].lock().errors.entry(name).or_insert(0) += 1;
-    }
-}
-
-fn result_name(code: ResultCode) -> String {
-    code.name()
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("result {}", code.0))
-}
-
-fn error_name(code: ErrorCode) -> String {
-    code.name()
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("error {}", code.0))
-}
-
-struct Conn {
-    client: Client,
-    permits: Semaphore,
-    dead: AtomicBool,
-}
-
-struct Shared {
-    config: LoadConfig,
-    units: Vec<Unit>,
-    conns: Vec<Conn>,
-    stats: Stats,
-    debits: Option<Arc<Debits>>,
-    run_id: u64,
-    deadline: Instant,
-    stop: CancellationToken,
-}
-
-impl Shared {
-    /// True once the deadline has passed or the run was told to stop.
-    fn stopping(&self) -> bool {
-        self.stop.is_cancelled() || Instant::now() >= self.deadline
-    }
-}
-
-/// A granted quota: units per unit, how long it is valid, whether it is the last.
-#[derive(Default)]
-struct Grant {
-    units: Vec<(Unit, u64)>,
-    validity_s: u32,
-    last: bool,
-}
-
-impl Grant {
-    fn of(answer: &Cca, service: u32) -> Grant {
-        let Some(s) = answer.services.iter().find(|s| s.service_id == service) else {
-            return Grant::default();
-        };
-        Grant {
-            units: s
-                .granted
-                .iter()
-                .map(|g| (g.unit, g.amount.trunc().to_u64().unwrap_or(0)))
-                .collect(),
-            validity_s: s.validity_time_s,
-            last: s.final_unit_action.is_some(),
-        }
-    }
-
-    fn get(&self, unit: Unit) -> u64 {
-        self.units
-            .iter()
-            .find(|(u, _)| *u == unit)
-            .map_or(0, |(_, n)| *n)
-    }
-
-    fn total(&self) -> u64 {
-        self.units.iter().map(|(_, n)| *n).sum()
-    }
-}
-
-/// Runs one flow after another (closed loop) or one flow (open loop).
-struct Worker {
-    shared: Arc<Shared>,
-    conn: usize,
-    shard: usize,
-    lane: u64,
-    seq: u64,
-    rng: Rng,
-}
-
-impl Worker {
-    fn new(shared: Arc<Shared>, conn: usize, lane: u64) -> Worker {
-        let seed = shared.config.seed;
-        Worker {
-            shared,
-            conn,
-            shard: (lane % SHARDS as u64) as usize,
-            lane,
-            seq: 0,
-            rng: Rng::derive(seed, lane),
-        }
-    }
-
-    fn connection(&self) -> &Conn {
-        &self.shared.conns[self.conn]
-    }
-
-    fn dead(&self) -> bool {
-        self.connection().dead.load(Ordering::Relaxed)
-    }
-
-    fn stopping(&self) -> bool {
-        self.shared.stopping()
-    }
-
-    /// Sends one request (retrying BUSY), records its latency from `ready`
-    /// and its result; `None` if it got no CCA.
-    async fn send(&self, ty: MsgType, message: Message, ready: Instant) -> Option<Cca> {
-        let conn = self.connection();
-        let stats = &self.shared.stats;
-        let _permit = conn.permits.acquire().await.ok()?;
-        let mut backoff = Duration::from_millis(1);
-        let mut busy_rng = Rng::derive(self.lane, self.seq);
-        loop {
-            if conn.dead.load(Ordering::Relaxed) {
-                return None;
-            }
-            let busy = match conn.client.call(message.clone()).await {
-                Ok(Message::Cca(c)) if c.result_code == ResultCode::TOO_BUSY => "TOO_BUSY",
-                Ok(Message::Error(e)) if e.code == ErrorCode::BUSY => "BUSY",
-                Ok(Message::Cca(c)) => {
-                    self.record(ty, ready, &c);
-                    return Some(c);
-                }
-                Ok(Message::Error(e)) => {
-                    if e.code == ErrorCode::SHUTTING_DOWN {
-                        conn.dead.store(true, Ordering::Relaxed);
-                    }
-                    self.answered(ty, ready);
-                    stats.error(self.shard, error_name(e.code));
-                    return None;
-                }
-                Ok(other) => {
-                    self.answered(ty, ready);
-                    stats.error(self.shard, format!("unexpected {:?}", other.kind()));
-                    return None;
-                }
-                Err(_) => {
-                    conn.dead.store(true, Ordering::Relaxed);
-                    stats.error(self.shard, "transport".into());
-                    return None;
-                }
-            };
-            stats.error(self.shard, busy.into());
-            if Instant::now() > self.shared.deadline + BUSY_RETRY_GRACE {
-                stats.error(self.shard, "gave up after BUSY".into());
-                return None;
-            }
-            // Back off with jitter: half to all of the current backoff.
-            let jitter = busy_rng.range(backoff.as_micros() as u64 / 2, backoff.as_micros() as u64);
-            tokio::time::sleep(Duration::from_micros(jitter)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
-    }
-
-    fn answered(&self, ty: MsgType, ready: Instant) {
-        let micros = (ready.elapsed().as_micros() as u64).max(1);
-        self.shared.stats.answered.fetch_add(1, Ordering::Relaxed);
-        let mut shard = self.shared.stats.shards[self.shard].lock();
-        record_us(&mut shard.latency[ty.index()], micros);
-    }
-
-    fn record(&self, ty: MsgType, ready: Instant, answer: &Cca) {
-        self.answered(ty, ready);
-        let stats = &self.shared.stats;
-        let ok = answer.result_code.is_success();
-        if !ok {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut shard = stats.shards[self.shard].lock();
-        if ok {
-            shard.succeeded[ty.index()] += 1;
-        } else {
-            *shard
-                .errors
-                .entry(result_name(answer.result_code))
-                .or_insert(0) += 1;
-        }
-        for s in &answer.services {
-            if ok && !s.result_code.is_success() {
-                *shard
-                    .service_results
-                    .entry(result_name(s.result_code))
-                    .or_insert(0) += 1;
-            }
-            if s.final_unit_action.is_some() {
-                shard.final_units += 1;
-            }
-        }
-    }
-
-    /// Books acknowledged usage.
-    fn debit(&self, account: u64, used: &[(Unit, u64)]) {
-        for (unit, n) in used {
-            if *n == 0 {
-                continue;
-            }
-            if let Some(i) = self.shared.units.iter().position(|u| u == unit) {
-                self.shared.stats.debited[i].fetch_add(*n, Ordering::Relaxed);
-                if let Some(d) = &self.shared.debits {
-                    d.add(account, i, *n);
-                }
-            }
-        }
-    }
-
-    /// Waits as a user of the grant would: about `think_ms`, but never past
-    /// the grant's validity or the deadline.
-    async fn think(&mut self, validity_s: u32) {
-        let think = self.shared.config.think_ms;
-        if think == 0 {
-            return;
-        }
-        let mut wait = self.rng.range(think / 2, think + think / 2);
-        if validity_s > 0 {
-            wait = wait.min(validity_s as u64 * 900);
-        }
-        let until = (Instant::now() + Duration::from_millis(wait)).min(self.shared.deadline);
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => {}
-            _ = self.shared.stop.cancelled() => {}
-        }
-    }
-
-    /// Runs one flow whose first request became due at `ready`.
-    async fn flow(&mut self, flow: Flow, ready: Instant) {
-        self.seq += 1;
-        let account = self.shared.config.account_base + self.rng.below(self.shared.config.accounts);
-        let session = format!(
-            "reckon-sim;{:x};{:x}.{:x}",
-            self.shared.run_id, self.lane, self.seq
-        );
-        let completed = match flow {
-            Flow::Event => self.event(&session, account, ready).await,
-            _ => self.session(flow, &session, account, ready).await,
-        };
-        if completed {
-            self.shared.stats.shards[self.shard].lock().flows[flow as usize] += 1;
-        }
-    }
-
-    async fn event(&mut self, session: &str, account: u64, ready: Instant) -> bool {
-        let debit = [(Unit::REQUESTS, wl::EVENT_UNITS)];
-        let message = wl::ccr(
-            session,
-            RequestType::Event,
-            0,
-            account,
-            wl::EVENT_SERVICE,
-            &debit,
-            &[],
-        );
-        match self.send(MsgType::Event, message, ready).await {
-            Some(a) => {
-                if a.result_code.is_success() {
-                    self.debit(account, &debit);
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// What a flow asks for in an INITIAL or UPDATE.
-    fn ask(&mut self, flow: Flow) -> Vec<(Unit, u64)> {
-        match flow {
-            Flow::Telco => vec![(Unit::OCTETS, wl::TELCO_QUOTA)],
-            Flow::Gpu => vec![(Unit::GPU_SECONDS, wl::GPU_QUOTA)],
-            Flow::Inference => vec![
-                (
-                    Unit::TOKENS_IN,
-                    self.rng.range(wl::PROMPT_TOKENS.0, wl::PROMPT_TOKENS.1),
-                ),
-                (Unit::TOKENS_OUT, wl::MAX_TOKENS_OUT),
-            ],
-            Flow::Event => Vec::new(),
-        }
-    }
-
-    /// What a flow reports as used of its grant (never more than granted).
-    fn usage(&mut self, flow: Flow, grant: &Grant, last: bool) -> Vec<(Unit, u64)> {
-        match flow {
-            Flow::Inference => {
-                let out = grant.get(Unit::TOKENS_OUT);
-                vec![
-                    // The prompt was read in full; the model wrote 1..=max tokens.
-                    (Unit::TOKENS_IN, grant.get(Unit::TOKENS_IN)),
-                    (Unit::TOKENS_OUT, self.rng.range(out.min(1), out)),
-                ]
-            }
-            _ => grant
-                .units
-                .iter()
-                .map(|(u, n)| {
-                    let used = if last {
-                        // The session ends part-way into its grant.
-                        self.rng.range(0, *n)
-                    } else if flow == Flow::Gpu {
-                        // Periodic GPU usage reports: most of the hour was used.
-                        self.rng.range(n * 3 / 4, *n)
-                    } else {
-                        // The quota is mostly used up (or the validity ran out).
-                        self.rng.range(n / 2, *n)
-                    };
-                    (*u, used)
-                })
-                .collect(),
-        }
-    }
-
-    async fn session(&mut self, flow: Flow, session: &str, account: u64, ready: Instant) -> bool {
-        let service = flow.service();
-        let updates = match flow {
-            Flow::Telco => self.rng.range(wl::TELCO_UPDATES.0, wl::TELCO_UPDATES.1),
-            Flow::Gpu => self.rng.range(wl::GPU_UPDATES.0, wl::GPU_UPDATES.1),
-            _ => 0,
-        };
-        let ask = self.ask(flow);
-        let initial = wl::ccr(
-            session,
-            RequestType::Initial,
-            0,
-            account,
-            service,
-            &ask,
-            &[],
-        );
-        let Some(answer) = self.send(MsgType::Initial, initial, ready).await else {
-            return false;
-        };
-        if !answer.result_code.is_success() {
-            // Nothing was granted: the flow ends here (a refusal is an outcome).
-            return true;
-        }
-        let mut grant = Grant::of(&answer, service);
-        let mut number = 1u32;
-        for _ in 0..updates {
-            if grant.last || grant.total() == 0 || self.stopping() || self.dead() {
-                break;
-            }
-            self.think(grant.validity_s).await;
-            let used = self.usage(flow, &grant, false);
-            let ask = self.ask(flow);
-            let update = wl::ccr(
-                session,
-                RequestType::Update,
-                number,
-                account,
-                service,
-                &ask,
-                &used,
-            );
-            number += 1;
-            let Some(answer) = self.send(MsgType::Update, update, Instant::now()).await else {
-                return false;
-            };
-            if answer.result_code.is_success() {
-                self.debit(account, &used);
-                grant = Grant::of(&answer, service);
-            }
-        }
-        self.think(grant.validity_s).await;
-        let used = self.usage(flow, &grant, true);
-        let terminate = wl::ccr(
-            session,
-            RequestType::Terminate,
-            number,
-            account,
-            service,
-            &[],
-            &used,
-        );
-        let Some(answer) = self
-            .send(MsgType::Terminate, terminate, Instant::now())
-            .await
-        else {
-            return false;
-        };
-        if answer.result_code.is_success() {
-            self.debit(account, &used);
-        }
-        true
-    }
-}
-
 fn run_id() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -724,22 +364,19 @@ fn run_id() -> u64 {
     Rng::derive(t, std::process::id() as u64).next_u64()
 }
 
-async fn connect(config: &LoadConfig) -> Result<Vec<Conn>, LoadError> {
-    let mut conns = Vec::with_capacity(config.connections);
-    for _ in 0..config.connections {
+async fn connect(config: &LoadConfig) -> Result<Vec<Client>, LoadError> {
+    // Provisioning and verification only; the load has its own connections.
+    let mut clients = Vec::with_capacity(config.connections.min(4));
+    for _ in 0..config.connections.min(4) {
         let client = Client::connect(&config.server, &config.token)
             .await
             .map_err(|e| LoadError::Connect {
                 server: config.server.clone(),
                 reason: e.to_string(),
             })?;
-        conns.push(Conn {
-            client,
-            permits: Semaphore::new(config.depth),
-            dead: AtomicBool::new(false),
-        });
+        clients.push(client);
     }
-    Ok(conns)
+    Ok(clients)
 }
 
 /// Prints a progress line every second until `done` is set: `[  3s]`,
@@ -773,12 +410,12 @@ fn spawn_progress(
 
 /// Creates the accounts with a bucket of every unit, in pipelined BATCHes.
 async fn provision(
-    conns: &[Conn],
+    clients: &[Client],
     config: &LoadConfig,
     units: &[Unit],
     stop: &CancellationToken,
 ) -> Result<report::Provisioning, LoadError> {
-    if !conns[0].client.hello.is_admin {
+    if !clients[0].hello.is_admin {
         return Err(LoadError::Provision(
             "the credential is not an admin credential; creating accounts needs one (or pass --no-provision for accounts that exist)".into(),
         ));
@@ -798,9 +435,9 @@ async fn provision(
         })
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for conn in conns {
+    for client in clients {
         for _ in 0..4 {
-            let client = conn.client.clone();
+            let client = client.clone();
             let (next, created, existing) = (next.clone(), created.clone(), existing.clone());
             let units = units.to_vec();
             let (base, accounts, balance) = (config.account_base, config.accounts, config.balance);
@@ -933,7 +570,7 @@ fn describe(m: &Message) -> String {
 
 /// Per account, per unit: (amount, held) summed over the account's buckets.
 async fn read_balances(
-    conns: &[Conn],
+    clients: &[Client],
     config: &LoadConfig,
     units: &[Unit],
 ) -> Result<Vec<(Decimal, Decimal)>, LoadError> {
@@ -945,9 +582,9 @@ async fn read_balances(
     ]));
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for conn in conns {
+    for client in clients {
         for _ in 0..4 {
-            let (client, next, cells) = (conn.client.clone(), next.clone(), cells.clone());
+            let (client, next, cells) = (client.clone(), next.clone(), cells.clone());
             let units = units.to_vec();
             let base = config.account_base;
             tasks.spawn(async move {
@@ -1060,6 +697,17 @@ fn compare(
     v
 }
 
+/// Per-account debit tracking, when verifying.
+fn new_debits(config: &LoadConfig, units: &[Unit]) -> Option<Arc<Debits>> {
+    config.verify.then(|| {
+        Arc::new(Debits::new(
+            config.account_base,
+            config.accounts,
+            units.to_vec(),
+        ))
+    })
+}
+
 /// Runs a whole load: provisioning, load, optional verification.
 pub async fn run(config: &LoadConfig) -> Result<LoadOutcome, LoadError> {
     run_with_stop(config, CancellationToken::new()).await
@@ -1074,7 +722,7 @@ pub async fn run_with_stop(
 ) -> Result<LoadOutcome, LoadError> {
     config.validate()?;
     let units = config.mix.units();
-    let conns = connect(config).await?;
+    let clients = connect(config).await?;
     let provisioning = if config.skip_provision {
         report::Provisioning {
             skipped: true,
@@ -1094,16 +742,163 @@ pub async fn run_with_stop(
                     .join(", ")
             );
         }
-        provision(&conns, config, &units, &stop).await?
+        provision(&clients, config, &units, &stop).await?
     };
     let before = if config.verify {
-        Some(read_balances(&conns, config, &units).await?)
+        Some(read_balances(&clients, config, &units).await?)
     } else {
         None
     };
+    let debits = new_debits(config, &units);
+    let target = Target::Native {
+        token: config.token.clone(),
+    };
+    let measured = measure(config, &units, target, stop, debits.clone()).await?;
+    let verification = match &before {
+        Some(before) => {
+            let after = read_balances(&clients, config, &units).await?;
+            let d = debits.as_ref().expect("debits are tracked when verifying");
+            Some(compare(config, &units, before, &after, d))
+        }
+        None => None,
+    };
+    Ok(LoadOutcome {
+        report: measured.report(config, "reckon", provisioning, verification),
+        debits,
+    })
+}
+
+/// `reckon-sim redis`: the reserve-commit flow against a Redis server with
+/// the scripts of [`crate::resp`], by the same generator as [`run`].
+pub async fn run_redis(
+    config: &LoadConfig,
+    stop: CancellationToken,
+) -> Result<LoadOutcome, LoadError> {
+    crate::resp::validate(config)?;
+    let units = config.mix.units();
+    let connect_error = |reason: String| LoadError::Connect {
+        server: config.server.clone(),
+        reason,
+    };
+    let mut setup = crate::resp::RedisConn::connect(&config.server)
+        .await
+        .map_err(connect_error)?;
+    let scripts = setup.load_scripts().await.map_err(connect_error)?;
+    let provisioning = if config.skip_provision {
+        report::Provisioning {
+            skipped: true,
+            ..Default::default()
+        }
+    } else {
+        if config.progress {
+            eprintln!(
+                "reckon-sim: setting accounts {}..={} in Redis to {} credits",
+                config.account_base,
+                config.account_base + config.accounts - 1,
+                config.balance
+            );
+        }
+        crate::resp::provision(config).await?
+    };
+    let before = if config.verify {
+        Some(crate::resp::read_balances(config).await?)
+    } else {
+        None
+    };
+    let debits = new_debits(config, &units);
+    let target = Target::Redis { scripts };
+    let measured = measure(config, &units, target, stop, debits.clone()).await?;
+    let verification = match &before {
+        Some(before) => {
+            let after = crate::resp::read_balances(config).await?;
+            let d = debits.as_ref().expect("debits are tracked when verifying");
+            Some(compare(config, &units, before, &after, d))
+        }
+        None => None,
+    };
+    Ok(LoadOutcome {
+        report: measured.report(config, "redis", provisioning, verification),
+        debits,
+    })
+}
+
+/// The load phase's results, before they become a report.
+struct Measured {
+    gen: GenOutcome,
+    cpu: CpuTimes,
+    threads: usize,
+    interval: Duration,
+    samples: Option<Vec<Sample>>,
+}
+
+impl Measured {
+    fn report(
+        &self,
+        config: &LoadConfig,
+        target: &str,
+        provisioning: report::Provisioning,
+        verification: Option<report::Verification>,
+    ) -> Report {
+        let s = &self.gen.stats;
+        report::build(report::Inputs {
+            config,
+            target,
+            provisioning,
+            elapsed: self.gen.elapsed,
+            latency: &s.latency,
+            succeeded: s.succeeded,
+            flows: s.flows,
+            errors: s.errors.clone(),
+            service_results: s.service_results.clone(),
+            final_units: s.final_units,
+            dropped: s.dropped,
+            debited: config
+                .mix
+                .units()
+                .iter()
+                .zip(&s.debited)
+                .map(|(u, n)| (u.as_str().to_string(), *n))
+                .collect(),
+            verification,
+            threads: self.threads,
+            frames: s.frames,
+            sent: s.sent,
+            cpu: self.cpu,
+            thread_cpu: &self.gen.thread_cpu,
+            lag: &s.lag,
+            series: &s.series,
+            intervals: &self.gen.intervals,
+            late_interval_samples: self.gen.late_interval_samples,
+            interval: self.interval,
+            load: s
+                .stopped_after
+                .map_or(config.duration, |d| d.min(config.duration)),
+            samples: self.samples.clone(),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Hooks {
+    started: Option<CpuTimes>,
+    sampler: Option<sample::Sampler>,
+    progress: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Runs the load phase on the generator threads, with the progress line
+/// and the sampler running beside it; measures the generator's CPU time.
+async fn measure(
+    config: &LoadConfig,
+    units: &[Unit],
+    target: Target,
+    stop: CancellationToken,
+    debits: Option<Arc<Debits>>,
+) -> Result<Measured, LoadError> {
+    let threads = config.effective_threads();
+    let interval = config.interval();
     if config.progress {
         eprintln!(
-            "reckon-sim: {} loop, {} connection(s) × {} in flight{}, {} s, mix {}",
+            "reckon-sim: {} loop, {} connection(s) × {} in flight{} on {} generator thread(s){}, {} s, mix {}",
             config.mode(),
             config.connections,
             config.depth,
@@ -1112,199 +907,108 @@ pub async fn run_with_stop(
             } else {
                 String::new()
             },
+            threads,
+            if config.batch > 1 {
+                format!(", up to {} requests per BATCH frame", config.batch)
+            } else {
+                String::new()
+            },
             config.duration.as_secs_f64(),
             config.mix
         );
     }
-    let started = Instant::now();
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        stats: Stats {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
-            answered: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            debited: units.iter().map(|_| AtomicU64::new(0)).collect(),
-        },
-        debits: config.verify.then(|| {
-            Arc::new(Debits::new(
-                config.account_base,
-                config.accounts,
-                units.clone(),
-            ))
-        }),
-        units: units.clone(),
-        conns,
-        run_id: run_id(),
-        deadline: started + config.duration,
-        stop,
-    });
+    let hooks = Arc::new(Mutex::new(Hooks::default()));
     let done = Arc::new(AtomicBool::new(false));
-    let progress = config.progress.then(|| {
-        let s = shared.clone();
-        spawn_progress(done.clone(), move || {
-            let n = s.stats.answered.load(Ordering::Relaxed);
-            let mut extra = format!("; errors {}", s.stats.errors.load(Ordering::Relaxed));
-            let dropped = s.stats.dropped.load(Ordering::Relaxed);
-            if dropped > 0 {
-                extra.push_str(&format!(", arrivals dropped {dropped}"));
+    let setup = gen::Setup {
+        config: config.clone(),
+        units: units.to_vec(),
+        run_id: run_id(),
+        interval,
+        stop,
+        debits,
+        target,
+        threads,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let (h, d, progress, sampling) = (
+        hooks.clone(),
+        done.clone(),
+        config.progress,
+        config.sampling.clone(),
+    );
+    // The generator blocks its caller (it runs its own threads).
+    let outcome = tokio::task::spawn_blocking(move || {
+        gen::run(setup, move |plan| {
+            let mut h = h.lock();
+            h.started = Some(sample::process_cpu());
+            if sampling.enabled() {
+                h.sampler = Some(sample::Sampler::start(sampling, plan.start, progress));
             }
-            if s.stopping() {
-                extra.push_str("; draining (terminating open sessions)");
+            if progress {
+                h.progress = Some(runtime.spawn(progress_lines(plan, d)));
             }
-            (n, "requests answered".into(), extra)
         })
-    });
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..config.connections {
-        if config.rate == 0 {
-            for d in 0..config.depth {
-                let lane = (c * config.depth + d) as u64;
-                let shared = shared.clone();
-                tasks.spawn(closed_lane(shared, c, lane));
-            }
-        } else {
-            tasks.spawn(open_generator(shared.clone(), c));
-        }
-    }
-    while tasks.join_next().await.is_some() {}
-    let elapsed = started.elapsed();
+    })
+    .await
+    .map_err(|e| LoadError::Config(format!("the generator failed: {e}")));
+    let cpu1 = sample::process_cpu();
     done.store(true, Ordering::Relaxed);
-    if let Some(p) = progress {
+    let hooks = std::mem::take(&mut *hooks.lock());
+    if let Some(p) = hooks.progress {
         p.abort();
     }
-    if shared.conns.iter().all(|c| c.dead.load(Ordering::Relaxed)) {
+    let samples = hooks.sampler.map(sample::Sampler::finish);
+    let gen = outcome??;
+    if gen.all_lost {
         return Err(LoadError::AllConnectionsLost);
     }
-    let verification = match &before {
-        Some(before) => {
-            let after = read_balances(&shared.conns, config, &units).await?;
-            let debits = shared
-                .debits
-                .as_ref()
-                .expect("debits are tracked when verifying");
-            Some(compare(config, &units, before, &after, debits))
-        }
-        None => None,
-    };
-    let mut merged = Shard::new();
-    for s in &shared.stats.shards {
-        let s = s.lock();
-        for i in 0..4 {
-            merged.latency[i]
-                .add(&s.latency[i])
-                .expect("auto-resizing histograms merge");
-            merged.succeeded[i] += s.succeeded[i];
-            merged.flows[i] += s.flows[i];
-        }
-        for (k, v) in &s.errors {
-            *merged.errors.entry(k.clone()).or_insert(0) += v;
-        }
-        for (k, v) in &s.service_results {
-            *merged.service_results.entry(k.clone()).or_insert(0) += v;
-        }
-        merged.final_units += s.final_units;
-    }
-    let report = report::build(report::Inputs {
-        config,
-        provisioning,
-        elapsed,
-        latency: &merged.latency,
-        succeeded: merged.succeeded,
-        flows: merged.flows,
-        errors: merged.errors,
-        service_results: merged.service_results,
-        final_units: merged.final_units,
-        dropped: shared.stats.dropped.load(Ordering::Relaxed),
-        debited: units
-            .iter()
-            .zip(&shared.stats.debited)
-            .map(|(u, n)| (u.as_str().to_string(), n.load(Ordering::Relaxed)))
-            .collect(),
-        verification,
-    });
-    Ok(LoadOutcome {
-        report,
-        debits: shared.debits.clone(),
+    let cpu = hooks
+        .started
+        .map_or_else(CpuTimes::default, |c0| cpu1.since(&c0));
+    Ok(Measured {
+        gen,
+        cpu,
+        threads,
+        interval,
+        samples,
     })
 }
 
-async fn closed_lane(shared: Arc<Shared>, conn: usize, lane: u64) {
-    let mut worker = Worker::new(shared.clone(), conn, lane);
-    while !worker.stopping() && !worker.dead() {
-        let flow = shared.config.mix.pick(&mut worker.rng);
-        worker.flow(flow, Instant::now()).await;
-    }
-}
-
-async fn open_generator(shared: Arc<Shared>, conn: usize) {
-    let config = &shared.config;
-    // Flows per second on this connection so that requests/s ≈ rate.
-    let per_second = config.rate as f64 / config.connections as f64 / config.mix.mean_requests();
-    let backlog_max = (config.depth * 16).max(1024);
-    let active = Arc::new(AtomicUsize::new(0));
+/// A line a second: requests answered, rates, errors, the generator's CPU.
+async fn progress_lines(plan: Arc<gen::Plan>, done: Arc<AtomicBool>) {
     let start = Instant::now();
-    let mut picker = Rng::derive(config.seed, u64::MAX - conn as u64);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut n = 0u64;
+    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let (mut last, mut last_cpu, mut last_t) = (0u64, sample::process_cpu().total(), 0f64);
     loop {
-        let due = start + Duration::from_secs_f64(n as f64 / per_second);
-        if due >= shared.deadline || shared.conns[conn].dead.load(Ordering::Relaxed) {
-            break;
+        tick.tick().await;
+        if done.load(Ordering::Relaxed) {
+            return;
         }
-        tokio::select! {
-            _ = tokio::time::sleep_until(due) => {}
-            _ = shared.stop.cancelled() => break,
+        let sum = |f: fn(&gen::Live) -> &AtomicU64| {
+            plan.live
+                .iter()
+                .map(|l| f(l).load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        let n = sum(|l| &l.answered);
+        let errors = sum(|l| &l.errors);
+        let dropped = sum(|l| &l.dropped);
+        let secs = start.elapsed().as_secs_f64();
+        let cpu = sample::process_cpu().total();
+        let cores = cpu.saturating_sub(last_cpu).as_secs_f64() / (secs - last_t).max(1e-3);
+        let mut extra = format!("; errors {errors}");
+        if dropped > 0 {
+            extra.push_str(&format!(", arrivals dropped {dropped}"));
         }
-        let now = Instant::now();
-        loop {
-            let due = start + Duration::from_secs_f64(n as f64 / per_second);
-            if due > now || due >= shared.deadline {
-                break;
-            }
-            n += 1;
-            if active.load(Ordering::Relaxed) >= backlog_max {
-                shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let flow = config.mix.pick(&mut picker);
-            let lane = ((conn as u64) << 40) | n;
-            // Time the flow from its scheduled arrival when the generator is
-            // behind (queueing counts as latency), but not for the timer's
-            // own granularity (about a millisecond).
-            let ready = if now.duration_since(due) > TIMER_SLACK {
-                due
-            } else {
-                now
-            };
-            let (shared, active) = (shared.clone(), active.clone());
-            active.fetch_add(1, Ordering::Relaxed);
-            tasks.spawn(async move {
-                let mut worker = Worker::new(shared, conn, lane);
-                worker.flow(flow, ready).await;
-                active.fetch_sub(1, Ordering::Relaxed);
-            });
+        if plan.stop.is_cancelled() || std::time::Instant::now() >= plan.deadline {
+            extra.push_str("; draining (terminating open sessions)");
         }
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latencies_beyond_the_first_bucket_are_recorded_exactly_enough() {
-        let mut h = Shard::new().latency[0].clone();
-        for us in [3, 700, 2_500, 40_000, 5_000_000, u64::MAX] {
-            record_us(&mut h, us);
-        }
-        assert_eq!(h.len(), 6);
-        assert_eq!(h.min(), 3);
-        assert!(h.equivalent(h.max(), LATENCY_MAX_US));
-        assert!(h.equivalent(h.value_at_quantile(0.7), 5_000_000));
-        assert!(h.equivalent(h.value_at_quantile(0.5), 2_500));
-        assert!(h.equivalent(h.value_at_quantile(0.6), 40_000));
+        eprintln!(
+            "[{:>4.0}s] {n} requests answered: {}/s now, {:.0}/s average{extra}; generator {cores:.2} cores",
+            secs,
+            n - last.min(n),
+            n as f64 / secs
+        );
+        (last, last_cpu, last_t) = (n, cpu, secs);
     }
 }

@@ -1,7 +1,11 @@
-//! What a load run reports: a text summary, a JSON report, and a latency
-//! chart (SVG, or an HTML page around it) drawn by hand.
+//! What a load run reports: a text summary, a JSON report, and a chart
+//! (SVG, or an HTML page around it) drawn by hand: latency by percentile,
+//! throughput and latency over time, and the server's memory and disk
+//! over time when they were sampled.
 
+use crate::generator::IntervalLatency;
 use crate::load::LoadConfig;
+use crate::sample::{self, human_bytes, CpuTimes, Flatness, Sample};
 use crate::workload::{Flow, MsgType};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -10,9 +14,18 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+/// A generator thread this busy (share of the run) may have limited the run.
+pub const BUSY_THREAD_LIMIT_PCT: f64 = 90.0;
+/// A generator taking this share of the machine (percent) is said to compete with a server on it.
+pub const SHARE_WARN_PCT: f64 = 25.0;
+/// Throughput is compared over the first and last window of this length (or half the run).
+pub const WINDOW: Duration = Duration::from_secs(60);
+
 /// The options a run was given, as recorded in the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunConfig {
+    /// What was driven: "reckon" or "redis".
+    pub target: String,
     /// Server address.
     pub server: String,
     /// Accounts drawn on.
@@ -37,6 +50,10 @@ pub struct RunConfig {
     pub think_ms: u64,
     /// Seed of the workload's random choices.
     pub seed: u64,
+    /// Generator threads.
+    pub threads: usize,
+    /// Most requests per BATCH frame (1: no BATCH frames).
+    pub batch: usize,
 }
 
 /// How the accounts were provisioned.
@@ -96,6 +113,105 @@ pub struct Latency {
     pub curve: Vec<(f64, u64)>,
 }
 
+/// Schedule lag: how late the generator started each open-loop flow
+/// behind its scheduled arrival, µs: its own lateness (timer granularity,
+/// a busy thread), which is part of the latency reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct Lag {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    #[serde(rename = "p99.9")]
+    pub p99_9: u64,
+    /// Latest.
+    pub max: u64,
+}
+
+/// How the generator ran, what it cost, and whether it limited the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct GeneratorReport {
+    /// Generator threads.
+    pub threads: usize,
+    /// Most requests per BATCH frame.
+    pub batch: usize,
+    /// Frames (Redis: commands) written.
+    pub frames: u64,
+    /// Requests written, BUSY retries included.
+    pub requests_sent: u64,
+    /// Requests per frame written.
+    pub requests_per_frame: f64,
+    /// User CPU seconds of the whole generator process during the load.
+    pub cpu_user_s: f64,
+    /// System CPU seconds.
+    pub cpu_sys_s: f64,
+    /// User + system.
+    pub cpu_s: f64,
+    /// CPU seconds per second of the run: cores the generator kept busy.
+    pub cores_used: f64,
+    /// Cores of the machine.
+    pub machine_cores: usize,
+    /// `cores_used` as a share of the machine, percent.
+    pub share_of_machine_pct: f64,
+    /// CPU µs the generator spent per request answered.
+    pub cpu_us_per_request: f64,
+    /// The busiest generator thread's CPU time as a share of the run, percent.
+    pub busiest_thread_busy_pct: f64,
+    /// Open loop: schedule lag of the flows' first requests.
+    pub schedule_lag_us: Option<Lag>,
+    /// True when a generator thread was busy enough to have limited the run.
+    pub may_have_limited: bool,
+    /// True when the generator took [`SHARE_WARN_PCT`] or more of the machine.
+    pub competed_for_cpu: bool,
+    /// The verdict in words.
+    pub verdict: String,
+}
+
+/// Requests answered per interval, with the latency of each interval.
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    /// Length of one interval, seconds; interval i covers [i, i + 1) × interval_s from the start.
+    pub interval_s: f64,
+    /// Requests answered in each interval (the drain after the deadline included); they sum to `requests`.
+    pub requests: Vec<u64>,
+    /// Median latency of each interval, µs (0: none answered).
+    pub p50_us: Vec<u64>,
+    /// 99th percentile of each interval, µs.
+    pub p99_us: Vec<u64>,
+    /// Slowest of each interval, µs.
+    pub max_us: Vec<u64>,
+    /// Latency samples that reached their interval's summary too late to be in it.
+    pub late_latency_samples: u64,
+    /// Seconds of load before the deadline (or before the run was told to stop).
+    pub load_s: f64,
+    /// Length of the first and last windows compared, seconds.
+    pub window_s: f64,
+    /// Requests per second over the first window of the load.
+    pub first_window_per_s: f64,
+    /// Requests per second over the last window before the deadline.
+    pub last_window_per_s: f64,
+    /// Last window over first, percent.
+    pub last_vs_first_pct: f64,
+}
+
+/// The server's memory, disk and CPU over the run, and their verdicts.
+#[derive(Clone, Debug, Serialize)]
+pub struct SteadyState {
+    /// Seconds between samples.
+    pub every_s: f64,
+    /// The server's process id, if sampled.
+    pub server_pid: Option<u32>,
+    /// The data directory, if sampled.
+    pub data_dir: Option<String>,
+    /// The samples.
+    pub samples: Vec<Sample>,
+    /// Whether RSS stayed flat after `flat_after`.
+    pub rss: Option<Flatness>,
+    /// Whether the data directory stayed flat after `flat_after`.
+    pub disk: Option<Flatness>,
+}
+
 /// Everything a run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -119,6 +235,8 @@ pub struct Report {
     pub flows_completed: BTreeMap<String, u64>,
     /// Latency by message type (INITIAL, UPDATE, TERMINATE, EVENT), µs.
     pub latency_us: BTreeMap<String, Latency>,
+    /// Latency of every request together, µs.
+    pub latency_all_us: Option<Latency>,
     /// Failures by code name: request-level result codes, ERROR codes
     /// (BUSY included, each retry counted), `transport`.
     pub errors: BTreeMap<String, u64>,
@@ -132,12 +250,20 @@ pub struct Report {
     pub units_debited: BTreeMap<String, u64>,
     /// The ledger check, when asked for.
     pub verification: Option<Verification>,
+    /// The generator: threads, frames, CPU, and whether it limited the run.
+    pub generator: GeneratorReport,
+    /// Throughput and latency over time.
+    pub throughput: Throughput,
+    /// The server's RSS and data directory over time, when sampled.
+    pub steady_state: Option<SteadyState>,
 }
 
 /// What [`build`] turns into a [`Report`].
-pub struct Inputs<'a> {
+pub(crate) struct Inputs<'a> {
     /// The run's options.
     pub config: &'a LoadConfig,
+    /// "reckon" or "redis".
+    pub target: &'a str,
     /// How accounts were provisioned.
     pub provisioning: Provisioning,
     /// Time from the first request to the last answer.
@@ -147,7 +273,7 @@ pub struct Inputs<'a> {
     /// SUCCESS answers in [`MsgType::ALL`] order.
     pub succeeded: [u64; 4],
     /// Flows completed in [`Flow::ALL`] order.
-    pub flows: [u64; 4],
+    pub flows: [u64; 5],
     /// Failures by code name.
     pub errors: BTreeMap<String, u64>,
     /// Non-success per-service results by code name.
@@ -160,6 +286,30 @@ pub struct Inputs<'a> {
     pub debited: BTreeMap<String, u64>,
     /// The ledger check.
     pub verification: Option<Verification>,
+    /// Generator threads.
+    pub threads: usize,
+    /// Frames written.
+    pub frames: u64,
+    /// Requests written.
+    pub sent: u64,
+    /// The generator's CPU time during the load.
+    pub cpu: CpuTimes,
+    /// Each generator thread's CPU time during the load.
+    pub thread_cpu: &'a [Duration],
+    /// Open-loop schedule lag, µs.
+    pub lag: &'a Histogram<u64>,
+    /// Requests answered per interval.
+    pub series: &'a [u64],
+    /// Latency per interval.
+    pub intervals: &'a BTreeMap<u64, IntervalLatency>,
+    /// Latency samples that missed their interval.
+    pub late_interval_samples: u64,
+    /// Length of an interval.
+    pub interval: Duration,
+    /// How long the load ran before the deadline, or before it was told to stop.
+    pub load: Duration,
+    /// Samples of the server, when taken.
+    pub samples: Option<Vec<Sample>>,
 }
 
 /// The curve and chart run from the 50th percentile up to this many nines (99.999 %).
@@ -188,14 +338,164 @@ fn latency(h: &Histogram<u64>, succeeded: u64) -> Latency {
     }
 }
 
+/// Requests per second over the first and last windows of the load:
+/// (window seconds, first, last, last/first %).
+pub fn windows(series: &[u64], interval: Duration, duration: Duration) -> (f64, f64, f64, f64) {
+    let step = interval.as_secs_f64().max(1e-9);
+    // Whole intervals of the load proper (the drain after the deadline or
+    // the stop is not compared).
+    let load = ((duration.as_secs_f64() / step).floor() as usize).max(1);
+    let w = ((WINDOW.as_secs_f64() / step).ceil() as usize)
+        .min((load / 2).max(1))
+        .max(1);
+    let at = |i: usize| series.get(i).copied().unwrap_or(0);
+    let first: u64 = (0..w).map(at).sum();
+    let last: u64 = (load.saturating_sub(w)..load).map(at).sum();
+    let secs = w as f64 * step;
+    let (f, l) = (first as f64 / secs, last as f64 / secs);
+    let pct = if f > 0.0 { l / f * 100.0 } else { 0.0 };
+    (secs, f, l, (pct * 10.0).round() / 10.0)
+}
+
+fn generator_report(i: &Inputs<'_>, requests: u64, elapsed_s: f64) -> GeneratorReport {
+    let c = i.config;
+    let cpu_s = i.cpu.total().as_secs_f64();
+    let cores_used = if elapsed_s > 0.0 {
+        cpu_s / elapsed_s
+    } else {
+        0.0
+    };
+    let machine_cores = sample::cores();
+    let busiest = i
+        .thread_cpu
+        .iter()
+        .map(|d| d.as_secs_f64())
+        .fold(0.0, f64::max);
+    let busiest_pct = if elapsed_s > 0.0 {
+        busiest / elapsed_s * 100.0
+    } else {
+        0.0
+    };
+    let limited = busiest_pct >= BUSY_THREAD_LIMIT_PCT;
+    let share = cores_used / machine_cores as f64 * 100.0;
+    let lag = (c.rate > 0 && !i.lag.is_empty()).then(|| Lag {
+        p50: i.lag.value_at_quantile(0.5),
+        p99: i.lag.value_at_quantile(0.99),
+        p99_9: i.lag.value_at_quantile(0.999),
+        max: i.lag.max(),
+    });
+    let competing = share >= SHARE_WARN_PCT;
+    let mut verdict = if limited {
+        format!(
+            "the generator may have limited this run: its busiest thread was {busiest_pct:.0} % busy (try more --threads{})",
+            if c.batch <= 1 && i.target == "reckon" { " or --batch" } else { "" }
+        )
+    } else if competing {
+        format!(
+            "its threads kept up (busiest {busiest_pct:.0} % busy), but it took {cores_used:.2} of the {machine_cores} cores ({share:.0} %): a server on this machine had that much less (fewer connections, or the generator on another machine, leave it more)"
+        )
+    } else {
+        format!(
+            "not the bottleneck: its busiest thread was {busiest_pct:.0} % busy; it took {cores_used:.2} of the {machine_cores} cores ({share:.0} %)"
+        )
+    };
+    if let Some(l) = &lag {
+        if l.p99 > 1000 {
+            verdict.push_str(&format!(
+                "; open loop: its schedule lag (p99 {}) is part of the latency reported",
+                human_us(l.p99 as f64)
+            ));
+        }
+    }
+    let round = |v: f64, k: f64| (v * k).round() / k;
+    GeneratorReport {
+        threads: i.threads,
+        batch: c.batch,
+        frames: i.frames,
+        requests_sent: i.sent,
+        requests_per_frame: if i.frames > 0 {
+            round(i.sent as f64 / i.frames as f64, 100.0)
+        } else {
+            0.0
+        },
+        cpu_user_s: round(i.cpu.user.as_secs_f64(), 1000.0),
+        cpu_sys_s: round(i.cpu.sys.as_secs_f64(), 1000.0),
+        cpu_s: round(cpu_s, 1000.0),
+        cores_used: round(cores_used, 1000.0),
+        machine_cores,
+        share_of_machine_pct: round(share, 10.0),
+        cpu_us_per_request: if requests > 0 {
+            round(cpu_s * 1e6 / requests as f64, 100.0)
+        } else {
+            0.0
+        },
+        busiest_thread_busy_pct: round(busiest_pct, 10.0),
+        schedule_lag_us: lag,
+        may_have_limited: limited,
+        competed_for_cpu: competing,
+        verdict,
+    }
+}
+
+fn throughput(i: &Inputs<'_>) -> Throughput {
+    let n = i.series.len();
+    let pick = |f: fn(&IntervalLatency) -> u64| -> Vec<u64> {
+        (0..n as u64)
+            .map(|k| i.intervals.get(&k).map_or(0, f))
+            .collect()
+    };
+    let (window_s, first, last, pct) = windows(i.series, i.interval, i.load);
+    Throughput {
+        interval_s: i.interval.as_secs_f64(),
+        requests: i.series.to_vec(),
+        p50_us: pick(|l| l.p50),
+        p99_us: pick(|l| l.p99),
+        max_us: pick(|l| l.max),
+        late_latency_samples: i.late_interval_samples,
+        load_s: i.load.as_secs_f64(),
+        window_s,
+        first_window_per_s: first.round(),
+        last_window_per_s: last.round(),
+        last_vs_first_pct: pct,
+    }
+}
+
+fn steady_state(i: &Inputs<'_>) -> Option<SteadyState> {
+    let samples = i.samples.clone()?;
+    let s = &i.config.sampling;
+    let after = s.flat_after.as_secs_f64();
+    let tol = s.tolerance_pct;
+    let series = |f: fn(&Sample) -> Option<u64>| -> Vec<(f64, u64)> {
+        samples
+            .iter()
+            .filter_map(|x| f(x).map(|v| (x.t_s, v)))
+            .collect()
+    };
+    Some(SteadyState {
+        every_s: s.every.as_secs_f64(),
+        server_pid: s.server_pid,
+        data_dir: s.data_dir.as_ref().map(|d| d.display().to_string()),
+        rss: s
+            .server_pid
+            .map(|_| sample::flatness(&series(|x| x.rss_bytes), after, tol)),
+        disk: s
+            .data_dir
+            .as_ref()
+            .map(|_| sample::flatness(&series(|x| x.disk_bytes), after, tol)),
+        samples,
+    })
+}
+
 /// Assembles the report of a run.
-pub fn build(inputs: Inputs<'_>) -> Report {
+pub(crate) fn build(inputs: Inputs<'_>) -> Report {
     let c = inputs.config;
     let mut latency_us = BTreeMap::new();
     let mut requests = 0;
+    let mut all = crate::generator::histogram();
     for t in MsgType::ALL {
         let h = &inputs.latency[t.index()];
         requests += h.len();
+        let _ = all.add(h);
         if !h.is_empty() {
             latency_us.insert(
                 t.name().to_string(),
@@ -204,10 +504,21 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         }
     }
     let elapsed_s = inputs.elapsed.as_secs_f64();
+    let generator = generator_report(&inputs, requests, elapsed_s);
+    let throughput = throughput(&inputs);
+    let steady_state = steady_state(&inputs);
     Report {
-        tool: "reckon-sim load".into(),
+        tool: format!(
+            "reckon-sim {}",
+            if inputs.target == "redis" {
+                "redis"
+            } else {
+                "load"
+            }
+        ),
         version: env!("CARGO_PKG_VERSION").into(),
         config: RunConfig {
+            target: inputs.target.to_string(),
             server: c.server.clone(),
             accounts: c.accounts,
             account_base: c.account_base,
@@ -220,6 +531,8 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             balance: c.balance,
             think_ms: c.think_ms,
             seed: c.seed,
+            threads: inputs.threads,
+            batch: c.batch,
         },
         provisioning: inputs.provisioning,
         elapsed_s,
@@ -236,12 +549,16 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             .map(|f| (f.name().to_string(), inputs.flows[*f as usize]))
             .collect(),
         latency_us,
+        latency_all_us: (!all.is_empty()).then(|| latency(&all, inputs.succeeded.iter().sum())),
         errors: inputs.errors,
         service_results: inputs.service_results,
         final_unit_grants: inputs.final_units,
         dropped_arrivals: inputs.dropped,
         units_debited: inputs.debited,
         verification: inputs.verification,
+        generator,
+        throughput,
+        steady_state,
     }
 }
 
@@ -287,7 +604,8 @@ pub fn summary(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "reckon-sim load: {} requests in {:.1} s = {:.0} requests/s ({} loop{}, {} connection(s) × {} in flight, {} accounts, mix {})",
+        "{}: {} requests in {:.1} s = {:.0} requests/s ({} loop{}, {} connection(s) × {} in flight{}, {} generator thread(s), {} accounts, mix {})",
+        r.tool,
         r.requests,
         r.elapsed_s,
         r.requests_per_s,
@@ -299,6 +617,12 @@ pub fn summary(r: &Report) -> String {
         },
         c.connections,
         c.depth,
+        if c.batch > 1 {
+            format!(", BATCH frames of up to {}", c.batch)
+        } else {
+            String::new()
+        },
+        c.threads,
         c.accounts,
         c.mix
     );
@@ -369,7 +693,230 @@ pub fn summary(r: &Report) -> String {
             }
         }
     }
+    if let Some(l) = &r.latency_all_us {
+        let _ = writeln!(
+            out,
+            "all requests: p50 {}, p99 {}, p99.9 {}, max {}",
+            human_us(l.p50 as f64),
+            human_us(l.p99 as f64),
+            human_us(l.p99_9 as f64),
+            human_us(l.max as f64)
+        );
+    }
+    let t = &r.throughput;
+    let _ = writeln!(
+        out,
+        "throughput: first {:.0} s {:.0}/s, last {:.0} s {:.0}/s ({:.1} % of the first){}",
+        t.window_s,
+        t.first_window_per_s,
+        t.window_s,
+        t.last_window_per_s,
+        t.last_vs_first_pct,
+        if t.load_s + 1e-9 < c.duration_s {
+            format!("; the load was stopped after {:.1} s", t.load_s)
+        } else {
+            String::new()
+        }
+    );
+    let g = &r.generator;
+    let _ = writeln!(
+        out,
+        "generator: {:.2} CPU-s (user {:.2} + sys {:.2}) = {:.2} cores, {:.0} % of {} cores; {:.1} µs CPU per request; {:.1} requests per frame",
+        g.cpu_s, g.cpu_user_s, g.cpu_sys_s, g.cores_used, g.share_of_machine_pct, g.machine_cores, g.cpu_us_per_request, g.requests_per_frame
+    );
+    if let Some(l) = &g.schedule_lag_us {
+        let _ = writeln!(
+            out,
+            "open loop schedule lag (the generator's lateness in starting flows; included in the latency): p50 {}, p99 {}, p99.9 {}, max {}",
+            human_us(l.p50 as f64),
+            human_us(l.p99 as f64),
+            human_us(l.p99_9 as f64),
+            human_us(l.max as f64)
+        );
+    }
+    let _ = writeln!(out, "generator verdict: {}", g.verdict);
+    if let Some(st) = &r.steady_state {
+        type Get = fn(&Sample) -> Option<u64>;
+        let rss: Get = |x| x.rss_bytes;
+        let disk: Get = |x| x.disk_bytes;
+        for (what, f, get) in [
+            ("server RSS", &st.rss, rss),
+            ("data directory", &st.disk, disk),
+        ] {
+            let Some(f) = f else { continue };
+            let values: Vec<u64> = st.samples.iter().filter_map(get).collect();
+            let (Some(first), Some(last)) = (values.first(), values.last()) else {
+                let _ = writeln!(out, "{what}: could not be read");
+                continue;
+            };
+            let judged = match f.verdict.as_str() {
+                "too few samples" => format!(
+                    "from {:.0} s on: too few samples to judge (is the run shorter than --flat-after?)",
+                    f.after_s
+                ),
+                verdict => format!(
+                    "from {:.0} s on ({} samples): {} .. {} (spread {}): {}",
+                    f.after_s,
+                    f.samples,
+                    human_bytes(f.min),
+                    human_bytes(f.max),
+                    if f.spread_pct < 0.0 {
+                        "unbounded".to_string()
+                    } else {
+                        format!("{:.1} %", f.spread_pct)
+                    },
+                    if verdict == "flat" {
+                        format!("FLAT (within {:.0} %)", f.tolerance_pct)
+                    } else {
+                        format!("NOT FLAT (more than {:.0} %)", f.tolerance_pct)
+                    }
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "{what}: {} at the start, {} at the end; {judged}",
+                human_bytes(*first),
+                human_bytes(*last)
+            );
+        }
+        let cores: Vec<f64> = st.samples.iter().filter_map(|x| x.server_cores).collect();
+        if !cores.is_empty() {
+            let _ = writeln!(
+                out,
+                "server CPU: {:.2} cores on average over the samples (max {:.2})",
+                cores.iter().sum::<f64>() / cores.len() as f64,
+                cores.iter().copied().fold(0.0, f64::max)
+            );
+        }
+    }
     out
+}
+
+/// Whether the run held steady: RSS and disk flat where sampled, and
+/// throughput in the last window at least `min_last_vs_first_pct` of the
+/// first. The reasons it did not, if any.
+pub fn steady_failures(r: &Report, min_last_vs_first_pct: f64) -> Vec<String> {
+    let mut why = Vec::new();
+    if r.throughput.last_vs_first_pct < min_last_vs_first_pct {
+        why.push(format!(
+            "throughput in the last window was {:.1} % of the first (needs ≥ {min_last_vs_first_pct:.0} %)",
+            r.throughput.last_vs_first_pct
+        ));
+    }
+    match &r.steady_state {
+        None => why.push("nothing was sampled (give --server-pid and/or --data-dir)".into()),
+        Some(st) => {
+            for (what, f) in [("server RSS", &st.rss), ("data directory", &st.disk)] {
+                if let Some(f) = f {
+                    if !f.is_flat() {
+                        why.push(format!("{what}: {}", f.verdict));
+                    }
+                }
+            }
+        }
+    }
+    why
+}
+
+/// Two JSON reports side by side (e.g. Redis as the baseline, Reckon as
+/// the candidate): throughput, reserve-commit pairs, latency of all
+/// requests, errors, the generator's cores, and the candidate's ratios.
+pub fn compare(
+    baseline: &serde_json::Value,
+    candidate: &serde_json::Value,
+) -> Result<String, String> {
+    struct Row {
+        name: String,
+        per_s: f64,
+        pairs_per_s: f64,
+        p50: u64,
+        p99: u64,
+        p999: u64,
+        errors: u64,
+        cores: f64,
+        shape: String,
+    }
+    let row = |v: &serde_json::Value, which: &str| -> Result<Row, String> {
+        let f = |path: &[&str]| -> Option<&serde_json::Value> {
+            path.iter().try_fold(v, |v, k| v.get(*k))
+        };
+        let num = |path: &[&str]| -> Result<f64, String> {
+            f(path)
+                .and_then(|x| x.as_f64())
+                .ok_or_else(|| format!("the {which} report has no {}", path.join(".")))
+        };
+        let elapsed = num(&["elapsed_s"])?;
+        let pairs = f(&["flows_completed", "reserve-commit"])
+            .and_then(|x| x.as_f64())
+            .unwrap_or(0.0);
+        let errors = f(&["errors"])
+            .and_then(|e| e.as_object())
+            .map_or(0, |m| m.values().filter_map(|x| x.as_u64()).sum());
+        let text = |path: &[&str]| f(path).and_then(|x| x.as_str()).unwrap_or("?").to_string();
+        Ok(Row {
+            name: format!(
+                "{} {}",
+                text(&["config", "target"]),
+                text(&["config", "server"])
+            ),
+            per_s: num(&["requests_per_s"])?,
+            pairs_per_s: if elapsed > 0.0 { pairs / elapsed } else { 0.0 },
+            p50: num(&["latency_all_us", "p50"])? as u64,
+            p99: num(&["latency_all_us", "p99"])? as u64,
+            p999: num(&["latency_all_us", "p99.9"])? as u64,
+            errors,
+            cores: num(&["generator", "cores_used"]).unwrap_or(0.0),
+            shape: format!(
+                "{} conn × {} in flight, {} s, {} loop, mix {}",
+                f(&["config", "connections"]).map_or("?".into(), |x| x.to_string()),
+                f(&["config", "depth"]).map_or("?".into(), |x| x.to_string()),
+                f(&["config", "duration_s"]).map_or("?".into(), |x| x.to_string()),
+                text(&["config", "mode"]),
+                text(&["config", "mix"])
+            ),
+        })
+    };
+    let (a, b) = (row(baseline, "baseline")?, row(candidate, "candidate")?);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<32} {:>12} {:>16} {:>10} {:>10} {:>10} {:>8} {:>10}",
+        "", "requests/s", "reserve+commit/s", "p50", "p99", "p99.9", "errors", "gen cores"
+    );
+    for r in [&a, &b] {
+        let _ = writeln!(
+            out,
+            "{:<32} {:>12.0} {:>16.0} {:>10} {:>10} {:>10} {:>8} {:>10.2}",
+            r.name,
+            r.per_s,
+            r.pairs_per_s,
+            human_us(r.p50 as f64),
+            human_us(r.p99 as f64),
+            human_us(r.p999 as f64),
+            r.errors,
+            r.cores
+        );
+    }
+    if a.shape != b.shape {
+        let _ = writeln!(
+            out,
+            "NOTE: the runs differ in shape:\n  {}\n  {}",
+            a.shape, b.shape
+        );
+    } else {
+        let _ = writeln!(out, "both: {}", a.shape);
+    }
+    let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::INFINITY };
+    let _ = writeln!(
+        out,
+        "{} / {}: {:.2}× the requests/s; p50 {:.2}×, p99 {:.2}× (below 1: faster)",
+        b.name.split(' ').next().unwrap_or("candidate"),
+        a.name.split(' ').next().unwrap_or("baseline"),
+        ratio(b.per_s, a.per_s),
+        ratio(b.p50 as f64, a.p50 as f64),
+        ratio(b.p99 as f64, a.p99 as f64)
+    );
+    Ok(out)
 }
 
 /// The report as pretty JSON.
@@ -394,11 +941,17 @@ fn escape(text: &str) -> String {
 
 const COLORS: [&str; 4] = ["#1f77b4", "#e6550d", "#2ca02c", "#9467bd"];
 
-/// The latency chart as a standalone SVG document: latency (log scale) by
+/// Height of the panels below the latency chart.
+const PANEL_H: f64 = 320.0;
+
+/// The chart as a standalone SVG document: latency (log scale) by
 /// percentile (log scale of 1/(1 − p), 50 % to 99.999 %), one curve per
-/// message type, with a legend of the main percentiles.
+/// message type, with a legend of the main percentiles; below it
+/// throughput and latency over time; below that, when sampled, the
+/// server's RSS and data directory over time.
 pub fn svg(r: &Report) -> String {
-    let (width, height) = (1040.0, 600.0);
+    let panels = 1.0 + r.steady_state.is_some() as u8 as f64;
+    let (width, height) = (1040.0, 600.0 + PANEL_H * panels);
     let (x0, x1, y0, y1) = (90.0, 730.0, 80.0, 530.0);
     let kmin = 2f64.log10();
     let kmax = CURVE_TOP_NINES;
@@ -629,8 +1182,323 @@ pub fn svg(r: &Report) -> String {
             escape(e)
         );
     }
+    throughput_panel(&mut s, r, 600.0);
+    if let Some(st) = &r.steady_state {
+        steady_panel(&mut s, r, st, 600.0 + PANEL_H);
+    }
     s.push_str("</svg>\n");
     s
+}
+
+/// Round axis steps: 1, 2 or 5 × 10^k, about `n` of them up to `max`.
+fn linear_ticks(max: f64, n: usize) -> (f64, Vec<f64>) {
+    if max <= 0.0 || !max.is_finite() {
+        return (1.0, vec![0.0, 1.0]);
+    }
+    let raw = max / n.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let top = (max / step).ceil() * step;
+    let ticks = (0..=((top / step).round() as usize))
+        .map(|i| i as f64 * step)
+        .collect();
+    (top, ticks)
+}
+
+/// A count, readably: `950`, `12.5k`, `1.20M`.
+fn human_count(v: f64) -> String {
+    if v < 1e3 {
+        format!("{v:.0}")
+    } else if v < 1e6 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{:.2}M", v / 1e6)
+    }
+}
+
+/// The time axis of a panel: seconds from 0 to `end`.
+fn time_axis(s: &mut String, end: f64, x0: f64, x1: f64, y1: f64) -> impl Fn(f64) -> f64 {
+    let (top, ticks) = linear_ticks(end.max(1.0), 8);
+    let px = move |t: f64| x0 + t / top * (x1 - x0);
+    for t in ticks {
+        let x = px(t);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{y1:.1}" stroke="#eeeeee" stroke-width="1"/>"##,
+            y1 - (PANEL_H - 110.0)
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{x:.1}" y="{:.1}" font-size="12" text-anchor="middle" fill="#333">{t:.0} s</text>"##,
+            y1 + 18.0
+        );
+    }
+    px
+}
+
+/// Requests per second over time (left axis) and each interval's p50 and
+/// p99 latency (right axis, log scale).
+fn throughput_panel(s: &mut String, r: &Report, top: f64) {
+    let t = &r.throughput;
+    let (x0, x1, y0, y1) = (90.0, 730.0, top + 50.0, top + PANEL_H - 60.0);
+    let step = t.interval_s.max(1e-9);
+    let rates: Vec<f64> = t.requests.iter().map(|n| *n as f64 / step).collect();
+    let _ = writeln!(
+        s,
+        r##"<text x="{x0}" y="{:.1}" font-size="16" font-weight="bold" fill="#222">throughput and latency over time</text>"##,
+        top + 30.0
+    );
+    let end = rates.len() as f64 * step;
+    let px = time_axis(s, end, x0, x1, y1);
+    let (ymax, yticks) = linear_ticks(rates.iter().copied().fold(0.0, f64::max) * 1.05, 5);
+    let py = |v: f64| y1 - v / ymax * (y1 - y0);
+    for v in yticks {
+        let y = py(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{y:.1}" x2="{x1}" y2="{y:.1}" stroke="#dddddd" stroke-width="1"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end" fill="#1f77b4">{}/s</text>"##,
+            x0 - 8.0,
+            y + 4.0,
+            human_count(v)
+        );
+    }
+    // The deadline: what comes after it is the drain.
+    let xd = px(r.config.duration_s);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{xd:.1}" y1="{y0}" x2="{xd:.1}" y2="{y1}" stroke="#999" stroke-width="1" stroke-dasharray="6 4"/>"##
+    );
+    // Latency on a log axis at the right.
+    let lat: Vec<u64> = t
+        .p99_us
+        .iter()
+        .chain(&t.p50_us)
+        .copied()
+        .filter(|v| *v > 0)
+        .collect();
+    let (lo, hi) = lat
+        .iter()
+        .fold((u64::MAX, 0), |(a, b), v| (a.min(*v), b.max(*v)));
+    let (dmin, dmax) = if hi == 0 {
+        (1.0, 4.0)
+    } else {
+        let a = (lo as f64).log10().floor();
+        (a, (hi as f64).log10().ceil().max(a + 1.0))
+    };
+    let ly = |us: f64| y1 - (us.max(1.0).log10() - dmin) / (dmax - dmin) * (y1 - y0);
+    let mut d = dmin;
+    while d <= dmax + 1e-9 {
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" font-size="12" fill="#e6550d">{}</text>"##,
+            x1 + 6.0,
+            ly(10f64.powf(d)) + 4.0,
+            escape(&tick_label(10f64.powf(d)))
+        );
+        d += 1.0;
+    }
+    let _ = writeln!(
+        s,
+        r##"<rect x="{x0}" y="{y0}" width="{}" height="{}" fill="none" stroke="#444" stroke-width="1"/>"##,
+        x1 - x0,
+        y1 - y0
+    );
+    let line = |s: &mut String, pts: String, color: &str, width: f64, dash: &str| {
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="{width}" stroke-linejoin="round"{dash}/>"#,
+            pts.trim_end()
+        );
+    };
+    let mut pts = String::new();
+    for (i, v) in rates.iter().enumerate() {
+        let _ = write!(
+            pts,
+            "{:.1},{:.1} {:.1},{:.1} ",
+            px(i as f64 * step),
+            py(*v),
+            px((i + 1) as f64 * step),
+            py(*v)
+        );
+    }
+    line(s, pts, "#1f77b4", 2.0, "");
+    for (series, color, dash) in [
+        (&t.p99_us, "#e6550d", ""),
+        (&t.p50_us, "#e6550d", r#" stroke-dasharray="4 3""#),
+    ] {
+        let mut pts = String::new();
+        for (i, v) in series.iter().enumerate() {
+            if *v > 0 {
+                let _ = write!(
+                    pts,
+                    "{:.1},{:.1} ",
+                    px((i as f64 + 0.5) * step),
+                    ly(*v as f64)
+                );
+            }
+        }
+        line(s, pts, color, 1.4, dash);
+    }
+    let lx = x1 + 60.0;
+    for (k, (text, color)) in [
+        ("requests/s (left)".to_string(), "#1f77b4"),
+        ("p99 latency (right)".to_string(), "#e6550d"),
+        ("p50 latency, dashed".to_string(), "#e6550d"),
+        (
+            format!(
+                "first {:.0} s: {}/s",
+                t.window_s,
+                human_count(t.first_window_per_s)
+            ),
+            "#222",
+        ),
+        (
+            format!(
+                "last {:.0} s: {}/s",
+                t.window_s,
+                human_count(t.last_window_per_s)
+            ),
+            "#222",
+        ),
+        (format!("last/first: {:.1} %", t.last_vs_first_pct), "#222"),
+        (
+            format!("generator: {:.2} cores", r.generator.cores_used),
+            "#555",
+        ),
+        (
+            format!(
+                "busiest generator thread {:.0} % busy",
+                r.generator.busiest_thread_busy_pct
+            ),
+            "#555",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let _ = writeln!(
+            s,
+            r##"<text x="{lx}" y="{:.1}" font-size="13" fill="{color}">{}</text>"##,
+            y0 + 14.0 + 20.0 * k as f64,
+            escape(text)
+        );
+    }
+    if rates.is_empty() {
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" font-size="16" text-anchor="middle" fill="#a00">no requests were answered</text>"##,
+            (x0 + x1) / 2.0,
+            (y0 + y1) / 2.0
+        );
+    }
+}
+
+/// The server's RSS and data directory over time, with the point from
+/// which flatness is judged.
+fn steady_panel(s: &mut String, r: &Report, st: &SteadyState, top: f64) {
+    let (x0, x1, y0, y1) = (90.0, 730.0, top + 50.0, top + PANEL_H - 60.0);
+    let _ = writeln!(
+        s,
+        r##"<text x="{x0}" y="{:.1}" font-size="16" font-weight="bold" fill="#222">server memory and disk over time</text>"##,
+        top + 30.0
+    );
+    let end = st
+        .samples
+        .iter()
+        .map(|x| x.t_s)
+        .fold(r.config.duration_s, f64::max);
+    let px = time_axis(s, end, x0, x1, y1);
+    let max = st
+        .samples
+        .iter()
+        .flat_map(|x| [x.rss_bytes.unwrap_or(0), x.disk_bytes.unwrap_or(0)])
+        .max()
+        .unwrap_or(0) as f64;
+    let (ymax, yticks) = linear_ticks(max * 1.05, 5);
+    let py = |v: f64| y1 - v / ymax * (y1 - y0);
+    for v in yticks {
+        let y = py(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{y:.1}" x2="{x1}" y2="{y:.1}" stroke="#dddddd" stroke-width="1"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end" fill="#333">{}</text>"##,
+            x0 - 8.0,
+            y + 4.0,
+            escape(&human_bytes(v as u64))
+        );
+    }
+    let after = r
+        .steady_state
+        .as_ref()
+        .and_then(|st| st.rss.as_ref().or(st.disk.as_ref()))
+        .map_or(0.0, |f| f.after_s);
+    let xa = px(after);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{xa:.1}" y1="{y0}" x2="{xa:.1}" y2="{y1}" stroke="#999" stroke-width="1" stroke-dasharray="6 4"/>"##
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="{x0}" y="{y0}" width="{}" height="{}" fill="none" stroke="#444" stroke-width="1"/>"##,
+        x1 - x0,
+        y1 - y0
+    );
+    let lx = x1 + 24.0;
+    let mut k = 0;
+    for (name, f, get, color) in [
+        (
+            "server RSS",
+            &st.rss,
+            (|x: &Sample| x.rss_bytes) as fn(&Sample) -> Option<u64>,
+            "#2ca02c",
+        ),
+        (
+            "data directory",
+            &st.disk,
+            |x: &Sample| x.disk_bytes,
+            "#9467bd",
+        ),
+    ] {
+        let Some(f) = f else { continue };
+        let pts: String = st
+            .samples
+            .iter()
+            .filter_map(|x| get(x).map(|v| format!("{:.1},{:.1} ", px(x.t_s), py(v as f64))))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"/>"#,
+            pts.trim_end()
+        );
+        for line in [
+            format!("{name}: {}", f.verdict),
+            format!(
+                "after {:.0} s: {} .. {}",
+                f.after_s,
+                human_bytes(f.min),
+                human_bytes(f.max)
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                r##"<text x="{lx}" y="{:.1}" font-size="13" fill="{color}">{}</text>"##,
+                y0 + 14.0 + 20.0 * k as f64,
+                escape(&line)
+            );
+            k += 1;
+        }
+    }
 }
 
 /// An HTML page with the chart and the tables of the summary.
@@ -689,6 +1557,82 @@ mod tests {
         assert_eq!(tick_label(500.0), "500 µs");
         assert_eq!(tick_label(2000.0), "2 ms");
         assert_eq!(tick_label(100_000_000.0), "100 s");
+    }
+
+    #[test]
+    fn first_and_last_windows_leave_out_the_drain() {
+        // Ten minutes decaying from 1,000/s to 700/s in steps of a minute, then a drain.
+        let mut series: Vec<u64> = (0..600).map(|i| 1000 - (i / 60) * 30).collect();
+        series.push(5);
+        let (w, first, last, pct) =
+            windows(&series, Duration::from_secs(1), Duration::from_secs(600));
+        assert_eq!(w, 60.0);
+        assert_eq!(first, 1000.0);
+        assert_eq!(last, 730.0);
+        assert_eq!(pct, 73.0);
+        // A short run compares halves; the drain interval (index 8) is not in the last.
+        let short = [10, 10, 10, 10, 20, 20, 20, 20, 1];
+        assert_eq!(
+            windows(&short, Duration::from_secs(1), Duration::from_secs(8)),
+            (4.0, 10.0, 20.0, 200.0)
+        );
+        // Longer intervals: a minute is one 60-s interval.
+        // Stopped early at 12.5 s: the partial 13th second is not compared.
+        let early = [5, 5, 5, 5, 5, 5, 9, 9, 9, 9, 9, 9, 1, 0];
+        assert_eq!(
+            windows(
+                &early,
+                Duration::from_secs(1),
+                Duration::from_millis(12_500)
+            ),
+            (6.0, 5.0, 9.0, 180.0)
+        );
+        let (w, first, last, _) = windows(
+            &[600, 1200, 1800],
+            Duration::from_secs(60),
+            Duration::from_secs(180),
+        );
+        assert_eq!((w, first, last), (60.0, 10.0, 30.0));
+        assert_eq!(
+            windows(&[], Duration::from_secs(1), Duration::from_secs(1)).3,
+            0.0
+        );
+    }
+
+    #[test]
+    fn compare_reports_side_by_side_with_the_ratio() {
+        let report = |target: &str, per_s: f64, p50: u64, p99: u64| {
+            serde_json::json!({
+                "config": {"target": target, "server": "127.0.0.1:1", "connections": 4, "depth": 256,
+                           "duration_s": 10.0, "mode": "closed", "mix": "reserve-commit=1"},
+                "elapsed_s": 10.0,
+                "requests_per_s": per_s,
+                "flows_completed": {"reserve-commit": (per_s * 5.0) as u64},
+                "latency_all_us": {"p50": p50, "p99": p99, "p99.9": p99 * 2},
+                "errors": {"BUSY": 3},
+                "generator": {"cores_used": 0.25}
+            })
+        };
+        let text = compare(
+            &report("redis", 50_000.0, 1000, 4000),
+            &report("reckon", 150_000.0, 500, 1000),
+        )
+        .unwrap();
+        assert!(
+            text.contains("reckon / redis: 3.00× the requests/s; p50 0.50×, p99 0.25×"),
+            "{text}"
+        );
+        assert!(text.contains("both: 4 conn × 256 in flight"), "{text}");
+        assert!(
+            text.contains("75000"),
+            "reserve+commit pairs per second: {text}"
+        );
+        let mut other = report("reckon", 1.0, 1, 1);
+        other["config"]["depth"] = serde_json::json!(1);
+        assert!(compare(&report("redis", 1.0, 1, 1), &other)
+            .unwrap()
+            .contains("NOTE: the runs differ"));
+        assert!(compare(&serde_json::json!({}), &other).is_err());
     }
 
     #[test]

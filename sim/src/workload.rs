@@ -9,7 +9,12 @@
 //!   committing the actual counts (the rest is released);
 //! - **gpu**: a GPU job on service 20: INITIAL reserving one GPU-hour of
 //!   `gpu_seconds`, 1 to 4 periodic usage UPDATEs, TERMINATE;
-//! - **event**: a DIRECT_DEBIT EVENT of one unit of `requests` on service 30.
+//! - **event**: a DIRECT_DEBIT EVENT of one unit of `requests` on service 30;
+//! - **reserve-commit**: the simplest flow that reserves and commits, on
+//!   service 40: INITIAL reserving [`RESERVE_UNITS`] `credits`, TERMINATE
+//!   committing 1 to all of the grant (the rest is released). This is the
+//!   request pair the throughput target counts, and the one
+//!   `reckon-sim redis` runs against Redis + Lua for comparison.
 
 use crate::rng::Rng;
 use reckon_protocol::message::{Ccr, Message, ServiceRequest};
@@ -29,11 +34,19 @@ pub enum Flow {
     Gpu,
     /// A one-shot DIRECT_DEBIT event.
     Event,
+    /// The simplest reservation: INITIAL reserves, TERMINATE commits part of it.
+    ReserveCommit,
 }
 
 impl Flow {
     /// Every flow, in mix order.
-    pub const ALL: [Flow; 4] = [Flow::Telco, Flow::Inference, Flow::Gpu, Flow::Event];
+    pub const ALL: [Flow; 5] = [
+        Flow::Telco,
+        Flow::Inference,
+        Flow::Gpu,
+        Flow::Event,
+        Flow::ReserveCommit,
+    ];
 
     /// The flow's name in `--mix`.
     pub fn name(self) -> &'static str {
@@ -42,6 +55,7 @@ impl Flow {
             Flow::Inference => "inference",
             Flow::Gpu => "gpu",
             Flow::Event => "event",
+            Flow::ReserveCommit => "reserve-commit",
         }
     }
 
@@ -52,6 +66,7 @@ impl Flow {
             Flow::Inference => &[Unit::TOKENS_IN, Unit::TOKENS_OUT],
             Flow::Gpu => &[Unit::GPU_SECONDS],
             Flow::Event => &[Unit::REQUESTS],
+            Flow::ReserveCommit => &[Unit::CREDITS],
         }
     }
 
@@ -62,6 +77,7 @@ impl Flow {
             Flow::Inference => INFERENCE_SERVICE,
             Flow::Gpu => GPU_SERVICE,
             Flow::Event => EVENT_SERVICE,
+            Flow::ReserveCommit => RESERVE_SERVICE,
         }
     }
 
@@ -69,13 +85,14 @@ impl Flow {
     pub fn mean_requests(self) -> f64 {
         match self {
             Flow::Telco => 2.0 + (TELCO_UPDATES.0 + TELCO_UPDATES.1) as f64 / 2.0,
-            Flow::Inference => 2.0,
+            Flow::Inference | Flow::ReserveCommit => 2.0,
             Flow::Gpu => 2.0 + (GPU_UPDATES.0 + GPU_UPDATES.1) as f64 / 2.0,
             Flow::Event => 1.0,
         }
     }
 
-    fn index(self) -> usize {
+    /// Position in [`Flow::ALL`].
+    pub fn index(self) -> usize {
         self as usize
     }
 }
@@ -102,12 +119,16 @@ pub const GPU_QUOTA: u64 = 3600;
 pub const GPU_UPDATES: (u64, u64) = (1, 4);
 /// Units of `requests` one event debits.
 pub const EVENT_UNITS: u64 = 1;
+/// Rating group of the reserve-commit flow.
+pub const RESERVE_SERVICE: u32 = 40;
+/// `credits` a reserve-commit flow reserves.
+pub const RESERVE_UNITS: u64 = 1000;
 
-/// Relative weights of the four flows, parsed from
-/// `telco=40,inference=40,gpu=10,event=10`.
+/// Relative weights of the flows, parsed from
+/// `telco=40,inference=40,gpu=10,event=10` (or `reserve-commit=1`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mix {
-    weights: [u32; 4],
+    weights: [u32; 5],
 }
 
 /// Largest weight of one flow in a mix.
@@ -115,7 +136,7 @@ pub const MIX_WEIGHT_MAX: u32 = 1_000_000;
 
 impl Mix {
     /// A mix from weights in [`Flow::ALL`] order; at least one must be non-zero.
-    pub fn new(weights: [u32; 4]) -> Result<Mix, String> {
+    pub fn new(weights: [u32; 5]) -> Result<Mix, String> {
         if weights.iter().all(|w| *w == 0) {
             return Err("the mix needs at least one flow with a weight above 0".into());
         }
@@ -162,7 +183,7 @@ impl Mix {
             }
             x -= w;
         }
-        Flow::Event
+        Flow::ReserveCommit
     }
 
     /// Mean requests per flow over the mix, to turn a request rate into a
@@ -180,7 +201,7 @@ impl Mix {
 impl Default for Mix {
     fn default() -> Mix {
         Mix {
-            weights: [40, 40, 10, 10],
+            weights: [40, 40, 10, 10, 0],
         }
     }
 }
@@ -189,8 +210,8 @@ impl FromStr for Mix {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Mix, String> {
-        let mut weights = [0u32; 4];
-        let mut seen = [false; 4];
+        let mut weights = [0u32; 5];
+        let mut seen = [false; 5];
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (name, weight) = item
                 .split_once('=')
@@ -199,7 +220,7 @@ impl FromStr for Mix {
                 .into_iter()
                 .find(|f| f.name() == name.trim())
                 .ok_or_else(|| {
-                    format!("mix item {item:?}: unknown flow {name:?} (expected telco, inference, gpu or event)")
+                    format!("mix item {item:?}: unknown flow {name:?} (expected telco, inference, gpu, event or reserve-commit)")
                 })?;
             let weight: u32 = weight.trim().parse().map_err(|_| {
                 format!("mix item {item:?}: weight {weight:?} is not a whole number")
@@ -303,6 +324,65 @@ pub fn ccr(
     })
 }
 
+/// Rewrites `message` as [`ccr`] would build it, reusing its buffers: a
+/// flow's requests differ in a few fields, and at hundreds of thousands of
+/// requests per second the generator should not allocate for each one.
+#[allow(clippy::too_many_arguments)]
+pub fn set_ccr(
+    message: &mut Message,
+    session_id: &str,
+    request_type: RequestType,
+    request_number: u32,
+    account: u64,
+    service: u32,
+    requested: &[(Unit, u64)],
+    used: &[(Unit, u64)],
+) {
+    let Message::Ccr(c) = message else {
+        *message = ccr(
+            session_id,
+            request_type,
+            request_number,
+            account,
+            service,
+            requested,
+            used,
+        );
+        return;
+    };
+    if c.session_id != session_id {
+        c.session_id.clear();
+        c.session_id.push_str(session_id);
+    }
+    c.request_type = request_type;
+    c.request_number = request_number;
+    c.account = account;
+    c.event_action = (request_type == RequestType::Event).then_some(EventAction::DirectDebit);
+    c.termination_cause =
+        (request_type == RequestType::Terminate).then_some(TerminationCause::Logout);
+    c.timestamp_ms = 0;
+    c.services.truncate(1);
+    if c.services.is_empty() {
+        c.services.push(ServiceRequest {
+            service_id: service,
+            requested: Vec::new(),
+            used: Vec::new(),
+        });
+    }
+    let s = &mut c.services[0];
+    s.service_id = service;
+    s.requested.clear();
+    s.requested.extend(amounts_iter(requested));
+    s.used.clear();
+    s.used.extend(amounts_iter(used));
+}
+
+fn amounts_iter(list: &[(Unit, u64)]) -> impl Iterator<Item = UnitAmount> + '_ {
+    list.iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(u, n)| UnitAmount::new(*u, units(*n)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +396,11 @@ mod tests {
         assert_eq!(only.flows(), vec![Flow::Event]);
         assert_eq!(only.units(), vec![Unit::REQUESTS]);
         assert!((only.mean_requests() - 1.0).abs() < 1e-9);
+        let rc: Mix = "reserve-commit=1".parse().unwrap();
+        assert_eq!(rc.flows(), vec![Flow::ReserveCommit]);
+        assert_eq!(rc.units(), vec![Unit::CREDITS]);
+        assert_eq!(rc.to_string(), "reserve-commit=1");
+        assert!((rc.mean_requests() - 2.0).abs() < 1e-9);
         for bad in [
             "",
             "telco=0",
@@ -325,8 +410,36 @@ mod tests {
             "telco=-1",
             "telco=1,telco=2",
             "telco=2000000",
+            "reserve=1",
         ] {
             assert!(bad.parse::<Mix>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn set_ccr_rewrites_in_place_exactly_as_ccr_builds() {
+        type Amounts = &'static [(Unit, u64)];
+        let steps: [(RequestType, u32, Amounts, Amounts); 4] = [
+            (
+                RequestType::Initial,
+                0,
+                &[(Unit::TOKENS_IN, 20), (Unit::TOKENS_OUT, 4096)],
+                &[],
+            ),
+            (
+                RequestType::Update,
+                1,
+                &[(Unit::TOKENS_OUT, 4096)],
+                &[(Unit::TOKENS_OUT, 0), (Unit::TOKENS_IN, 7)],
+            ),
+            (RequestType::Terminate, 2, &[], &[(Unit::TOKENS_OUT, 12)]),
+            (RequestType::Event, 0, &[(Unit::REQUESTS, 1)], &[]),
+        ];
+        let mut m = Message::Ping;
+        for (i, (ty, n, req, used)) in steps.into_iter().enumerate() {
+            let session = format!("s-{}", i / 3);
+            set_ccr(&mut m, &session, ty, n, 42 + i as u64, 10, req, used);
+            assert_eq!(m, ccr(&session, ty, n, 42 + i as u64, 10, req, used));
         }
     }
 

@@ -47,6 +47,7 @@ fn load_config(addr: &str) -> LoadConfig {
         skip_provision: false,
         verify: true,
         progress: false,
+        ..LoadConfig::default()
     }
 }
 
@@ -266,6 +267,12 @@ async fn open_loop_holds_its_rate_and_the_cli_writes_its_files() {
     });
     let r = load::run_with_stop(&long, stop).await.unwrap().report;
     assert!(r.elapsed_s < 5.0, "{} s", r.elapsed_s);
+    // First and last minute are compared over the load that ran, not the 60 s asked for.
+    assert!(
+        r.throughput.load_s > 0.3 && r.throughput.load_s < 5.0,
+        "{}",
+        r.throughput.load_s
+    );
     assert!(r.requests > 0);
     let v = r.verification.unwrap();
     assert!(v.exact && v.held_after == 0, "{v:?}");
@@ -404,4 +411,127 @@ fn the_cli_refuses_bad_options() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_threads_conserve_money_and_the_cli_samples_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(server_config(dir.path())).await.unwrap();
+    let addr = running.addr.to_string();
+
+    // BATCH frames on two generator threads, every flow: the ledger still
+    // matches the acknowledged debits exactly, and each request is counted
+    // once (the series over time sums to the total).
+    let config = LoadConfig {
+        account_base: 30_000,
+        connections: 3,
+        depth: 24,
+        threads: 2,
+        batch: 8,
+        mix: "telco=20,inference=20,gpu=10,event=10,reserve-commit=40"
+            .parse()
+            .unwrap(),
+        ..load_config(&addr)
+    };
+    let r = load::run(&config).await.unwrap().report;
+    print!("{}", report::summary(&r));
+    let v = r.verification.as_ref().unwrap();
+    assert!(v.exact && v.held_after == 0, "{v:?}");
+    assert_eq!(r.flows_completed.len(), 5);
+    assert!(r.flows_completed["reserve-commit"] > 0);
+    assert!(r.generator.requests_per_frame > 1.0, "{:?}", r.generator);
+    assert!(r.generator.requests_per_frame <= 8.0);
+    assert_eq!(r.generator.threads, 2);
+    assert_eq!(r.throughput.requests.iter().sum::<u64>(), r.requests);
+    assert!(r.generator.cpu_s > 0.0 && r.generator.cores_used > 0.0);
+
+    // The command line: sampling this process (it is the server) by its
+    // port, and the data directory; the chart shows throughput over time
+    // and the samples.
+    let report_path = dir.path().join("sampled.json");
+    let chart_path = dir.path().join("sampled.svg");
+    let (rp, cp, data) = (
+        report_path.clone(),
+        chart_path.clone(),
+        dir.path().to_path_buf(),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_reckon-sim"))
+            .args(["load", "--server", &addr, "--token", ADMIN])
+            .args(["--accounts", "20", "--account-base", "40000"])
+            .args(["--connections", "2", "--depth", "16", "--duration", "2"])
+            .args([
+                "--mix",
+                "reserve-commit=1",
+                "--batch",
+                "4",
+                "--threads",
+                "2",
+            ])
+            .args([
+                "--server-pid",
+                "auto",
+                "--sample-every",
+                "1",
+                "--flat-after",
+                "0",
+            ])
+            .args(["--flat-tolerance", "1000"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--report")
+            .arg(&rp)
+            .arg("--chart")
+            .arg(&cp)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for needle in [
+        "throughput: first",
+        "generator:",
+        "generator verdict:",
+        "server RSS: ",
+        "data directory: ",
+        "from 0 s on",
+        "FLAT",
+    ] {
+        assert!(stdout.contains(needle), "{needle}: {stdout}");
+    }
+    assert!(stderr.contains("sample: server RSS"), "{stderr}");
+    assert!(stderr.contains("generator"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let samples = json["steady_state"]["samples"].as_array().unwrap();
+    assert!(samples.len() >= 3, "{samples:?}");
+    for s in samples {
+        assert!(s["rss_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
+        assert!(s["disk_bytes"].as_u64().unwrap() > 0, "{s}");
+    }
+    assert_eq!(
+        json["steady_state"]["server_pid"].as_u64(),
+        Some(std::process::id() as u64)
+    );
+    assert_eq!(json["steady_state"]["rss"]["verdict"], "flat");
+    let series: u64 = json["throughput"]["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(Some(series), json["requests"].as_u64());
+    assert_eq!(json["config"]["batch"], 4);
+    let svg = std::fs::read_to_string(&chart_path).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("the chart is well-formed XML");
+    let lines = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline"))
+        .count();
+    assert_eq!(lines, 5, "throughput, p99, p50, RSS, disk");
+    assert!(svg.contains("throughput and latency over time") && svg.contains("server RSS"));
+    running.shutdown().await;
 }
