@@ -533,5 +533,5 @@ async fn batched_threads_conserve_money_and_the_cli_samples_the_server() {
         .count();
     assert_eq!(lines, 5, "throughput, p99, p50, RSS, disk");
     assert!(svg.contains("throughput and latency over time") && svg.contains("server RSS"));
-    running.shutdown().await;
+    running.shutdown().await.unwrap();
 }
