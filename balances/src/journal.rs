@@ -455,7 +455,7 @@ impl<M: Machine> Journal<M> {
                 Ok(db) => break db,
                 Err(sled::Error::Io(e))
                     if e.kind() == std::io::ErrorKind::WouldBlock
-                        && started.elapsed() < Duration::from_secs(5) =>
+                        && started.elapsed() < Duration::from_secs(30) =>
                 {
                     std::thread::sleep(Duration::from_millis(10));
                 }

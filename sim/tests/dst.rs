@@ -16,6 +16,8 @@ fn env(name: &str, default: u64) -> u64 {
 fn a_sweep_of_seeds_finds_no_violation() {
     let mut crashes = 0;
     let mut acknowledged = 0;
+    let mut hostile = 0;
+    let mut clock_steps = 0;
     let first = env("RECKON_DST_FIRST_SEED", 0);
     let seeds = env("RECKON_DST_SEEDS", 200);
     let steps = env("RECKON_DST_STEPS", 300);
@@ -28,6 +30,8 @@ fn a_sweep_of_seeds_finds_no_violation() {
         .unwrap_or_else(|v| panic!("{v}"));
         crashes += report.crashes;
         acknowledged += report.acknowledged;
+        hostile += report.hostile;
+        clock_steps += report.clock_steps;
     }
     // The sweep exercised what it claims to.
     // The sweep exercised what it claims to (a crash is ~5 % of steps).
@@ -39,6 +43,11 @@ fn a_sweep_of_seeds_finds_no_violation() {
         acknowledged >= seeds * steps / 10,
         "only {acknowledged} acknowledged answers"
     );
+    assert!(
+        hostile >= seeds * steps / 50,
+        "only {hostile} hostile requests"
+    );
+    assert!(clock_steps >= seeds / 2, "only {clock_steps} clock steps");
 }
 
 #[test]
@@ -65,24 +74,33 @@ fn the_same_seed_gives_the_same_run() {
     assert_ne!(a.run_digest, c.run_digest);
 }
 
-#[test]
-fn replying_before_the_sync_is_caught() {
-    // Plant the bug: acknowledge before the record is durable. Some seed in
-    // a short sweep must expose it, and rerunning that seed up to the
-    // reported step must reproduce it exactly.
-    let caught = (0..50).find_map(|seed| {
+/// Plants a bug: some seed of a 100-seed sweep must expose it, the printed
+/// command must name everything needed to reproduce it, and rerunning that
+/// seed up to the reported step must reproduce it exactly.
+fn planted_bug_is_caught(mutation: Mutation) {
+    let caught = (0..100).find_map(|seed| {
         run(DstConfig {
             seed,
             steps: 300,
-            mutation: Some(Mutation::ReplyBeforeSync),
+            mutation: Some(mutation),
         })
         .err()
     });
-    let violation = caught.expect("the simulator missed a reply sent before fsync");
+    let violation = caught.unwrap_or_else(|| panic!("the simulator missed {mutation:?}"));
+    let printed = violation.to_string();
+    assert!(
+        printed.contains(&format!(
+            "reckon-sim dst --seed {} --steps {} --mutation {}",
+            violation.seed,
+            violation.step,
+            mutation.name()
+        )),
+        "{printed}"
+    );
     let again = run(DstConfig {
         seed: violation.seed,
         steps: violation.step,
-        mutation: Some(Mutation::ReplyBeforeSync),
+        mutation: Some(mutation),
     })
     .expect_err("the shortened run reproduces it");
     assert_eq!(again, violation);
@@ -93,4 +111,19 @@ fn replying_before_the_sync_is_caught() {
         mutation: None,
     })
     .unwrap();
+}
+
+#[test]
+fn replying_before_the_sync_is_caught() {
+    planted_bug_is_caught(Mutation::ReplyBeforeSync);
+}
+
+#[test]
+fn looking_answers_up_before_authorising_is_caught() {
+    planted_bug_is_caught(Mutation::AnswersBeforeAuthorisation);
+}
+
+#[test]
+fn a_refund_without_a_recorded_debit_is_caught() {
+    planted_bug_is_caught(Mutation::RefundWithoutCharge);
 }

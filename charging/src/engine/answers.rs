@@ -46,7 +46,11 @@ pub(super) fn request_digest(ccr: &CreditControlRequest) -> u64 {
 #[derive(Debug, Default)]
 pub(super) struct AnswerStore {
     map: HashMap<AnswerKey, Remembered>,
+    /// Keys in the order remembered (times never decrease along it).
     order: VecDeque<(Timestamp, AnswerKey)>,
+    /// Keys remembered at a time ahead of `order`'s (a request stamped
+    /// later than the server's clock), earliest first.
+    ahead: std::collections::BinaryHeap<Reverse<(Timestamp, AnswerKey)>>,
     /// Answers recorded before this time are forgotten; persisted, so a
     /// restore never brings back one the live engine had forgotten.
     forgotten_below: Timestamp,
@@ -74,25 +78,24 @@ impl AnswerStore {
         self.inserted
     }
 
-    /// Remembers an answer.
+    /// Remembers an answer from `at`: the time it was answered, or the
+    /// request's own timestamp when that is later, so that the answer is
+    /// kept until a retransmission of it would be refused as too old.
     pub(super) fn insert(
         &mut self,
-        now: Timestamp,
+        at: Timestamp,
         key: AnswerKey,
         digest: u64,
         answer: CreditControlAnswer,
     ) {
         self.inserted += 1;
-        self.order.push_back((now, key.clone()));
+        if self.order.back().is_none_or(|(last, _)| *last <= at) {
+            self.order.push_back((at, key.clone()));
+        } else {
+            self.ahead.push(Reverse((at, key.clone())));
+        }
         self.added.push(key.clone());
-        self.map.insert(
-            key,
-            Remembered {
-                at: now,
-                digest,
-                answer,
-            },
-        );
+        self.map.insert(key, Remembered { at, digest, answer });
     }
 
     /// Forgets answers a window old.
@@ -100,16 +103,26 @@ impl AnswerStore {
         if let Some(bound) = now.0.checked_sub(window_ms) {
             self.forgotten_below = self.forgotten_below.max(Timestamp(bound + 1));
         }
-        while let Some((at, _)) = self.order.front() {
-            if at.plus_ms(window_ms) > now {
-                break;
-            }
-            if let Some((at, key)) = self.order.pop_front() {
-                // A key remembered again later (never, as ids are refused
-                // once used; but be exact) keeps its newer answer.
-                if self.map.get(&key).is_some_and(|r| r.at == at) {
-                    self.map.remove(&key);
+        loop {
+            let front = self.order.front().map(|(at, _)| *at);
+            let ahead = self.ahead.peek().map(|Reverse((at, _))| *at);
+            let (at, key) = match (front, ahead) {
+                (Some(f), a) if a.is_none_or(|a| f <= a) && f.plus_ms(window_ms) <= now => {
+                    match self.order.pop_front() {
+                        Some(e) => e,
+                        None => break,
+                    }
                 }
+                (_, Some(a)) if a.plus_ms(window_ms) <= now => match self.ahead.pop() {
+                    Some(Reverse(e)) => e,
+                    None => break,
+                },
+                _ => break,
+            };
+            // A key remembered again later (never, as ids are refused once
+            // used; but be exact) keeps its newer answer.
+            if self.map.get(&key).is_some_and(|r| r.at == at) {
+                self.map.remove(&key);
             }
         }
     }

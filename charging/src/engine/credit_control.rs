@@ -140,7 +140,8 @@ impl Engine {
                 EventAction::DirectDebit | EventAction::Refund
             );
         if mutating && (self.changed || decision) {
-            self.answers.insert(now, answer_key, digest, answer.clone());
+            let at = now.max(Timestamp(ccr.timestamp_ms));
+            self.answers.insert(at, answer_key, digest, answer.clone());
         }
         self.cause = OpId::SERVER;
         answer

@@ -185,7 +185,7 @@ impl Engine {
             return refuse(result_code::REFUND_NOT_COVERED);
         }
         let Some(record) = self.closed.get(key) else {
-            if caller != Caller::Admin {
+            if caller != Caller::Admin && self.planted != Some(PlantedBug::RefundWithoutCharge) {
                 return refuse(result_code::REFUND_NOT_COVERED);
             }
             if ccr.request_number != 0 {

@@ -55,7 +55,8 @@ struct DstArgs {
     /// Steps per seed.
     #[arg(long, default_value_t = 1000)]
     steps: u64,
-    /// Plant a bug to see the simulator catch it: reply-before-sync.
+    /// Plant a bug to see the simulator catch it: reply-before-sync,
+    /// answers-before-authorisation, refund-without-charge.
     #[arg(long)]
     mutation: Option<String>,
 }
@@ -64,12 +65,10 @@ fn dst(args: DstArgs) -> Result<bool, String> {
     use reckon_sim::dst::{run, DstConfig, Mutation};
     let mutation = match args.mutation.as_deref() {
         None => None,
-        Some("reply-before-sync") => Some(Mutation::ReplyBeforeSync),
-        Some(other) => {
-            return Err(format!(
-                "unknown mutation {other:?} (known: reply-before-sync)"
-            ))
-        }
+        Some(name) => Some(Mutation::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = Mutation::ALL.iter().map(|(_, n)| *n).collect();
+            format!("unknown mutation {name:?} (known: {})", known.join(", "))
+        })?),
     };
     if args.seeds == 0 || args.steps == 0 {
         return Err("--seeds and --steps must be at least 1".into());
