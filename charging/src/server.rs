@@ -61,12 +61,16 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     connections: Arc<Semaphore>,
     requests: AtomicU64,
+    /// Tells the Diameter peers about admin changes (RAR/ASR), if serving.
+    diameter: Option<crate::diameter::Notifier>,
 }
 
 /// A running server: its address, and the handle that stops it.
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The Diameter listener's address, when it runs.
+    pub diameter_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -141,6 +145,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         })?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "reckon serving");
     let (stop, shutdown) = watch::channel(false);
+    let diameter = match &config.diameter {
+        Some(d) => Some(crate::diameter::start(d, journal.submitter(), shutdown.clone()).await?),
+        None => None,
+    };
+    let diameter_addr = diameter.as_ref().map(|d| d.addr);
     let shared = Arc::new(Shared {
         submitter: journal.submitter(),
         credentials,
@@ -149,9 +158,21 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         shutdown: shutdown.clone(),
         connections: Arc::new(Semaphore::new(config.max_connections)),
         requests: AtomicU64::new(0),
+        diameter: diameter.as_ref().map(|d| d.notifier.clone()),
     });
-    let done = tokio::spawn(accept_loop(listener, shared, shutdown, journal));
-    Ok(RunningServer { addr, stop, done })
+    let done = tokio::spawn(accept_loop(
+        listener,
+        shared,
+        shutdown,
+        journal,
+        diameter.map(|d| d.done),
+    ));
+    Ok(RunningServer {
+        addr,
+        diameter_addr,
+        stop,
+        done,
+    })
 }
 
 async fn accept_loop(
@@ -159,6 +180,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     journal: Journal<Engine>,
+    diameter: Option<tokio::task::JoinHandle<()>>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -198,6 +220,10 @@ async fn accept_loop(
     {
         tracing::warn!("connections did not drain in 10 s; closing them");
         tasks.abort_all();
+    }
+    if let Some(d) = diameter {
+        // Diameter peers get DPR and their in-flight answers first.
+        let _ = d.await;
     }
     tracing::info!(
         requests = shared.requests.load(Ordering::Relaxed),
@@ -457,7 +483,19 @@ async fn connection(
                     break;
                 };
                 shared.requests.fetch_add(1, Ordering::Relaxed);
-                submit_one(&shared, who, request_id, body, out_tx.clone(), permit);
+                let change = shared
+                    .diameter
+                    .as_ref()
+                    .and_then(|_| crate::diameter::admin_change(&body));
+                submit_one(
+                    &shared,
+                    who,
+                    request_id,
+                    body,
+                    out_tx.clone(),
+                    permit,
+                    change,
+                );
             }
         }
     }
@@ -477,7 +515,9 @@ fn submit_one(
     body: Message,
     out: mpsc::UnboundedSender<Frame>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    change: Option<(u64, crate::diameter::AccountChange)>,
 ) {
+    let notifier = change.and(shared.diameter.clone());
     let (request, shape) = match wire::prepare(caller, body) {
         Prepared::Immediate(message) => {
             let _ = out.send(Frame::new(request_id, message));
@@ -503,6 +543,13 @@ fn submit_one(
                     message: e.to_string(),
                 }),
             };
+            if let (Some(n), Some((account, c)), Message::AdminResult(r)) =
+                (&notifier, change, &message)
+            {
+                if r.code.is_ok() {
+                    n.changed(account, c);
+                }
+            }
             let _ = reply_out.send(Frame::new(request_id, message));
             drop(permit);
         }),
