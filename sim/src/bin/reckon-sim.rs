@@ -26,6 +26,9 @@ enum Cmd {
     /// seeds, checks every property after every step, prints a reproducer
     /// on failure.
     Dst(DstArgs),
+    /// Diameter Gy load: provisions subscribers, then runs CCR-I/U/T
+    /// sessions over pipelined peer connections; prints CCR/s and latency.
+    Diameter(reckon_sim::diameter_load::DiameterArgs),
 }
 
 #[derive(Args)]
@@ -252,6 +255,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Load(args) => runtime.block_on(load(args)),
         Cmd::Dst(args) => dst(args),
+        Cmd::Diameter(args) => runtime.block_on(reckon_sim::diameter_load::main(args)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
