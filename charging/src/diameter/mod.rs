@@ -560,3 +560,60 @@ async fn accept_loop(
         "diameter listener stopped"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/diameter.toml");
+        let config = crate::config::Config::load(&path).unwrap();
+        config.engine_config().unwrap();
+        let s = config.diameter.unwrap().settings().unwrap();
+        assert_eq!(
+            s.peers.get("pgw1.epc.mnc001.mcc001.3gppnetwork.org"),
+            Some(&1000)
+        );
+        let id = |kind, data| reckon_protocol::diameter::message::SubscriptionId { kind, data };
+        assert_eq!(
+            s.subscribers.account(&[id(0, "491701234567")]),
+            Some(AccountId(1001))
+        );
+        assert_eq!(
+            s.subscribers.account(&[id(1, "001010123456789")]),
+            Some(AccountId(1001))
+        );
+        assert_eq!(
+            s.subscribers.account(&[id(0, "4917000042")]),
+            Some(AccountId(5000042))
+        );
+        assert_eq!(s.units.per_service.get(&30), Some(&Unit::TOKENS_OUT));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_field() {
+        let mut c = DiameterConfig::default();
+        c.subscribers.push(SubscriberConfig {
+            kind: "msisdn".into(),
+            id: "1".into(),
+            account: 1,
+        });
+        let e = c.settings().unwrap_err().to_string();
+        assert!(e.contains("diameter.subscriber[0].type"), "{e}");
+        let mut c = DiameterConfig::default();
+        c.units.time = "not a unit!".into();
+        assert!(c.settings().unwrap_err().to_string().contains("units.time"));
+        let mut c = DiameterConfig::default();
+        c.peers.push(PeerConfig {
+            origin_host: "A".into(),
+            org: 1,
+        });
+        c.peers.push(PeerConfig {
+            origin_host: "a".into(),
+            org: 2,
+        });
+        assert!(c.settings().unwrap_err().to_string().contains("twice"));
+        assert_eq!(DiameterConfig::default().listen.port(), 3868);
+    }
+}
