@@ -10,53 +10,90 @@
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 type Key = (u64, u32);
 
-struct Inner {
-    answers: HashMap<Key, (u64, Bytes)>,
+/// Keys are already well mixed (a hash of the Origin-Host and a counter):
+/// one multiply is enough, and much cheaper than SipHash per request.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x100000001b3);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x9e3779b97f4a7c15);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e3779b97f4a7c15);
+    }
+}
+
+type Map = HashMap<Key, (u64, Bytes), BuildHasherDefault<KeyHasher>>;
+
+struct Shard {
+    answers: Map,
     order: VecDeque<Key>,
 }
 
+/// Shards: peers on different worker threads rarely wait for each other.
+const SHARDS: usize = 16;
+
 /// A bounded cache of encoded answers.
 pub struct DuplicateCache {
-    inner: Mutex<Inner>,
-    capacity: usize,
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
 }
 
 impl DuplicateCache {
-    /// A cache holding at most `capacity` answers (0: none).
+    /// A cache holding at most about `capacity` answers (0: none).
     pub fn new(capacity: usize) -> DuplicateCache {
         DuplicateCache {
-            inner: Mutex::new(Inner {
-                answers: HashMap::new(),
-                order: VecDeque::new(),
-            }),
-            capacity,
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        answers: Map::default(),
+                        order: VecDeque::new(),
+                    })
+                })
+                .collect(),
+            per_shard: capacity.div_ceil(SHARDS),
         }
+    }
+
+    fn shard(&self, key: &Key) -> &Mutex<Shard> {
+        &self.shards[(key.1 as usize ^ key.0 as usize) % SHARDS]
     }
 
     /// Remembers the encoded answer to a request.
     pub fn insert(&self, origin_host: u64, end_to_end: u32, digest: u64, answer: Bytes) {
-        if self.capacity == 0 {
+        if self.per_shard == 0 {
             return;
         }
         let key = (origin_host, end_to_end);
-        let mut inner = self.inner.lock();
-        if inner.answers.insert(key, (digest, answer)).is_none() {
-            inner.order.push_back(key);
+        let mut shard = self.shard(&key).lock();
+        if shard.answers.insert(key, (digest, answer)).is_none() {
+            shard.order.push_back(key);
         }
-        while inner.order.len() > self.capacity {
-            if let Some(old) = inner.order.pop_front() {
-                inner.answers.remove(&old);
+        while shard.order.len() > self.per_shard {
+            if let Some(old) = shard.order.pop_front() {
+                shard.answers.remove(&old);
             }
         }
     }
 
     /// The answer to an earlier request with the same key and content.
     pub fn get(&self, origin_host: u64, end_to_end: u32, digest: u64) -> Option<Bytes> {
-        let inner = self.inner.lock();
-        match inner.answers.get(&(origin_host, end_to_end)) {
+        let key = (origin_host, end_to_end);
+        let shard = self.shard(&key).lock();
+        match shard.answers.get(&key) {
             Some((d, answer)) if *d == digest => Some(answer.clone()),
             _ => None,
         }
@@ -64,7 +101,7 @@ impl DuplicateCache {
 
     /// Answers held.
     pub fn len(&self) -> usize {
-        self.inner.lock().answers.len()
+        self.shards.iter().map(|s| s.lock().answers.len()).sum()
     }
 
     /// True when empty.
@@ -79,16 +116,20 @@ mod tests {
 
     #[test]
     fn bounded_and_content_checked() {
-        let c = DuplicateCache::new(2);
-        c.insert(1, 10, 100, Bytes::from_static(b"a"));
-        c.insert(1, 11, 101, Bytes::from_static(b"b"));
-        assert_eq!(c.get(1, 10, 100).as_deref(), Some(&b"a"[..]));
-        assert_eq!(c.get(1, 10, 999), None, "same id, other content");
-        assert_eq!(c.get(2, 10, 100), None, "other origin host");
-        c.insert(1, 12, 102, Bytes::from_static(b"c"));
-        assert_eq!(c.len(), 2);
-        assert_eq!(c.get(1, 10, 100), None, "oldest dropped");
-        assert!(c.get(1, 12, 102).is_some());
+        // One answer per shard: keys 16 apart land in the same shard.
+        let c = DuplicateCache::new(SHARDS);
+        c.insert(1, 16, 100, Bytes::from_static(b"a"));
+        assert_eq!(c.get(1, 16, 100).as_deref(), Some(&b"a"[..]));
+        assert_eq!(c.get(1, 16, 999), None, "same id, other content");
+        assert_eq!(c.get(2, 16, 100), None, "other origin host");
+        c.insert(1, 32, 102, Bytes::from_static(b"c"));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.get(1, 16, 100), None, "oldest dropped");
+        assert!(c.get(1, 32, 102).is_some());
+        for i in 0..1000 {
+            c.insert(7, i, 0, Bytes::new());
+        }
+        assert!(c.len() <= SHARDS);
         let none = DuplicateCache::new(0);
         none.insert(1, 1, 1, Bytes::new());
         assert!(none.is_empty());

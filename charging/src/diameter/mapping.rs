@@ -121,11 +121,26 @@ impl SubscriberMap {
 
 /// The engine's session id for a Diameter Session-Id of an organisation.
 pub fn engine_session_id(org: u64, session_id: &str) -> Arc<str> {
-    let prefix = format!("d{org}:");
-    if prefix.len() + session_id.len() <= engine::SESSION_ID_LEN_MAX {
-        return Arc::from(format!("{prefix}{session_id}"));
+    use std::io::Write;
+    // Built on the stack: one allocation (the Arc) per request.
+    let mut buf = [0u8; engine::SESSION_ID_LEN_MAX];
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    let prefixed = write!(cur, "d{org}:{session_id}").is_ok();
+    let len = cur.position() as usize;
+    if prefixed {
+        if let Ok(id) = std::str::from_utf8(&buf[..len]) {
+            return Arc::from(id);
+        }
     }
     Arc::from(format!("d{org}#{:032x}", fnv1a_128(session_id.as_bytes())))
+}
+
+/// The Diameter Session-Id inside an engine session id, when it is kept
+/// whole (`d<org>:<Session-Id>`); `None` for a hashed one.
+pub fn diameter_part(engine_id: &str) -> Option<&str> {
+    let rest = engine_id.strip_prefix('d')?;
+    let colon = rest.find([':', '#'])?;
+    (rest.as_bytes()[colon] == b':').then(|| &rest[colon + 1..])
 }
 
 /// FNV-1a, 128-bit: fixed and stable across builds and restarts.
@@ -311,10 +326,11 @@ pub fn unit_value(d: Decimal) -> (i64, i32) {
     }
 }
 
-/// Maps a decoded CCR of `org`'s peer, for `account`, to an engine request.
+/// Maps a decoded CCR, for `account`, to an engine request of session
+/// `session_id` (see [`engine_session_id`]).
 pub fn request(
     units: &UnitMap,
-    org: u64,
+    session_id: Arc<str>,
     account: AccountId,
     ccr: &reckon_protocol::diameter::message::Ccr<'_>,
 ) -> Mapped {
@@ -368,7 +384,7 @@ pub fn request(
     }
     Ok((
         CreditControlRequest {
-            session_id: engine_session_id(org, ccr.session_id),
+            session_id,
             request_type,
             request_number: ccr.request_number,
             account,
@@ -531,6 +547,14 @@ mod tests {
     #[test]
     fn session_ids_are_scoped_by_org_and_bounded() {
         assert_eq!(&*engine_session_id(7, "gw;1;2"), "d7:gw;1;2");
+        assert_eq!(diameter_part("d7:gw;1;2"), Some("gw;1;2"));
+        assert_eq!(diameter_part("d7:a:b#c"), Some("a:b#c"));
+        let exact = "y".repeat(engine::SESSION_ID_LEN_MAX - 3);
+        assert_eq!(
+            engine_session_id(7, &exact).len(),
+            engine::SESSION_ID_LEN_MAX
+        );
+        assert!(engine_session_id(7, &format!("{exact}z")).starts_with("d7#"));
         assert_ne!(
             engine_session_id(7, "gw;1;2"),
             engine_session_id(8, "gw;1;2")
@@ -539,6 +563,7 @@ mod tests {
         let mapped = engine_session_id(1000, &long);
         assert!(mapped.len() <= engine::SESSION_ID_LEN_MAX);
         assert!(mapped.starts_with("d1000#"));
+        assert_eq!(diameter_part(&mapped), None);
         assert_eq!(mapped, engine_session_id(1000, &long), "deterministic");
         assert_ne!(mapped, engine_session_id(1000, &"x".repeat(501)));
         // Known FNV-1a 128 value of the empty input is its offset basis.

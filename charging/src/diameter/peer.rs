@@ -61,12 +61,24 @@ enum State {
 /// What one request needs for its answer once the engine replied.
 struct Meta {
     header: Header,
-    session_id: Box<str>,
+    /// The engine's session id (`d<org>:<Session-Id>` or a hash).
+    session: Arc<str>,
+    /// The Session-Id when `session` is a hash of it.
+    long_session_id: Option<Box<str>>,
     request_number: u32,
     shape: AnswerShape,
     proxy_infos: Vec<Box<[u8]>>,
     digest: u64,
     account: AccountId,
+}
+
+impl Meta {
+    /// The Diameter Session-Id to answer with.
+    fn session_id(&self) -> &str {
+        mapping::diameter_part(&self.session)
+            .or(self.long_session_id.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 struct Completion {
@@ -76,6 +88,8 @@ struct Completion {
 
 struct Tracked {
     account: AccountId,
+    /// The Session-Id when the engine's id is a hash of it.
+    long_session_id: Option<Box<str>>,
     starved: bool,
     touched: Instant,
 }
@@ -103,8 +117,9 @@ struct Peer {
     batches: HashMap<u64, Vec<Meta>>,
     next_batch: u64,
     completions: mpsc::UnboundedSender<Completion>,
-    sessions: HashMap<Box<str>, Tracked>,
-    server_requests: HashMap<u32, (ServerRequest, Box<str>)>,
+    /// Keyed by the engine's session id.
+    sessions: HashMap<Arc<str>, Tracked>,
+    server_requests: HashMap<u32, (ServerRequest, Arc<str>)>,
     next_hop: u32,
     last_rx: Instant,
     dwr_sent: Option<Instant>,
@@ -624,10 +639,11 @@ impl Peer {
                 return;
             }
         }
+        let session = mapping::engine_session_id(self.org, ccr.session_id);
         let account = s
             .subscribers
             .account(&ccr.subscription_ids)
-            .or_else(|| self.sessions.get(ccr.session_id).map(|t| t.account));
+            .or_else(|| self.sessions.get(&session).map(|t| t.account));
         let Some(account) = account else {
             if !ccr.subscription_ids.is_empty() {
                 return self.ccr_answer_error(header, &ccr, result::USER_UNKNOWN);
@@ -642,7 +658,10 @@ impl Peer {
             }
             return self.ccr_answer_error(header, &ccr, result::UNKNOWN_SESSION_ID);
         };
-        let (request, shape) = match mapping::request(&s.units, self.org, account, &ccr) {
+        let long_session_id = mapping::diameter_part(&session)
+            .is_none()
+            .then(|| Box::from(ccr.session_id));
+        let (request, shape) = match mapping::request(&s.units, session.clone(), account, &ccr) {
             Ok(m) => m,
             Err(code) => return self.ccr_answer_error(header, &ccr, code),
         };
@@ -652,7 +671,8 @@ impl Peer {
         ));
         metas.push(Meta {
             header: *header,
-            session_id: ccr.session_id.into(),
+            session,
+            long_session_id,
             request_number: ccr.request_number,
             shape,
             proxy_infos: ccr.proxy_infos.iter().map(|p| Box::from(*p)).collect(),
@@ -687,7 +707,7 @@ impl Peer {
                 for m in metas {
                     let mut dst = std::mem::take(&mut self.wbuf);
                     let _ = ErrorAnswer {
-                        session_id: Some(&m.session_id),
+                        session_id: Some(m.session_id()),
                         origin_host: &self.shared.settings.origin_host,
                         origin_realm: &self.shared.settings.origin_realm,
                         status: AnswerStatus {
@@ -747,7 +767,7 @@ impl Peer {
         let start = dst.len();
         if result::is_protocol_error(a.result_code) {
             let _ = ErrorAnswer {
-                session_id: Some(&meta.session_id),
+                session_id: Some(meta.session_id()),
                 origin_host: &settings.origin_host,
                 origin_realm: &settings.origin_realm,
                 status: AnswerStatus {
@@ -772,7 +792,7 @@ impl Peer {
         let code = parts.result_code;
         let starved = parts.starved;
         let cca = Cca {
-            session_id: &meta.session_id,
+            session_id: meta.session_id(),
             status: AnswerStatus {
                 result_code: code,
                 ..Default::default()
@@ -812,22 +832,23 @@ impl Peer {
                 if code == result::SUCCESS && self.sessions.len() < SESSIONS_MAX =>
             {
                 self.sessions.insert(
-                    meta.session_id.clone(),
+                    meta.session.clone(),
                     Tracked {
                         account: meta.account,
+                        long_session_id: meta.long_session_id.clone(),
                         starved,
                         touched: now,
                     },
                 );
             }
             d::cc_request_type::UPDATE if code != result::UNKNOWN_SESSION_ID => {
-                if let Some(t) = self.sessions.get_mut(&meta.session_id) {
+                if let Some(t) = self.sessions.get_mut(&meta.session) {
                     t.starved = starved;
                     t.touched = now;
                 }
             }
             d::cc_request_type::UPDATE | d::cc_request_type::TERMINATION => {
-                self.sessions.remove(&meta.session_id);
+                self.sessions.remove(&meta.session);
             }
             _ => {}
         }
@@ -843,7 +864,7 @@ impl Peer {
         if e.org != self.org {
             return;
         }
-        let mut targets: Vec<(Box<str>, ServerRequest)> = Vec::new();
+        let mut targets: Vec<(Arc<str>, Box<str>, ServerRequest)> = Vec::new();
         for (id, t) in self.sessions.iter_mut() {
             if targets.len() >= NOTIFY_MAX {
                 break;
@@ -861,10 +882,14 @@ impl Peer {
                 _ => None,
             };
             if let Some(k) = kind {
-                targets.push((id.clone(), k));
+                let sid = mapping::diameter_part(id)
+                    .map(Box::from)
+                    .or_else(|| t.long_session_id.clone())
+                    .unwrap_or_default();
+                targets.push((id.clone(), sid, k));
             }
         }
-        for (session, kind) in targets {
+        for (key, session, kind) in targets {
             if self.server_requests.len() >= SERVER_REQUESTS_MAX {
                 tracing::warn!(peer = %self.addr, "too many RAR/ASR unanswered; skipping the rest");
                 break;
@@ -892,7 +917,7 @@ impl Peer {
             };
             self.wbuf = dst;
             tracing::info!(peer = %self.addr, session = %session, ?kind, account = e.account, "server-initiated request sent");
-            self.server_requests.insert(hop, (kind, session));
+            self.server_requests.insert(hop, (kind, key));
         }
     }
 }
