@@ -9,7 +9,7 @@
 //!
 //! The server needs a `[diameter]` section whose peer is the driver's
 //! Origin-Host, bound to the org, and a subscriber range mapping MSISDNs
-//! `99<n>` to accounts `account_base + n`:
+//! `99<n>` to accounts `account_base + n` (`sim/examples/diameter-load.toml`):
 //!
 //! ```toml
 //! [diameter]
