@@ -45,6 +45,7 @@ fn config(dir: &std::path::Path, cer_timeout_s: u32, watchdog_s: u32) -> Config 
         origin_host: PGW.into(),
         org: 1000,
     });
+    diameter.free_rating_groups.push(99);
     diameter.subscriber_ranges.push(SubscriberRangeConfig {
         kind: "e164".into(),
         prefix: "4917".into(),
@@ -305,6 +306,17 @@ impl RawPeer {
 }
 
 fn ccr_bytes(session: &str, hop: u32, extra: impl FnOnce(&mut AvpWriter<'_>)) -> BytesMut {
+    ccr_of(session, hop, 4, Some(2), extra)
+}
+
+/// A CCR of a type (and Requested-Action) for subscriber 491700000001.
+fn ccr_of(
+    session: &str,
+    hop: u32,
+    kind: u32,
+    action: Option<u32>,
+    extra: impl FnOnce(&mut AvpWriter<'_>),
+) -> BytesMut {
     let mut out = BytesMut::new();
     let h = Header {
         length: 0,
@@ -320,13 +332,15 @@ fn ccr_bytes(session: &str, hop: u32, extra: impl FnOnce(&mut AvpWriter<'_>)) ->
         w.str(&d::ORIGIN_REALM, "test.example");
         w.str(&d::DESTINATION_REALM, "reckon.test");
         w.u32(&d::AUTH_APPLICATION_ID, 4);
-        w.u32(&d::CC_REQUEST_TYPE, 4);
+        w.u32(&d::CC_REQUEST_TYPE, kind);
         w.u32(&d::CC_REQUEST_NUMBER, 0);
         w.group(&d::SUBSCRIPTION_ID, |w| {
             w.u32(&d::SUBSCRIPTION_ID_TYPE, 0);
             w.str(&d::SUBSCRIPTION_ID_DATA, "491700000001");
         });
-        w.u32(&d::REQUESTED_ACTION, 2);
+        if let Some(a) = action {
+            w.u32(&d::REQUESTED_ACTION, a);
+        }
         extra(w);
     })
     .unwrap();
@@ -413,6 +427,51 @@ async fn bad_peers_are_dropped_alone_and_errors_follow_the_rfc() {
     assert_eq!(GenericResult::of(&a), result::AVP_UNSUPPORTED);
     let g = dia::avp::GenericMessage::decode(&a).unwrap();
     assert!(g.find(&d::FAILED_AVP).is_some());
+    // A zero-rated rating group: 4011, nothing charged.
+    let free = ccr_of("good;3", 14, 1, None, |w| {
+        w.group(&d::MULTIPLE_SERVICES_CREDIT_CONTROL, |w| {
+            w.group(&d::REQUESTED_SERVICE_UNIT, |w| w.u32(&d::CC_TIME, 60));
+            w.u32(&d::RATING_GROUP, 99);
+        })
+    });
+    good.send(&free).await;
+    let cca = good.recv().await.unwrap();
+    let cca = Cca::decode(&cca).unwrap();
+    assert_eq!(
+        cca.status.result_code,
+        result::CREDIT_CONTROL_NOT_APPLICABLE
+    );
+    assert_eq!(
+        cca.mscc[0].result_code,
+        Some(result::CREDIT_CONTROL_NOT_APPLICABLE)
+    );
+    assert_eq!(cca.mscc[0].rating_group, Some(99));
+    assert!(cca.mscc[0].granted.is_none());
+
+    // A direct debit, then the same request with the T flag on another
+    // hop-by-hop id: the same answer on the new id, debited once.
+    let debit = |hop| {
+        let mut m = ccr_of("good;4", hop, 4, Some(0), |w| {
+            w.group(&d::MULTIPLE_SERVICES_CREDIT_CONTROL, |w| {
+                w.group(&d::REQUESTED_SERVICE_UNIT, |w| w.u32(&d::CC_TIME, 7));
+                w.u32(&d::RATING_GROUP, 10);
+            })
+        });
+        m[16..20].copy_from_slice(&777u32.to_be_bytes()); // one End-to-End-Id
+        m
+    };
+    good.send(&debit(15)).await;
+    let first = good.recv().await.unwrap();
+    let mut again = debit(16);
+    again[4] |= dia::FLAG_RETRANSMIT;
+    good.send(&again).await;
+    let second = good.recv().await.unwrap();
+    assert_eq!(Header::parse(&second).unwrap().hop_by_hop, 16);
+    assert_eq!(first[16..], second[16..]);
+    assert_eq!(first[..12], second[..12]);
+    assert_eq!(Cca::decode(&first).unwrap().status.result_code, 2001);
+    assert_eq!(seconds(&c, 1).await, Decimal::from(93));
+
     // A DWR is answered.
     let mut dwr = BytesMut::new();
     Dwr {

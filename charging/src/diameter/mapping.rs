@@ -32,7 +32,7 @@ use reckon_protocol::diameter::message::{
 use reckon_protocol::diameter::result;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// ISO 4217 numeric codes of the currencies Reckon names as units.
@@ -165,8 +165,10 @@ pub fn fnv1a_64(bytes: &[u8]) -> u64 {
 pub struct AnswerShape {
     /// MSCC form (else top-level GSU and Validity-Time).
     pub mscc: bool,
-    /// Per service: (Rating-Group, Service-Identifiers) echoed back.
-    pub services: Vec<(Option<u32>, Vec<u32>)>,
+    /// Per service as the request named it: (Rating-Group,
+    /// Service-Identifiers) echoed back, and whether the service is free of
+    /// credit control (answered 4011 without the engine).
+    pub services: Vec<(Option<u32>, Vec<u32>, bool)>,
     /// CC-Request-Type.
     pub request_type: u32,
     /// The event's Requested-Action.
@@ -330,6 +332,7 @@ pub fn unit_value(d: Decimal) -> (i64, i32) {
 /// `session_id` (see [`engine_session_id`]).
 pub fn request(
     units: &UnitMap,
+    free: &HashSet<u32>,
     session_id: Arc<str>,
     account: AccountId,
     ccr: &reckon_protocol::diameter::message::Ccr<'_>,
@@ -363,24 +366,31 @@ pub fn request(
     if mscc {
         for m in &ccr.mscc {
             let id = service_of(m);
+            if free.contains(&id) {
+                shape_services.push((m.rating_group, m.service_identifiers.clone(), true));
+                continue;
+            }
             services.push(ServiceRequest {
                 service: ServiceId(id),
                 requested: units.requested(&m.requested, id)?,
                 used: units.used(&m.used, id)?,
             });
-            shape_services.push((m.rating_group, m.service_identifiers.clone()));
+            shape_services.push((m.rating_group, m.service_identifiers.clone(), false));
         }
     } else if ccr.requested.is_some()
         || !ccr.used.is_empty()
         || request_type == RequestType::Initial
     {
         let id = ccr.service_identifier.unwrap_or(0);
-        services.push(ServiceRequest {
-            service: ServiceId(id),
-            requested: units.requested(&ccr.requested, id)?,
-            used: units.used(&ccr.used, id)?,
-        });
-        shape_services.push((None, ccr.service_identifier.into_iter().collect()));
+        let is_free = free.contains(&id);
+        if !is_free {
+            services.push(ServiceRequest {
+                service: ServiceId(id),
+                requested: units.requested(&ccr.requested, id)?,
+                used: units.used(&ccr.used, id)?,
+            });
+        }
+        shape_services.push((None, ccr.service_identifier.into_iter().collect(), is_free));
     }
     Ok((
         CreditControlRequest {
@@ -398,6 +408,13 @@ pub fn request(
             action,
         },
     ))
+}
+
+/// True when the request names services and all are free of credit
+/// control: it is answered DIAMETER_CREDIT_CONTROL_NOT_APPLICABLE (4011)
+/// without the engine.
+pub fn all_free(request: &CreditControlRequest, shape: &AnswerShape) -> bool {
+    request.services.is_empty() && shape.services.iter().any(|s| s.2)
 }
 
 /// The service an MSCC is about.
@@ -460,8 +477,25 @@ pub fn answer<'a>(
     };
     let grants = shape.request_type != cc_request_type::TERMINATION
         && shape.action != Some(requested_action::REFUND_ACCOUNT);
-    for (i, s) in a.services.iter().enumerate() {
-        let (rating_group, identifiers) = shape.services.get(i).cloned().unwrap_or_default();
+    let mut engine_answers = a.services.iter();
+    for (rating_group, identifiers, free) in &shape.services {
+        let (rating_group, identifiers) = (*rating_group, identifiers.clone());
+        if *free {
+            if shape.mscc {
+                parts.mscc.push(Mscc {
+                    service_identifiers: identifiers,
+                    rating_group,
+                    result_code: Some(result::CREDIT_CONTROL_NOT_APPLICABLE),
+                    ..Mscc::default()
+                });
+            } else {
+                parts.result_code = result::CREDIT_CONTROL_NOT_APPLICABLE;
+            }
+            continue;
+        }
+        let Some(s) = engine_answers.next() else {
+            break;
+        };
         let granted =
             (grants && !s.granted.is_empty()).then(|| units.granted(&s.granted, s.service.0));
         let validity = (s.validity_time_s > 0).then_some(s.validity_time_s);
@@ -589,6 +623,60 @@ mod tests {
             m.account(&[imsi, id("491701234567")]),
             Some(AccountId(1001))
         );
+    }
+
+    #[test]
+    fn free_services_are_answered_4011_beside_charged_ones() {
+        use reckon_protocol::diameter::message::Ccr;
+        let u = units();
+        let free: HashSet<u32> = [99].into_iter().collect();
+        let ccr = Ccr {
+            session_id: "s",
+            request_type: 1,
+            mscc: vec![
+                Mscc {
+                    rating_group: Some(99),
+                    ..Default::default()
+                },
+                Mscc {
+                    rating_group: Some(10),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let (req, shape) = request(&u, &free, Arc::from("d1:s"), AccountId(1), &ccr).unwrap();
+        assert_eq!(req.services.len(), 1);
+        assert_eq!(req.services[0].service, ServiceId(10));
+        assert!(!all_free(&req, &shape));
+        let engine_answer = CreditControlAnswer {
+            result_code: 2001,
+            services: vec![crate::engine::ServiceAnswer {
+                service: ServiceId(10),
+                result_code: 2001,
+                granted: vec![(Unit::SECONDS, Decimal::from(60))],
+                validity_time_s: 300,
+                final_unit_action: FinalUnitAction::None,
+            }],
+            balance: vec![],
+            price: vec![],
+        };
+        let mut cost = String::new();
+        let parts = answer(&u, &shape, &engine_answer, None, &mut cost);
+        assert_eq!(parts.result_code, 2001);
+        assert_eq!(parts.mscc[0].result_code, Some(4011));
+        assert_eq!(parts.mscc[0].rating_group, Some(99));
+        assert_eq!(parts.mscc[1].result_code, Some(2001));
+        assert_eq!(parts.mscc[1].granted.unwrap().time, Some(60));
+        let only_free = Ccr {
+            mscc: vec![Mscc {
+                rating_group: Some(99),
+                ..Default::default()
+            }],
+            ..ccr
+        };
+        let (req, shape) = request(&u, &free, Arc::from("d1:s"), AccountId(1), &only_free).unwrap();
+        assert!(all_free(&req, &shape));
     }
 
     #[test]

@@ -218,6 +218,11 @@ pub struct DiameterConfig {
     /// Per rating group service-specific units.
     #[serde(default, rename = "rating_group")]
     pub rating_groups: Vec<RatingGroupConfig>,
+    /// Rating groups (or Service-Identifiers) not subject to credit control
+    /// (zero-rated services): answered DIAMETER_CREDIT_CONTROL_NOT_APPLICABLE
+    /// (4011), never charged.
+    #[serde(default)]
+    pub free_rating_groups: Vec<u32>,
 }
 
 impl Default for DiameterConfig {
@@ -258,6 +263,7 @@ pub(crate) struct Settings {
     pub(crate) peers: HashMap<String, u64>,
     pub(crate) subscribers: mapping::SubscriberMap,
     pub(crate) units: mapping::UnitMap,
+    pub(crate) free: std::collections::HashSet<u32>,
     /// Origin-State-Id: the start time, so it grows on every restart.
     pub(crate) state_id: u32,
 }
@@ -343,6 +349,7 @@ impl DiameterConfig {
             peers,
             subscribers,
             units,
+            free: self.free_rating_groups.iter().copied().collect(),
             state_id,
         })
     }

@@ -661,15 +661,13 @@ impl Peer {
         let long_session_id = mapping::diameter_part(&session)
             .is_none()
             .then(|| Box::from(ccr.session_id));
-        let (request, shape) = match mapping::request(&s.units, session.clone(), account, &ccr) {
-            Ok(m) => m,
-            Err(code) => return self.ccr_answer_error(header, &ccr, code),
-        };
-        batch.push(EngineRequest::CreditControl(
-            Caller::Org(AccountId(self.org)),
-            request,
-        ));
-        metas.push(Meta {
+        let (request, shape) =
+            match mapping::request(&s.units, &s.free, session.clone(), account, &ccr) {
+                Ok(m) => m,
+                Err(code) => return self.ccr_answer_error(header, &ccr, code),
+            };
+        let free = mapping::all_free(&request, &shape);
+        let meta = Meta {
             header: *header,
             session,
             long_session_id,
@@ -678,7 +676,16 @@ impl Peer {
             proxy_infos: ccr.proxy_infos.iter().map(|p| Box::from(*p)).collect(),
             digest,
             account,
-        });
+        };
+        if free {
+            // Zero-rated: nothing to charge, no engine round trip.
+            return self.write_simple(&meta, result::CREDIT_CONTROL_NOT_APPLICABLE);
+        }
+        batch.push(EngineRequest::CreditControl(
+            Caller::Org(AccountId(self.org)),
+            request,
+        ));
+        metas.push(meta);
     }
 
     fn submit(&mut self, batch: Vec<EngineRequest>, metas: Vec<Meta>) {
