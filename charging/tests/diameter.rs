@@ -500,6 +500,7 @@ async fn bad_peers_are_dropped_alone_and_errors_follow_the_rfc() {
 
     // And the server is fine: a new peer works.
     let mut next = RawPeer::connect(addr).await;
+    let code = |m: &[u8]| Cca::decode(m).unwrap().status.result_code;
     assert_eq!(
         Cea::decode(&next.cer(PGW).await)
             .unwrap()
@@ -508,14 +509,52 @@ async fn bad_peers_are_dropped_alone_and_errors_follow_the_rfc() {
         2001
     );
     next.send(&ccr_bytes("next;1", 20, |_| {})).await;
-    assert_eq!(
-        Cca::decode(&next.recv().await.unwrap())
-            .unwrap()
-            .status
-            .result_code,
-        2001
-    );
-    running.shutdown().await;
+    assert_eq!(code(&next.recv().await.unwrap()), 2001);
+
+    // A session on account 1, then the account is suspended: ASR for it.
+    next.send(&ccr_of("next;2", 21, 1, None, |w| {
+        w.group(&d::MULTIPLE_SERVICES_CREDIT_CONTROL, |w| {
+            w.group(&d::REQUESTED_SERVICE_UNIT, |w| w.u32(&d::CC_TIME, 10));
+            w.u32(&d::RATING_GROUP, 10);
+        })
+    }))
+    .await;
+    assert_eq!(code(&next.recv().await.unwrap()), 2001);
+    let suspend = Message::AccountStatus(reckon_protocol::message::AccountStatusChange {
+        op_id: c.new_op_id(),
+        account: 1,
+        status: reckon_protocol::types::AccountStatus::Suspended,
+    });
+    admin(&c, suspend).await;
+    let asr = next.recv().await.expect("an ASR");
+    let h = Header::parse(&asr).unwrap();
+    assert!(h.is_request() && h.code == dia::command::ABORT_SESSION);
+    let asr = Asr::decode(&asr).unwrap();
+    assert_eq!(asr.session.session_id, "next;2");
+    assert_eq!(asr.session.destination_host, PGW);
+
+    // Shutdown: the peer gets DPR; after its DPA the connection closes.
+    let stopping = tokio::spawn(running.shutdown());
+    let dpr = next.recv().await.expect("a DPR");
+    let h = Header::parse(&dpr).unwrap();
+    assert!(h.is_request() && h.code == dia::command::DISCONNECT_PEER);
+    let mut dpa = BytesMut::new();
+    Dpa {
+        status: AnswerStatus {
+            result_code: 2001,
+            ..Default::default()
+        },
+        origin: Origin {
+            host: PGW,
+            realm: "test.example",
+            state_id: None,
+        },
+    }
+    .encode(&mut dpa, &h)
+    .unwrap();
+    next.send(&dpa).await;
+    assert!(next.recv().await.is_none());
+    stopping.await.unwrap();
 }
 
 /// The Result-Code of any answer.
