@@ -67,7 +67,7 @@ impl AvpDef {
 }
 
 macro_rules! dictionary {
-    ($( $(#[$m:meta])* $konst:ident = ($code:expr, $vendor:expr, $kind:ident, $mand:expr, $name:expr); )*) => {
+    ($( $(#[$m:meta])* $konst:ident = ($code:literal, $vendor:tt, $kind:ident, $mand:expr, $name:expr); )*) => {
         $(
             $(#[$m])*
             pub const $konst: AvpDef = AvpDef {
@@ -80,6 +80,15 @@ macro_rules! dictionary {
         )*
         /// Every AVP of the dictionary.
         pub static ALL: &[AvpDef] = &[$($konst),*];
+
+        /// The definition of (code, vendor), if known.
+        pub fn lookup(code: u32, vendor: u32) -> Option<&'static AvpDef> {
+            // A match on constants: the compiler builds a search, not a scan.
+            match (code, vendor) {
+                $( ($code, $vendor) => Some(&$konst), )*
+                _ => None,
+            }
+        }
     };
 }
 
@@ -369,11 +378,6 @@ dictionary! {
     LOW_BALANCE_INDICATION = (2020, G, Enumerated, M, "Low-Balance-Indication");
     /// Remaining-Balance.
     REMAINING_BALANCE = (2021, G, Grouped, M, "Remaining-Balance");
-}
-
-/// The definition of (code, vendor), if known.
-pub fn lookup(code: u32, vendor: u32) -> Option<&'static AvpDef> {
-    ALL.iter().find(|d| d.code == code && d.vendor == vendor)
 }
 
 /// Flags an AVP is sent with: the dictionary's, else V as the vendor says
