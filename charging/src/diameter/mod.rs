@@ -461,6 +461,11 @@ pub async fn start(
         requests: AtomicU64::new(0),
     });
     tracing::info!(%addr, origin_host = %shared.settings.origin_host, peers = shared.settings.peers.len(), "diameter listening");
+    if shared.settings.peers.is_empty() {
+        tracing::warn!(
+            "no [[diameter.peer]] configured: every CER will be refused (DIAMETER_UNKNOWN_PEER)"
+        );
+    }
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(resolve_changes(shared.clone(), rx));
     let done = tokio::spawn(accept_loop(listener, shared, shutdown, config.max_peers));
