@@ -50,7 +50,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 enum State {
     WaitCer,
     Open,
-    /// The peer sent DPR: finish what is in flight, then close.
+    /// The peer sent DPR: finish what is in flight, wait for it to close.
     PeerClosing,
     /// We sent DPR (shutdown): wait for DPA and the in-flight answers.
     Closing {
@@ -230,7 +230,6 @@ impl Peer {
                 break why;
             }
             match self.state {
-                State::PeerClosing if self.in_flight == 0 => break "peer disconnected (DPR)",
                 State::Closing { dpa: true } if self.in_flight == 0 => {
                     break "disconnected (DPR sent at shutdown)"
                 }
@@ -414,7 +413,10 @@ impl Peer {
                 let _ = dpa.encode(&mut dst, &header);
                 self.wbuf = dst;
                 if self.state == State::Open {
+                    // The sender of DPR closes after our DPA (RFC 6733
+                    // 5.4); answers still in flight go out meanwhile.
                     self.state = State::PeerClosing;
+                    self.deadline = Some(Instant::now() + Duration::from_secs(2));
                 }
                 Ok(())
             }
