@@ -22,6 +22,18 @@
 //! default_grant = "1000"
 //! max_grant = "8192"
 //! validity_s = 60
+//!
+//! [diameter]                # Gy/Ro listener; see crate::diameter
+//! listen = "127.0.0.1:3868"
+//! origin_host = "ocs.operator.example"
+//! origin_realm = "operator.example"
+//! [[diameter.peer]]
+//! origin_host = "pgw1.operator.example"
+//! org = 1000
+//! [[diameter.subscriber_range]]
+//! type = "e164"
+//! prefix = "4917"
+//! account_base = 0
 //! ```
 
 use crate::engine::{EngineConfig, FinalUnitAction, Price, ServicePolicy};
@@ -172,6 +184,10 @@ pub struct Config {
     /// need (Diameter Tx timers are seconds).
     #[serde(default = "default_window")]
     pub retransmission_window_s: u64,
+    /// The Diameter Credit-Control listener; off unless present (or
+    /// `reckon serve --diameter`).
+    #[serde(default)]
+    pub diameter: Option<crate::diameter::DiameterConfig>,
 }
 
 impl Default for Config {

@@ -6,11 +6,13 @@
 //! tokio server ([`server`]) that feeds it through the journal's single
 //! writer; the async client ([`client`]); the mapping between protocol
 //! messages and engine requests ([`wire`]); the server's configuration
-//! ([`config`]); and the `reckon` binary. Only `sim` and `benches` may
+//! ([`config`]); the Diameter Credit-Control front end ([`diameter`]); and
+//! the `reckon` binary. Only `sim` and `benches` may
 //! depend on it. The engine itself never reads a clock or a socket.
 
 pub mod client;
 pub mod config;
+pub mod diameter;
 pub mod engine;
 pub mod server;
 pub mod timefmt;

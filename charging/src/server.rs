@@ -65,12 +65,16 @@ struct Shared {
     pending: Arc<Semaphore>,
     hello_timeout: Duration,
     requests: AtomicU64,
+    /// Tells the Diameter peers about admin changes (RAR/ASR), if serving.
+    diameter: Option<crate::diameter::Notifier>,
 }
 
 /// A running server: its address, and the handle that stops it.
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The Diameter listener's address, when it runs.
+    pub diameter_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     done: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
@@ -162,6 +166,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         })?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "reckon serving");
     let (stop, shutdown) = watch::channel(false);
+    let diameter = match &config.diameter {
+        Some(d) => Some(crate::diameter::start(d, journal.submitter(), shutdown.clone()).await?),
+        None => None,
+    };
+    let diameter_addr = diameter.as_ref().map(|d| d.addr);
     let shared = Arc::new(Shared {
         submitter: journal.submitter(),
         credentials,
@@ -172,6 +181,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         pending: Arc::new(Semaphore::new(config.max_pending_connections)),
         hello_timeout: Duration::from_millis(config.hello_timeout_ms),
         requests: AtomicU64::new(0),
+        diameter: diameter.as_ref().map(|d| d.notifier.clone()),
     });
     let done = tokio::spawn(accept_loop(
         listener,
@@ -179,9 +189,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         shutdown,
         journal,
         stop.clone(),
+        diameter.map(|d| d.done),
     ));
     Ok(RunningServer {
         addr,
+        diameter_addr,
         stop,
         done: Some(done),
     })
@@ -193,6 +205,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     journal: Journal<Engine>,
     stop: watch::Sender<bool>,
+    diameter: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<(), String> {
     let mut tasks = tokio::task::JoinSet::new();
     let health = journal.health();
@@ -251,6 +264,10 @@ async fn accept_loop(
     {
         tracing::warn!("connections did not drain in {grace} s; closing them");
         tasks.abort_all();
+    }
+    if let Some(d) = diameter {
+        // Diameter peers get DPR and their in-flight answers first.
+        let _ = d.await;
     }
     tracing::info!(
         requests = shared.requests.load(Ordering::Relaxed),
@@ -611,7 +628,11 @@ async fn serve(
             }
             body => {
                 shared.requests.fetch_add(1, Ordering::Relaxed);
-                submit_one(shared, who, request_id, body, out.clone(), permit);
+                let change = shared
+                    .diameter
+                    .as_ref()
+                    .and_then(|_| crate::diameter::admin_change(&body));
+                submit_one(shared, who, request_id, body, out.clone(), permit, change);
             }
         }
     }
@@ -628,7 +649,9 @@ fn submit_one(
     body: Message,
     out: Out,
     permit: tokio::sync::OwnedSemaphorePermit,
+    change: Option<(u64, crate::diameter::AccountChange)>,
 ) {
+    let notifier = change.and(shared.diameter.clone());
     let (request, shape) = match wire::prepare(caller, body) {
         Prepared::Immediate(message) => {
             send(&out, Frame::new(request_id, message), Some(permit));
@@ -658,6 +681,13 @@ fn submit_one(
                     message: e.to_string(),
                 }),
             };
+            if let (Some(n), Some((account, c)), Message::AdminResult(r)) =
+                (&notifier, change, &message)
+            {
+                if r.code.is_ok() {
+                    n.changed(account, c);
+                }
+            }
             let permit = reply_slot.lock().take();
             send(&reply_out, Frame::new(request_id, message), permit);
         }),

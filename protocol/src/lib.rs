@@ -18,12 +18,16 @@
 //! (`balances`, `rating`, `settlement`, `charging`): it has its own wire
 //! types (account ids are plain `u64`, units are [`Unit`], amounts are
 //! [`rust_decimal::Decimal`]), and the server maps them to the ledger's.
-//! Diameter Credit-Control codecs will live here too, later.
+//!
+//! [`diameter`] is the Diameter base protocol (RFC 6733) with the
+//! Credit-Control application (RFC 4006 / 8506) and the 3GPP Ro/Gy AVPs:
+//! framing, AVPs, a dictionary and typed messages.
 
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod codes;
+pub mod diameter;
 pub mod error;
 pub mod frame;
 pub mod limits;

@@ -6,10 +6,12 @@
 //! and of itself in [`sample`]), the same generator against Redis + Lua
 //! for comparison (`reckon-sim redis`: [`resp`]), a stand-in server that
 //! answers at once to measure the generator's own ceiling (`reckon-sim
-//! sink`: [`sink`]), and the deterministic
+//! sink`: [`sink`]), a Diameter Gy load driver (`reckon-sim diameter`:
+//! [`diameter_load`]), and the deterministic
 //! simulation of the engine with injected faults (`reckon-sim dst`:
 //! [`dst`]). Nothing in the workspace may depend on it.
 
+pub mod diameter_load;
 pub mod dst;
 pub mod generator;
 pub mod load;

@@ -54,6 +54,10 @@ enum Cmd {
         /// Listen address (overrides the file), e.g. 127.0.0.1:7878.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Also serve Diameter Credit-Control (Gy/Ro), with the file's
+        /// `[diameter]` section or its defaults (127.0.0.1:3868).
+        #[arg(long)]
+        diameter: bool,
     },
     /// Create or change accounts.
     Account {
@@ -504,6 +508,7 @@ async fn serve(
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
+    diameter: bool,
 ) -> Result<(), String> {
     let mut cfg = match config {
         Some(path) => Config::load(&path).map_err(|e| e.to_string())?,
@@ -514,6 +519,9 @@ async fn serve(
     }
     if let Some(l) = listen {
         cfg.listen = l;
+    }
+    if diameter && cfg.diameter.is_none() {
+        cfg.diameter = Some(Default::default());
     }
     if cfg.credential_list.is_empty() {
         admin_token(&cfg.data_dir).map_err(|e| e.to_string())?;
@@ -528,6 +536,9 @@ async fn serve(
         .await
         .map_err(|e| e.to_string())?;
     eprintln!("reckon listening on {}", server.addr);
+    if let Some(d) = server.diameter_addr {
+        eprintln!("reckon diameter (Gy/Ro) listening on {d}");
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
     tokio::select! {
@@ -551,7 +562,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             config,
             data_dir,
             listen,
-        } => serve(config, data_dir, listen).await,
+            diameter,
+        } => serve(config, data_dir, listen, diameter).await,
         Cmd::Account { action, conn } => match action {
             AccountCmd::Create {
                 id,

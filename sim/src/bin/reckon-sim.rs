@@ -42,6 +42,9 @@ enum Cmd {
     /// seeds, checks every property after every step, prints a reproducer
     /// on failure.
     Dst(DstArgs),
+    /// Diameter Gy load: provisions subscribers, then runs CCR-I/U/T
+    /// sessions over pipelined peer connections; prints CCR/s and latency.
+    Diameter(reckon_sim::diameter_load::DiameterArgs),
 }
 
 #[derive(Args)]
@@ -447,6 +450,7 @@ fn main() -> ExitCode {
         Cmd::Compare(args) => compare(args),
         Cmd::Sink(args) => runtime.block_on(sink(args)),
         Cmd::Dst(args) => dst(args),
+        Cmd::Diameter(args) => runtime.block_on(reckon_sim::diameter_load::main(args)),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
