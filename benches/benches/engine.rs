@@ -89,6 +89,7 @@ fn ccr(
                 service: ServiceId(10),
                 requested: q(requested),
                 used: q(used),
+                report_only: false,
             }],
         },
     )

@@ -4,6 +4,7 @@
 //! ```toml
 //! listen = "127.0.0.1:7878"
 //! data_dir = "reckon-data"
+//! units = ["GBP", "images"] # beyond the built-in ones (USD, EUR, ..., tokens_out, ...)
 //!
 //! [[credential]]            # none configured: an admin token is created
 //! name = "gateway-acme"     # in DATA_DIR/admin.token on first start
@@ -172,6 +173,11 @@ pub struct Config {
     /// Rate-card attributes of services.
     #[serde(default, rename = "product")]
     pub products: Vec<ProductConfig>,
+    /// Units accepted beyond the built-in ones and those the prices,
+    /// services and rate cards name (e.g. `["GBP", "images"]`): any other
+    /// unit is refused, so a typo never opens a bucket.
+    #[serde(default)]
+    pub units: Vec<String>,
     /// Seconds a silent session is kept past its grant's validity.
     #[serde(default = "default_grace")]
     pub supervision_grace_s: u32,
@@ -326,6 +332,9 @@ impl Config {
                 )))
             }
         };
+        for (i, u) in self.units.iter().enumerate() {
+            config.units.push(unit(&format!("units[{i}]"), u)?);
+        }
         config
             .validate()
             .map_err(|e| ServerError::Config(e.to_string()))?;

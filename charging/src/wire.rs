@@ -149,6 +149,7 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                         service: ServiceId(s.service_id),
                         requested: quantities(&s.requested),
                         used: quantities(&s.used),
+                        report_only: false,
                     })
                     .collect(),
             };

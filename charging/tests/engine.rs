@@ -175,6 +175,7 @@ fn tokens(requested: &str, used: &str) -> ServiceRequest {
         service: CHAT,
         requested: q(requested),
         used: q(used),
+        report_only: false,
     }
 }
 
@@ -209,6 +210,33 @@ fn session_lifecycle_debits_exactly_what_was_used() {
     assert_eq!(w.usd(ORG), (d("9.96574"), d("0")));
     assert_eq!(w.engine.session_count(), 0);
     w.engine.ledger.ledger.check_invariants().unwrap();
+}
+
+#[test]
+fn an_update_that_only_reports_usage_gets_no_new_grant() {
+    let mut w = World::new("10");
+    let a = w.ccr(
+        Caller::Org(ORG),
+        req("r1", RequestType::Initial, 0, vec![tokens("4096", "")]),
+    );
+    assert_eq!(a.result_code, rc::SUCCESS);
+    let mut report = tokens("", "1000");
+    report.report_only = true;
+    let a = w.ccr(
+        Caller::Org(ORG),
+        req("r1", RequestType::Update, 1, vec![report.clone()]),
+    );
+    assert_eq!(a.result_code, rc::SUCCESS);
+    assert!(a.services[0].granted.is_empty(), "{a:?}");
+    // 1000 tokens debited, the rest of the grant released, nothing held.
+    assert_eq!(w.usd(ORG), (d("9.98"), d("0")));
+    // Report-only is an UPDATE's: anywhere else it is inconsistent.
+    let a = w.ccr(
+        Caller::Org(ORG),
+        req("r2", RequestType::Initial, 0, vec![report]),
+    );
+    assert_eq!(a.result_code, rc::INVALID_AVP_VALUE);
+    assert_eq!(w.usd(ORG), (d("9.98"), d("0")));
 }
 
 #[test]
@@ -415,6 +443,7 @@ fn several_services_per_session_are_granted_and_settled_separately() {
         service: DATA,
         requested: vec![],
         used: vec![],
+        report_only: false,
     };
     let a = w.ccr(
         Caller::Org(ORG),
@@ -429,6 +458,7 @@ fn several_services_per_session_are_granted_and_settled_separately() {
         service: DATA,
         requested: vec![],
         used: vec![(Unit::OCTETS, d("250000"))],
+        report_only: false,
     };
     w.ccr(
         Caller::Org(ORG),
@@ -895,6 +925,7 @@ fn rate_cards_price_sessions_and_replay() {
             service: ServiceId(1),
             requested: q(requested),
             used: q(used),
+            report_only: false,
         }]
     };
     let mut open = req("rc1", RequestType::Initial, 0, chat("4096", ""));
@@ -991,6 +1022,7 @@ fn usage_across_a_tariff_change_is_split() {
             service: ServiceId(5),
             requested: q(requested),
             used: q(used),
+            report_only: false,
         }]
     };
     let a = w.ccr(

@@ -748,6 +748,7 @@ impl World {
                     service: SERVICE,
                     requested: q(requested),
                     used: q(used),
+                    report_only: false,
                 }],
             },
         )

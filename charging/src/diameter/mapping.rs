@@ -374,6 +374,9 @@ pub fn request(
                 service: ServiceId(id),
                 requested: units.requested(&m.requested, id)?,
                 used: units.used(&m.used, id)?,
+                // RFC 4006: an UPDATE's MSCC without Requested-Service-Unit
+                // reports usage and asks for no more quota.
+                report_only: request_type == RequestType::Update && m.requested.is_none(),
             });
             shape_services.push((m.rating_group, m.service_identifiers.clone(), false));
         }
@@ -388,6 +391,7 @@ pub fn request(
                 service: ServiceId(id),
                 requested: units.requested(&ccr.requested, id)?,
                 used: units.used(&ccr.used, id)?,
+                report_only: request_type == RequestType::Update && ccr.requested.is_none(),
             });
         }
         shape_services.push((None, ccr.service_identifier.into_iter().collect(), is_free));

@@ -229,6 +229,7 @@ pub(super) fn encode_ccr_with<S: Sink>(s: &mut S, ccr: &CreditControlRequest, ti
         s.service(service.service);
         encode_quantities(s, &service.requested);
         encode_quantities(s, &service.used);
+        s.bool(service.report_only);
     }
 }
 
@@ -263,6 +264,7 @@ pub(super) fn decode_ccr(r: &mut Reader<'_>) -> Result<CreditControlRequest, Dec
                 service: r.service()?,
                 requested: decode_quantities(r)?,
                 used: decode_quantities(r)?,
+                report_only: r.bool()?,
             })
         })
         .collect::<Result<_, DecodeError>>()?;

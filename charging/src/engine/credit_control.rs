@@ -61,6 +61,10 @@ impl Engine {
             if ccr.request_type == RequestType::Terminate && !s.requested.is_empty() {
                 return Err(INVALID_AVP_VALUE);
             }
+            if s.report_only && (ccr.request_type != RequestType::Update || !s.requested.is_empty())
+            {
+                return Err(INVALID_AVP_VALUE);
+            }
         }
         Ok(())
     }

@@ -147,6 +147,7 @@ impl Engine {
                 service: service.service,
                 requested: Vec::new(),
                 used: event_units(service).to_vec(),
+                report_only: false,
             };
             let code = self.settle(now, ccr, &mut session, &debit);
             services.push(ServiceAnswer {

@@ -458,7 +458,25 @@ impl Engine {
         let mut validity_max = 0u32;
         for service in &ccr.services {
             let settled = self.settle(now, ccr, &mut session, service);
-            let mut answer = self.grant(now, ccr, &mut session, service);
+            let mut answer = if service.report_only {
+                // Usage reported, no more asked for: the rest of the grant
+                // goes back and the service holds nothing until it asks.
+                let mut grants = std::mem::take(&mut session.grants);
+                let (mine, others): (Vec<Grant>, Vec<Grant>) =
+                    grants.drain(..).partition(|g| g.service == service.service);
+                session.grants = others;
+                let mut mine = mine;
+                self.release_grants(now, &mut mine);
+                ServiceAnswer {
+                    service: service.service,
+                    result_code: result_code::SUCCESS,
+                    granted: Vec::new(),
+                    validity_time_s: 0,
+                    final_unit_action: FinalUnitAction::None,
+                }
+            } else {
+                self.grant(now, ccr, &mut session, service)
+            };
             if settled != result_code::SUCCESS && answer.result_code == result_code::SUCCESS {
                 answer.result_code = settled;
                 answer.final_unit_action = self.config.final_unit_action;

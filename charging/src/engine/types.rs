@@ -95,6 +95,10 @@ pub struct ServiceRequest {
     pub requested: Vec<Quantity>,
     /// Units used since the last report.
     pub used: Vec<Quantity>,
+    /// An UPDATE that reports usage and asks for no new grant (Diameter: an
+    /// MSCC without Requested-Service-Unit). Otherwise an empty `requested`
+    /// means the service's default grant.
+    pub report_only: bool,
 }
 
 /// A credit-control request (the native form of a Diameter CCR).
