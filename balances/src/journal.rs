@@ -994,3 +994,42 @@ fn snapshot_loop(
         busy.store(false, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_clock_follows_the_wall_clock_without_jumps() {
+        let t0 = 1_800_000_000_000u64;
+        let mut c = WriterClock::new(Timestamp(t0), 0);
+        // Normal running: it follows the wall clock exactly.
+        assert_eq!(c.advance(Timestamp(t0 + 100), 100), Timestamp(t0 + 100));
+        assert_eq!(c.advance(Timestamp(t0 + 1100), 1100), Timestamp(t0 + 1100));
+        // The wall clock steps an hour ahead: the writer advances at most
+        // twice the real time elapsed (+1 ms), then catches up.
+        let step = 3_600_000;
+        let now = c.advance(Timestamp(t0 + 1200 + step), 1200);
+        assert_eq!(now, Timestamp(t0 + 1100 + 201));
+        let mut mono = 1200;
+        let mut last = now;
+        while c.now().0 < t0 + mono + step {
+            mono += 1000;
+            let now = c.advance(Timestamp(t0 + mono + step), mono);
+            assert!(now.0 - last.0 <= 2001, "jumped {} ms", now.0 - last.0);
+            last = now;
+        }
+        // Caught up, it follows again.
+        assert_eq!(
+            c.advance(Timestamp(t0 + mono + step + 10), mono + 10),
+            Timestamp(t0 + mono + step + 10)
+        );
+        // The wall clock steps back: time never runs backwards; it runs at
+        // half speed until the wall clock catches up.
+        let before = c.now();
+        let now = c.advance(Timestamp(t0), mono + 1010);
+        assert_eq!(now, Timestamp(before.0 + 500));
+        // A monotonic clock that does not move moves nothing.
+        assert_eq!(c.advance(Timestamp(t0), mono + 1010), now);
+    }
+}
