@@ -896,6 +896,18 @@ fn sync_loop<M: Machine>(
         for batch in group {
             match merged.as_mut() {
                 None => merged = Some(batch.wal),
+                Some(m) if m.len_bytes() + batch.wal.len_bytes() > wal::GROUP_BYTES_MAX => {
+                    // Too much for one write group: sync what is merged so
+                    // far on its own, then go on with this batch.
+                    if failure.is_none() {
+                        if let Err(e) = writer.write_and_sync(m) {
+                            tracing::error!(error = %e, "write-ahead log failed; the journal stops");
+                            health.fail(format!("write-ahead log: {e}"));
+                            failure = Some(Arc::new(JournalError::Wal(e)));
+                        }
+                    }
+                    merged = Some(batch.wal);
+                }
                 Some(m) => m.extend(batch.wal),
             }
             replies.extend(batch.replies);

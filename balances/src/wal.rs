@@ -15,7 +15,7 @@
 //! Startup is [`open`] (validate, cut a torn tail, get the writer) followed by
 //! [`replay`] (stream the records after the snapshot's LSN into `apply`).
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 2)
 //!
 //! A log is a directory of segment files named `wal-{first_lsn:020}.log`,
 //! where `first_lsn` is the LSN of the segment's first record (or of the record
@@ -25,13 +25,24 @@
 //!
 //! | offset | size | field                                                        |
 //! |--------|------|--------------------------------------------------------------|
-//! | 0      | 8    | magic `RKWAL001`                                             |
-//! | 8      | 4    | `u32` format version, 1                                      |
+//! | 0      | 8    | magic `RKWAL002`                                             |
+//! | 8      | 4    | `u32` format version, 2                                      |
 //! | 12     | 4    | `u32` CRC-32 of bytes 0..12 followed by bytes 16..24         |
 //! | 16     | 8    | `u64` first LSN; must equal the LSN in the file name         |
 //!
-//! Then records back to back, each [`RECORD_HEADER_LEN`] = 16 bytes of header
-//! plus the payload:
+//! Then write groups back to back: everything one `fdatasync` made durable
+//! is one group, [`GROUP_HEADER_LEN`] = 24 bytes of header then its records:
+//!
+//! | offset | size | field                                                        |
+//! |--------|------|--------------------------------------------------------------|
+//! | 0      | 4    | magic `RKGP`                                                 |
+//! | 4      | 4    | `u32` length of the group's records in bytes                  |
+//! | 8      | 8    | `u64` LSN of its first record                                |
+//! | 16     | 4    | `u32` number of records                                      |
+//! | 20     | 4    | `u32` CRC-32 of bytes 0..20 followed by the records            |
+//!
+//! Inside a group, records back to back, each [`RECORD_HEADER_LEN`] = 16
+//! bytes of header plus the payload:
 //!
 //! | offset | size | field                                                        |
 //! |--------|------|--------------------------------------------------------------|
@@ -48,25 +59,28 @@
 //!
 //! # Recovery rules
 //!
-//! * A record that fails to parse (short, length over `record_bytes_max`,
-//!   checksum mismatch; this includes zero-filled bytes) in the **last**
-//!   segment is a torn tail, and is cut off with everything after it, only if
-//!   no valid record with an LSN at or above the expected one can be found at
-//!   any later byte offset of that segment. If one can, the damage is in the
-//!   middle of the log and [`open`] fails with [`WalError::Corrupt`]: records
-//!   that were acknowledged as durable are never dropped silently.
-//! * The same applies to a damaged header of the last segment (a crash just
-//!   after the segment was created): the header is rewritten.
-//! * Any damage in a segment that is not the last one is [`WalError::Corrupt`].
-//! * A checksummed record with an unexpected LSN, or a segment that does not
-//!   start right after its predecessor, is [`WalError::Gap`].
-//! * Lengths read from disk are bounded by `record_bytes_max` and by the bytes
-//!   present; nothing is allocated from an untrusted length.
+//! Groups are written one at a time, each with its own `fdatasync`, and the
+//! next is written only after the previous one's `fdatasync` returned. So a
+//! power loss can damage only the group being written, never acknowledged,
+//! and the disk may have persisted its pages in any order (a later page but
+//! not an earlier one: holes). Recovery tells the two apart by groups:
 //!
-//! Known limit: after a power loss in the middle of an `fdatasync`, the disk
-//! may have persisted a later page of the unacknowledged batch but not an
-//! earlier one. That looks exactly like mid-log corruption, so [`open`]
-//! refuses to start rather than guess; an operator decides.
+//! * A group that fails to check (short, bad magic, length beyond the file,
+//!   checksum mismatch; zero-filled holes included) in the **last** segment,
+//!   with no valid group at any later offset, is a torn tail: it was never
+//!   acknowledged. It is cut off, and [`open`] reports where and how much.
+//! * A damaged group followed by a valid group is damage inside data a
+//!   later `fdatasync` proved durable, so acknowledged: [`open`] refuses
+//!   ([`WalError::Corrupt`], naming the file, the offset and what the
+//!   operator can do) rather than drop acknowledged records.
+//! * A damaged header of the last segment (a crash just after it was
+//!   created) with no valid group after it is torn too: it is rewritten.
+//! * Any damage in a segment that is not the last one is [`WalError::Corrupt`].
+//! * A group whose checksum holds but whose records do not parse, or whose
+//!   LSNs do not follow, is corruption (or [`WalError::Gap`]).
+//! * Lengths read from disk are bounded by `record_bytes_max`, the group
+//!   limit and the bytes present; nothing is allocated from an untrusted
+//!   length.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -76,9 +90,15 @@ use std::path::{Path, PathBuf};
 use tracing::{debug, info, warn};
 
 /// Magic bytes at the start of every segment file.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"RKWAL001";
+pub const SEGMENT_MAGIC: [u8; 8] = *b"RKWAL002";
 /// Segment format version written by this code, the only one it reads.
-pub const SEGMENT_VERSION: u32 = 1;
+pub const SEGMENT_VERSION: u32 = 2;
+/// Size in bytes of the header in front of every write group.
+pub const GROUP_HEADER_LEN: usize = 24;
+/// Largest write group, in bytes of records: a sync that would write more
+/// is split into several syncs.
+pub const GROUP_BYTES_MAX: usize = 256 << 20;
+const GROUP_MAGIC: [u8; 4] = *b"RKGP";
 /// Size in bytes of the header at the start of every segment file.
 pub const SEGMENT_HEADER_LEN: usize = 24;
 /// Size in bytes of the header in front of every record's payload.
@@ -392,6 +412,12 @@ impl WalWriter {
         let Some(last) = batch.last_lsn() else {
             return Ok(());
         };
+        if batch.len_bytes() > GROUP_BYTES_MAX {
+            return Err(WalError::RecordTooLarge {
+                len: batch.len_bytes(),
+                max: GROUP_BYTES_MAX as u32,
+            });
+        }
         // An empty log may start at any LSN (e.g. a snapshot restored without its
         // log); otherwise the batch must continue the log exactly.
         let expected = Lsn(self.last_durable.0.saturating_add(1));
@@ -437,15 +463,22 @@ impl WalWriter {
                 source: io::Error::other("no active segment"),
             });
         };
+        // One group per fdatasync: recovery relies on it (module doc).
+        let header = group_header(
+            batch.start_lsn.0,
+            batch.len_records() as u32,
+            batch.as_bytes(),
+        );
         active
             .file
-            .write_all(batch.as_bytes())
+            .write_all(&header)
+            .and_then(|_| active.file.write_all(batch.as_bytes()))
             .map_err(io_err("write", &active.path))?;
         active
             .file
             .sync_data()
             .map_err(io_err("fdatasync", &active.path))?;
-        active.len += batch_len;
+        active.len += (GROUP_HEADER_LEN as u64) + batch_len;
         Ok(())
     }
 
@@ -679,23 +712,32 @@ pub fn replay<E>(
         }
         let mut off = SEGMENT_HEADER_LEN;
         while off < buf.len() {
-            let rec = match parse_record(&buf, off, cfg.record_bytes_max) {
-                Ok(rec) => rec,
-                Err(bad) => return Err(record_error(&seg.path, off, bad, cfg).into()),
+            let group = match parse_group(&buf, off) {
+                Ok(group) => group,
+                Err(why) => return Err(corrupt(&seg.path, off as u64, why.into()).into()),
             };
-            if rec.lsn != expected {
-                return Err(WalError::Gap {
-                    at: seg.path.clone(),
-                    expected: Lsn(expected),
-                    found: Lsn(rec.lsn),
+            let mut at = off + GROUP_HEADER_LEN;
+            check_group_start(&seg.path, off, &group, expected)?;
+            while at < group.end {
+                let rec = match parse_record(&buf[..group.end], at, cfg.record_bytes_max) {
+                    Ok(rec) => rec,
+                    Err(bad) => return Err(record_error(&seg.path, at, bad, cfg).into()),
+                };
+                if rec.lsn != expected {
+                    return Err(WalError::Gap {
+                        at: seg.path.clone(),
+                        expected: Lsn(expected),
+                        found: Lsn(rec.lsn),
+                    }
+                    .into());
                 }
-                .into());
+                if rec.lsn > after.0 {
+                    f(Lsn(rec.lsn), rec.payload).map_err(ReplayError::Callback)?;
+                }
+                expected = next_lsn_after(&seg.path, at, rec.lsn)?;
+                at = rec.end;
             }
-            if rec.lsn > after.0 {
-                f(Lsn(rec.lsn), rec.payload).map_err(ReplayError::Callback)?;
-            }
-            expected = next_lsn_after(&seg.path, off, rec.lsn)?;
-            off = rec.end;
+            off = group.end;
         }
     }
     let last = Lsn(expected - 1);
@@ -786,6 +828,89 @@ fn header_error(path: &Path, bad: HeaderCheck) -> WalError {
     }
 }
 
+fn group_crc(header: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(header);
+    h.update(body);
+    h.finalize()
+}
+
+fn group_header(first_lsn: u64, count: u32, body: &[u8]) -> [u8; GROUP_HEADER_LEN] {
+    let mut h = [0u8; GROUP_HEADER_LEN];
+    h[..4].copy_from_slice(&GROUP_MAGIC);
+    h[4..8].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&first_lsn.to_le_bytes());
+    h[16..20].copy_from_slice(&count.to_le_bytes());
+    let crc = group_crc(&h[..20], body);
+    h[20..24].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// A write group whose header and checksum hold, in place.
+struct Group {
+    first_lsn: u64,
+    count: u32,
+    /// Offset just past the group.
+    end: usize,
+}
+
+/// Checks the group at `off`: complete, within bounds, checksum intact.
+fn parse_group(buf: &[u8], off: usize) -> Result<Group, &'static str> {
+    let h = off
+        .checked_add(GROUP_HEADER_LEN)
+        .and_then(|end| buf.get(off..end))
+        .ok_or("truncated write group header")?;
+    if h[..4] != GROUP_MAGIC {
+        return Err("no write group here (bad magic)");
+    }
+    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+    let first_lsn = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+    let count = u32::from_le_bytes([h[16], h[17], h[18], h[19]]);
+    let crc = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
+    if len > GROUP_BYTES_MAX {
+        return Err("write group length beyond the limit");
+    }
+    let start = off + GROUP_HEADER_LEN;
+    let body = start
+        .checked_add(len)
+        .and_then(|end| buf.get(start..end))
+        .ok_or("truncated write group")?;
+    if group_crc(&h[..20], body) != crc {
+        return Err("write group checksum mismatch");
+    }
+    Ok(Group {
+        first_lsn,
+        count,
+        end: start + len,
+    })
+}
+
+/// A group that checks must start where the log is and hold what it says.
+fn check_group_start(
+    path: &Path,
+    off: usize,
+    group: &Group,
+    expected: u64,
+) -> Result<(), WalError> {
+    if group.first_lsn != expected {
+        return Err(WalError::Gap {
+            at: path.to_path_buf(),
+            expected: Lsn(expected),
+            found: Lsn(group.first_lsn),
+        });
+    }
+    let body = group.end - off - GROUP_HEADER_LEN;
+    // Every record takes at least its header: a count beyond that is a lie.
+    if group.count == 0 || group.count as usize > body / RECORD_HEADER_LEN {
+        return Err(corrupt(
+            path,
+            off as u64,
+            format!("write group claims {} records in {body} bytes", group.count),
+        ));
+    }
+    Ok(())
+}
+
 /// A record parsed in place.
 struct Record<'a> {
     lsn: u64,
@@ -866,49 +991,59 @@ fn next_lsn_after(path: &Path, off: usize, lsn: u64) -> Result<u64, WalError> {
         .ok_or_else(|| corrupt(path, off as u64, "record lsn is u64::MAX".into()))
 }
 
-/// Searches for a valid record, at any offset after `bad_off`, that could
-/// belong to the log after the damage at `bad_off` (whose expected LSN is
-/// `expected`). Returns its offset and LSN.
-///
-/// Every record takes at least [`RECORD_HEADER_LEN`] bytes, so a genuine
-/// record `d` bytes further on has an LSN in `expected ..= expected + d / 16`.
-/// Requiring that (plus the length bound and the checksum) makes a false
-/// match in garbage practically impossible.
-fn find_later_record(buf: &[u8], bad_off: usize, expected: u64, max: u32) -> Option<(usize, u64)> {
-    let last_start = buf.len().checked_sub(RECORD_HEADER_LEN)?;
-    for p in bad_off.saturating_add(1)..=last_start {
-        let Some((len, crc, lsn)) = record_header(buf, p) else {
-            continue;
-        };
-        let window = ((p - bad_off) / RECORD_HEADER_LEN) as u64;
-        if len > max || lsn < expected || lsn > expected.saturating_add(window) {
-            continue;
+/// Searches for a write group that checks, at any offset after `bad_off`:
+/// proof that the damage at `bad_off` lies in data a later `fdatasync` made
+/// durable. Returns its offset and first LSN.
+fn find_later_group(buf: &[u8], bad_off: usize) -> Option<(usize, u64)> {
+    let mut p = bad_off.saturating_add(1);
+    while p + GROUP_HEADER_LEN <= buf.len() {
+        // Only where the magic is: the checksum runs on candidates alone.
+        match buf[p..]
+            .windows(GROUP_MAGIC.len())
+            .position(|w| w == GROUP_MAGIC)
+        {
+            None => return None,
+            Some(i) => p += i,
         }
-        let start = p + RECORD_HEADER_LEN;
-        let Some(payload) = start
-            .checked_add(len as usize)
-            .and_then(|end| buf.get(start..end))
-        else {
-            continue;
-        };
-        if record_crc(lsn, payload) == crc {
-            return Some((p, lsn));
+        if let Ok(group) = parse_group(buf, p) {
+            return Some((p, group.first_lsn));
         }
+        p += 1;
     }
     None
 }
 
-/// Result of validating one segment at open.
-struct CheckedSegment {
+/// Result of validating one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedSegment {
     /// LSN the next record after this segment must have.
-    next_lsn: u64,
-    /// Length of the valid prefix (only shorter than the file for the last segment).
-    valid_len: usize,
+    pub next_lsn: u64,
+    /// Length of the valid prefix (only shorter than the file for the last
+    /// segment, whose torn tail is cut there).
+    pub valid_len: usize,
     /// False when the (last) segment's header was torn and must be rewritten.
-    header_ok: bool,
+    pub header_ok: bool,
 }
 
-fn check_segment(
+/// What an operator reads when acknowledged data is damaged.
+fn acknowledged_damage(path: &Path, off: usize, why: &str, later: (usize, u64)) -> WalError {
+    corrupt(
+        path,
+        off as u64,
+        format!(
+            "{why}, yet a complete write group (first lsn {}) follows at offset {}: the damaged bytes were made durable and acknowledged, so this is not a torn tail. Restore the data directory from a backup; or, accepting the loss of every record from here on, truncate {} to {off} bytes and move the segments after it away",
+            later.1,
+            later.0,
+            path.display()
+        ),
+    )
+}
+
+/// Validates a segment's bytes without touching any file: the header, then
+/// write group by write group. In the last segment (`is_last`), damage with
+/// no valid group after it is a torn tail, reported by `valid_len`; any
+/// other damage is an error. The recovery rules are in the module doc.
+pub fn check_segment(
     path: &Path,
     buf: &[u8],
     first_lsn: u64,
@@ -918,12 +1053,8 @@ fn check_segment(
     match check_header(buf, first_lsn) {
         HeaderCheck::Valid => {}
         HeaderCheck::Damaged(why) if is_last => {
-            if let Some((at, lsn)) = find_later_record(buf, 0, first_lsn, max) {
-                return Err(corrupt(
-                    path,
-                    0,
-                    format!("{why}, yet a valid record (lsn {lsn}) follows at offset {at}"),
-                ));
+            if let Some(later) = find_later_group(buf, 0) {
+                return Err(acknowledged_damage(path, 0, why, later));
             }
             return Ok(CheckedSegment {
                 next_lsn: first_lsn,
@@ -936,25 +1067,11 @@ fn check_segment(
     let mut off = SEGMENT_HEADER_LEN;
     let mut expected = first_lsn;
     while off < buf.len() {
-        match parse_record(buf, off, max) {
-            Ok(rec) if rec.lsn == expected => {
-                expected = next_lsn_after(path, off, rec.lsn)?;
-                off = rec.end;
-            }
-            Ok(rec) => {
-                return Err(WalError::Gap {
-                    at: path.to_path_buf(),
-                    expected: Lsn(expected),
-                    found: Lsn(rec.lsn),
-                });
-            }
-            Err(BadRecord::Invalid(why)) if is_last => {
-                if let Some((at, lsn)) = find_later_record(buf, off, expected, max) {
-                    return Err(corrupt(
-                        path,
-                        off as u64,
-                        format!("{why}, yet a valid record (lsn {lsn}) follows at offset {at}"),
-                    ));
+        let group = match parse_group(buf, off) {
+            Ok(group) => group,
+            Err(why) if is_last => {
+                if let Some(later) = find_later_group(buf, off) {
+                    return Err(acknowledged_damage(path, off, why, later));
                 }
                 return Ok(CheckedSegment {
                     next_lsn: expected,
@@ -962,17 +1079,47 @@ fn check_segment(
                     header_ok: true,
                 });
             }
-            Err(BadRecord::Invalid(why)) => return Err(corrupt(path, off as u64, why.into())),
-            Err(BadRecord::Oversized(len)) => {
-                return Err(corrupt(
-                    path,
-                    off as u64,
-                    format!(
-                        "valid record of {len} bytes exceeds record_bytes_max {max}; was the limit lowered?"
-                    ),
-                ));
+            Err(why) => return Err(corrupt(path, off as u64, why.into())),
+        };
+        check_group_start(path, off, &group, expected)?;
+        // The checksum holds: anything wrong inside is corruption, not a
+        // torn write.
+        let mut at = off + GROUP_HEADER_LEN;
+        let mut count = 0u32;
+        while at < group.end {
+            match parse_record(&buf[..group.end], at, max) {
+                Ok(rec) if rec.lsn == expected => {
+                    expected = next_lsn_after(path, at, rec.lsn)?;
+                    at = rec.end;
+                    count += 1;
+                }
+                Ok(rec) => {
+                    return Err(WalError::Gap {
+                        at: path.to_path_buf(),
+                        expected: Lsn(expected),
+                        found: Lsn(rec.lsn),
+                    });
+                }
+                Err(BadRecord::Invalid(why)) => return Err(corrupt(path, at as u64, why.into())),
+                Err(BadRecord::Oversized(len)) => {
+                    return Err(corrupt(
+                        path,
+                        at as u64,
+                        format!(
+                            "valid record of {len} bytes exceeds record_bytes_max {max}; was the limit lowered?"
+                        ),
+                    ));
+                }
             }
         }
+        if count != group.count {
+            return Err(corrupt(
+                path,
+                off as u64,
+                format!("write group says {} records, holds {count}", group.count),
+            ));
+        }
+        off = group.end;
     }
     Ok(CheckedSegment {
         next_lsn: expected,
@@ -1125,10 +1272,10 @@ mod tests {
         bad[20] ^= 1;
         assert!(matches!(check_header(&bad, 7), HeaderCheck::Damaged(_)));
         let mut v2 = h;
-        v2[8] = 2;
+        v2[8] = 3;
         let crc = header_crc(&v2[..12], &v2[16..24]);
         v2[12..16].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(check_header(&v2, 7), HeaderCheck::Unsupported(2)));
+        assert!(matches!(check_header(&v2, 7), HeaderCheck::Unsupported(3)));
     }
 
     #[test]
@@ -1146,19 +1293,28 @@ mod tests {
             parse_record(&bytes, usize::MAX - 3, 64),
             Err(BadRecord::Invalid(_))
         ));
-        assert!(find_later_record(&bytes, 0, 1, 64).is_none());
+        assert!(find_later_group(&bytes, 0).is_none());
     }
 
     #[test]
-    fn later_record_search_respects_lsn_window() {
+    fn later_group_search_finds_only_groups_that_check() {
         let mut b = WalBatch::with_record_bytes_max(Lsn(10), 64);
         for _ in 0..3 {
             b.push(b"abc").unwrap();
         }
-        let bytes = b.as_bytes();
-        let second = RECORD_HEADER_LEN + 3;
-        assert_eq!(find_later_record(bytes, 0, 10, 64), Some((second, 11)));
-        // A record claiming an LSN far beyond what fits in the distance is not plausible.
-        assert_eq!(find_later_record(bytes, 0, 1, 64), None);
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&group_header(10, 3, b.as_bytes()));
+        bytes.extend_from_slice(b.as_bytes());
+        let second = bytes.len();
+        let mut c = WalBatch::with_record_bytes_max(Lsn(13), 64);
+        c.push(b"defg").unwrap();
+        bytes.extend_from_slice(&group_header(13, 1, c.as_bytes()));
+        bytes.extend_from_slice(c.as_bytes());
+        assert_eq!(find_later_group(&bytes, 0), Some((second, 13)));
+        assert_eq!(find_later_group(&bytes, second), None);
+        // A damaged group is not proof of anything.
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert_eq!(find_later_group(&bytes, 0), None);
     }
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use reckon_balances::wal::{
-    self, Lsn, ReplayError, WalBatch, WalConfig, WalError, WalOpened, WalWriter, RECORD_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    self, Lsn, ReplayError, WalBatch, WalConfig, WalError, WalOpened, WalWriter, GROUP_HEADER_LEN,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
 const RECORD_MAX: u32 = 1024;
@@ -109,9 +109,36 @@ fn build(n: u64, segment_bytes_max: u64, per_batch: usize) -> tempfile::TempDir 
     dir
 }
 
-/// Offset of record `lsn` within its segment, given the segment's first LSN.
-fn record_offset(first: u64, lsn: u64) -> u64 {
-    SEGMENT_HEADER_LEN as u64 + (first..lsn).map(record_len).sum::<u64>()
+/// The write groups of a segment's bytes: (start offset, end offset, first
+/// lsn, record count), read from their headers.
+fn groups(bytes: &[u8]) -> Vec<(u64, u64, u64, u64)> {
+    let mut out = Vec::new();
+    let mut off = SEGMENT_HEADER_LEN;
+    while off + GROUP_HEADER_LEN <= bytes.len() {
+        let h = &bytes[off..off + GROUP_HEADER_LEN];
+        let len = u32::from_le_bytes(h[4..8].try_into().unwrap()) as usize;
+        let first = u64::from_le_bytes(h[8..16].try_into().unwrap());
+        let count = u32::from_le_bytes(h[16..20].try_into().unwrap()) as u64;
+        let end = off + GROUP_HEADER_LEN + len;
+        out.push((off as u64, end as u64, first, count));
+        off = end;
+    }
+    out
+}
+
+/// Last lsn of the whole groups that end at or before `cut`, and where the
+/// last of them ends (the segment header's end if none).
+fn whole_groups_before(bytes: &[u8], first: u64, cut: u64) -> (u64, u64) {
+    let mut last = first - 1;
+    let mut end = SEGMENT_HEADER_LEN as u64;
+    for (_, e, f, n) in groups(bytes) {
+        if e > cut {
+            break;
+        }
+        last = f + n - 1;
+        end = e;
+    }
+    (last, end)
 }
 
 fn flip_byte(path: &Path, offset: u64) {
@@ -174,19 +201,20 @@ fn round_trip_across_segments_and_reopen() {
 
 #[test]
 fn cut_last_segment_at_every_offset() {
-    // Small segments so the last one holds a handful of records.
-    let template = build(40, 160, 3);
+    // Small segments so the last one holds a handful of groups.
+    let template = build(40, 200, 3);
     let segs = segments(template.path());
     assert!(segs.len() >= 3);
     let last_seg = segs.last().unwrap();
     let first = first_lsn_of(last_seg);
-    let file_len = fs::metadata(last_seg).unwrap().len();
-    assert_eq!(file_len, record_offset(first, 41));
+    let bytes = fs::read(last_seg).unwrap();
+    let file_len = bytes.len() as u64;
+    assert_eq!(groups(&bytes).last().unwrap().1, file_len);
 
     for cut in 0..file_len {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(template.path(), dir.path());
-        let cfg = config(dir.path(), 160);
+        let cfg = config(dir.path(), 200);
         let seg = dir.path().join(last_seg.file_name().unwrap());
         OpenOptions::new()
             .write(true)
@@ -195,17 +223,14 @@ fn cut_last_segment_at_every_offset() {
             .set_len(cut)
             .unwrap();
 
-        // Whole records before the cut survive, nothing else.
-        let whole = (first..=40)
-            .take_while(|&l| record_offset(first, l + 1) <= cut)
-            .count() as u64;
-        let last = first - 1 + whole;
+        // Whole groups before the cut survive, nothing else.
+        let (last, end) = whole_groups_before(&bytes, first, cut);
         let opened = wal::open(&cfg).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         assert_eq!(opened.last_lsn, Lsn(last), "cut at {cut}");
         let kept = if cut < SEGMENT_HEADER_LEN as u64 {
             0
         } else {
-            record_offset(first, last + 1)
+            end
         };
         assert_eq!(opened.torn_tail_bytes, cut - kept, "cut at {cut}");
         assert_replays(&cfg, 0, last);
@@ -221,74 +246,85 @@ fn cut_last_segment_at_every_offset() {
 }
 
 #[test]
-fn flipped_byte_in_final_record_is_torn_tail() {
+fn flipped_byte_in_final_group_is_torn_tail() {
     let template = build(30, 200, 4);
     let last_seg = segments(template.path()).pop().unwrap();
-    let first = first_lsn_of(&last_seg);
-    let start = record_offset(first, 30);
-    for offset in start..start + record_len(30) {
+    let bytes = fs::read(&last_seg).unwrap();
+    let (start, end, group_first, _) = *groups(&bytes).last().unwrap();
+    for offset in start..end {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(template.path(), dir.path());
         let cfg = config(dir.path(), 200);
         flip_byte(&dir.path().join(last_seg.file_name().unwrap()), offset);
         let opened = wal::open(&cfg).unwrap_or_else(|e| panic!("flip at {offset}: {e}"));
-        assert_eq!(opened.last_lsn, Lsn(29), "flip at {offset}");
-        assert_eq!(opened.torn_tail_bytes, record_len(30));
-        assert_replays(&cfg, 0, 29);
+        assert_eq!(opened.last_lsn, Lsn(group_first - 1), "flip at {offset}");
+        assert_eq!(opened.torn_tail_bytes, end - start);
+        assert_replays(&cfg, 0, group_first - 1);
     }
 }
 
 #[test]
-fn flipped_byte_before_valid_records_is_corrupt() {
-    let template = build(32, 200, 4);
+fn flipped_byte_before_valid_groups_is_corrupt() {
+    // A log whose last segment holds at least two groups.
+    let template = (40..80)
+        .map(|n| build(n, 300, 3))
+        .find(|t| groups(&fs::read(segments(t.path()).pop().unwrap()).unwrap()).len() >= 2)
+        .unwrap();
     let segs = segments(template.path());
+    assert!(segs.len() >= 3);
     let last_seg = segs.last().unwrap();
-    let first = first_lsn_of(last_seg);
+    let bytes = fs::read(last_seg).unwrap();
+    let layout = groups(&bytes);
     assert!(
-        32 - first >= 2,
-        "last segment needs records after the damaged one"
+        layout.len() >= 2,
+        "the last segment needs a group after the damaged one"
     );
 
-    // Every byte of a record in the last segment that valid records follow.
-    let victim = first;
-    let start = record_offset(first, victim);
-    for offset in start..start + record_len(victim) {
+    // Every byte of a group in the last segment that a valid group follows:
+    // that group was acknowledged, so open refuses and says where.
+    let (start, end, _, _) = layout[0];
+    for offset in start..end {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(template.path(), dir.path());
         flip_byte(&dir.path().join(last_seg.file_name().unwrap()), offset);
-        match wal::open(&config(dir.path(), 200)) {
-            Err(WalError::Corrupt { offset: at, .. }) => assert_eq!(at, start),
+        match wal::open(&config(dir.path(), 300)) {
+            Err(WalError::Corrupt {
+                offset: at, reason, ..
+            }) => {
+                assert_eq!(at, start);
+                assert!(reason.contains("Restore the data directory"), "{reason}");
+            }
             other => panic!("flip at {offset}: expected Corrupt, got {other:?}"),
         }
     }
 
-    // Any record of an earlier segment, including its final one, and its header.
+    // Any byte of an earlier segment: its groups, its header.
     let middle = &segs[1];
-    let first = first_lsn_of(middle);
-    let next_first = first_lsn_of(&segs[2]);
+    let middle_bytes = fs::read(middle).unwrap();
+    let middle_groups = groups(&middle_bytes);
     let offsets = [
         3,
-        record_offset(first, first) + 2,
-        record_offset(first, next_first - 1) + RECORD_HEADER_LEN as u64 - 1,
-        record_offset(first, next_first) - 1,
+        middle_groups[0].0 + 2,
+        middle_groups.last().unwrap().0 + GROUP_HEADER_LEN as u64 + 1,
+        middle_bytes.len() as u64 - 1,
     ];
     for offset in offsets {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(template.path(), dir.path());
         flip_byte(&dir.path().join(middle.file_name().unwrap()), offset);
-        let result = wal::open(&config(dir.path(), 200));
+        let result = wal::open(&config(dir.path(), 300));
         assert!(
             matches!(result, Err(WalError::Corrupt { .. })),
             "flip at {offset}: {result:?}"
         );
     }
 
-    // A damaged header of the last segment, with its records intact behind it.
+    // A damaged header of the last segment, with its groups intact behind it.
     let dir = tempfile::tempdir().unwrap();
     copy_dir(template.path(), dir.path());
     flip_byte(&dir.path().join(last_seg.file_name().unwrap()), 1);
     assert!(matches!(
-        wal::open(&config(dir.path(), 200)),
+        wal::open(&config(dir.path(), 300)),
         Err(WalError::Corrupt { offset: 0, .. })
     ));
 }
@@ -549,7 +585,7 @@ fn group_commit_pipeline_across_threads() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// Any cut of the last segment keeps exactly the whole records before it.
+    /// Any cut of the last segment keeps exactly the whole groups before it.
     #[test]
     fn any_tail_cut_keeps_whole_records(
         lens in prop::collection::vec(0usize..60, 1..40),
@@ -571,21 +607,16 @@ proptest! {
 
         let last_seg = segments(dir.path()).pop().unwrap();
         let first = first_lsn_of(&last_seg);
-        let len = fs::metadata(&last_seg).unwrap().len();
+        let bytes = fs::read(&last_seg).unwrap();
+        let len = bytes.len() as u64;
         let cut = len * cut_permille / 1000;
         OpenOptions::new().write(true).open(&last_seg).unwrap().set_len(cut).unwrap();
 
-        let mut end = SEGMENT_HEADER_LEN as u64;
-        let mut whole = 0u64;
-        for l in &lens[(first - 1) as usize..] {
-            end += (RECORD_HEADER_LEN + l) as u64;
-            if end > cut { break; }
-            whole += 1;
-        }
+        let (last, _) = whole_groups_before(&bytes, first, cut);
         let opened = open(&cfg);
-        prop_assert_eq!(opened.last_lsn, Lsn(first - 1 + whole));
-        let (last, records) = collect(&cfg, 0).unwrap();
-        prop_assert_eq!(last, first - 1 + whole);
+        prop_assert_eq!(opened.last_lsn, Lsn(last));
+        let (seen, records) = collect(&cfg, 0).unwrap();
+        prop_assert_eq!(seen, last);
         for (lsn, p) in records {
             prop_assert_eq!(p, vec![(lsn - 1) as u8; lens[(lsn - 1) as usize]]);
         }
@@ -624,4 +655,96 @@ fn replay_ten_million_records() {
         last.0
     );
     assert_eq!(opened.last_lsn, Lsn(10_000_000));
+}
+
+/// Power loss: the write group in flight (written, its fdatasync not yet
+/// returned) reaches the disk page by page in any order, holes included.
+/// Groups are written one at a time, so it is the only one at risk. For a
+/// crash after each of the last three groups, every combination of its
+/// pages persisted or not must open, keep every record of every synced
+/// group, keep the in-flight group only if all of it landed, and go on.
+#[test]
+fn power_loss_with_pages_persisted_out_of_order_never_keeps_reckon_down() {
+    const PAGE: usize = 4096;
+    let template = tempfile::tempdir().unwrap();
+    let cfg = config(template.path(), 1 << 30);
+    let mut writer = open(&cfg).writer;
+    // Six groups of 2..14 KB, so a group spans one to four pages and starts
+    // anywhere inside a page.
+    let body = |lsn: u64| vec![(lsn % 251) as u8; 300 + (lsn as usize * 37) % 500];
+    let mut lsn = 1u64;
+    let mut batch = writer.new_batch();
+    for g in 0..6u64 {
+        for _ in 0..(4 + g * 5) {
+            batch.push(&body(lsn)).unwrap();
+            lsn += 1;
+        }
+        writer.write_and_sync(&batch.take()).unwrap();
+    }
+    drop(writer);
+    let seg = segments(template.path()).pop().unwrap();
+    let bytes = fs::read(&seg).unwrap();
+    let layout = groups(&bytes);
+    assert_eq!(layout.len(), 6);
+    let mut cases = 0;
+    for in_flight in 3..6 {
+        let synced_len = layout[in_flight - 1].1 as usize;
+        let synced_last = layout[in_flight - 1].2 + layout[in_flight - 1].3 - 1;
+        let (start, end, first, count) = layout[in_flight];
+        assert_eq!(start as usize, synced_len);
+        let end = end as usize;
+        let pages: Vec<usize> = (synced_len / PAGE..end.div_ceil(PAGE)).collect();
+        assert!(
+            pages.len() >= 2 || in_flight < 5,
+            "groups should span pages"
+        );
+        for mask in 0u32..(1 << pages.len()) {
+            // The file as the disk has it after the power loss: the synced
+            // bytes, then the pages of the in-flight write that landed, and
+            // zeros where one did not land before one that did.
+            let mut disk = bytes[..synced_len].to_vec();
+            for (i, page) in pages.iter().enumerate() {
+                if mask & (1 << i) == 0 {
+                    continue;
+                }
+                let from = (page * PAGE).max(synced_len);
+                let to = ((page + 1) * PAGE).min(end);
+                if disk.len() < to {
+                    disk.resize(to, 0);
+                }
+                disk[from..to].copy_from_slice(&bytes[from..to]);
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = config(dir.path(), 1 << 30);
+            fs::write(dir.path().join(seg.file_name().unwrap()), &disk).unwrap();
+            let opened = wal::open(&cfg).unwrap_or_else(|e| {
+                panic!("group {in_flight} in flight, pages {mask:b}: refused to start: {e}")
+            });
+            let all_landed = mask == (1 << pages.len()) - 1;
+            let last = if all_landed {
+                first + count - 1
+            } else {
+                synced_last
+            };
+            assert_eq!(opened.last_lsn, Lsn(last), "pages {mask:b}");
+            assert_eq!(
+                opened.torn_tail_bytes as usize,
+                disk.len() - if all_landed { end } else { synced_len }
+            );
+            let (_, records) = collect(&cfg, 0).unwrap();
+            assert_eq!(records.len() as u64, last);
+            for (l, p) in &records {
+                assert_eq!(p, &body(*l));
+            }
+            // And the log goes on where it was cut.
+            let mut writer = opened.writer;
+            let mut more = writer.new_batch();
+            more.push(b"after").unwrap();
+            writer.write_and_sync(&more).unwrap();
+            drop(writer);
+            assert_eq!(open(&cfg).last_lsn, Lsn(last + 1));
+            cases += 1;
+        }
+    }
+    assert!(cases >= 3 * 4, "only {cases} cases");
 }
