@@ -330,6 +330,19 @@ pub struct RecoveryReport {
     pub elapsed_ms: u64,
 }
 
+/// What an offline check of a data directory found ([`Journal::check_data_dir`]).
+#[derive(Debug, Clone)]
+pub struct DataDirReport {
+    /// The log: segments, LSNs, and the torn tail a start would cut.
+    pub wal: wal::WalInspection,
+    /// Log position the snapshot covers.
+    pub snapshot_lsn: u64,
+    /// Keys in the snapshot.
+    pub snapshot_keys: u64,
+    /// Log records after the snapshot, replayed.
+    pub replayed: u64,
+}
+
 /// The running journal; owns its threads. Stop it with [`Journal::shutdown`].
 pub struct Journal<M: Machine> {
     submitter: Submitter<M>,
@@ -407,6 +420,22 @@ impl SledSync {
         }
         fsync_path(dir)
     }
+}
+
+/// Copies a directory tree (the snapshot, for an offline check).
+fn copy_tree(from: &Path, to: &Path) -> Result<(), JournalError> {
+    std::fs::create_dir_all(to).map_err(io_err(format!("creating {}", to.display())))?;
+    for entry in std::fs::read_dir(from).map_err(io_err(format!("reading {}", from.display())))? {
+        let entry = entry.map_err(io_err(format!("reading {}", from.display())))?;
+        let path = entry.path();
+        let target = to.join(entry.file_name());
+        if path.is_dir() {
+            copy_tree(&path, &target)?;
+        } else {
+            std::fs::copy(&path, &target).map_err(io_err(format!("copying {}", path.display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// fsyncs one file or directory; one sled removed meanwhile needs none.
@@ -609,6 +638,106 @@ impl<M: Machine> Journal<M> {
             threads,
             _lock: lock,
         }
+    }
+
+    /// Verifies a stopped server's data directory without changing it:
+    /// the log (what a start would cut or refuse), the snapshot (loaded from
+    /// a copy, since sled writes when it opens), a replay of the log after
+    /// it, and the machine's invariant check. Refuses a directory in use.
+    pub fn check_data_dir(data_dir: &Path) -> Result<DataDirReport, JournalError> {
+        if !data_dir.is_dir() {
+            return Err(JournalError::Recovery(format!(
+                "{} is not a data directory",
+                data_dir.display()
+            )));
+        }
+        let lock_path = data_dir.join("LOCK");
+        let _lock = match std::fs::File::open(&lock_path) {
+            Ok(f) => {
+                if f.try_lock_shared().is_err() {
+                    return Err(JournalError::InUse(data_dir.to_path_buf()));
+                }
+                Some(f)
+            }
+            Err(_) => None,
+        };
+        let wal_config = WalConfig::new(data_dir.join("wal"));
+        let found = wal::inspect(&wal_config)?;
+        // sled writes when it opens: open a copy.
+        let copy = std::env::temp_dir().join(format!(
+            "reckon-check-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let result = (|| {
+            let snapshot = data_dir.join("snapshot");
+            if snapshot.is_dir() {
+                copy_tree(&snapshot, &copy)?;
+            }
+            let db = sled::Config::new().path(&copy).open()?;
+            let snapshot_lsn = match db.get(SNAPSHOT_LSN_KEY)? {
+                Some(v) => u64::from_le_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| JournalError::Recovery("bad snapshot lsn".into()))?,
+                ),
+                None => 0,
+            };
+            let mut keys = 0u64;
+            let mut failure = None;
+            let mut pairs = db.iter().filter_map(|item| match item {
+                Ok((k, v)) if k.as_ref() != SNAPSHOT_LSN_KEY => {
+                    keys += 1;
+                    Some((k, v))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    None
+                }
+            });
+            let machine = M::restore(&mut pairs);
+            drop(pairs);
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+            let mut machine = machine.map_err(JournalError::Recovery)?;
+            let mut replayed = 0u64;
+            if found.last_lsn.0 > snapshot_lsn {
+                wal::replay_upto(
+                    &wal_config,
+                    Lsn(snapshot_lsn),
+                    found.last_lsn,
+                    |_, record| {
+                        if record.len() < 8 {
+                            return Err("log record shorter than its timestamp".to_string());
+                        }
+                        let now = Timestamp(u64::from_le_bytes(
+                            record[..8].try_into().unwrap_or_default(),
+                        ));
+                        replayed += 1;
+                        machine.replay(now, &record[8..])
+                    },
+                )
+                .map_err(|e| JournalError::Recovery(format!("{e}")))?;
+            } else if found.last_lsn.0 < snapshot_lsn && found.last_lsn.0 != 0 {
+                return Err(JournalError::Recovery(format!(
+                    "the log ends at lsn {} before the snapshot's {snapshot_lsn}",
+                    found.last_lsn.0
+                )));
+            }
+            machine.check().map_err(JournalError::Invariant)?;
+            Ok(DataDirReport {
+                wal: found.clone(),
+                snapshot_lsn,
+                snapshot_keys: keys,
+                replayed,
+            })
+        })();
+        let _ = std::fs::remove_dir_all(&copy);
+        result
     }
 
     /// A cloneable handle for submitting from other threads.

@@ -336,6 +336,25 @@ impl WalBatch {
         &self.buf
     }
 
+    /// The bytes this batch takes on disk as one write group (header and
+    /// records): what [`WalWriter::write_and_sync`] writes, for simulators
+    /// and tests that build logs in memory.
+    pub fn to_group_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(GROUP_HEADER_LEN + self.buf.len());
+        out.extend_from_slice(&group_header(
+            self.start_lsn.0,
+            self.len_records() as u32,
+            &self.buf,
+        ));
+        out.extend_from_slice(&self.buf);
+        out
+    }
+
+    /// The header of a fresh segment whose first record is `first_lsn`.
+    pub fn segment_header(first_lsn: Lsn) -> [u8; SEGMENT_HEADER_LEN] {
+        segment_header(first_lsn)
+    }
+
     /// Takes the filled batch out, leaving an empty one that continues the LSN sequence.
     ///
     /// The writer keeps forming the next batch while the one taken out is being
@@ -565,15 +584,52 @@ pub struct WalOpened {
     pub first_lsn: Option<Lsn>,
 }
 
-/// Opens (creating if absent) the log directory: validates all segments, truncates a torn tail of the last one (and fsyncs that), errors on any other damage.
-pub fn open(cfg: &WalConfig) -> Result<WalOpened, WalError> {
-    ensure_dir(&cfg.dir)?;
+/// A torn tail a start would cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The last segment.
+    pub segment: PathBuf,
+    /// Where the valid part ends.
+    pub offset: u64,
+    /// Bytes after it (never acknowledged).
+    pub bytes: u64,
+    /// Whether the segment's own header is torn too (it is rewritten).
+    pub header: bool,
+}
+
+/// What a log directory holds, found without changing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalInspection {
+    /// Segment files.
+    pub segments: usize,
+    /// Bytes in them.
+    pub bytes: u64,
+    /// LSN of the first record still in the log, if it has any.
+    pub first_lsn: Option<Lsn>,
+    /// LSN of the last record (0 if empty), after any torn tail.
+    pub last_lsn: Lsn,
+    /// The torn tail a start would cut, if any.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// Validates every segment of the log without writing anything: what
+/// [`open`] would keep, cut or refuse (its errors are [`open`]'s). A missing
+/// directory is an empty log.
+pub fn inspect(cfg: &WalConfig) -> Result<WalInspection, WalError> {
+    if !cfg.dir.exists() {
+        return Ok(WalInspection {
+            segments: 0,
+            bytes: 0,
+            first_lsn: None,
+            last_lsn: Lsn(0),
+            torn_tail: None,
+        });
+    }
     let segments = list_segments(&cfg.dir)?;
     let mut buf = Vec::new();
     let mut next_lsn: Option<u64> = None;
-    let mut torn_tail_bytes = 0;
-    let mut active = None;
-
+    let mut torn_tail = None;
+    let mut bytes = 0u64;
     for (i, seg) in segments.iter().enumerate() {
         if let Some(expected) = next_lsn {
             if seg.first_lsn.0 != expected {
@@ -585,14 +641,9 @@ pub fn open(cfg: &WalConfig) -> Result<WalOpened, WalError> {
             }
         }
         let is_last = i + 1 == segments.len();
-        let mut file = if is_last {
-            // Read-write: the tail may need cutting, and the writer appends here.
-            OpenOptions::new().read(true).append(true).open(&seg.path)
-        } else {
-            File::open(&seg.path)
-        }
-        .map_err(io_err("open", &seg.path))?;
+        let mut file = File::open(&seg.path).map_err(io_err("open", &seg.path))?;
         read_whole(&mut file, &seg.path, &mut buf)?;
+        bytes += buf.len() as u64;
         let checked = check_segment(
             &seg.path,
             &buf,
@@ -600,45 +651,76 @@ pub fn open(cfg: &WalConfig) -> Result<WalOpened, WalError> {
             cfg.record_bytes_max,
             is_last,
         )?;
-
-        if is_last {
-            let mut len = buf.len() as u64;
-            let clean = checked.header_ok && checked.valid_len == buf.len();
-            if !clean {
-                torn_tail_bytes = len - checked.valid_len as u64;
-                warn!(
-                    segment = %seg.path.display(),
-                    offset = checked.valid_len,
-                    bytes = torn_tail_bytes,
-                    "wal: cutting torn tail"
-                );
-                file.set_len(checked.valid_len as u64)
-                    .map_err(io_err("truncate", &seg.path))?;
-                len = checked.valid_len as u64;
-                if !checked.header_ok {
-                    // A crash right after the segment was created: give it the
-                    // header it should have, so the writer can continue in it.
-                    file.write_all(&segment_header(seg.first_lsn))
-                        .map_err(io_err("write header", &seg.path))?;
-                    len = SEGMENT_HEADER_LEN as u64;
-                }
-                // fsync, not fdatasync: the file size changed.
-                file.sync_all().map_err(io_err("fsync", &seg.path))?;
-            }
-            active = Some(ActiveSegment {
-                file,
-                path: seg.path.clone(),
-                len,
+        if is_last && !(checked.header_ok && checked.valid_len == buf.len()) {
+            torn_tail = Some(TornTail {
+                segment: seg.path.clone(),
+                offset: checked.valid_len as u64,
+                bytes: (buf.len() - checked.valid_len) as u64,
+                header: !checked.header_ok,
             });
         }
         next_lsn = Some(checked.next_lsn);
     }
-
     let last_lsn = Lsn(next_lsn.map_or(0, |n| n - 1));
     let first_lsn = segments
         .first()
         .map(|s| s.first_lsn)
         .filter(|first| *first <= last_lsn);
+    Ok(WalInspection {
+        segments: segments.len(),
+        bytes,
+        first_lsn,
+        last_lsn,
+        torn_tail,
+    })
+}
+
+/// Opens (creating if absent) the log directory: validates all segments,
+/// cuts a torn tail of the last one (and fsyncs that), errors on any other
+/// damage (see [`inspect`]).
+pub fn open(cfg: &WalConfig) -> Result<WalOpened, WalError> {
+    ensure_dir(&cfg.dir)?;
+    let found = inspect(cfg)?;
+    let segments = list_segments(&cfg.dir)?;
+    let mut torn_tail_bytes = 0;
+    let mut active = None;
+    if let Some(last) = segments.last() {
+        // Read-write: the tail may need cutting, and the writer appends here.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&last.path)
+            .map_err(io_err("open", &last.path))?;
+        let mut len = file.metadata().map_err(io_err("stat", &last.path))?.len();
+        if let Some(torn) = &found.torn_tail {
+            torn_tail_bytes = torn.bytes;
+            warn!(
+                segment = %torn.segment.display(),
+                offset = torn.offset,
+                bytes = torn.bytes,
+                "wal: cutting a torn tail (a write group that was never acknowledged)"
+            );
+            file.set_len(torn.offset)
+                .map_err(io_err("truncate", &last.path))?;
+            len = torn.offset;
+            if torn.header {
+                // A crash right after the segment was created: give it the
+                // header it should have, so the writer can continue in it.
+                file.write_all(&segment_header(last.first_lsn))
+                    .map_err(io_err("write header", &last.path))?;
+                len = SEGMENT_HEADER_LEN as u64;
+            }
+            // fsync, not fdatasync: the file size changed.
+            file.sync_all().map_err(io_err("fsync", &last.path))?;
+        }
+        active = Some(ActiveSegment {
+            file,
+            path: last.path.clone(),
+            len,
+        });
+    }
+    let last_lsn = found.last_lsn;
+    let first_lsn = found.first_lsn;
     info!(
         dir = %cfg.dir.display(),
         segments = segments.len(),
@@ -672,6 +754,18 @@ pub fn open(cfg: &WalConfig) -> Result<WalOpened, WalError> {
 pub fn replay<E>(
     cfg: &WalConfig,
     after: Lsn,
+    f: impl FnMut(Lsn, &[u8]) -> Result<(), E>,
+) -> Result<Lsn, ReplayError<E>> {
+    replay_upto(cfg, after, Lsn(u64::MAX), f)
+}
+
+/// [`replay`], stopping after the write group that holds `upto`: a log
+/// whose torn tail was found by [`inspect`] but not cut is replayed up to
+/// its last valid record without reading the torn part.
+pub fn replay_upto<E>(
+    cfg: &WalConfig,
+    after: Lsn,
+    upto: Lsn,
     mut f: impl FnMut(Lsn, &[u8]) -> Result<(), E>,
 ) -> Result<Lsn, ReplayError<E>> {
     let segments = list_segments(&cfg.dir)?;
@@ -738,6 +832,9 @@ pub fn replay<E>(
                 at = rec.end;
             }
             off = group.end;
+            if expected > upto.0 {
+                return Ok(Lsn(expected - 1));
+            }
         }
     }
     let last = Lsn(expected - 1);
@@ -1234,7 +1331,7 @@ fn ensure_dir(dir: &Path) -> Result<(), WalError> {
 
 /// fsyncs a directory so entries created or removed in it are durable.
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<(), WalError> {
+pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync directory", dir))
@@ -1242,7 +1339,7 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
 
 /// Directories cannot be opened for fsync here; the platform orders metadata itself.
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), WalError> {
+pub fn sync_dir(_dir: &Path) -> Result<(), WalError> {
     Ok(())
 }
 

@@ -568,7 +568,11 @@ async fn slow_readers_and_idle_floods_keep_memory_bounded() {
     let _ = balance(&admin, ACME_ORG, TOKENS).await;
     assert!(t.elapsed() < Duration::from_secs(1));
     let grown = server.rss_bytes().saturating_sub(baseline);
-    eprintln!("{} idle connections: server RSS +{} KB", idle.len(), grown >> 10);
+    eprintln!(
+        "{} idle connections: server RSS +{} KB",
+        idle.len(),
+        grown >> 10
+    );
     assert!(grown < 64 << 20, "grew by {} MB", grown >> 20);
     // Past the HELLO deadline every idle connection has been closed, and a
     // new client connects.

@@ -175,7 +175,16 @@ struct SimDisk {
     synced: usize,
     snapshot: BTreeMap<Vec<u8>, Vec<u8>>,
     snapshot_len: usize,
+    /// The log segment as the real WAL frames it (write groups), and how
+    /// much of it is durable: a write in flight at a power loss lands page
+    /// by page in any order, and the real recovery code decides what stays.
+    image: Vec<u8>,
+    image_synced: usize,
 }
+
+/// The simulated disk's page: small, so write groups span several and
+/// land with holes.
+const SIM_PAGE: usize = 64;
 
 /// What a hostile request must be answered with.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -317,7 +326,12 @@ impl World {
             clock: WriterClock::new(Timestamp(T0), T0),
             now: Timestamp(T0),
             engine,
-            disk: SimDisk::default(),
+            disk: SimDisk {
+                image: reckon_balances::wal::WalBatch::segment_header(reckon_balances::wal::Lsn(1))
+                    .to_vec(),
+                image_synced: reckon_balances::wal::SEGMENT_HEADER_LEN,
+                ..SimDisk::default()
+            },
             exchanges: Vec::new(),
             sessions: Vec::new(),
             pending: Vec::new(),
@@ -462,17 +476,36 @@ impl World {
     }
 
     fn sync_or_fail(&mut self, may_fail: bool) -> Result<bool, Violation> {
+        let len = self.disk.records.len();
+        let horizon = self.now;
+        // The state this write would make durable, should it land whole.
+        self.digest_at_len
+            .insert(len, (horizon, self.engine.digest_parts_at(horizon)));
+        if len > self.disk.synced {
+            // One write group of the records since the last sync, framed as
+            // the journal's sync thread frames it.
+            let mut batch = reckon_balances::wal::WalBatch::new(reckon_balances::wal::Lsn(
+                self.disk.synced as u64 + 1,
+            ));
+            for (at, payload) in &self.disk.records[self.disk.synced..] {
+                let mut record = at.0.to_le_bytes().to_vec();
+                record.extend_from_slice(payload);
+                if batch.push(&record).is_err() {
+                    return Err(self.fail("a log record beyond the WAL's limit"));
+                }
+            }
+            self.disk.image.extend_from_slice(&batch.to_group_bytes());
+        }
         if may_fail && self.rng.chance(2) {
-            // fsync failed: the journal stops; the process restarts.
-            self.crash("fsync error")?;
+            // The power went (or fsync failed) while the group was being
+            // written: its pages land in any order, holes included; the real
+            // recovery code decides what stays. Then the process restarts.
+            self.lose_unsynced_pages()?;
+            self.crash("power loss during fsync")?;
             return Ok(false);
         }
-        self.disk.synced = self.disk.records.len();
-        let horizon = self.now;
-        self.digest_at_len.insert(
-            self.disk.synced,
-            (horizon, self.engine.digest_parts_at(horizon)),
-        );
+        self.disk.synced = len;
+        self.disk.image_synced = self.disk.image.len();
         // Replies of synced requests go out, some lost, some twice, in
         // shuffled order.
         let mut ready: Vec<Pending> = Vec::new();
@@ -501,6 +534,51 @@ impl World {
         }
         self.check_expectations()?;
         Ok(true)
+    }
+
+    /// A power loss during a write: each page of the unsynced part of the
+    /// log image lands or not; recovery keeps what `wal::check_segment`
+    /// keeps, which must be the whole in-flight group or none of it.
+    fn lose_unsynced_pages(&mut self) -> Result<(), Violation> {
+        let from = self.disk.image_synced;
+        let end = self.disk.image.len();
+        let mut disk = self.disk.image[..from].to_vec();
+        for page in from / SIM_PAGE..end.div_ceil(SIM_PAGE) {
+            if self.rng.chance(50) {
+                let a = (page * SIM_PAGE).max(from);
+                let b = ((page + 1) * SIM_PAGE).min(end);
+                if disk.len() < b {
+                    disk.resize(b, 0);
+                }
+                disk[a..b].copy_from_slice(&self.disk.image[a..b]);
+            }
+        }
+        let checked = reckon_balances::wal::check_segment(
+            std::path::Path::new("sim.log"),
+            &disk,
+            1,
+            reckon_balances::wal::DEFAULT_RECORD_BYTES_MAX,
+            true,
+        )
+        .map_err(|e| {
+            self.fail(format!(
+                "the log refused to recover after a power loss: {e}"
+            ))
+        })?;
+        let kept = (checked.next_lsn - 1) as usize;
+        if kept != self.disk.synced && kept != self.disk.records.len() {
+            return Err(self.fail(format!(
+                "a power loss kept part of a write group: {kept} records, synced {}, written {}",
+                self.disk.synced,
+                self.disk.records.len()
+            )));
+        }
+        self.run.put(format!("landed:{kept};").as_bytes());
+        disk.truncate(checked.valid_len);
+        self.disk.image = disk;
+        self.disk.image_synced = self.disk.image.len();
+        self.disk.synced = kept;
+        Ok(())
     }
 
     fn checkpoint(&mut self) -> Result<(), Violation> {
