@@ -40,16 +40,36 @@ pub trait Machine: Send + Sized + 'static {
     /// Applies a request at `now`. When it may change state, appends the
     /// bytes that [`Machine::replay`] needs to redo it to `log`; leaving
     /// `log` as it was means nothing is logged. (`log` may already hold a
-    /// prefix of the caller's: append, never clear.)
+    /// prefix of the caller's: append, never clear.) `lsn` is the position
+    /// the record will have in the log if one is written.
     fn apply(
         &mut self,
         now: Timestamp,
+        lsn: u64,
         request: Self::Request,
         log: &mut Vec<u8>,
     ) -> Self::Response;
 
-    /// Redoes a logged request during recovery.
-    fn replay(&mut self, now: Timestamp, payload: &[u8]) -> Result<(), String>;
+    /// Redoes the logged request at `lsn` during recovery.
+    fn replay(&mut self, now: Timestamp, lsn: u64, payload: &[u8]) -> Result<(), String>;
+
+    /// During recovery, shows the machine a record its snapshot already
+    /// covers (only records still in the log, see
+    /// [`Machine::log_retention_ms`]), so it can rebuild memory it keeps
+    /// outside the snapshot, such as where its remembered answers are.
+    fn recall(&mut self, _now: Timestamp, _lsn: u64, _payload: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// How long a log record must stay in the log after it was written,
+    /// in ms, whatever the checkpoints cover (the machine reads its records
+    /// back, see [`Machine::attach_log`]).
+    fn log_retention_ms(&self) -> u64 {
+        0
+    }
+
+    /// Gives the machine a reader of its own durable log records.
+    fn attach_log(&mut self, _reader: LogReader) {}
 
     /// Snapshot writes for everything changed since the last checkpoint.
     fn checkpoint(&mut self, now: Timestamp) -> Vec<SnapshotWrite>;
@@ -70,6 +90,9 @@ pub trait Machine: Send + Sized + 'static {
     /// A server-issued request due at `now` (e.g. an expiry sweep).
     fn due(&self, now: Timestamp) -> Option<Self::Request>;
 }
+
+/// Reads a durable log record back: its time and payload.
+pub type LogReader = Arc<dyn Fn(u64) -> Option<(Timestamp, Vec<u8>)> + Send + Sync>;
 
 /// Checkpoint work moved off the writer thread.
 pub type Deferred = Box<dyn FnOnce() -> Vec<SnapshotWrite> + Send>;
@@ -282,6 +305,11 @@ struct Batch<M: Machine> {
     wal: WalBatch,
     replies: Vec<(Reply<M>, Vec<M::Response>)>,
     checkpoint: Option<Checkpoint>,
+    /// The writer's time when the batch was formed, and how long the
+    /// machine needs log records kept: segments are removed only once a
+    /// checkpoint covers them and they are that old.
+    now: Timestamp,
+    retention_ms: u64,
 }
 
 /// A checkpoint on its way to sled: writes encoded on the writer, and work
@@ -422,6 +450,26 @@ impl SledSync {
     }
 }
 
+/// A log record's time (its first 8 bytes) and the machine's payload.
+fn split_record(record: &[u8]) -> Result<(Timestamp, &[u8]), String> {
+    if record.len() < 8 {
+        return Err("log record shorter than its timestamp".to_string());
+    }
+    let now = Timestamp(u64::from_le_bytes(
+        record[..8].try_into().unwrap_or_default(),
+    ));
+    Ok((now, &record[8..]))
+}
+
+/// A [`LogReader`] over the write-ahead log.
+fn log_reader(reader: wal::WalReader) -> LogReader {
+    Arc::new(move |lsn| {
+        let record = reader.read(Lsn(lsn))?;
+        let (now, payload) = split_record(&record).ok()?;
+        Some((now, payload.to_vec()))
+    })
+}
+
 /// Copies a directory tree (the snapshot, for an offline check).
 fn copy_tree(from: &Path, to: &Path) -> Result<(), JournalError> {
     std::fs::create_dir_all(to).map_err(io_err(format!("creating {}", to.display())))?;
@@ -523,18 +571,31 @@ impl<M: Machine> Journal<M> {
         let mut wal_config = WalConfig::new(config.data_dir.join("wal"));
         wal_config.segment_bytes_max = config.segment_bytes_max;
         let opened = wal::open(&wal_config)?;
+        machine.attach_log(log_reader(opened.writer.reader()));
         let mut replayed = 0u64;
         let mut last_now = Timestamp(0);
-        let last = wal::replay(&wal_config, Lsn(snapshot_lsn), |_lsn, record| {
-            if record.len() < 8 {
-                return Err("log record shorter than its timestamp".to_string());
-            }
-            let now = Timestamp(u64::from_le_bytes(
-                record[..8].try_into().unwrap_or_default(),
-            ));
+        // Records the snapshot covers but the log still holds: the machine
+        // recalls what it keeps outside the snapshot.
+        if let Some(first) = opened.first_lsn.filter(|f| f.0 <= snapshot_lsn) {
+            wal::replay_upto(
+                &wal_config,
+                Lsn(first.0 - 1),
+                Lsn(snapshot_lsn),
+                |lsn, record| -> Result<(), String> {
+                    let (now, payload) = split_record(record)?;
+                    if lsn.0 <= snapshot_lsn {
+                        machine.recall(now, lsn.0, payload)?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| JournalError::Recovery(format!("{e}")))?;
+        }
+        let last = wal::replay(&wal_config, Lsn(snapshot_lsn), |lsn, record| {
+            let (now, payload) = split_record(record)?;
             last_now = last_now.max(now);
             replayed += 1;
-            machine.replay(now, &record[8..])
+            machine.replay(now, lsn.0, payload)
         })
         .map_err(|e| JournalError::Recovery(format!("{e}")))?;
         let replay_ms = started.elapsed().as_millis() as u64 - snapshot_ms;
@@ -580,6 +641,7 @@ impl<M: Machine> Journal<M> {
         let (sync_tx, sync_rx) = bounded::<Batch<M>>(2);
         let (snap_tx, snap_rx) = bounded::<Checkpoint>(1);
         let (trim_tx, trim_rx) = bounded::<Lsn>(4);
+        let recovered = (Lsn(next_lsn.0 - 1), last_now);
         let stats = Arc::new(JournalStats::default());
         stats.durable_lsn.store(next_lsn.0 - 1, Ordering::Relaxed);
         let health = Arc::new(Health::default());
@@ -615,7 +677,15 @@ impl<M: Machine> Journal<M> {
             std::thread::Builder::new()
                 .name("reckon-sync".into())
                 .spawn(move || {
-                    sync_loop::<M>(writer, sync_rx, snap_tx, trim_rx, sync_stats, sync_health)
+                    sync_loop::<M>(
+                        writer,
+                        sync_rx,
+                        snap_tx,
+                        trim_rx,
+                        sync_stats,
+                        sync_health,
+                        recovered,
+                    )
                 })
                 .expect("spawning the sync thread"),
         );
@@ -710,15 +780,10 @@ impl<M: Machine> Journal<M> {
                     &wal_config,
                     Lsn(snapshot_lsn),
                     found.last_lsn,
-                    |_, record| {
-                        if record.len() < 8 {
-                            return Err("log record shorter than its timestamp".to_string());
-                        }
-                        let now = Timestamp(u64::from_le_bytes(
-                            record[..8].try_into().unwrap_or_default(),
-                        ));
+                    |lsn, record| {
+                        let (now, payload) = split_record(record)?;
                         replayed += 1;
-                        machine.replay(now, &record[8..])
+                        machine.replay(now, lsn.0, payload)
                     },
                 )
                 .map_err(|e| JournalError::Recovery(format!("{e}")))?;
@@ -902,6 +967,8 @@ impl<M: Machine> WriterLoop<M> {
                     wal: self.batch.take(),
                     replies,
                     checkpoint,
+                    now,
+                    retention_ms: self.machine.log_retention_ms(),
                 };
                 if self.sync.send(batch).is_err() {
                     return;
@@ -918,6 +985,8 @@ impl<M: Machine> WriterLoop<M> {
                             wal: self.batch.take(),
                             replies: Vec::new(),
                             checkpoint: Some(cp),
+                            now,
+                            retention_ms: self.machine.log_retention_ms(),
                         });
                     }
                     return;
@@ -937,7 +1006,8 @@ impl<M: Machine> WriterLoop<M> {
     ) -> M::Response {
         record.clear();
         record.extend_from_slice(&now.0.to_le_bytes());
-        let response = self.machine.apply(now, request, record);
+        let lsn = self.batch.next_lsn().0;
+        let response = self.machine.apply(now, lsn, request, record);
         if record.len() > 8 {
             self.push_record(record);
         }
@@ -1006,23 +1076,48 @@ fn sync_loop<M: Machine>(
     trims: Receiver<Lsn>,
     stats: Arc<JournalStats>,
     health: Arc<Health>,
+    recovered: (Lsn, Timestamp),
 ) {
     let _guard = PanicGuard(health.clone(), "sync");
     let mut failure: Option<Arc<JournalError>> = None;
+    // (last lsn, writer time) of each write: how old the records up to an
+    // lsn are. The recovered log counts as written at its last record's time.
+    let mut written: std::collections::VecDeque<(Lsn, Timestamp)> =
+        std::iter::once(recovered).collect();
+    let mut covered = Lsn(0);
     while let Ok(first) = batches.recv() {
         let mut group = vec![first];
         while let Ok(b) = batches.try_recv() {
             group.push(b);
         }
         while let Ok(upto) = trims.try_recv() {
-            if let Err(e) = writer.remove_segments_upto(upto) {
-                tracing::warn!(error = %e, "could not remove old log segments");
+            covered = covered.max(upto);
+        }
+        if let Some(latest) = group.last() {
+            // Segments a checkpoint covers and older than the machine's
+            // retention may go.
+            let old_enough = latest.now.0.saturating_sub(latest.retention_ms);
+            let mut upto = Lsn(0);
+            while let Some((lsn, at)) = written.front().copied() {
+                if lsn > covered || at.0 > old_enough {
+                    break;
+                }
+                upto = lsn;
+                written.pop_front();
+            }
+            if upto.0 > 0 {
+                if let Err(e) = writer.remove_segments_upto(upto) {
+                    tracing::warn!(error = %e, "could not remove old log segments");
+                }
             }
         }
         let mut merged: Option<WalBatch> = None;
         let mut checkpoints = Vec::new();
         let mut replies = Vec::new();
         for batch in group {
+            if let Some(last) = batch.wal.last_lsn() {
+                written.push_back((last, batch.now));
+            }
             match merged.as_mut() {
                 None => merged = Some(batch.wal),
                 Some(m) if m.len_bytes() + batch.wal.len_bytes() > wal::GROUP_BYTES_MAX => {

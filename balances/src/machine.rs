@@ -147,6 +147,7 @@ impl Machine for LedgerMachine {
     fn apply(
         &mut self,
         now: Timestamp,
+        _lsn: u64,
         request: LedgerRequest,
         log: &mut Vec<u8>,
     ) -> LedgerResponse {
@@ -175,7 +176,7 @@ impl Machine for LedgerMachine {
         }
     }
 
-    fn replay(&mut self, now: Timestamp, payload: &[u8]) -> Result<(), String> {
+    fn replay(&mut self, now: Timestamp, _lsn: u64, payload: &[u8]) -> Result<(), String> {
         self.replay_payload(now, payload)
     }
 

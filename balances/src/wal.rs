@@ -86,6 +86,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
@@ -99,6 +100,10 @@ pub const GROUP_HEADER_LEN: usize = 24;
 /// is split into several syncs.
 pub const GROUP_BYTES_MAX: usize = 256 << 20;
 const GROUP_MAGIC: [u8; 4] = *b"RKGP";
+/// The reader's index has a point at every write group's first record and
+/// at every this-many records after it, so reading one record back reads at
+/// most this many before it.
+pub const READ_INDEX_STRIDE: u64 = 32;
 /// Size in bytes of the header at the start of every segment file.
 pub const SEGMENT_HEADER_LEN: usize = 24;
 /// Size in bytes of the header in front of every record's payload.
@@ -401,9 +406,108 @@ struct ActiveSegment {
     len: u64,
 }
 
+/// Where durable records can be found: a point (lsn, segment, offset of
+/// the record) at each write group's first record and every
+/// [`READ_INDEX_STRIDE`] records after it; readers walk forward from the
+/// nearest point, never across a group header.
+#[derive(Debug, Default)]
+struct ReadIndex {
+    points: std::collections::VecDeque<(u64, u64, u64)>,
+    files: std::collections::BTreeMap<u64, Arc<File>>,
+    durable: u64,
+}
+
+/// Reads durable records back by LSN while the log is being written (the
+/// charging engine reads an original answer when a request is retransmitted).
+/// Cloneable and usable from any thread; reads never block the writer
+/// longer than a lookup in the index.
+#[derive(Clone, Debug)]
+pub struct WalReader {
+    index: Arc<parking_lot::RwLock<ReadIndex>>,
+    record_bytes_max: u32,
+}
+
+impl WalReader {
+    /// The record at `lsn`, if it is durable and still in the log.
+    pub fn read(&self, lsn: Lsn) -> Option<Vec<u8>> {
+        let (file, mut off, mut at) = {
+            let index = self.index.read();
+            if lsn.0 == 0 || lsn.0 > index.durable {
+                return None;
+            }
+            let pos = index.points.partition_point(|p| p.0 <= lsn.0);
+            let (point_lsn, segment, offset) = *index.points.get(pos.checked_sub(1)?)?;
+            (index.files.get(&segment)?.clone(), offset, point_lsn)
+        };
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        loop {
+            read_exact_at(&file, &mut header, off).ok()?;
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            let found = u64::from_le_bytes(header[8..16].try_into().ok()?);
+            if len > self.record_bytes_max || found != at {
+                return None;
+            }
+            if found == lsn.0 {
+                let mut payload = vec![0u8; len as usize];
+                read_exact_at(&file, &mut payload, off + RECORD_HEADER_LEN as u64).ok()?;
+                return (record_crc(found, &payload) == crc).then_some(payload);
+            }
+            off += (RECORD_HEADER_LEN as u64) + len as u64;
+            at += 1;
+            if at > lsn.0 {
+                return None;
+            }
+        }
+    }
+
+    /// The last durable LSN.
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(self.index.read().durable)
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.seek_read(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// The read-index points of a batch written at `group_offset` of a segment.
+fn batch_points(batch: &WalBatch, segment: u64, group_offset: u64) -> Vec<(u64, u64, u64)> {
+    let mut points = Vec::with_capacity(batch.len_records() / READ_INDEX_STRIDE as usize + 1);
+    let mut off = 0usize;
+    let mut lsn = batch.start_lsn.0;
+    let buf = batch.as_bytes();
+    while off + RECORD_HEADER_LEN <= buf.len() {
+        if (lsn - batch.start_lsn.0).is_multiple_of(READ_INDEX_STRIDE) {
+            points.push((lsn, segment, group_offset + (GROUP_HEADER_LEN + off) as u64));
+        }
+        let len = u32::from_le_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]);
+        off += RECORD_HEADER_LEN + len as usize;
+        lsn += 1;
+    }
+    points
+}
+
 /// The file side: owns the segment files; lives on the sync thread.
 #[derive(Debug)]
 pub struct WalWriter {
+    index: Arc<parking_lot::RwLock<ReadIndex>>,
     dir: PathBuf,
     segment_bytes_max: u64,
     record_bytes_max: u32,
@@ -482,6 +586,8 @@ impl WalWriter {
                 source: io::Error::other("no active segment"),
             });
         };
+        let segment = self.segments.last().map_or(0, |s| s.first_lsn.0);
+        let points = batch_points(batch, segment, active.len);
         // One group per fdatasync: recovery relies on it (module doc).
         let header = group_header(
             batch.start_lsn.0,
@@ -498,6 +604,9 @@ impl WalWriter {
             .sync_data()
             .map_err(io_err("fdatasync", &active.path))?;
         active.len += (GROUP_HEADER_LEN as u64) + batch_len;
+        let mut index = self.index.write();
+        index.points.extend(points);
+        index.durable = batch.last_lsn().map_or(index.durable, |l| l.0);
         Ok(())
     }
 
@@ -517,6 +626,11 @@ impl WalWriter {
         // directory entry needs its own fsync.
         sync_dir(&self.dir)?;
         debug!(segment = %path.display(), first_lsn = first_lsn.0, "wal: new segment");
+        let reader = File::open(&path).map_err(io_err("open for reading", &path))?;
+        self.index
+            .write()
+            .files
+            .insert(first_lsn.0, Arc::new(reader));
         self.segments.push(Segment {
             first_lsn,
             path: path.clone(),
@@ -546,6 +660,14 @@ impl WalWriter {
             let path = &self.segments[0].path;
             fs::remove_file(path).map_err(io_err("remove", path))?;
             info!(segment = %path.display(), "wal: removed segment");
+            let first = self.segments[0].first_lsn.0;
+            {
+                let mut index = self.index.write();
+                index.files.remove(&first);
+                while index.points.front().is_some_and(|p| p.1 == first) {
+                    index.points.pop_front();
+                }
+            }
             self.segments.remove(0);
             count += 1;
         }
@@ -560,6 +682,25 @@ impl WalWriter {
     /// LSN of the last record known durable (0 if the log is empty).
     pub fn last_durable_lsn(&self) -> Lsn {
         self.last_durable
+    }
+
+    /// A reader of this log's durable records.
+    pub fn reader(&self) -> WalReader {
+        WalReader {
+            index: self.index.clone(),
+            record_bytes_max: self.record_bytes_max,
+        }
+    }
+
+    /// First LSN of the oldest segment still in the log (records before it
+    /// were removed).
+    pub fn first_lsn(&self) -> Option<Lsn> {
+        self.segments.first().map(|s| s.first_lsn)
+    }
+
+    /// Each segment's first LSN, oldest first.
+    pub fn segment_starts(&self) -> Vec<Lsn> {
+        self.segments.iter().map(|s| s.first_lsn).collect()
     }
 
     /// Empty batch that continues this log, with the configured record size limit.
@@ -616,14 +757,26 @@ pub struct WalInspection {
 /// [`open`] would keep, cut or refuse (its errors are [`open`]'s). A missing
 /// directory is an empty log.
 pub fn inspect(cfg: &WalConfig) -> Result<WalInspection, WalError> {
+    inspect_indexing(cfg).map(|(found, _)| found)
+}
+
+/// [`inspect`], with the read-index points of each segment.
+#[allow(clippy::type_complexity)]
+fn inspect_indexing(
+    cfg: &WalConfig,
+) -> Result<(WalInspection, Vec<(u64, Vec<(u64, u64)>)>), WalError> {
+    let mut all_points = Vec::new();
     if !cfg.dir.exists() {
-        return Ok(WalInspection {
-            segments: 0,
-            bytes: 0,
-            first_lsn: None,
-            last_lsn: Lsn(0),
-            torn_tail: None,
-        });
+        return Ok((
+            WalInspection {
+                segments: 0,
+                bytes: 0,
+                first_lsn: None,
+                last_lsn: Lsn(0),
+                torn_tail: None,
+            },
+            all_points,
+        ));
     }
     let segments = list_segments(&cfg.dir)?;
     let mut buf = Vec::new();
@@ -644,13 +797,16 @@ pub fn inspect(cfg: &WalConfig) -> Result<WalInspection, WalError> {
         let mut file = File::open(&seg.path).map_err(io_err("open", &seg.path))?;
         read_whole(&mut file, &seg.path, &mut buf)?;
         bytes += buf.len() as u64;
-        let checked = check_segment(
+        let mut points = Vec::new();
+        let checked = check_segment_indexing(
             &seg.path,
             &buf,
             seg.first_lsn.0,
             cfg.record_bytes_max,
             is_last,
+            &mut points,
         )?;
+        all_points.push((seg.first_lsn.0, points));
         if is_last && !(checked.header_ok && checked.valid_len == buf.len()) {
             torn_tail = Some(TornTail {
                 segment: seg.path.clone(),
@@ -666,13 +822,16 @@ pub fn inspect(cfg: &WalConfig) -> Result<WalInspection, WalError> {
         .first()
         .map(|s| s.first_lsn)
         .filter(|first| *first <= last_lsn);
-    Ok(WalInspection {
-        segments: segments.len(),
-        bytes,
-        first_lsn,
-        last_lsn,
-        torn_tail,
-    })
+    Ok((
+        WalInspection {
+            segments: segments.len(),
+            bytes,
+            first_lsn,
+            last_lsn,
+            torn_tail,
+        },
+        all_points,
+    ))
 }
 
 /// Opens (creating if absent) the log directory: validates all segments,
@@ -680,8 +839,27 @@ pub fn inspect(cfg: &WalConfig) -> Result<WalInspection, WalError> {
 /// damage (see [`inspect`]).
 pub fn open(cfg: &WalConfig) -> Result<WalOpened, WalError> {
     ensure_dir(&cfg.dir)?;
-    let found = inspect(cfg)?;
+    let (found, segment_points) = inspect_indexing(cfg)?;
     let segments = list_segments(&cfg.dir)?;
+    let mut index = ReadIndex {
+        durable: found.last_lsn.0,
+        ..ReadIndex::default()
+    };
+    for (segment, points) in segment_points {
+        let path = segments
+            .iter()
+            .find(|s| s.first_lsn.0 == segment)
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        let file = File::open(&path).map_err(io_err("open for reading", &path))?;
+        index.files.insert(segment, Arc::new(file));
+        index.points.extend(
+            points
+                .into_iter()
+                .filter(|(lsn, _)| *lsn <= found.last_lsn.0)
+                .map(|(lsn, off)| (lsn, segment, off)),
+        );
+    }
     let mut torn_tail_bytes = 0;
     let mut active = None;
     if let Some(last) = segments.last() {
@@ -730,6 +908,7 @@ pub fn open(cfg: &WalConfig) -> Result<WalOpened, WalError> {
     );
     Ok(WalOpened {
         writer: WalWriter {
+            index: Arc::new(parking_lot::RwLock::new(index)),
             dir: cfg.dir.clone(),
             segment_bytes_max: cfg.segment_bytes_max,
             record_bytes_max: cfg.record_bytes_max,
@@ -1147,6 +1326,19 @@ pub fn check_segment(
     max: u32,
     is_last: bool,
 ) -> Result<CheckedSegment, WalError> {
+    check_segment_indexing(path, buf, first_lsn, max, is_last, &mut Vec::new())
+}
+
+/// [`check_segment`], collecting the read-index points (lsn, offset) of the
+/// valid part.
+fn check_segment_indexing(
+    path: &Path,
+    buf: &[u8],
+    first_lsn: u64,
+    max: u32,
+    is_last: bool,
+    points: &mut Vec<(u64, u64)>,
+) -> Result<CheckedSegment, WalError> {
     match check_header(buf, first_lsn) {
         HeaderCheck::Valid => {}
         HeaderCheck::Damaged(why) if is_last => {
@@ -1184,6 +1376,9 @@ pub fn check_segment(
         let mut at = off + GROUP_HEADER_LEN;
         let mut count = 0u32;
         while at < group.end {
+            if (count as u64).is_multiple_of(READ_INDEX_STRIDE) {
+                points.push((expected, at as u64));
+            }
             match parse_record(&buf[..group.end], at, max) {
                 Ok(rec) if rec.lsn == expected => {
                     expected = next_lsn_after(path, at, rec.lsn)?;

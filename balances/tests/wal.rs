@@ -748,3 +748,43 @@ fn power_loss_with_pages_persisted_out_of_order_never_keeps_reckon_down() {
     }
     assert!(cases >= 3 * 4, "only {cases} cases");
 }
+
+/// Durable records are read back by LSN while the log is written, across
+/// segments, group boundaries and a reopen; records not durable or removed
+/// are not found.
+#[test]
+fn the_reader_finds_every_durable_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 600);
+    let mut writer = open(&cfg).writer;
+    let reader = writer.reader();
+    assert_eq!(reader.read(Lsn(1)), None);
+    append(&mut writer, 1, 150, 7);
+    for lsn in 1..=150 {
+        assert_eq!(reader.read(Lsn(lsn)), Some(payload(lsn)), "lsn {lsn}");
+    }
+    assert_eq!(reader.read(Lsn(151)), None);
+    assert_eq!(reader.read(Lsn(0)), None);
+    // A batch formed but not written is not readable.
+    let mut pending = writer.new_batch();
+    pending.push(&payload(151)).unwrap();
+    assert_eq!(reader.read(Lsn(151)), None);
+    writer.write_and_sync(&pending).unwrap();
+    assert_eq!(reader.read(Lsn(151)), Some(payload(151)));
+    // Removed segments are gone from the reader too.
+    writer.remove_segments_upto(Lsn(60)).unwrap();
+    let first = writer.first_lsn().unwrap().0;
+    assert!(first > 1);
+    assert_eq!(reader.read(Lsn(first - 1)), None);
+    assert_eq!(reader.read(Lsn(first)), Some(payload(first)));
+    drop(writer);
+    // After a reopen, the new writer's reader finds them all again.
+    let reader = open(&cfg).writer.reader();
+    for lsn in first..=151 {
+        assert_eq!(
+            reader.read(Lsn(lsn)),
+            Some(payload(lsn)),
+            "lsn {lsn} after reopen"
+        );
+    }
+}

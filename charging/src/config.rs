@@ -130,7 +130,10 @@ fn default_final_action() -> String {
     "terminate".into()
 }
 fn default_window() -> u64 {
-    600
+    crate::engine::ANSWER_WINDOW_MS_DEFAULT / 1000
+}
+fn default_answers_max() -> u64 {
+    crate::engine::ANSWERS_MAX_DEFAULT as u64
 }
 
 /// Everything `reckon serve` can be told.
@@ -190,6 +193,11 @@ pub struct Config {
     /// need (Diameter Tx timers are seconds).
     #[serde(default = "default_window")]
     pub retransmission_window_s: u64,
+    /// Most answers remembered at once (about 36 bytes of memory each),
+    /// whatever the window: past it the oldest are forgotten early, and a
+    /// request stamped before the newest one forgotten is refused.
+    #[serde(default = "default_answers_max")]
+    pub retransmission_entries_max: u64,
     /// The Diameter Credit-Control listener; off unless present (or
     /// `reckon serve --diameter`).
     #[serde(default)]
@@ -321,6 +329,7 @@ impl Config {
             ));
         }
         config.answer_window_ms = self.retransmission_window_s * 1000;
+        config.answers_max = self.retransmission_entries_max;
         config.supervision_grace_s = self.supervision_grace_s;
         config.final_unit_action = match self.final_unit_action.as_str() {
             "terminate" => FinalUnitAction::Terminate,

@@ -63,6 +63,7 @@ fn config() -> EngineConfig {
         answer_window_ms: 600_000,
         service_attributes: vec![],
         units: vec![],
+        answers_max: 1_000_000,
     }
 }
 
@@ -486,7 +487,7 @@ fn silent_sessions_are_released_by_supervision() {
     w.now = Timestamp(T0 + 90_000);
     let due = w.engine.due(w.now).expect("supervision due");
     let mut log = Vec::new();
-    w.engine.apply(w.now, due, &mut log);
+    w.engine.apply(w.now, 0, due, &mut log);
     assert!(!log.is_empty(), "supervision is logged");
     assert_eq!(w.engine.session_count(), 0);
     assert_eq!(w.usd(ORG), (d("10"), d("0")));

@@ -180,6 +180,30 @@ struct SimDisk {
     /// by page in any order, and the real recovery code decides what stays.
     image: Vec<u8>,
     image_synced: usize,
+    /// The durable records, shared with the engine's log reader.
+    durable: Arc<parking_lot::RwLock<Vec<LogRecord>>>,
+}
+
+/// A log record as the simulated disk keeps it: its time and payload.
+type LogRecord = (Timestamp, Vec<u8>);
+
+impl SimDisk {
+    /// A reader of the durable records, as the journal gives the engine.
+    fn reader(&self) -> reckon_balances::journal::LogReader {
+        let durable = self.durable.clone();
+        Arc::new(move |lsn| {
+            let index = usize::try_from(lsn).ok()?.checked_sub(1)?;
+            durable.read().get(index).cloned()
+        })
+    }
+
+    /// Makes the durable copy match `records[..synced]`.
+    fn publish(&self) {
+        let mut durable = self.durable.write();
+        durable.truncate(self.synced);
+        let have = durable.len();
+        durable.extend_from_slice(&self.records[have..self.synced]);
+    }
 }
 
 /// The simulated disk's page: small, so write groups span several and
@@ -263,6 +287,9 @@ fn config(price_nanos: i64) -> EngineConfig {
             validity_s: 30,
         }],
         supervision_grace_s: 10,
+        answer_window_ms: 10 * 60 * 1000,
+        // Small, so the cap's early forgetting is exercised too.
+        answers_max: 2_000,
         ..EngineConfig::default()
     }
 }
@@ -318,6 +345,13 @@ impl World {
         let rng = Rng(cfg.seed ^ 0x5151_5eed);
         let mut engine = Engine::new(LedgerMachine::default(), EngineConfig::default());
         engine.plant(cfg.mutation.and_then(Mutation::planted));
+        let disk = SimDisk {
+            image: reckon_balances::wal::WalBatch::segment_header(reckon_balances::wal::Lsn(1))
+                .to_vec(),
+            image_synced: reckon_balances::wal::SEGMENT_HEADER_LEN,
+            ..SimDisk::default()
+        };
+        engine.attach_log(disk.reader());
         World {
             cfg,
             rng,
@@ -326,12 +360,7 @@ impl World {
             clock: WriterClock::new(Timestamp(T0), T0),
             now: Timestamp(T0),
             engine,
-            disk: SimDisk {
-                image: reckon_balances::wal::WalBatch::segment_header(reckon_balances::wal::Lsn(1))
-                    .to_vec(),
-                image_synced: reckon_balances::wal::SEGMENT_HEADER_LEN,
-                ..SimDisk::default()
-            },
+            disk,
             exchanges: Vec::new(),
             sessions: Vec::new(),
             pending: Vec::new(),
@@ -374,7 +403,8 @@ impl World {
     /// Applies a request as the journal's writer would, logging its record.
     fn apply(&mut self, request: EngineRequest) -> EngineResponse {
         let mut log = Vec::new();
-        let response = self.engine.apply(self.now, request, &mut log);
+        let lsn = self.disk.records.len() as u64 + 1;
+        let response = self.engine.apply(self.now, lsn, request, &mut log);
         if !log.is_empty() {
             self.disk.records.push((self.now, log));
         }
@@ -506,6 +536,7 @@ impl World {
         }
         self.disk.synced = len;
         self.disk.image_synced = self.disk.image.len();
+        self.disk.publish();
         // Replies of synced requests go out, some lost, some twice, in
         // shuffled order.
         let mut ready: Vec<Pending> = Vec::new();
@@ -578,6 +609,7 @@ impl World {
         self.disk.image = disk;
         self.disk.image_synced = self.disk.image.len();
         self.disk.synced = kept;
+        self.disk.publish();
         Ok(())
     }
 
@@ -603,6 +635,7 @@ impl World {
         self.report.crashes += 1;
         self.run.put(format!("crash:{why};").as_bytes());
         self.disk.records.truncate(self.disk.synced);
+        self.disk.publish();
         self.pending.clear();
         // Money moved by records the crash lost moved back.
         while let Some((at, key, debit, refund)) = self.flow_log.last().cloned() {
@@ -623,10 +656,27 @@ impl World {
         });
         let mut engine =
             Engine::restore(&mut pairs).map_err(|e| self.fail(format!("restore: {e}")))?;
-        let mut last = Timestamp(0);
-        for (at, payload) in &self.disk.records[self.disk.snapshot_len..] {
+        engine.attach_log(self.disk.reader());
+        // As the journal recovers: records the snapshot covers are recalled
+        // (where the answers are), the rest replayed.
+        for (i, (at, payload)) in self.disk.records[..self.disk.snapshot_len]
+            .iter()
+            .enumerate()
+        {
             engine
-                .replay(*at, &payload[..])
+                .recall(*at, i as u64 + 1, &payload[..])
+                .map_err(|e| self.fail(format!("recall: {e}")))?;
+        }
+        let mut last = Timestamp(0);
+        for (i, (at, payload)) in self
+            .disk
+            .records
+            .iter()
+            .enumerate()
+            .skip(self.disk.snapshot_len)
+        {
+            engine
+                .replay(*at, i as u64 + 1, &payload[..])
                 .map_err(|e| self.fail(format!("replay: {e}")))?;
             last = last.max(*at);
         }
@@ -644,8 +694,9 @@ impl World {
                 // Locate the fault: replaying the whole log from genesis
                 // (no snapshot) tells a snapshot bug from a replay one.
                 let mut genesis = Engine::new(LedgerMachine::default(), EngineConfig::default());
-                for (at, payload) in &self.disk.records {
-                    let _ = genesis.replay(*at, &payload[..]);
+                genesis.attach_log(self.disk.reader());
+                for (i, (at, payload)) in self.disk.records.iter().enumerate() {
+                    let _ = genesis.replay(*at, i as u64 + 1, &payload[..]);
                 }
                 let from_genesis = genesis.digest_parts_at(horizon) == expected;
                 return Err(self.fail(format!(

@@ -1,35 +1,56 @@
-//! Remembered answers, for retransmissions.
+//! Remembered answers, for retransmissions: a compact index in memory, the
+//! answers themselves in the log.
 //!
-//! An answer is remembered under (organisation, session id, request number)
-//! with a digest of the request it answered, for the retransmission window.
-//! A request arriving with a remembered key gets the remembered answer when
-//! its digest matches (a retransmission), and `REQUEST_ID_REUSED` when it
-//! does not (a client reusing an id for something else): never the old
-//! answer to a different question. Keys carry the organisation, so one
-//! tenant's ids never meet another's.
+//! A request that is remembered (see below) is logged with its answer (and,
+//! when it ends a session or refunds one, what the session may still have
+//! refunded). Memory keeps only where that record is: a keyed 64-bit hash
+//! of (organisation, session id, request number) → the record's log
+//! position, and a queue of expiry times — about 36 bytes per remembered
+//! request. When a request arrives whose key is remembered, its record is
+//! read back (from the log, or from the recent records not yet durable):
+//! the same content (the timestamp aside) is a retransmission and gets the
+//! logged answer; the same ids with other content are refused with
+//! `REQUEST_ID_REUSED`; other ids under the same hash (a 64-bit collision,
+//! practically never) get `TOO_BUSY` and change nothing. Keys carry the
+//! organisation, so one tenant's ids never meet another's.
 //!
-//! Only requests that were authorised and could change state are remembered
-//! (INITIAL, UPDATE, TERMINATE, DIRECT_DEBIT, REFUND), refusals included: a
-//! refusal is an answer too, and a late retransmission of a refused request
-//! must not succeed behind the client's back after a top-up. Reads
-//! (CHECK_BALANCE, PRICE_ENQUIRY) and requests refused before they could be
-//! keyed (inconsistent, unknown account) are answered afresh each time.
+//! Only requests that were authorised and could change state are
+//! remembered (INITIAL, UPDATE, TERMINATE, DIRECT_DEBIT, REFUND), refusals
+//! for lack of credit included: a late duplicate of a refused debit must
+//! not succeed after a top-up behind the client's back. Reads and requests
+//! refused before they could be keyed are answered afresh each time.
+//!
+//! Answers are forgotten a window after `max(answered, request timestamp)`,
+//! oldest first, or earlier when the index is full (its entry cap); a
+//! request stamped at or before the newest forgotten time is then refused
+//! as too old, so forgetting never lets a retransmission apply twice. After
+//! a restart the index is rebuilt from the log (the journal keeps log
+//! records for the window), so nothing of it is in the snapshot.
 
 #[allow(unused_imports)]
 use super::*;
+use std::hash::BuildHasher;
 
-/// What identifies one answered request.
-pub(super) type AnswerKey = (AccountId, Arc<str>, u32);
+/// A remembered request's key: keyed hash of (organisation, session id,
+/// request number).
+pub(super) type AnswerKey = u64;
 
-/// One remembered answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Remembered {
-    /// When it was answered; it is forgotten a window later.
-    pub(super) at: Timestamp,
-    /// [`request_digest`] of the request it answered.
-    pub(super) digest: u64,
-    /// The answer.
-    pub(super) answer: CreditControlAnswer,
+/// Hashes keys that are already hashes.
+#[derive(Default, Clone, Copy)]
+pub(super) struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | *b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 /// The digest that tells a retransmission (same content) from a reused id.
@@ -41,31 +62,51 @@ pub(super) fn request_digest(ccr: &CreditControlRequest) -> u64 {
     d.finish()
 }
 
-/// Answers kept for the retransmission window, and what their next
-/// checkpoint must write.
-#[derive(Debug, Default)]
-pub(super) struct AnswerStore {
-    map: HashMap<AnswerKey, Remembered>,
-    /// Keys in the order remembered (times never decrease along it).
+/// Where remembered answers are, and until when.
+#[derive(Debug)]
+pub(super) struct AnswerIndex {
+    hasher: std::collections::hash_map::RandomState,
+    /// Key → log position of the record holding the answer.
+    map: HashMap<AnswerKey, u64, std::hash::BuildHasherDefault<PassThrough>>,
+    /// (time, key) in the order remembered: times never decrease along it.
     order: VecDeque<(Timestamp, AnswerKey)>,
     /// Keys remembered at a time ahead of `order`'s (a request stamped
     /// later than the server's clock), earliest first.
-    ahead: std::collections::BinaryHeap<Reverse<(Timestamp, AnswerKey)>>,
-    /// Answers recorded before this time are forgotten; persisted, so a
-    /// restore never brings back one the live engine had forgotten.
-    forgotten_below: Timestamp,
-    /// Keys remembered since the last checkpoint.
-    added: Vec<AnswerKey>,
-    /// Snapshot blobs holding answers: (sequence, newest answer's time).
-    blobs: Vec<(u64, Timestamp)>,
-    /// Answers remembered since start (tells whether a request added one).
-    inserted: u64,
+    ahead: BinaryHeap<Reverse<(Timestamp, AnswerKey)>>,
+    /// Answers remembered at or before this time are forgotten; a request
+    /// stamped at or before it is refused as too old.
+    forgotten_up_to: Timestamp,
+    /// Most entries kept, whatever the window.
+    cap: usize,
 }
 
-impl AnswerStore {
-    /// The remembered answer under `key`, if any.
-    pub(super) fn get(&self, key: &AnswerKey) -> Option<&Remembered> {
-        self.map.get(key)
+impl Default for AnswerIndex {
+    fn default() -> Self {
+        AnswerIndex {
+            hasher: std::collections::hash_map::RandomState::new(),
+            map: HashMap::default(),
+            order: VecDeque::new(),
+            ahead: BinaryHeap::new(),
+            forgotten_up_to: Timestamp(0),
+            cap: ANSWERS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Most answers remembered at once unless configured: about 1.8 GB.
+pub const ANSWERS_MAX_DEFAULT: usize = 50_000_000;
+/// The largest entry cap a configuration may set.
+pub const ANSWERS_MAX_LIMIT: u64 = 1 << 32;
+
+impl AnswerIndex {
+    /// The key of a request.
+    pub(super) fn key(&self, org: AccountId, session: &str, number: u32) -> AnswerKey {
+        self.hasher.hash_one((org.0, session, number))
+    }
+
+    /// Log position of the record remembered under `key`.
+    pub(super) fn get(&self, key: AnswerKey) -> Option<u64> {
+        self.map.get(&key).copied()
     }
 
     /// Number of answers remembered.
@@ -73,171 +114,285 @@ impl AnswerStore {
         self.map.len()
     }
 
-    /// How many answers were ever remembered by this process.
-    pub(super) fn inserted(&self) -> u64 {
-        self.inserted
+    /// Sets the entry cap.
+    pub(super) fn set_cap(&mut self, cap: usize) {
+        self.cap = cap.max(1);
     }
 
-    /// Remembers an answer from `at`: the time it was answered, or the
-    /// request's own timestamp when that is later, so that the answer is
-    /// kept until a retransmission of it would be refused as too old.
-    pub(super) fn insert(
-        &mut self,
-        at: Timestamp,
-        key: AnswerKey,
-        digest: u64,
-        answer: CreditControlAnswer,
-    ) {
-        self.inserted += 1;
+    /// Remembers that the answer under `key` is in the record at `lsn`,
+    /// from `at` on.
+    pub(super) fn insert(&mut self, at: Timestamp, key: AnswerKey, lsn: u64) {
         if self.order.back().is_none_or(|(last, _)| *last <= at) {
-            self.order.push_back((at, key.clone()));
+            self.order.push_back((at, key));
         } else {
-            self.ahead.push(Reverse((at, key.clone())));
+            self.ahead.push(Reverse((at, key)));
         }
-        self.added.push(key.clone());
-        self.map.insert(key, Remembered { at, digest, answer });
+        self.map.insert(key, lsn);
+        while self.map.len() > self.cap {
+            if !self.pop_oldest() {
+                break;
+            }
+        }
+    }
+
+    /// The earliest time still remembered, whichever queue holds it.
+    fn oldest(&self) -> Option<Timestamp> {
+        let front = self.order.front().map(|(at, _)| *at);
+        let ahead = self.ahead.peek().map(|Reverse((at, _))| *at);
+        match (front, ahead) {
+            (Some(f), Some(a)) => Some(f.min(a)),
+            (f, a) => f.or(a),
+        }
+    }
+
+    /// Forgets the oldest answer; false when there is none.
+    fn pop_oldest(&mut self) -> bool {
+        let front = self.order.front().map(|(at, _)| *at);
+        let ahead = self.ahead.peek().map(|Reverse((at, _))| *at);
+        let (at, key) = match (front, ahead) {
+            (Some(f), a) if a.is_none_or(|a| f <= a) => match self.order.pop_front() {
+                Some(e) => e,
+                None => return false,
+            },
+            (_, Some(_)) => match self.ahead.pop() {
+                Some(Reverse(e)) => e,
+                None => return false,
+            },
+            _ => return false,
+        };
+        self.map.remove(&key);
+        self.forgotten_up_to = self.forgotten_up_to.max(at);
+        true
     }
 
     /// Forgets answers a window old.
     pub(super) fn forget(&mut self, now: Timestamp, window_ms: u64) {
-        if let Some(bound) = now.0.checked_sub(window_ms) {
-            self.forgotten_below = self.forgotten_below.max(Timestamp(bound + 1));
-        }
-        loop {
-            let front = self.order.front().map(|(at, _)| *at);
-            let ahead = self.ahead.peek().map(|Reverse((at, _))| *at);
-            let (at, key) = match (front, ahead) {
-                (Some(f), a) if a.is_none_or(|a| f <= a) && f.plus_ms(window_ms) <= now => {
-                    match self.order.pop_front() {
-                        Some(e) => e,
-                        None => break,
-                    }
-                }
-                (_, Some(a)) if a.plus_ms(window_ms) <= now => match self.ahead.pop() {
-                    Some(Reverse(e)) => e,
-                    None => break,
-                },
-                _ => break,
-            };
-            // A key remembered again later (never, as ids are refused once
-            // used; but be exact) keeps its newer answer.
-            if self.map.get(&key).is_some_and(|r| r.at == at) {
-                self.map.remove(&key);
+        while self.oldest().is_some_and(|at| at.plus_ms(window_ms) <= now) {
+            if !self.pop_oldest() {
+                break;
             }
         }
     }
 
-    /// Adds the answers remembered since the last checkpoint as one blob,
-    /// and drops blobs whose answers are all past the window.
-    pub(super) fn checkpoint(
-        &mut self,
-        now: Timestamp,
-        window_ms: u64,
-        seq: u64,
-        writes: &mut Vec<SnapshotWrite>,
-    ) {
-        let mut blob = Vec::new();
-        let mut newest = Timestamp(0);
-        for key in std::mem::take(&mut self.added) {
-            if let Some(r) = self.map.get(&key) {
-                encode_remembered(&mut blob, &key, r);
-                newest = newest.max(r.at);
-            }
-        }
-        if !blob.is_empty() {
-            writes.push((blob_key(seq), Some(blob)));
-            self.blobs.push((seq, newest));
-        }
-        self.blobs.retain(|(seq, newest)| {
-            let keep = newest.plus_ms(window_ms) > now;
-            if !keep {
-                writes.push((blob_key(*seq), None));
-            }
-            keep
-        });
+    /// Answers remembered at or before this time are forgotten.
+    pub(super) fn forgotten_up_to(&self) -> Timestamp {
+        self.forgotten_up_to
     }
 
-    /// The bound below which answers are forgotten, for the snapshot.
-    pub(super) fn forgotten_below(&self) -> Timestamp {
-        self.forgotten_below
+    /// Restores [`AnswerIndex::forgotten_up_to`] (from the snapshot).
+    pub(super) fn set_forgotten_up_to(&mut self, at: Timestamp) {
+        self.forgotten_up_to = self.forgotten_up_to.max(at);
     }
 
-    /// Restores the bound written by [`AnswerStore::forgotten_below`].
-    pub(super) fn set_forgotten_below(&mut self, at: Timestamp) {
-        self.forgotten_below = at;
-    }
-
-    /// Reads one snapshot blob back.
-    pub(super) fn restore_blob(&mut self, seq: u64, bytes: &[u8]) -> Result<(), DecodeError> {
-        let mut r = Reader::new(bytes);
-        let mut newest = Timestamp(0);
-        while !r.is_empty() {
-            let (key, remembered) = decode_remembered(&mut r)?;
-            newest = newest.max(remembered.at);
-            if remembered.at >= self.forgotten_below {
-                self.order.push_back((remembered.at, key.clone()));
-                self.map.insert(key, remembered);
-            }
-        }
-        self.blobs.push((seq, newest));
-        Ok(())
-    }
-
-    /// Puts restored answers in time order (blobs may be read in any order).
-    pub(super) fn finish_restore(&mut self) {
-        let below = self.forgotten_below;
-        self.map.retain(|_, r| r.at >= below);
-        let mut order: Vec<_> = self
-            .order
-            .drain(..)
-            .filter(|(at, _)| *at >= below)
-            .collect();
-        order.sort();
-        self.order = order.into();
-        self.added.clear();
-    }
-
-    /// A digest of the answers still inside the window at `horizon`.
+    /// A digest of the answers still inside the window at `horizon`: the
+    /// log positions remembered (keys are hashed with a per-process key,
+    /// positions are the same in every process).
     pub(super) fn digest_at(&self, horizon: Timestamp, window_ms: u64) -> u64 {
-        let mut live: Vec<_> = self
-            .map
+        let mut live: Vec<(Timestamp, u64)> = self
+            .order
             .iter()
-            .filter(|(_, r)| r.at.plus_ms(window_ms) > horizon)
+            .copied()
+            .chain(self.ahead.iter().map(|Reverse(e)| *e))
+            .filter(|(at, _)| at.plus_ms(window_ms) > horizon)
+            .filter_map(|(at, key)| self.map.get(&key).map(|lsn| (at, *lsn)))
             .collect();
-        live.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        live.sort_unstable();
         let mut d = reckon_balances::codec::Digest::default();
-        for (key, r) in live {
-            encode_remembered(&mut d, key, r);
+        for (at, lsn) in live {
+            d.time(at);
+            d.u64(lsn);
         }
         d.finish()
     }
 }
 
-fn blob_key(seq: u64) -> Vec<u8> {
-    let mut k = vec![ENGINE_TAG, b'a'];
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+/// Remembered records not yet durable (or, with no log attached, all of
+/// them): a retransmission may arrive before its original's group commit.
+#[derive(Debug, Default)]
+pub(super) struct RecentRecords {
+    chunks: VecDeque<RecentChunk>,
+    bytes: usize,
+    /// Most bytes kept; `None` keeps everything (no log to read back from).
+    limit: Option<usize>,
 }
 
-fn encode_remembered<S: Sink>(s: &mut S, key: &AnswerKey, r: &Remembered) {
-    s.account(key.0);
-    s.bytes16(key.1.as_bytes());
-    s.u32(key.2);
-    s.time(r.at);
-    s.u64(r.digest);
-    encode_answer(s, &r.answer);
+#[derive(Debug)]
+struct RecentChunk {
+    first_lsn: u64,
+    data: Vec<u8>,
+    /// (lsn, time, offset, length) of each record, in lsn order.
+    records: Vec<(u64, Timestamp, u32, u32)>,
 }
 
-fn decode_remembered(r: &mut Reader<'_>) -> Result<(AnswerKey, Remembered), DecodeError> {
-    let org = r.account()?;
-    let id = std::str::from_utf8(r.bytes16(SESSION_ID_LEN_MAX)?)
-        .map_err(|_| DecodeError::Invalid("session id"))?;
-    let number = r.u32()?;
-    let at = r.time()?;
-    let digest = r.u64()?;
-    let answer = decode_answer(r)?;
-    Ok((
-        (org, Arc::from(id), number),
-        Remembered { at, digest, answer },
-    ))
+const RECENT_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes of recent records kept when the log can be read back: several
+/// group commits' worth at full speed.
+pub(super) const RECENT_BYTES_MAX: usize = 32 << 20;
+
+impl RecentRecords {
+    /// Keeps at most `limit` bytes (the rest is in the durable log).
+    pub(super) fn bound(&mut self, limit: usize) {
+        self.limit = Some(limit);
+        self.trim();
+    }
+
+    /// Keeps a record.
+    pub(super) fn push(&mut self, lsn: u64, at: Timestamp, record: &[u8]) {
+        let fits = self
+            .chunks
+            .back()
+            .is_some_and(|c| c.data.len() + record.len() <= RECENT_CHUNK_BYTES);
+        if !fits {
+            self.chunks.push_back(RecentChunk {
+                first_lsn: lsn,
+                data: Vec::with_capacity(RECENT_CHUNK_BYTES.max(record.len())),
+                records: Vec::new(),
+            });
+        }
+        if let Some(chunk) = self.chunks.back_mut() {
+            chunk
+                .records
+                .push((lsn, at, chunk.data.len() as u32, record.len() as u32));
+            chunk.data.extend_from_slice(record);
+            self.bytes += record.len();
+        }
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        let Some(limit) = self.limit else {
+            return;
+        };
+        while self.bytes > limit && self.chunks.len() > 1 {
+            if let Some(old) = self.chunks.pop_front() {
+                self.bytes -= old.data.len();
+            }
+        }
+    }
+
+    /// The record at `lsn`, if kept.
+    pub(super) fn get(&self, lsn: u64) -> Option<(Timestamp, &[u8])> {
+        let i = self.chunks.partition_point(|c| c.first_lsn <= lsn);
+        let chunk = self.chunks.get(i.checked_sub(1)?)?;
+        let j = chunk.records.binary_search_by_key(&lsn, |r| r.0).ok()?;
+        let (_, at, off, len) = chunk.records[j];
+        Some((
+            at,
+            chunk.data.get(off as usize..off as usize + len as usize)?,
+        ))
+    }
+}
+
+/// What a remembered record holds after its request.
+#[derive(Debug)]
+pub(super) struct RecordedAnswer {
+    pub(super) answer: CreditControlAnswer,
+    /// What the session may still have refunded after this request, when
+    /// it ended a session or refunded one (`None` otherwise).
+    pub(super) charges: Option<(AccountId, Vec<sessions::Charge>)>,
+}
+
+/// Appends what a remembered record holds after its request.
+pub(super) fn encode_recorded<S: Sink>(
+    s: &mut S,
+    answer: &CreditControlAnswer,
+    charges: Option<(AccountId, &[sessions::Charge])>,
+) {
+    s.u8(1);
+    encode_answer(s, answer);
+    match charges {
+        None => s.bool(false),
+        Some((account, lines)) => {
+            s.bool(true);
+            s.account(account);
+            encode_charges(s, lines);
+        }
+    }
+}
+
+/// A logged credit-control record: who asked, what, and (when remembered)
+/// the answer. `None` for records of other kinds.
+pub(super) fn decode_ccr_record(
+    payload: &[u8],
+) -> Result<Option<(Caller, CreditControlRequest, Option<RecordedAnswer>)>, DecodeError> {
+    let mut r = Reader::new(payload);
+    if r.u8()? != ENGINE_TAG || r.u8()? != REC_CCR {
+        return Ok(None);
+    }
+    let caller = decode_caller(&mut r)?;
+    let ccr = decode_ccr(&mut r)?;
+    if r.is_empty() {
+        return Ok(Some((caller, ccr, None)));
+    }
+    if r.u8()? != 1 {
+        return Err(DecodeError::Invalid("record marker"));
+    }
+    let answer = decode_answer(&mut r)?;
+    let charges = if r.bool()? {
+        let account = r.account()?;
+        Some((account, decode_charges(&mut r)?))
+    } else {
+        None
+    };
+    r.finish()?;
+    Ok(Some((
+        caller,
+        ccr,
+        Some(RecordedAnswer { answer, charges }),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_forgotten_a_window_later_or_when_the_cap_is_reached() {
+        let mut index = AnswerIndex::default();
+        let k = |n: u32| index.key(AccountId(1), "s", n);
+        let (k1, k2, k3, k4) = (k(1), k(2), k(3), k(4));
+        index.insert(Timestamp(1_000), k1, 11);
+        // Stamped ahead of the clock: kept until its own time + window.
+        index.insert(Timestamp(9_000), k2, 12);
+        index.insert(Timestamp(2_000), k3, 13);
+        assert_eq!(index.len(), 3);
+        index.forget(Timestamp(1_000 + 5_000), 5_000);
+        assert_eq!(index.get(k1), None);
+        assert_eq!(index.get(k3), Some(13));
+        assert_eq!(index.forgotten_up_to(), Timestamp(1_000));
+        index.forget(Timestamp(7_000), 5_000);
+        assert_eq!((index.get(k2), index.get(k3)), (Some(12), None));
+        index.forget(Timestamp(14_000), 5_000);
+        assert_eq!(index.len(), 0);
+        assert_eq!(index.forgotten_up_to(), Timestamp(9_000));
+        // The cap forgets the oldest at once, and says so.
+        index.set_cap(2);
+        index.insert(Timestamp(20_000), k1, 21);
+        index.insert(Timestamp(20_001), k2, 22);
+        index.insert(Timestamp(20_002), k4, 24);
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.get(k1), None);
+        assert_eq!(index.forgotten_up_to(), Timestamp(20_000));
+    }
+
+    #[test]
+    fn recent_records_are_found_by_position_and_bounded() {
+        let mut recent = RecentRecords::default();
+        for lsn in 1..=5000u64 {
+            recent.push(lsn, Timestamp(lsn), &vec![(lsn % 251) as u8; 700]);
+        }
+        assert_eq!(
+            recent.get(77).map(|(at, b)| (at, b.len(), b[0])),
+            Some((Timestamp(77), 700, 77))
+        );
+        assert_eq!(recent.get(0), None);
+        assert_eq!(recent.get(5001), None);
+        recent.bound(2 << 20);
+        assert!(recent.get(1).is_none(), "the oldest went");
+        assert_eq!(
+            recent.get(5000).map(|(_, b)| b[0]),
+            Some((5000 % 251) as u8)
+        );
+        assert!(recent.bytes <= 2 << 20);
+    }
 }

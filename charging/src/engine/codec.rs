@@ -3,7 +3,7 @@
 
 #[allow(unused_imports)]
 use super::*;
-use sessions::{Charge, Closed};
+use sessions::Charge;
 
 pub(super) const REC_CCR: u8 = 1;
 pub(super) const REC_LEDGER: u8 = 2;
@@ -75,6 +75,7 @@ pub(super) fn encode_config<S: Sink>(s: &mut S, c: &EngineConfig) {
     for u in &c.units {
         s.unit(*u);
     }
+    s.u64(c.answers_max);
 }
 
 pub(super) fn decode_config(r: &mut Reader<'_>) -> Result<EngineConfig, DecodeError> {
@@ -146,6 +147,7 @@ pub(super) fn decode_config(r: &mut Reader<'_>) -> Result<EngineConfig, DecodeEr
         return Err(DecodeError::Invalid("too many units"));
     }
     let units = (0..n).map(|_| r.unit()).collect::<Result<_, _>>()?;
+    let answers_max = r.u64()?;
     Ok(EngineConfig {
         prices,
         policies,
@@ -154,6 +156,7 @@ pub(super) fn decode_config(r: &mut Reader<'_>) -> Result<EngineConfig, DecodeEr
         answer_window_ms,
         service_attributes,
         units,
+        answers_max,
     })
 }
 
@@ -341,7 +344,7 @@ pub(super) fn encode_session<S: Sink>(s: &mut S, v: &Session) {
 /// Most (service, unit) grants or charges one session can hold.
 pub(super) const SESSION_LINES_MAX: usize = SERVICES_MAX * UNITS_PER_SERVICE_MAX * 2;
 
-fn encode_charges<S: Sink>(s: &mut S, charges: &[Charge]) {
+pub(super) fn encode_charges<S: Sink>(s: &mut S, charges: &[Charge]) {
     s.u16(charges.len() as u16);
     for c in charges {
         s.service(c.service);
@@ -353,7 +356,7 @@ fn encode_charges<S: Sink>(s: &mut S, charges: &[Charge]) {
     }
 }
 
-fn decode_charges(r: &mut Reader<'_>) -> Result<Vec<Charge>, DecodeError> {
+pub(super) fn decode_charges(r: &mut Reader<'_>) -> Result<Vec<Charge>, DecodeError> {
     let n = r.u16()? as usize;
     if n > SESSION_LINES_MAX {
         return Err(DecodeError::Invalid("too many charges"));
@@ -370,22 +373,6 @@ fn decode_charges(r: &mut Reader<'_>) -> Result<Vec<Charge>, DecodeError> {
             })
         })
         .collect()
-}
-
-pub(super) fn encode_closed<S: Sink>(s: &mut S, v: &Closed) {
-    s.account(v.account);
-    s.u32(v.last_number);
-    s.time(v.closed_at);
-    encode_charges(s, &v.charges);
-}
-
-pub(super) fn decode_closed(r: &mut Reader<'_>) -> Result<Closed, DecodeError> {
-    Ok(Closed {
-        account: r.account()?,
-        last_number: r.u32()?,
-        closed_at: r.time()?,
-        charges: decode_charges(r)?,
-    })
 }
 
 pub(super) fn decode_session(r: &mut Reader<'_>) -> Result<Session, DecodeError> {

@@ -79,8 +79,10 @@ impl Engine {
         caller: Caller,
         ccr: &CreditControlRequest,
     ) -> CreditControlAnswer {
-        self.answers.forget(now, self.config.answer_window_ms);
-        self.forget_closed(now);
+        let window = self.config.answer_window_ms;
+        self.answers.forget(now, window);
+        self.record.clear();
+        self.closing = None;
         if let Err(code) = self.validate(ccr) {
             return CreditControlAnswer::error(code);
         }
@@ -95,25 +97,17 @@ impl Engine {
             return CreditControlAnswer::error(result_code::USER_UNKNOWN);
         };
         let key: SessionKey = (org, ccr.session_id.clone());
-        let digest = request_digest(ccr);
-        let answer_key = (org, ccr.session_id.clone(), ccr.request_number);
-        if let Some(remembered) = self.answers.get(&answer_key) {
-            // A retransmission gets the original answer; the same ids with
-            // other content are a client bug (or an attack), never answered
-            // with the old result.
-            return if remembered.digest == digest {
-                remembered.answer.clone()
-            } else {
-                CreditControlAnswer::error(result_code::REQUEST_ID_REUSED)
-            };
+        let answer_key = self.answers.key(org, &ccr.session_id, ccr.request_number);
+        if let Some(lsn) = self.answers.get(answer_key) {
+            return self.remembered(lsn, org, ccr);
         }
         if planted_lookup_first && self.authorised_org(caller, ccr.account).is_none() {
             return CreditControlAnswer::error(result_code::USER_UNKNOWN);
         }
-        let window = self.config.answer_window_ms;
         if ccr.timestamp_ms != 0
             && (ccr.timestamp_ms.saturating_add(window) <= now.0
-                || ccr.timestamp_ms > now.0.saturating_add(window))
+                || ccr.timestamp_ms > now.0.saturating_add(window)
+                || ccr.timestamp_ms <= self.answers.forgotten_up_to().0)
         {
             // A retransmission older than the window could no longer be
             // recognised: refuse it rather than apply it a second time.
@@ -144,11 +138,90 @@ impl Engine {
                 EventAction::DirectDebit | EventAction::Refund
             );
         if mutating && (self.changed || decision) {
+            // The record logged for this request holds its answer: the
+            // index remembers only where it is.
+            let lsn = self.take_lsn();
+            self.record.u8(ENGINE_TAG);
+            self.record.u8(REC_CCR);
+            encode_caller(&mut self.record, caller);
+            encode_ccr(&mut self.record, ccr);
+            let closing = self.closing.take();
+            answers::encode_recorded(
+                &mut self.record,
+                &answer,
+                closing.as_ref().map(|(a, c)| (*a, c.as_slice())),
+            );
             let at = now.max(Timestamp(ccr.timestamp_ms));
-            self.answers.insert(at, answer_key, digest, answer.clone());
+            self.answers.insert(at, answer_key, lsn);
+            if !self.replaying {
+                self.recent.push(lsn, now, &self.record);
+            }
         }
         self.cause = OpId::SERVER;
         answer
+    }
+
+    /// The answer to a request whose key is remembered: the original for a
+    /// retransmission, a refusal for ids reused with other content.
+    fn remembered(
+        &self,
+        lsn: u64,
+        org: AccountId,
+        ccr: &CreditControlRequest,
+    ) -> CreditControlAnswer {
+        let Some((_, payload)) = self.read_record(lsn) else {
+            // Not readable yet (its group commit is slow) or any more: never
+            // answered with something else, never applied twice.
+            tracing::warn!(lsn, session = %ccr.session_id, "a remembered answer could not be read back; answering TOO_BUSY");
+            return CreditControlAnswer::error(result_code::TOO_BUSY);
+        };
+        match answers::decode_ccr_record(&payload) {
+            Ok(Some((_, original, Some(recorded))))
+                if original.session_id == ccr.session_id
+                    && original.request_number == ccr.request_number
+                    && self.ledger.ledger.root_of(original.account) == Some(org) =>
+            {
+                if request_digest(&original) == request_digest(ccr) {
+                    recorded.answer
+                } else {
+                    CreditControlAnswer::error(result_code::REQUEST_ID_REUSED)
+                }
+            }
+            Ok(Some(_)) => {
+                // Another request under the same 64-bit key: practically
+                // never; refuse this one for now rather than guess.
+                CreditControlAnswer::error(result_code::TOO_BUSY)
+            }
+            _ => {
+                tracing::error!(lsn, "a remembered record does not decode");
+                CreditControlAnswer::error(result_code::TOO_BUSY)
+            }
+        }
+    }
+
+    /// What a refund of (org, session) may give back after its request
+    /// `number`: read from that request's record. `Err` when the record
+    /// cannot be read back.
+    pub(super) fn refundable_after(
+        &self,
+        org: AccountId,
+        session: &str,
+        number: u32,
+    ) -> Result<Option<(AccountId, Vec<sessions::Charge>)>, ()> {
+        let key = self.answers.key(org, session, number);
+        let Some(lsn) = self.answers.get(key) else {
+            return Ok(None);
+        };
+        let (_, payload) = self.read_record(lsn).ok_or(())?;
+        match answers::decode_ccr_record(&payload) {
+            Ok(Some((_, original, Some(recorded))))
+                if &*original.session_id == session && original.request_number == number =>
+            {
+                Ok(recorded.charges)
+            }
+            Ok(_) => Ok(None),
+            Err(_) => Err(()),
+        }
     }
 
     pub(super) fn finish_answer(&self, services: Vec<ServiceAnswer>) -> CreditControlAnswer {

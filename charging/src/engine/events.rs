@@ -14,7 +14,6 @@
 
 #[allow(unused_imports)]
 use super::*;
-use sessions::Closed;
 
 impl Engine {
     pub(super) fn event(
@@ -97,8 +96,8 @@ impl Engine {
         key: &SessionKey,
         ccr: &CreditControlRequest,
     ) -> CreditControlAnswer {
-        if self.closed.contains_key(key) {
-            // The id of an event or session that already charged.
+        if self.sessions.contains_key(key) {
+            // The id of an open session.
             return CreditControlAnswer::error(result_code::REQUEST_ID_REUSED);
         }
         let mut session = Session {
@@ -159,16 +158,8 @@ impl Engine {
             });
         }
         let answer = self.finish_answer(services);
-        self.close(
-            now,
-            key.clone(),
-            Closed {
-                account: ccr.account,
-                last_number: ccr.request_number,
-                closed_at: now,
-                charges: session.charges,
-            },
-        );
+        // Logged with the answer: what a refund of this event may give back.
+        self.closing = Some((ccr.account, session.charges));
         answer
     }
 
@@ -185,23 +176,36 @@ impl Engine {
             // Still open: its usage is not final yet.
             return refuse(result_code::REFUND_NOT_COVERED);
         }
-        let Some(record) = self.closed.get(key) else {
-            if caller != Caller::Admin && self.planted != Some(PlantedBug::RefundWithoutCharge) {
-                return refuse(result_code::REFUND_NOT_COVERED);
-            }
-            if ccr.request_number != 0 {
-                return refuse(result_code::UNKNOWN_SESSION_ID);
-            }
-            return self.goodwill_refund(now, ccr);
+        // The charge is in the record of the session's previous request
+        // (its end, or its previous refund), which this one follows.
+        let found = match ccr.request_number.checked_sub(1) {
+            None => Ok(None),
+            Some(previous) => self.refundable_after(key.0, &key.1, previous),
         };
-        if record.account != ccr.account {
+        let (account, lines) = match found {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                if caller != Caller::Admin && self.planted != Some(PlantedBug::RefundWithoutCharge)
+                {
+                    return refuse(result_code::REFUND_NOT_COVERED);
+                }
+                if ccr.request_number != 0 {
+                    return refuse(result_code::UNKNOWN_SESSION_ID);
+                }
+                return self.goodwill_refund(now, ccr);
+            }
+            Err(()) => {
+                tracing::warn!(session = %ccr.session_id, "the charge a refund names could not be read back");
+                return refuse(result_code::TOO_BUSY);
+            }
+        };
+        if account != ccr.account {
             return refuse(result_code::INVALID_AVP_VALUE);
         }
-        if ccr.request_number <= record.last_number {
-            return refuse(result_code::UNABLE_TO_COMPLY);
-        }
+        // A refused refund keeps the chain: the next one may follow it.
+        self.closing = Some((account, lines.clone()));
         // Plan every line first: all or nothing.
-        let mut lines = record.charges.clone();
+        let mut lines = lines;
         let mut credits: Vec<(AccountId, Unit, Amount)> = Vec::new();
         for service in &ccr.services {
             for (unit, units) in event_units(service) {
@@ -255,11 +259,7 @@ impl Engine {
             }
         }
         lines.retain(|c| !c.units.is_zero() || c.amount.is_positive());
-        if let Some(record) = self.closed.get_mut(key) {
-            record.charges = lines;
-            record.last_number = ccr.request_number;
-        }
-        self.dirty_closed.push(key.clone());
+        self.closing = Some((account, lines));
         self.changed = true;
         CreditControlAnswer {
             result_code: result_code::SUCCESS,

@@ -44,6 +44,7 @@ mod tenancy;
 mod types;
 
 use answers::request_digest;
+pub use answers::{ANSWERS_MAX_DEFAULT, ANSWERS_MAX_LIMIT};
 use codec::*;
 use pricing::Rate;
 use ratecards::RateFile;
@@ -66,7 +67,6 @@ pub enum PlantedBug {
 }
 
 /// The credit-control engine with its ledger.
-#[derive(Debug)]
 pub struct Engine {
     /// The ledger (and its checkpoint bookkeeping).
     pub ledger: LedgerMachine,
@@ -75,12 +75,22 @@ pub struct Engine {
     sessions: HashMap<SessionKey, Session>,
     supervision: BinaryHeap<Reverse<(Timestamp, SessionKey)>>,
     dirty_sessions: Vec<SessionKey>,
-    /// Ended sessions and events that charged something, for refunds.
-    closed: HashMap<SessionKey, sessions::Closed>,
-    closed_order: VecDeque<(Timestamp, SessionKey)>,
-    dirty_closed: Vec<SessionKey>,
-    /// Answers remembered for retransmissions.
-    answers: answers::AnswerStore,
+    /// Where remembered answers are in the log.
+    answers: answers::AnswerIndex,
+    /// Remembered records not yet durable (all of them with no log).
+    recent: answers::RecentRecords,
+    /// Reads the engine's durable log records back.
+    log: Option<reckon_balances::journal::LogReader>,
+    /// The log position the request being handled gets if logged (given
+    /// by the journal), else counted here (an engine without a journal).
+    lsn_hint: Option<u64>,
+    standalone_lsn: u64,
+    /// True while recovery replays: records are durable already.
+    replaying: bool,
+    /// The record of the request being handled, when it is remembered.
+    record: Vec<u8>,
+    /// What the session being ended (or refunded) may still have refunded.
+    closing: Option<(AccountId, Vec<sessions::Charge>)>,
     config_dirty: bool,
     /// Units the engine accepts (see [`Engine::knows_unit`]).
     known_units: HashSet<Unit>,
@@ -109,6 +119,16 @@ pub fn request_ref(org: AccountId, session_id: &str, request_number: u32) -> OpI
     OpId(((org.0 as u128) << 64) | d.finish() as u128)
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("sessions", &self.sessions.len())
+            .field("remembered_answers", &self.answers.len())
+            .field("log_attached", &self.log.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// First byte of the engine's log records.
 pub const ENGINE_TAG: u8 = b'E';
 
@@ -121,10 +141,14 @@ impl Engine {
             sessions: HashMap::new(),
             supervision: BinaryHeap::new(),
             dirty_sessions: Vec::new(),
-            closed: HashMap::new(),
-            closed_order: VecDeque::new(),
-            dirty_closed: Vec::new(),
-            answers: answers::AnswerStore::default(),
+            answers: answers::AnswerIndex::default(),
+            recent: answers::RecentRecords::default(),
+            log: None,
+            lsn_hint: None,
+            standalone_lsn: 0,
+            replaying: false,
+            record: Vec::new(),
+            closing: None,
             config_dirty: true,
             known_units: HashSet::new(),
             rates: reckon_rating::RateBook::new(),
@@ -149,6 +173,26 @@ impl Engine {
     /// Number of answers remembered for retransmissions.
     pub fn remembered_answers(&self) -> usize {
         self.answers.len()
+    }
+
+    /// The log position for the request being handled.
+    fn take_lsn(&mut self) -> u64 {
+        match self.lsn_hint.take() {
+            Some(lsn) => lsn,
+            None => {
+                self.standalone_lsn += 1;
+                self.standalone_lsn
+            }
+        }
+    }
+
+    /// A remembered record, from the recent ones or the log: its time and
+    /// payload.
+    fn read_record(&self, lsn: u64) -> Option<(Timestamp, Vec<u8>)> {
+        if let Some((at, bytes)) = self.recent.get(lsn) {
+            return Some((at, bytes.to_vec()));
+        }
+        self.log.as_ref().and_then(|read| read(lsn))
     }
 
     /// The configuration in force.
@@ -190,6 +234,7 @@ impl Engine {
                 }
                 self.config = config;
                 self.config_dirty = true;
+                self.answers.set_cap(self.config.answers_max as usize);
                 self.refresh_units();
                 EngineResponse::Configured
             }
@@ -227,18 +272,6 @@ impl Engine {
             d.account(key.0);
             d.bytes16(key.1.as_bytes());
             encode_session(&mut d, &self.sessions[key]);
-        }
-        let mut keys: Vec<&SessionKey> = self
-            .closed
-            .iter()
-            .filter(|(_, c)| c.closed_at.plus_ms(window) > horizon)
-            .map(|(k, _)| k)
-            .collect();
-        keys.sort_unstable();
-        for key in keys {
-            d.account(key.0);
-            d.bytes16(key.1.as_bytes());
-            encode_closed(&mut d, &self.closed[key]);
         }
         let sessions = d.finish();
         let answers = self.answers.digest_at(horizon, window);

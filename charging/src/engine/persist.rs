@@ -11,6 +11,7 @@ impl Machine for Engine {
     fn apply(
         &mut self,
         now: Timestamp,
+        lsn: u64,
         request: EngineRequest,
         log: &mut Vec<u8>,
     ) -> EngineResponse {
@@ -39,21 +40,30 @@ impl Machine for Engine {
                 return EngineResponse::ConfigRefused(e);
             }
         }
-        let start = log.len();
-        encode_request(&request, log);
-        let is_ccr = matches!(request, EngineRequest::CreditControl(..));
-        let remembered = self.answers.inserted();
-        self.changed = false;
-        let response = self.handle(now, request);
-        if is_ccr && !self.changed && self.answers.inserted() == remembered {
-            // Changed nothing and remembered nothing (a read, a
-            // retransmission, a refusal): replay needs no record of it.
-            log.truncate(start);
+        if let EngineRequest::CreditControl(caller, ccr) = &request {
+            // A credit-control request is logged with its answer when it is
+            // remembered (the record the answer index points at); one that
+            // changed state without being remembered is logged bare; one
+            // that changed nothing is not logged.
+            self.lsn_hint = Some(lsn);
+            self.changed = false;
+            let response = self.handle(now, request.clone());
+            self.lsn_hint = None;
+            if !self.record.is_empty() {
+                log.extend_from_slice(&self.record);
+            } else if self.changed {
+                log.u8(ENGINE_TAG);
+                log.u8(REC_CCR);
+                encode_caller(log, *caller);
+                encode_ccr(log, ccr);
+            }
+            return response;
         }
-        response
+        encode_request(&request, log);
+        self.handle(now, request)
     }
 
-    fn replay(&mut self, now: Timestamp, payload: &[u8]) -> Result<(), String> {
+    fn replay(&mut self, now: Timestamp, lsn: u64, payload: &[u8]) -> Result<(), String> {
         let mut r = Reader::new(payload);
         let tag = r.u8().map_err(|e| e.to_string())?;
         if tag == reckon_balances::machine::LEDGER_TAG {
@@ -64,9 +74,16 @@ impl Machine for Engine {
         }
         match r.u8().map_err(|e| e.to_string())? {
             REC_CCR => {
-                let caller = decode_caller(&mut r).map_err(|e| e.to_string())?;
-                let ccr = decode_ccr(&mut r).map_err(|e| e.to_string())?;
+                // The answer logged after the request is recomputed.
+                let (caller, ccr, _) = answers::decode_ccr_record(payload)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("not a credit-control record")?;
+                self.lsn_hint = Some(lsn);
+                self.replaying = true;
                 self.handle(now, EngineRequest::CreditControl(caller, ccr));
+                self.replaying = false;
+                self.lsn_hint = None;
+                return Ok(());
             }
             REC_LEDGER => {
                 let caller = decode_caller(&mut r).map_err(|e| e.to_string())?;
@@ -102,10 +119,43 @@ impl Machine for Engine {
         r.finish().map_err(|e| e.to_string())
     }
 
+    fn recall(&mut self, now: Timestamp, lsn: u64, payload: &[u8]) -> Result<(), String> {
+        // The snapshot covers this record's effects; what memory keeps
+        // outside it is where its answer is.
+        let Some((_, ccr, Some(_))) =
+            answers::decode_ccr_record(payload).map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let Some(org) = self.ledger.ledger.root_of(ccr.account) else {
+            return Err(format!(
+                "record {lsn} names account {} the snapshot does not hold",
+                ccr.account.0
+            ));
+        };
+        self.answers.forget(now, self.config.answer_window_ms);
+        let key = self.answers.key(org, &ccr.session_id, ccr.request_number);
+        let at = now.max(Timestamp(ccr.timestamp_ms));
+        if at.plus_ms(self.config.answer_window_ms) > now && at > self.answers.forgotten_up_to() {
+            self.answers.insert(at, key, lsn);
+        }
+        Ok(())
+    }
+
+    fn log_retention_ms(&self) -> u64 {
+        // Remembered answers are read back from the log for the window (a
+        // request may be stamped up to a window ahead: twice that).
+        self.config.answer_window_ms.saturating_mul(2)
+    }
+
+    fn attach_log(&mut self, reader: reckon_balances::journal::LogReader) {
+        self.log = Some(reader);
+        self.recent.bound(answers::RECENT_BYTES_MAX);
+    }
+
     fn checkpoint(&mut self, now: Timestamp) -> Vec<SnapshotWrite> {
         let window = self.config.answer_window_ms;
         self.answers.forget(now, window);
-        self.forget_closed(now);
         let mut writes = self.ledger.checkpoint_writes(now);
         for key in std::mem::take(&mut self.dirty_sessions) {
             let k = session_key(b's', &key);
@@ -119,22 +169,6 @@ impl Machine for Engine {
                 None => writes.push((k, None)),
             }
         }
-        let mut dirty_closed = std::mem::take(&mut self.dirty_closed);
-        dirty_closed.sort_unstable();
-        dirty_closed.dedup();
-        for key in dirty_closed {
-            let k = session_key(b'x', &key);
-            match self.closed.get(&key) {
-                Some(closed) => {
-                    let mut v = Vec::new();
-                    encode_closed(&mut v, closed);
-                    writes.push((k, Some(v)));
-                }
-                None => writes.push((k, None)),
-            }
-        }
-        self.answers
-            .checkpoint(now, window, self.checkpoint_seq, &mut writes);
         if self.rates_dirty {
             self.rates_dirty = false;
             let mut v = Vec::new();
@@ -153,7 +187,7 @@ impl Machine for Engine {
         self.checkpoint_seq += 1;
         let mut meta = Vec::new();
         meta.u64(self.checkpoint_seq);
-        meta.time(self.answers.forgotten_below());
+        meta.time(self.answers.forgotten_up_to());
         writes.push((vec![ENGINE_TAG, b'0'], Some(meta)));
         writes
     }
@@ -187,25 +221,14 @@ impl Machine for Engine {
                         .push(Reverse((session.expires_at, key.clone())));
                     engine.sessions.insert(key, session);
                 }
-                Some(b'x') => {
-                    let key = decode_session_key(&k)?;
-                    let closed = decode_closed(&mut r).map_err(text)?;
-                    engine
-                        .closed_order
-                        .push_back((closed.closed_at, key.clone()));
-                    engine.closed.insert(key, closed);
-                }
-                Some(b'a') => {
-                    let seq = u64::from_be_bytes(k[2..].try_into().map_err(|_| "answer blob key")?);
-                    engine.answers.restore_blob(seq, &v).map_err(text)?;
-                }
                 Some(b'0') => {
                     engine.checkpoint_seq = r.u64().map_err(text)?;
-                    engine.answers.set_forgotten_below(r.time().map_err(text)?);
+                    engine.answers.set_forgotten_up_to(r.time().map_err(text)?);
                 }
                 Some(b'c') => {
                     engine.config = decode_config(&mut r).map_err(text)?;
                     engine.config_dirty = false;
+                    engine.answers.set_cap(engine.config.answers_max as usize);
                 }
                 Some(b'r') => {
                     let n = r.u32().map_err(text)? as usize;
@@ -224,10 +247,6 @@ impl Machine for Engine {
                 _ => return Err("unknown engine snapshot key".into()),
             }
         }
-        engine.answers.finish_restore();
-        let mut order: Vec<_> = engine.closed_order.drain(..).collect();
-        order.sort();
-        engine.closed_order = order.into();
         engine.refresh_units();
         Ok(engine)
     }

@@ -57,17 +57,6 @@ pub(super) struct Session {
     pub(super) dirty: bool,
 }
 
-/// A session or event that ended having charged something: kept for the
-/// retransmission window so its organisation can have it refunded, and so
-/// its id is never reopened.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Closed {
-    pub(super) account: AccountId,
-    pub(super) last_number: u32,
-    pub(super) closed_at: Timestamp,
-    pub(super) charges: Vec<Charge>,
-}
-
 impl Engine {
     pub(super) fn mark(&mut self, key: &SessionKey) {
         if let Some(s) = self.sessions.get_mut(key) {
@@ -78,40 +67,15 @@ impl Engine {
         }
     }
 
-    /// Keeps what an ended session charged, for refunds.
-    pub(super) fn close(&mut self, now: Timestamp, key: SessionKey, closed: Closed) {
-        if closed.charges.is_empty() {
-            return;
-        }
-        self.closed_order.push_back((now, key.clone()));
-        self.dirty_closed.push(key.clone());
-        self.closed.insert(key, closed);
-    }
-
-    /// Forgets ended sessions a window old.
-    pub(super) fn forget_closed(&mut self, now: Timestamp) {
-        let window = self.config.answer_window_ms;
-        while let Some((at, _)) = self.closed_order.front() {
-            if at.plus_ms(window) > now {
-                break;
-            }
-            if let Some((at, key)) = self.closed_order.pop_front() {
-                if self.closed.get(&key).is_some_and(|c| c.closed_at == at) {
-                    self.closed.remove(&key);
-                    self.dirty_closed.push(key);
-                }
-            }
-        }
-    }
-
     pub(super) fn initial(
         &mut self,
         now: Timestamp,
         key: &SessionKey,
         ccr: &CreditControlRequest,
     ) -> CreditControlAnswer {
-        if self.sessions.contains_key(key) || self.closed.contains_key(key) {
-            // Session ids are never reused, also not after the session ended.
+        if self.sessions.contains_key(key) {
+            // Session ids are never reused (an ended session's INITIAL is
+            // remembered: the answer index refuses its id).
             return CreditControlAnswer::error(result_code::REQUEST_ID_REUSED);
         }
         if self.sessions.len() >= SESSIONS_MAX {
@@ -530,16 +494,8 @@ impl Engine {
         // Terminating always succeeds as a request; per-service codes say
         // whether all usage could be collected.
         answer.result_code = result_code::SUCCESS;
-        self.close(
-            now,
-            key.clone(),
-            Closed {
-                account: session.account,
-                last_number: ccr.request_number,
-                closed_at: now,
-                charges: session.charges,
-            },
-        );
+        // Logged with the answer: what a refund of this session may give back.
+        self.closing = Some((session.account, session.charges));
         answer
     }
 
@@ -562,17 +518,6 @@ impl Engine {
                 self.dirty_sessions.push(id.clone());
                 expired += 1;
                 tracing::info!(org = id.0 .0, session = %id.1, "session supervision expired; grants released");
-                let charges = std::mem::take(&mut session.charges);
-                self.close(
-                    now,
-                    id,
-                    Closed {
-                        account: session.account,
-                        last_number: session.last_number,
-                        closed_at: now,
-                        charges,
-                    },
-                );
             }
         }
         expired

@@ -109,7 +109,7 @@ impl Engine {
             }
             read => {
                 let mut reads_log_nothing = Vec::new();
-                EngineResponse::Ledger(self.ledger.apply(now, read, &mut reads_log_nothing))
+                EngineResponse::Ledger(self.ledger.apply(now, 0, read, &mut reads_log_nothing))
             }
         }
     }

@@ -269,6 +269,9 @@ pub struct EngineConfig {
     /// the prices, policies and rate cards name: a unit nobody declared is
     /// refused, so a typo never opens a new bucket.
     pub units: Vec<Unit>,
+    /// Most answers remembered at once, whatever the window (about 36
+    /// bytes of memory each); past it the oldest are forgotten early.
+    pub answers_max: u64,
 }
 
 impl Default for EngineConfig {
@@ -284,9 +287,10 @@ impl Default for EngineConfig {
             }],
             supervision_grace_s: 30,
             final_unit_action: FinalUnitAction::Terminate,
-            answer_window_ms: 10 * 60 * 1000,
+            answer_window_ms: ANSWER_WINDOW_MS_DEFAULT,
             service_attributes: Vec::new(),
             units: Vec::new(),
+            answers_max: ANSWERS_MAX_DEFAULT as u64,
         }
     }
 }
@@ -331,6 +335,10 @@ pub const ATTRIBUTES_MAX: usize = 8;
 pub const ATTRIBUTE_NAME_LEN_MAX: usize = 64;
 /// Longest attribute value, in bytes.
 pub const ATTRIBUTE_VALUE_LEN_MAX: usize = 128;
+/// The retransmission window unless configured: 2 minutes, twelve times
+/// Diameter's recommended Tx timer (10 s) and longer than a gateway's retry
+/// schedule, while a full-speed server's memory for it stays bounded.
+pub const ANSWER_WINDOW_MS_DEFAULT: u64 = 120_000;
 /// Shortest retransmission window, in ms.
 pub const ANSWER_WINDOW_MS_MIN: u64 = 1_000;
 /// Longest retransmission window, in ms (the ledger's op-id window limit).
@@ -397,6 +405,11 @@ impl EngineConfig {
                 "retransmission window: must be between {} and {} seconds",
                 ANSWER_WINDOW_MS_MIN / 1000,
                 ANSWER_WINDOW_MS_MAX / 1000
+            ));
+        }
+        if self.answers_max == 0 || self.answers_max > ANSWERS_MAX_LIMIT {
+            return Err(format!(
+                "retransmission_entries_max: must be between 1 and {ANSWERS_MAX_LIMIT}"
             ));
         }
         if self.supervision_grace_s > 24 * 3600 {
