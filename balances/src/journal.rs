@@ -1,5 +1,6 @@
 //! The durable single writer: applies requests to a state machine in one
-//! order, logs them with group commit, checkpoints into sled, recovers.
+//! order, logs them with group commit, checkpoints into the snapshot
+//! store, recovers.
 //!
 //! ```text
 //! clients ──submit──▶ [bounded queue] ──▶ writer thread: apply, frame log records
@@ -8,7 +9,7 @@
 //!                                         sync thread: write + fdatasync, then reply
 //!                                              │ checkpoint (after its records are durable)
 //!                                              ▼
-//!                                         snapshot thread: sled batch, flush, fsync files
+//!                                         snapshot thread: snapshot store (one group, fdatasync), history
 //! ```
 //!
 //! The writer forms batch N+1 while the sync thread makes batch N durable;
@@ -95,10 +96,20 @@ pub trait Machine: Send + Sized + 'static {
 pub type LogReader = Arc<dyn Fn(u64) -> Option<(Timestamp, Vec<u8>)> + Send + Sync>;
 
 /// Checkpoint work moved off the writer thread.
-pub type Deferred = Box<dyn FnOnce() -> Vec<SnapshotWrite> + Send>;
+pub type Deferred = Box<dyn FnOnce() -> CheckpointExtra + Send>;
 
-/// One key/value of the snapshot as read back (sled's cheap shared bytes).
-pub type SnapshotPair = (sled::IVec, sled::IVec);
+/// What checkpoint work done off the writer produces: more snapshot
+/// writes, and history records (the audit trail) for the history store.
+#[derive(Debug, Default)]
+pub struct CheckpointExtra {
+    /// More snapshot writes.
+    pub writes: Vec<SnapshotWrite>,
+    /// Records appended to the history store.
+    pub history: Vec<Vec<u8>>,
+}
+
+/// One key/value of the snapshot as read back.
+pub type SnapshotPair = (Vec<u8>, Vec<u8>);
 
 /// Where time comes from: the system clock in production, a fake in tests.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -130,8 +141,8 @@ pub struct JournalConfig {
     pub tick_ms: u64,
     /// Largest WAL segment before rolling to a new one.
     pub segment_bytes_max: u64,
-    /// sled's page cache, in bytes.
-    pub sled_cache_bytes: u64,
+    /// Bytes of history (the audit trail) kept; older segments are removed.
+    pub history_bytes_max: u64,
     /// Write a checkpoint on shutdown so the next start replays little
     /// (tests turn it off to exercise replay).
     pub checkpoint_on_shutdown: bool,
@@ -150,7 +161,7 @@ impl JournalConfig {
             checkpoint_records: 200_000,
             tick_ms: 100,
             segment_bytes_max: 64 << 20,
-            sled_cache_bytes: 64 << 20,
+            history_bytes_max: 1 << 30,
             checkpoint_on_shutdown: true,
         }
     }
@@ -162,9 +173,9 @@ pub enum JournalError {
     /// The write-ahead log failed.
     #[error("write-ahead log: {0}")]
     Wal(#[from] wal::WalError),
-    /// sled failed.
+    /// The snapshot or history store failed.
     #[error("snapshot store: {0}")]
-    Sled(#[from] sled::Error),
+    Snapshot(#[from] crate::snapstore::SnapStoreError),
     /// Another I/O failure, with what was being done.
     #[error("{what}: {source}")]
     Io {
@@ -312,7 +323,7 @@ struct Batch<M: Machine> {
     retention_ms: u64,
 }
 
-/// A checkpoint on its way to sled: writes encoded on the writer, and work
+/// A checkpoint on its way to the snapshot store: writes encoded on the writer, and work
 /// to finish on the snapshot thread.
 struct Checkpoint {
     lsn: Lsn,
@@ -396,58 +407,9 @@ impl<M: Machine> Clone for Submitter<M> {
     }
 }
 
-const SNAPSHOT_LSN_KEY: &[u8] = b"J lsn";
-
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JournalError {
     let what = what.into();
     move |source| JournalError::Io { what, source }
-}
-
-/// Makes sled's files durable, because sled's own flush does not reach the
-/// device (it uses `sync_file_range`).
-///
-/// sled writes large values as blob files under `blobs/`, each written
-/// once and never changed (a new value is a new blob): a blob fsynced once
-/// stays durable, so only blobs not seen before are fsynced. Every other
-/// file (the log-structured `db`, `conf`, sled's own snapshot files) and
-/// every directory is fsynced each time. Nothing depends on file times.
-#[derive(Default)]
-struct SledSync {
-    blobs_synced: std::collections::HashSet<std::ffi::OsString>,
-}
-
-impl SledSync {
-    fn sync(&mut self, dir: &Path) -> Result<(), JournalError> {
-        let blobs = dir.join("blobs");
-        for entry in std::fs::read_dir(dir).map_err(io_err(format!("reading {}", dir.display())))? {
-            let entry = entry.map_err(io_err(format!("reading {}", dir.display())))?;
-            let path = entry.path();
-            let kind = entry
-                .file_type()
-                .map_err(io_err(format!("stat {}", path.display())))?;
-            if kind.is_file() {
-                fsync_path(&path)?;
-            }
-        }
-        if blobs.is_dir() {
-            let mut present = std::collections::HashSet::new();
-            for entry in
-                std::fs::read_dir(&blobs).map_err(io_err(format!("reading {}", blobs.display())))?
-            {
-                let entry = entry.map_err(io_err(format!("reading {}", blobs.display())))?;
-                let name = entry.file_name();
-                if !self.blobs_synced.contains(&name) {
-                    fsync_path(&entry.path())?;
-                }
-                present.insert(name);
-            }
-            // Forget blobs sled removed, so the set stays as small as the
-            // directory.
-            self.blobs_synced = present;
-            fsync_path(&blobs)?;
-        }
-        fsync_path(dir)
-    }
 }
 
 /// A log record's time (its first 8 bytes) and the machine's payload.
@@ -468,31 +430,6 @@ fn log_reader(reader: wal::WalReader) -> LogReader {
         let (now, payload) = split_record(&record).ok()?;
         Some((now, payload.to_vec()))
     })
-}
-
-/// Copies a directory tree (the snapshot, for an offline check).
-fn copy_tree(from: &Path, to: &Path) -> Result<(), JournalError> {
-    std::fs::create_dir_all(to).map_err(io_err(format!("creating {}", to.display())))?;
-    for entry in std::fs::read_dir(from).map_err(io_err(format!("reading {}", from.display())))? {
-        let entry = entry.map_err(io_err(format!("reading {}", from.display())))?;
-        let path = entry.path();
-        let target = to.join(entry.file_name());
-        if path.is_dir() {
-            copy_tree(&path, &target)?;
-        } else {
-            std::fs::copy(&path, &target).map_err(io_err(format!("copying {}", path.display())))?;
-        }
-    }
-    Ok(())
-}
-
-/// fsyncs one file or directory; one sled removed meanwhile needs none.
-fn fsync_path(path: &Path) -> Result<(), JournalError> {
-    match std::fs::File::open(path).and_then(|f| f.sync_all()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(format!("fsync {}", path.display()))(e)),
-    }
 }
 
 impl<M: Machine> Journal<M> {
@@ -518,53 +455,19 @@ impl<M: Machine> Journal<M> {
         if lock.try_lock().is_err() {
             return Err(JournalError::InUse(config.data_dir.clone()));
         }
-        let sled_dir = config.data_dir.join("snapshot");
-        // sled releases its own file lock a little after a previous Db in
-        // this process was dropped (its I/O threads hold the file); we hold
-        // the directory's LOCK, so waiting briefly for it is safe.
-        let db = loop {
-            match sled::Config::new()
-                .path(&sled_dir)
-                .cache_capacity(config.sled_cache_bytes)
-                .flush_every_ms(None)
-                .open()
-            {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && started.elapsed() < Duration::from_secs(30) =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let snapshot_lsn = match db.get(SNAPSHOT_LSN_KEY)? {
-            Some(v) => u64::from_le_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| JournalError::Recovery("bad snapshot lsn".into()))?,
-            ),
-            None => 0,
-        };
-        let mut keys = 0u64;
-        let mut failure = None;
-        let mut pairs = db.iter().filter_map(|item| match item {
-            Ok((k, v)) if k.as_ref() != SNAPSHOT_LSN_KEY => {
-                keys += 1;
-                Some((k, v))
-            }
-            Ok(_) => None,
-            Err(e) => {
-                failure.get_or_insert(e);
-                None
-            }
-        });
+        let snapshot_dir = config.data_dir.join("snapshot");
+        if snapshot_dir.join("conf").exists() || snapshot_dir.join("db").exists() {
+            return Err(JournalError::Recovery(format!(
+                "{} holds a snapshot written by an older Reckon (sled); this version cannot read it: start from an empty data directory",
+                snapshot_dir.display()
+            )));
+        }
+        let (store, loaded) = crate::snapstore::SnapStore::open(&snapshot_dir)?;
+        let snapshot_lsn = loaded.lsn;
+        let keys = loaded.pairs.len() as u64;
+        let mut pairs = loaded.pairs.into_iter();
         let machine = M::restore(&mut pairs);
         drop(pairs);
-        if let Some(e) = failure {
-            return Err(e.into());
-        }
         let mut machine = machine.map_err(JournalError::Recovery)?;
         let snapshot_ms = started.elapsed().as_millis() as u64;
 
@@ -618,10 +521,9 @@ impl<M: Machine> Journal<M> {
             opened.writer,
             next_lsn,
             last_now,
-            db,
-            sled_dir,
+            store,
             lock,
-        );
+        )?;
         Ok((journal, report))
     }
 
@@ -633,10 +535,13 @@ impl<M: Machine> Journal<M> {
         writer: WalWriter,
         next_lsn: Lsn,
         last_now: Timestamp,
-        db: sled::Db,
-        sled_dir: PathBuf,
+        store: crate::snapstore::SnapStore,
         lock: std::fs::File,
-    ) -> Journal<M> {
+    ) -> Result<Journal<M>, JournalError> {
+        let history = crate::snapstore::HistoryStore::open(
+            &config.data_dir.join("history"),
+            config.history_bytes_max,
+        )?;
         let (queue_tx, queue_rx) = bounded::<Submission<M>>(config.queue_capacity);
         let (sync_tx, sync_rx) = bounded::<Batch<M>>(2);
         let (snap_tx, snap_rx) = bounded::<Checkpoint>(1);
@@ -694,11 +599,18 @@ impl<M: Machine> Journal<M> {
             std::thread::Builder::new()
                 .name("reckon-snapshot".into())
                 .spawn(move || {
-                    snapshot_loop(db, sled_dir, snap_rx, trim_tx, snap_stats, checkpoint_busy)
+                    snapshot_loop(
+                        store,
+                        history,
+                        snap_rx,
+                        trim_tx,
+                        snap_stats,
+                        checkpoint_busy,
+                    )
                 })
                 .expect("spawning the snapshot thread"),
         );
-        Journal {
+        Ok(Journal {
             submitter: Submitter {
                 queue: queue_tx,
                 health: health.clone(),
@@ -707,13 +619,13 @@ impl<M: Machine> Journal<M> {
             stats,
             threads,
             _lock: lock,
-        }
+        })
     }
 
     /// Verifies a stopped server's data directory without changing it:
-    /// the log (what a start would cut or refuse), the snapshot (loaded from
-    /// a copy, since sled writes when it opens), a replay of the log after
-    /// it, and the machine's invariant check. Refuses a directory in use.
+    /// the log (what a start would cut or refuse), the snapshot, a replay of
+    /// the log after it, and the machine's invariant check. Refuses a
+    /// directory in use.
     pub fn check_data_dir(data_dir: &Path) -> Result<DataDirReport, JournalError> {
         if !data_dir.is_dir() {
             return Err(JournalError::Recovery(format!(
@@ -733,76 +645,60 @@ impl<M: Machine> Journal<M> {
         };
         let wal_config = WalConfig::new(data_dir.join("wal"));
         let found = wal::inspect(&wal_config)?;
-        // sled writes when it opens: open a copy.
-        let copy = std::env::temp_dir().join(format!(
-            "reckon-check-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        let result = (|| {
-            let snapshot = data_dir.join("snapshot");
-            if snapshot.is_dir() {
-                copy_tree(&snapshot, &copy)?;
-            }
-            let db = sled::Config::new().path(&copy).open()?;
-            let snapshot_lsn = match db.get(SNAPSHOT_LSN_KEY)? {
-                Some(v) => u64::from_le_bytes(
-                    v.as_ref()
-                        .try_into()
-                        .map_err(|_| JournalError::Recovery("bad snapshot lsn".into()))?,
-                ),
-                None => 0,
-            };
-            let mut keys = 0u64;
-            let mut failure = None;
-            let mut pairs = db.iter().filter_map(|item| match item {
-                Ok((k, v)) if k.as_ref() != SNAPSHOT_LSN_KEY => {
-                    keys += 1;
-                    Some((k, v))
-                }
-                Ok(_) => None,
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    None
-                }
-            });
-            let machine = M::restore(&mut pairs);
-            drop(pairs);
-            if let Some(e) = failure {
-                return Err(e.into());
-            }
-            let mut machine = machine.map_err(JournalError::Recovery)?;
-            let mut replayed = 0u64;
-            if found.last_lsn.0 > snapshot_lsn {
-                wal::replay_upto(
-                    &wal_config,
-                    Lsn(snapshot_lsn),
-                    found.last_lsn,
-                    |lsn, record| {
-                        let (now, payload) = split_record(record)?;
-                        replayed += 1;
-                        machine.replay(now, lsn.0, payload)
-                    },
-                )
-                .map_err(|e| JournalError::Recovery(format!("{e}")))?;
-            } else if found.last_lsn.0 < snapshot_lsn && found.last_lsn.0 != 0 {
-                return Err(JournalError::Recovery(format!(
-                    "the log ends at lsn {} before the snapshot's {snapshot_lsn}",
-                    found.last_lsn.0
-                )));
-            }
-            machine.check().map_err(JournalError::Invariant)?;
-            Ok(DataDirReport {
-                wal: found.clone(),
-                snapshot_lsn,
-                snapshot_keys: keys,
-                replayed,
-            })
-        })();
-        let _ = std::fs::remove_dir_all(&copy);
-        result
+        let snapshot_dir = data_dir.join("snapshot");
+        if snapshot_dir.join("conf").exists() || snapshot_dir.join("db").exists() {
+            return Err(JournalError::Recovery(format!(
+                "{} holds a snapshot written by an older Reckon (sled)",
+                snapshot_dir.display()
+            )));
+        }
+        let loaded = crate::snapstore::load(&snapshot_dir)?;
+        let snapshot_lsn = loaded.lsn;
+        let keys = loaded.pairs.len() as u64;
+        let mut pairs = loaded.pairs.into_iter();
+        let machine = M::restore(&mut pairs);
+        drop(pairs);
+        let mut machine = machine.map_err(JournalError::Recovery)?;
+        let reader = wal::open_reader(&wal_config)?;
+        machine.attach_log(log_reader(reader));
+        let mut replayed = 0u64;
+        if let Some(first) = found.first_lsn.filter(|f| f.0 <= snapshot_lsn) {
+            wal::replay_upto(
+                &wal_config,
+                Lsn(first.0 - 1),
+                Lsn(snapshot_lsn),
+                |lsn, record| -> Result<(), String> {
+                    let (now, payload) = split_record(record)?;
+                    machine.recall(now, lsn.0, payload)
+                },
+            )
+            .map_err(|e| JournalError::Recovery(format!("{e}")))?;
+        }
+        if found.last_lsn.0 > snapshot_lsn {
+            wal::replay_upto(
+                &wal_config,
+                Lsn(snapshot_lsn),
+                found.last_lsn,
+                |lsn, record| {
+                    let (now, payload) = split_record(record)?;
+                    replayed += 1;
+                    machine.replay(now, lsn.0, payload)
+                },
+            )
+            .map_err(|e| JournalError::Recovery(format!("{e}")))?;
+        } else if found.last_lsn.0 < snapshot_lsn && found.last_lsn.0 != 0 {
+            return Err(JournalError::Recovery(format!(
+                "the log ends at lsn {} before the snapshot's {snapshot_lsn}",
+                found.last_lsn.0
+            )));
+        }
+        machine.check().map_err(JournalError::Invariant)?;
+        Ok(DataDirReport {
+            wal: found,
+            snapshot_lsn,
+            snapshot_keys: keys,
+            replayed,
+        })
     }
 
     /// A cloneable handle for submitting from other threads.
@@ -1175,15 +1071,14 @@ fn sync_loop<M: Machine>(
 }
 
 fn snapshot_loop(
-    db: sled::Db,
-    sled_dir: PathBuf,
+    mut store: crate::snapstore::SnapStore,
+    mut history: crate::snapstore::HistoryStore,
     checkpoints: Receiver<Checkpoint>,
     trims: Sender<Lsn>,
     stats: Arc<JournalStats>,
     busy: Arc<AtomicBool>,
 ) {
     let mut failed = false;
-    let mut sled_sync = SledSync::default();
     while let Ok(Checkpoint {
         lsn,
         mut writes,
@@ -1197,21 +1092,17 @@ fn snapshot_loop(
             busy.store(false, Ordering::Release);
             continue;
         }
+        let mut extra = CheckpointExtra::default();
         if let Some(work) = deferred {
-            writes.extend(work());
+            extra = work();
+            writes.append(&mut extra.writes);
         }
         let result = (|| -> Result<(), JournalError> {
-            let mut batch = sled::Batch::default();
-            for (k, v) in writes {
-                match v {
-                    Some(v) => batch.insert(k, v),
-                    None => batch.remove(k),
-                }
-            }
-            batch.insert(SNAPSHOT_LSN_KEY, &lsn.0.to_le_bytes());
-            db.apply_batch(batch)?;
-            db.flush()?;
-            sled_sync.sync(&sled_dir)
+            // History first: a checkpoint that lands covers the records
+            // whose history is already durable.
+            history.append(&extra.history)?;
+            store.write_checkpoint(lsn.0, writes)?;
+            Ok(())
         })();
         match result {
             Ok(()) => {

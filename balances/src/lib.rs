@@ -5,7 +5,8 @@
 //! idempotency of client operations and the audit trail
 //! ([`ledger::Ledger`], a sans-IO single-writer state machine); and the
 //! durable store around it: a checksummed write-ahead log with group commit
-//! ([`wal`]), snapshots in sled and recovery ([`journal`]).
+//! ([`wal`]), snapshots and the history store ([`snapstore`]) and recovery
+//! ([`journal`]).
 //!
 //! It must never depend on `charging`, `settlement`, `protocol` or `sim`: the
 //! charging engine builds on the ledger, not the other way round. The
@@ -19,6 +20,7 @@ pub mod journal;
 pub mod ledger;
 pub mod machine;
 pub mod snapshot;
+pub mod snapstore;
 pub mod types;
 pub mod wal;
 

@@ -2,7 +2,7 @@
 //! reads back.
 //!
 //! A snapshot is a set of key → value pairs in one keyspace (so that one
-//! sled batch writes a checkpoint atomically). Keys start with a one-byte
+//! checkpoint is one write group of the snapshot store). Keys start with a one-byte
 //! kind and the namespace of the state machine that owns them:
 //!
 //! | key | value |
@@ -10,11 +10,11 @@
 //! | `L a <account id BE>` | one account with its buckets and caps |
 //! | `L r <reservation id BE>` | one open reservation |
 //! | `L o <checkpoint seq BE>` | the op ids (with results) remembered since the previous checkpoint |
-//! | `L u <first audit seq BE>` | the audit entries produced since the previous checkpoint |
 //! | `L 0` | counters (next bucket and reservation ids, audit seq, window, ...) and map sizes; sorts first so the maps are sized before they fill |
 //!
 //! Op-id blobs are dropped once every entry in them is older than the
-//! idempotency window; audit blobs are kept (they are the audit trail).
+//! idempotency window. Audit entries are not part of the snapshot: they go
+//! to the history store ([`crate::snapstore::HistoryStore`]).
 
 use crate::codec::{DecodeError, Reader, Sink};
 use crate::command::Hold;
@@ -299,27 +299,31 @@ impl Ledger {
         state: &mut CheckpointState,
         now: Timestamp,
     ) -> Vec<SnapshotWrite> {
-        let mut writes = self.checkpoint_state(state, now);
-        writes.extend(self.take_audit_encoder()());
+        let writes = self.checkpoint_state(state, now);
+        // The audit entries go to the history store, not the snapshot.
+        drop(self.take_audit_encoder()());
         writes
     }
 
     /// Takes the audit entries since the last checkpoint and returns the
-    /// work that encodes them, so it can run off the writer thread (the
-    /// entries are moved, not copied).
-    pub fn take_audit_encoder(&mut self) -> Box<dyn FnOnce() -> Vec<SnapshotWrite> + Send> {
+    /// work that encodes them for the history store, so it can run off the
+    /// writer thread (the entries are moved, not copied). Each history
+    /// record is one chunk of entries ([`decode_audit_blob`] reads it).
+    pub fn take_audit_encoder(&mut self) -> crate::journal::Deferred {
         let audit = std::mem::take(&mut self.audit);
         Box::new(move || {
-            let mut writes = Vec::new();
-            if let Some(first) = audit.iter().flatten().next().map(|e| e.seq) {
-                let count: usize = audit.iter().map(Vec::len).sum();
-                let mut blob = Vec::with_capacity(count * 120);
-                for e in audit.iter().flatten() {
+            let mut extra = crate::journal::CheckpointExtra::default();
+            for chunk in &audit {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let mut blob = Vec::with_capacity(chunk.len() * 120);
+                for e in chunk {
                     encode_audit(&mut blob, e);
                 }
-                writes.push((key(K_AUDIT, first), Some(blob)));
+                extra.history.push(blob);
             }
-            writes
+            extra
         })
     }
 

@@ -698,9 +698,12 @@ impl WalWriter {
         self.segments.first().map(|s| s.first_lsn)
     }
 
-    /// Each segment's first LSN, oldest first.
-    pub fn segment_starts(&self) -> Vec<Lsn> {
-        self.segments.iter().map(|s| s.first_lsn).collect()
+    /// Each segment's first LSN and file, oldest first.
+    pub fn segment_files(&self) -> Vec<(Lsn, PathBuf)> {
+        self.segments
+            .iter()
+            .map(|s| (s.first_lsn, s.path.clone()))
+            .collect()
     }
 
     /// Empty batch that continues this log, with the configured record size limit.
@@ -920,6 +923,42 @@ pub fn open(cfg: &WalConfig) -> Result<WalOpened, WalError> {
         last_lsn,
         torn_tail_bytes,
         first_lsn,
+    })
+}
+
+/// A reader of a log's durable records without opening it for writing
+/// (nothing is cut or created): for offline checks.
+pub fn open_reader(cfg: &WalConfig) -> Result<WalReader, WalError> {
+    let (found, segment_points) = inspect_indexing(cfg)?;
+    let segments = if cfg.dir.exists() {
+        list_segments(&cfg.dir)?
+    } else {
+        Vec::new()
+    };
+    let mut index = ReadIndex {
+        durable: found.last_lsn.0,
+        ..ReadIndex::default()
+    };
+    for (segment, points) in segment_points {
+        let Some(path) = segments
+            .iter()
+            .find(|s| s.first_lsn.0 == segment)
+            .map(|s| s.path.clone())
+        else {
+            continue;
+        };
+        let file = File::open(&path).map_err(io_err("open for reading", &path))?;
+        index.files.insert(segment, Arc::new(file));
+        index.points.extend(
+            points
+                .into_iter()
+                .filter(|(lsn, _)| *lsn <= found.last_lsn.0)
+                .map(|(lsn, off)| (lsn, segment, off)),
+        );
+    }
+    Ok(WalReader {
+        index: Arc::new(parking_lot::RwLock::new(index)),
+        record_bytes_max: cfg.record_bytes_max,
     })
 }
 

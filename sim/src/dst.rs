@@ -648,12 +648,11 @@ impl World {
                 flow.1 -= refund;
             }
         }
-        let mut pairs = self.disk.snapshot.iter().map(|(k, v)| {
-            (
-                sled::IVec::from(k.as_slice()),
-                sled::IVec::from(v.as_slice()),
-            )
-        });
+        let mut pairs = self
+            .disk
+            .snapshot
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()));
         let mut engine =
             Engine::restore(&mut pairs).map_err(|e| self.fail(format!("restore: {e}")))?;
         engine.attach_log(self.disk.reader());

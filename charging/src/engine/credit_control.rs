@@ -106,7 +106,7 @@ impl Engine {
         }
         if ccr.timestamp_ms != 0
             && (ccr.timestamp_ms.saturating_add(window) <= now.0
-                || ccr.timestamp_ms > now.0.saturating_add(window)
+                || ccr.timestamp_ms > now.0.saturating_add(future_skew_ms(window))
                 || ccr.timestamp_ms <= self.answers.forgotten_up_to().0)
         {
             // A retransmission older than the window could no longer be

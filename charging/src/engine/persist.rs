@@ -143,9 +143,10 @@ impl Machine for Engine {
     }
 
     fn log_retention_ms(&self) -> u64 {
-        // Remembered answers are read back from the log for the window (a
-        // request may be stamped up to a window ahead: twice that).
-        self.config.answer_window_ms.saturating_mul(2)
+        // Remembered answers are read back from the log for the window
+        // after the later of their answer and their request's stamp.
+        let window = self.config.answer_window_ms;
+        window + future_skew_ms(window)
     }
 
     fn attach_log(&mut self, reader: reckon_balances::journal::LogReader) {

@@ -339,6 +339,16 @@ pub const ATTRIBUTE_VALUE_LEN_MAX: usize = 128;
 /// Diameter's recommended Tx timer (10 s) and longer than a gateway's retry
 /// schedule, while a full-speed server's memory for it stays bounded.
 pub const ANSWER_WINDOW_MS_DEFAULT: u64 = 120_000;
+/// How far ahead of the server's clock a request may be stamped: its answer
+/// is kept until its own time plus the window, so this bounds how long the
+/// log must keep records beyond the window.
+pub const FUTURE_SKEW_MS_MAX: u64 = 30_000;
+
+/// The future skew allowed with a window of `window_ms`.
+pub fn future_skew_ms(window_ms: u64) -> u64 {
+    window_ms.min(FUTURE_SKEW_MS_MAX)
+}
+
 /// Shortest retransmission window, in ms.
 pub const ANSWER_WINDOW_MS_MIN: u64 = 1_000;
 /// Longest retransmission window, in ms (the ledger's op-id window limit).
