@@ -499,6 +499,35 @@ fn silent_sessions_are_released_by_supervision() {
 }
 
 #[test]
+fn supervision_memory_follows_open_sessions_not_updates() {
+    let mut w = World::new("1000000");
+    w.ccr(
+        Caller::Org(ORG),
+        req("s1", RequestType::Initial, 0, vec![tokens("1", "")]),
+    );
+    for n in 1..=20_000u32 {
+        w.now = Timestamp(w.now.0 + 1);
+        let a = w.ccr(
+            Caller::Org(ORG),
+            req("s1", RequestType::Update, n, vec![tokens("1", "1")]),
+        );
+        assert_eq!(a.result_code, rc::SUCCESS);
+    }
+    assert_eq!(w.engine.session_count(), 1);
+    let queued = w.engine.supervision_queue_len();
+    assert!(
+        queued <= 2 + 4096 + 1,
+        "one open session keeps {queued} supervision entries"
+    );
+    // The rebuilt queue still supervises the session.
+    w.now = Timestamp(w.now.0 + 90_000);
+    let due = w.engine.due(w.now).expect("supervision due");
+    let mut log = Vec::new();
+    w.engine.apply(w.now, 0, due, &mut log);
+    assert_eq!(w.engine.session_count(), 0);
+}
+
+#[test]
 fn an_organisation_cannot_touch_another_organisations_accounts() {
     let mut w = World::new("10");
     let mut foreign = req("s1", RequestType::Initial, 0, vec![tokens("10", "")]);

@@ -205,6 +205,12 @@ impl Engine {
         self.sessions.len()
     }
 
+    /// Entries in the supervision queue (live and superseded); bounded by
+    /// twice the open sessions plus a constant.
+    pub fn supervision_queue_len(&self) -> usize {
+        self.supervision.len()
+    }
+
     /// Applies one ledger step of the request being handled. The engine
     /// deduplicates whole requests itself (and replays them
     /// deterministically), so its steps carry no ledger op ids.

@@ -104,8 +104,7 @@ impl Engine {
         }
         session.expires_at =
             now.plus_ms((validity_max as u64 + self.config.supervision_grace_s as u64) * 1000);
-        self.supervision
-            .push(Reverse((session.expires_at, key.clone())));
+        self.watch(session.expires_at, key);
         self.sessions.insert(key.clone(), session);
         self.dirty_sessions.push(key.clone());
         self.changed = true;
@@ -456,8 +455,7 @@ impl Engine {
             session.expires_at.max(now.plus_ms(
                 (validity_max.max(1) as u64 + self.config.supervision_grace_s as u64) * 1000,
             ));
-        self.supervision
-            .push(Reverse((session.expires_at, key.clone())));
+        self.watch(session.expires_at, key);
         session.dirty = false;
         self.sessions.insert(key.clone(), session);
         self.mark(key);
@@ -497,6 +495,22 @@ impl Engine {
         // Logged with the answer: what a refund of this session may give back.
         self.closing = Some((session.account, session.charges));
         answer
+    }
+
+    /// Supervises a session from `at`. Entries of sessions that ended or
+    /// moved on are dropped lazily; when they outnumber the live sessions
+    /// the queue is rebuilt, so its memory follows the sessions open, not
+    /// the sessions of the last supervision period.
+    fn watch(&mut self, at: Timestamp, key: &SessionKey) {
+        self.supervision.push(Reverse((at, key.clone())));
+        if self.supervision.len() > 2 * self.sessions.len() + 4096 {
+            self.supervision = self
+                .sessions
+                .iter()
+                .map(|(k, s)| Reverse((s.expires_at, k.clone())))
+                .chain(std::iter::once(Reverse((at, key.clone()))))
+                .collect();
+        }
     }
 
     /// Releases the grants of sessions silent past their supervision time.
