@@ -348,6 +348,8 @@ pub enum InvalidInput {
     SweepOpId = 15,
     /// Closing an account whose buckets reservations still hold.
     CloseWithOpenReservations = 16,
+    /// An idempotency window of 0 ms.
+    WindowZero = 17,
 }
 
 impl InvalidInput {
@@ -370,6 +372,7 @@ impl InvalidInput {
             14 => WindowTooLong,
             15 => SweepOpId,
             16 => CloseWithOpenReservations,
+            17 => WindowZero,
             _ => return None,
         })
     }
@@ -394,6 +397,10 @@ impl std::fmt::Display for InvalidInput {
             ClosingIsFinal => "a closed account cannot change status",
             WindowTooLong => "idempotency window must be at most 7 days",
             SweepOpId => "sweeps use op id 0 and client operations a non-zero id",
+            // An op recorded in the same millisecond as a window of 0
+            // forgot everything up to it could not be told apart, on
+            // restore, from the ops that window forgot.
+            WindowZero => "idempotency window must be at least 1 ms",
             CloseWithOpenReservations => {
                 "an account cannot be closed while reservations hold its credit; settle or release them first"
             }

@@ -72,8 +72,26 @@ pub trait Machine: Send + Sized + 'static {
     /// Gives the machine a reader of its own durable log records.
     fn attach_log(&mut self, _reader: LogReader) {}
 
-    /// Snapshot writes for everything changed since the last checkpoint.
-    fn checkpoint(&mut self, now: Timestamp) -> Vec<SnapshotWrite>;
+    /// Begins a checkpoint of the state as it is now, cheaply: the
+    /// encoding is done by [`Machine::checkpoint_step`], and the machine
+    /// keeps what the checkpoint must write until then (copy on write).
+    /// Does nothing while an earlier checkpoint is not complete.
+    fn checkpoint_begin(&mut self, now: Timestamp);
+
+    /// Encodes up to about `budget` more entries of the checkpoint begun;
+    /// returns all its writes once it is complete (an empty list when none
+    /// was begun). The writer calls it between batches, so a checkpoint
+    /// never stalls requests for long.
+    fn checkpoint_step(&mut self, budget: usize) -> Option<Vec<SnapshotWrite>>;
+
+    /// Snapshot writes for everything changed since the last checkpoint,
+    /// begun and finished at once (after finishing one begun earlier).
+    fn checkpoint(&mut self, now: Timestamp) -> Vec<SnapshotWrite> {
+        let mut writes = self.checkpoint_step(usize::MAX).unwrap_or_default();
+        self.checkpoint_begin(now);
+        writes.extend(self.checkpoint_step(usize::MAX).unwrap_or_default());
+        writes
+    }
 
     /// Work of the checkpoint just taken that can run off the writer
     /// thread: the journal calls it on the snapshot thread and writes what
@@ -346,8 +364,11 @@ pub struct JournalStats {
     pub checkpoints: AtomicU64,
     /// Last durable log position.
     pub durable_lsn: AtomicU64,
-    /// Longest time the writer spent encoding one checkpoint, in µs.
-    pub checkpoint_encode_us_max: AtomicU64,
+    /// Longest time the writer paused at once for checkpoint work (beginning
+    /// one, or encoding a slice of it), in µs.
+    pub checkpoint_pause_us_max: AtomicU64,
+    /// Total time the writer spent on checkpoint work, in µs.
+    pub checkpoint_work_us: AtomicU64,
 }
 
 /// What recovery found and did.
@@ -569,6 +590,7 @@ impl<M: Machine> Journal<M> {
             checkpoint_busy: checkpoint_busy.clone(),
             records_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            pending: None,
         };
         threads.push(
             std::thread::Builder::new()
@@ -800,7 +822,15 @@ struct WriterLoop<M: Machine> {
     checkpoint_busy: Arc<AtomicBool>,
     records_since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// The checkpoint begun and still being encoded: the log position it
+    /// covers and its off-writer work.
+    pending: Option<(Lsn, Option<Deferred>)>,
 }
+
+/// Longest slice of checkpoint encoding the writer does between batches.
+const CHECKPOINT_SLICE: Duration = Duration::from_micros(250);
+/// Entries encoded between two looks at the clock.
+const CHECKPOINT_STEP_ENTRIES: usize = 128;
 
 impl<M: Machine> WriterLoop<M> {
     fn now(&mut self) -> Timestamp {
@@ -818,10 +848,16 @@ impl<M: Machine> WriterLoop<M> {
         loop {
             let mut replies: Vec<(Reply<M>, Vec<M::Response>)> = Vec::new();
             let mut applied = 0usize;
+            // A checkpoint being encoded goes on while no request comes.
+            let wait = if self.pending.is_some() {
+                Duration::from_millis(1)
+            } else {
+                tick
+            };
             let first = if shutting_down {
                 self.queue.try_recv().ok()
             } else {
-                match self.queue.recv_timeout(tick) {
+                match self.queue.recv_timeout(wait) {
                     Ok(s) => Some(s),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => {
@@ -874,7 +910,7 @@ impl<M: Machine> WriterLoop<M> {
                 if !self.config.checkpoint_on_shutdown {
                     return;
                 }
-                if !self.checkpoint_busy.load(Ordering::Acquire) {
+                if !self.checkpoint_busy.load(Ordering::Acquire) && self.pending.is_none() {
                     // Final checkpoint so the next start replays little.
                     if let Some(cp) = self.checkpoint(now) {
                         let _ = self.sync.send(Batch {
@@ -919,37 +955,69 @@ impl<M: Machine> WriterLoop<M> {
         self.records_since_checkpoint += 1;
     }
 
+    /// Begins a checkpoint and encodes it whole (at shutdown).
     fn checkpoint(&mut self, now: Timestamp) -> Option<Checkpoint> {
+        self.begin_checkpoint(now);
+        self.checkpoint_work(usize::MAX, None)
+    }
+
+    fn begin_checkpoint(&mut self, now: Timestamp) {
         let started = Instant::now();
-        let writes = self.machine.checkpoint(now);
-        let micros = started.elapsed().as_micros() as u64;
-        // The writer is paused while the changed state is encoded: this is
-        // the stall requests see, so it is measured and reported.
-        self.stats
-            .checkpoint_encode_us_max
-            .fetch_max(micros, Ordering::Relaxed);
-        let bytes: usize = writes
-            .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-            .sum();
-        tracing::debug!(
-            writes = writes.len(),
-            bytes,
-            micros,
-            "checkpoint encoded on the writer"
-        );
+        self.machine.checkpoint_begin(now);
+        let deferred = self.machine.checkpoint_background();
+        self.pending = Some((Lsn(self.batch.next_lsn().0 - 1), deferred));
         self.records_since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
-        let deferred = self.machine.checkpoint_background();
         self.checkpoint_busy.store(true, Ordering::Release);
+        self.note_pause(started);
+    }
+
+    /// Encodes more of the checkpoint begun, for at most `slice` (when
+    /// given); returns it once complete.
+    fn checkpoint_work(&mut self, entries: usize, slice: Option<Duration>) -> Option<Checkpoint> {
+        self.pending.as_ref()?;
+        let started = Instant::now();
+        let writes = loop {
+            if let Some(writes) = self.machine.checkpoint_step(entries) {
+                break Some(writes);
+            }
+            if slice.is_some_and(|s| started.elapsed() >= s) {
+                break None;
+            }
+        };
+        self.note_pause(started);
+        let writes = writes?;
+        let (lsn, deferred) = self.pending.take()?;
+        tracing::debug!(
+            writes = writes.len(),
+            lsn = lsn.0,
+            "checkpoint encoded between batches"
+        );
         Some(Checkpoint {
-            lsn: Lsn(self.batch.next_lsn().0 - 1),
+            lsn,
             writes,
             deferred,
         })
     }
 
+    /// Records how long the writer paused for checkpoint work: the stall
+    /// requests see, so it is measured and reported.
+    fn note_pause(&self, started: Instant) {
+        let micros = started.elapsed().as_micros() as u64;
+        self.stats
+            .checkpoint_pause_us_max
+            .fetch_max(micros, Ordering::Relaxed);
+        self.stats
+            .checkpoint_work_us
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+
     fn maybe_checkpoint(&mut self, now: Timestamp, shutting_down: bool) -> Option<Checkpoint> {
+        if self.pending.is_some() {
+            // At shutdown the checkpoint begun is finished at once.
+            let slice = (!shutting_down).then_some(CHECKPOINT_SLICE);
+            return self.checkpoint_work(CHECKPOINT_STEP_ENTRIES, slice);
+        }
         if shutting_down || self.checkpoint_busy.load(Ordering::Acquire) {
             return None;
         }
@@ -957,11 +1025,11 @@ impl<M: Machine> WriterLoop<M> {
             || (self.records_since_checkpoint > 0
                 && self.last_checkpoint.elapsed()
                     >= Duration::from_millis(self.config.checkpoint_interval_ms));
-        if due {
-            self.checkpoint(now)
-        } else {
-            None
+        if !due {
+            return None;
         }
+        self.begin_checkpoint(now);
+        self.checkpoint_work(CHECKPOINT_STEP_ENTRIES, Some(CHECKPOINT_SLICE))
     }
 }
 

@@ -175,8 +175,11 @@ pub(crate) struct Account {
     /// pointer instead of an empty `Vec`'s three words.
     #[allow(clippy::box_collection)]
     pub limits: Option<Box<Vec<Limit>>>,
-    /// Listed in [`Dirty::accounts`] since the last checkpoint.
-    pub dirty: bool,
+    /// The checkpoint epoch this account was last changed in
+    /// ([`Dirty::epoch`]); 0 when clean. An account marked with the epoch of
+    /// the checkpoint being encoded still holds the state that checkpoint
+    /// must write.
+    pub mark: u32,
 }
 
 impl Account {
@@ -386,33 +389,81 @@ impl ExpiryQueue {
 /// since the last checkpoint are not tracked at all (they are found by id
 /// range at checkpoint time), so a reservation that opens and closes between
 /// two checkpoints costs nothing here.
-#[derive(Default, Debug)]
+///
+/// A checkpoint is taken in two parts so the writer never stalls on it:
+/// [`Ledger::checkpoint_begin`] swaps the change lists out (O(1)) and the
+/// epoch on; [`Ledger::checkpoint_step`] encodes a slice of them at a time
+/// between batches. Until an entry is encoded, the first change to it
+/// encodes its old state first (copy on write, in [`touch`] and
+/// [`Dirty::reservation_changing`]), so the checkpoint is the state exactly
+/// as it was when it began.
+#[derive(Debug)]
 pub(crate) struct Dirty {
     pub accounts: Vec<AccountId>,
     pub reservations: IdSet<ReservationId>,
     pub ops: Vec<OpId>,
     /// Reservation ids from here on were issued after the last checkpoint.
     pub fresh_reservations_from: u64,
+    /// Accounts changed since the last checkpoint began carry this mark.
+    pub epoch: u32,
+    /// The checkpoint being encoded, if any.
+    pub pending: Option<Box<crate::snapshot::PendingCheckpoint>>,
+    /// Planted bug for the simulator's mutation runs: no copy on write.
+    pub no_copy: bool,
+}
+
+impl Default for Dirty {
+    fn default() -> Self {
+        Dirty {
+            accounts: Vec::new(),
+            reservations: IdSet::default(),
+            ops: Vec::new(),
+            fresh_reservations_from: 0,
+            epoch: 1,
+            pending: None,
+            no_copy: false,
+        }
+    }
 }
 
 impl Dirty {
-    fn reservation_changed(&mut self, id: ReservationId) {
-        if id.0 < self.fresh_reservations_from {
+    /// Call before a reservation is changed or removed: saves its state for
+    /// the checkpoint being encoded if that one still needs it, and marks it
+    /// for the next.
+    fn reservation_changing(
+        &mut self,
+        reservations: &IdMap<ReservationId, Reservation>,
+        id: ReservationId,
+    ) {
+        let current = reservations.get(&id);
+        if let Some(pending) = self.pending.as_mut() {
+            if !self.no_copy {
+                pending.save_reservation(id, current);
+            }
+        }
+        if current.is_some() && id.0 < self.fresh_reservations_from {
             self.reservations.insert(id);
         }
     }
 }
 
-/// Looks up an account for change and marks it for the next checkpoint.
+/// Looks up an account for change and marks it for the next checkpoint
+/// (saving its state first for the checkpoint being encoded, if that one
+/// still needs it).
 fn touch<'a>(
     accounts: &'a mut IdMap<AccountId, Account>,
-    dirty: &mut Vec<AccountId>,
+    dirty: &mut Dirty,
     id: &AccountId,
 ) -> Option<&'a mut Account> {
     let account = accounts.get_mut(id)?;
-    if !account.dirty {
-        account.dirty = true;
-        dirty.push(*id);
+    if account.mark != dirty.epoch {
+        if let Some(pending) = dirty.pending.as_mut() {
+            if account.mark == pending.epoch && !dirty.no_copy {
+                pending.save_account(*id, account);
+            }
+        }
+        account.mark = dirty.epoch;
+        dirty.accounts.push(*id);
     }
     Some(account)
 }
@@ -617,6 +668,9 @@ impl Ledger {
                 if *window_ms > WINDOW_MS_MAX {
                     return Err(LedgerError::Invalid(InvalidInput::WindowTooLong));
                 }
+                if *window_ms == 0 {
+                    return Err(LedgerError::Invalid(InvalidInput::WindowZero));
+                }
                 self.window_ms = *window_ms;
                 Ok(Outcome::WindowSet)
             }
@@ -630,8 +684,7 @@ impl Ledger {
     }
 
     fn account_mut(&mut self, id: AccountId) -> Result<&mut Account, LedgerError> {
-        touch(&mut self.accounts, &mut self.dirty.accounts, &id)
-            .ok_or(LedgerError::AccountNotFound(id))
+        touch(&mut self.accounts, &mut self.dirty, &id).ok_or(LedgerError::AccountNotFound(id))
     }
 
     fn create_account(
@@ -669,7 +722,7 @@ impl Ledger {
                 depth,
                 buckets: Vec::new(),
                 limits: None,
-                dirty: true,
+                mark: self.dirty.epoch,
             },
         );
         self.dirty.accounts.push(id);
@@ -1108,7 +1161,7 @@ impl Ledger {
             if left.is_zero() {
                 break;
             }
-            let Some(bucket) = touch(&mut self.accounts, &mut self.dirty.accounts, &owner)
+            let Some(bucket) = touch(&mut self.accounts, &mut self.dirty, &owner)
                 .and_then(|a| a.buckets.get_mut(index))
             else {
                 continue;
@@ -1125,8 +1178,8 @@ impl Ledger {
         self.scratch = scratch;
         debug_assert!(left.is_zero(), "plan promised more than the buckets hold");
         for capped in &plan.limit_accounts {
-            if let Some(limit) = touch(&mut self.accounts, &mut self.dirty.accounts, capped)
-                .and_then(|a| a.limit_mut(unit))
+            if let Some(limit) =
+                touch(&mut self.accounts, &mut self.dirty, capped).and_then(|a| a.limit_mut(unit))
             {
                 limit.held = Amount::from_nanos(limit.held.nanos() + grant.nanos());
             }
@@ -1181,11 +1234,11 @@ impl Ledger {
                 status: owner.status,
             });
         }
+        self.dirty.reservation_changing(&self.reservations, id);
         let mut reservation = self
             .reservations
             .remove(&id)
             .ok_or(LedgerError::ReservationNotFound(id))?;
-        self.dirty.reservation_changed(id);
         let mut debited = Holds::new();
         let mut left = used;
         for hold in reservation.holds.iter_mut() {
@@ -1198,7 +1251,7 @@ impl Ledger {
             }
             left = Amount::from_nanos(left.nanos() - take.nanos());
             hold.amount = Amount::from_nanos(hold.amount.nanos() - take.nanos());
-            if let Some(bucket) = touch(&mut self.accounts, &mut self.dirty.accounts, &hold.account)
+            if let Some(bucket) = touch(&mut self.accounts, &mut self.dirty, &hold.account)
                 .and_then(|a| a.bucket_mut(hold.bucket))
             {
                 bucket.held = Amount::from_nanos(bucket.held.nanos() - take.nanos());
@@ -1241,7 +1294,7 @@ impl Ledger {
             reservation.remaining = Amount::ZERO;
         }
         for capped in &reservation.limit_accounts {
-            if let Some(limit) = touch(&mut self.accounts, &mut self.dirty.accounts, capped)
+            if let Some(limit) = touch(&mut self.accounts, &mut self.dirty, capped)
                 .and_then(|a| a.limit_mut(reservation.unit))
             {
                 let freed = used.nanos() + released.nanos();
@@ -1267,7 +1320,7 @@ impl Ledger {
     /// Returns `amount` held on a bucket; credit released onto an expired
     /// bucket is forfeited at once.
     fn unhold(&mut self, now: Timestamp, owner: AccountId, bucket_id: BucketId, amount: Amount) {
-        let Some(account) = touch(&mut self.accounts, &mut self.dirty.accounts, &owner) else {
+        let Some(account) = touch(&mut self.accounts, &mut self.dirty, &owner) else {
             return;
         };
         let Some(bucket) = account.bucket_mut(bucket_id) else {
@@ -1282,7 +1335,7 @@ impl Ledger {
     /// Forfeits the free positive amount of an expired bucket and drops the
     /// bucket once nothing is left in or held on it.
     fn forfeit(&mut self, now: Timestamp, owner: AccountId, bucket_id: BucketId) {
-        let Some(account) = touch(&mut self.accounts, &mut self.dirty.accounts, &owner) else {
+        let Some(account) = touch(&mut self.accounts, &mut self.dirty, &owner) else {
             return;
         };
         let Some(index) = account.buckets.iter().position(|b| b.id == bucket_id) else {
@@ -1316,6 +1369,7 @@ impl Ledger {
     }
 
     fn release(&mut self, now: Timestamp, id: ReservationId) -> OpResult {
+        self.dirty.reservation_changing(&self.reservations, id);
         let reservation = self
             .reservations
             .remove(&id)
@@ -1325,20 +1379,21 @@ impl Ledger {
         })
     }
 
+    /// Undoes the holds of a reservation just removed (after
+    /// [`Dirty::reservation_changing`]).
     fn drop_reservation(
         &mut self,
         now: Timestamp,
         id: ReservationId,
         reservation: Reservation,
     ) -> Amount {
-        self.dirty.reservation_changed(id);
         self.by_account.remove(&(reservation.account, id));
         self.reservation_expiry.settle(&self.reservations);
         for hold in &reservation.holds {
             self.unhold(now, hold.account, hold.bucket, hold.amount);
         }
         for capped in &reservation.limit_accounts {
-            if let Some(limit) = touch(&mut self.accounts, &mut self.dirty.accounts, capped)
+            if let Some(limit) = touch(&mut self.accounts, &mut self.dirty, capped)
                 .and_then(|a| a.limit_mut(reservation.unit))
             {
                 limit.held =
@@ -1362,6 +1417,7 @@ impl Ledger {
                 break;
             }
             budget -= 1;
+            self.dirty.reservation_changing(&self.reservations, id);
             if let Some(reservation) = self.reservations.remove(&id) {
                 self.drop_reservation(now, id, reservation);
                 reservations += 1;
@@ -1376,7 +1432,7 @@ impl Ledger {
             }
             budget -= 1;
             self.bucket_expiry.remove(&(at, owner, bucket_id));
-            let found = touch(&mut self.accounts, &mut self.dirty.accounts, &owner)
+            let found = touch(&mut self.accounts, &mut self.dirty, &owner)
                 .and_then(|a| a.bucket_mut(bucket_id))
                 .map(|b| b.expired = true);
             if found.is_some() {

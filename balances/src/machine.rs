@@ -109,10 +109,10 @@ impl LedgerMachine {
         Ok(())
     }
 
-    /// Snapshot writes since the last checkpoint, but for the audit
-    /// entries, which [`LedgerMachine::audit_encoder`] hands off.
-    pub fn checkpoint_writes(&mut self, now: Timestamp) -> Vec<SnapshotWrite> {
-        self.ledger.checkpoint_state(&mut self.checkpoints, now)
+    /// Begins a checkpoint (see [`Ledger::checkpoint_begin`]); the audit
+    /// entries are handed off by [`LedgerMachine::audit_encoder`].
+    pub fn checkpoint_begin(&mut self, now: Timestamp) {
+        self.ledger.checkpoint_begin(&mut self.checkpoints, now);
     }
 
     /// The audit entries of the checkpoint just taken, to encode off the
@@ -180,8 +180,12 @@ impl Machine for LedgerMachine {
         self.replay_payload(now, payload)
     }
 
-    fn checkpoint(&mut self, now: Timestamp) -> Vec<SnapshotWrite> {
-        self.checkpoint_writes(now)
+    fn checkpoint_begin(&mut self, now: Timestamp) {
+        self.ledger.checkpoint_begin(&mut self.checkpoints, now);
+    }
+
+    fn checkpoint_step(&mut self, budget: usize) -> Option<Vec<SnapshotWrite>> {
+        self.ledger.checkpoint_step(budget)
     }
 
     fn checkpoint_background(&mut self) -> Option<crate::journal::Deferred> {

@@ -58,6 +58,55 @@ pub struct CheckpointState {
     pub op_blobs: Vec<(u64, Timestamp)>,
 }
 
+/// A checkpoint begun and not yet fully encoded: what is left to encode,
+/// and the writes so far (see [`Ledger::checkpoint_begin`]).
+#[derive(Debug)]
+pub(crate) struct PendingCheckpoint {
+    /// Accounts still marked with this epoch hold the state to write.
+    pub(crate) epoch: u32,
+    accounts: Vec<AccountId>,
+    /// Reservations issued before the previous checkpoint and changed
+    /// since: the list to walk, and those not yet written.
+    changed: Vec<ReservationId>,
+    changed_left: crate::ledger::IdSet<ReservationId>,
+    /// Reservations issued since the previous checkpoint not yet looked
+    /// at, and those saved ahead of the walk.
+    fresh_next: u64,
+    fresh_end: u64,
+    fresh_saved: crate::ledger::IdSet<ReservationId>,
+    writes: Vec<SnapshotWrite>,
+}
+
+impl PendingCheckpoint {
+    /// Writes an account's state (as it was when the checkpoint began).
+    pub(crate) fn save_account(&mut self, id: AccountId, a: &Account) {
+        let mut v = Vec::with_capacity(96);
+        encode_account(&mut v, a);
+        self.writes.push((key(K_ACCOUNT, id.0), Some(v)));
+    }
+
+    /// Writes a reservation's state before it changes, if this checkpoint
+    /// still needs it and has not written it.
+    pub(crate) fn save_reservation(&mut self, id: ReservationId, current: Option<&Reservation>) {
+        if self.changed_left.remove(&id) {
+            self.push_reservation(id, current);
+        } else if (self.fresh_next..self.fresh_end).contains(&id.0) && self.fresh_saved.insert(id) {
+            if let Some(res) = current {
+                self.push_reservation(id, Some(res));
+            }
+        }
+    }
+
+    fn push_reservation(&mut self, id: ReservationId, res: Option<&Reservation>) {
+        let value = res.map(|res| {
+            let mut v = Vec::with_capacity(96);
+            encode_reservation(&mut v, res);
+            v
+        });
+        self.writes.push((key(K_RESERVATION, id.0), value));
+    }
+}
+
 fn encode_account<S: Sink>(s: &mut S, a: &Account) {
     s.bool(a.parent.is_some());
     s.u64(a.parent.map_or(0, |p| p.0));
@@ -155,7 +204,7 @@ fn decode_account(r: &mut Reader<'_>) -> Result<Account, DecodeError> {
         });
     }
     Ok(Account {
-        dirty: false,
+        mark: 0,
         parent: has_parent.then_some(parent),
         status,
         draws_on_parent,
@@ -328,50 +377,49 @@ impl Ledger {
     }
 
     /// [`Ledger::checkpoint`] without the audit entries (see
-    /// [`Ledger::take_audit_encoder`]).
+    /// [`Ledger::take_audit_encoder`]), begun and finished at once.
     pub fn checkpoint_state(
         &mut self,
         state: &mut CheckpointState,
         now: Timestamp,
     ) -> Vec<SnapshotWrite> {
+        // One begun earlier is finished first; its writes come before.
+        let mut writes = self.checkpoint_step(usize::MAX).unwrap_or_default();
+        self.checkpoint_begin(state, now);
+        writes.extend(self.checkpoint_step(usize::MAX).unwrap_or_default());
+        writes
+    }
+
+    /// Begins a checkpoint of the state as it is now and resets the change
+    /// tracking, in O(1) but for the op ids recorded since the last one
+    /// (encoded now: they may be forgotten before a later step). The rest
+    /// is encoded by [`Ledger::checkpoint_step`]; until then the first
+    /// change to an entry not yet encoded saves its old state. Does nothing
+    /// while another checkpoint is being encoded.
+    pub fn checkpoint_begin(&mut self, state: &mut CheckpointState, now: Timestamp) {
+        if self.dirty.pending.is_some() {
+            return;
+        }
         // Forgetting expired op ids is a pure function of time; doing it here
         // makes the snapshot hold exactly the ids the live ledger holds.
         self.evict_ops(now);
-        let mut writes = Vec::new();
         let fresh_from = self.dirty.fresh_reservations_from;
+        let epoch = self.dirty.epoch;
+        let next_epoch = match epoch.wrapping_add(1) {
+            0 => 1,
+            e => e,
+        };
+        let no_copy = self.dirty.no_copy;
         let dirty = std::mem::replace(
             &mut self.dirty,
             crate::ledger::Dirty {
                 fresh_reservations_from: self.next_reservation,
+                epoch: next_epoch,
+                no_copy,
                 ..Default::default()
             },
         );
-        for id in dirty.accounts {
-            let value = self.accounts.get_mut(&id).map(|a| {
-                a.dirty = false;
-                let mut v = Vec::with_capacity(96);
-                encode_account(&mut v, a);
-                v
-            });
-            writes.push((key(K_ACCOUNT, id.0), value));
-        }
-        // Changed reservations issued before the last checkpoint: put or delete.
-        for id in dirty.reservations {
-            let value = self.reservations.get(&id).map(|res| {
-                let mut v = Vec::with_capacity(96);
-                encode_reservation(&mut v, res);
-                v
-            });
-            writes.push((key(K_RESERVATION, id.0), value));
-        }
-        // Reservations issued since: only those still open were ever stored.
-        for raw in fresh_from..self.next_reservation {
-            if let Some(res) = self.reservations.get(&ReservationId(raw)) {
-                let mut v = Vec::with_capacity(96);
-                encode_reservation(&mut v, res);
-                writes.push((key(K_RESERVATION, raw), Some(v)));
-            }
-        }
+        let mut writes = Vec::new();
         // Op ids: one blob per checkpoint with the entries added since the
         // previous one that are still remembered.
         let mut blob = Vec::new();
@@ -408,7 +456,82 @@ impl Ledger {
         meta.u64(self.reservations.len() as u64);
         writes.push((vec![NS, K_META], Some(meta)));
         state.seq += 1;
-        writes
+        let changed: Vec<ReservationId> = dirty.reservations.iter().copied().collect();
+        self.dirty.pending = Some(Box::new(PendingCheckpoint {
+            epoch,
+            accounts: dirty.accounts,
+            changed,
+            changed_left: dirty.reservations,
+            fresh_next: fresh_from,
+            fresh_end: self.next_reservation,
+            fresh_saved: Default::default(),
+            writes,
+        }));
+    }
+
+    /// Encodes up to about `budget` more entries of the checkpoint begun;
+    /// returns all its writes once it is complete (at once when none was
+    /// begun: an empty list).
+    pub fn checkpoint_step(&mut self, budget: usize) -> Option<Vec<SnapshotWrite>> {
+        let Some(mut p) = self.dirty.pending.take() else {
+            return Some(Vec::new());
+        };
+        let mut left = budget;
+        while left > 0 {
+            let Some(id) = p.accounts.pop() else {
+                break;
+            };
+            left -= 1;
+            if let Some(a) = self.accounts.get_mut(&id) {
+                // Marked with a later epoch: saved when it changed.
+                if a.mark == p.epoch {
+                    p.save_account(id, a);
+                    a.mark = 0;
+                }
+            }
+        }
+        while left > 0 {
+            let Some(id) = p.changed.pop() else {
+                break;
+            };
+            left -= 1;
+            let current = self.reservations.get(&id);
+            p.save_reservation(id, current);
+        }
+        // Reservations issued since the last checkpoint: only those open
+        // when this one began are stored (most never are).
+        while left > 0 && p.fresh_next < p.fresh_end {
+            let id = ReservationId(p.fresh_next);
+            p.fresh_next += 1;
+            if p.fresh_saved.remove(&id) {
+                continue;
+            }
+            if let Some(res) = self.reservations.get(&id) {
+                left -= 1;
+                p.push_reservation(id, Some(res));
+            } else if p.fresh_next % 8 == 0 {
+                left -= 1;
+            }
+        }
+        let done = p.accounts.is_empty() && p.changed.is_empty() && p.fresh_next >= p.fresh_end;
+        if done {
+            Some(p.writes)
+        } else {
+            self.dirty.pending = Some(p);
+            None
+        }
+    }
+
+    /// True while a checkpoint begun is not yet fully encoded.
+    pub fn checkpoint_pending(&self) -> bool {
+        self.dirty.pending.is_some()
+    }
+
+    /// Planted bug for the simulator's mutation runs: changes during an
+    /// incremental checkpoint no longer save the state it must write.
+    #[doc(hidden)]
+    pub fn plant_checkpoint_without_copy(&mut self) {
+        self.dirty.no_copy = true;
     }
 
     /// Every key of a full snapshot of the current state (used by tests to
@@ -418,17 +541,22 @@ impl Ledger {
         state: &mut CheckpointState,
         now: Timestamp,
     ) -> Vec<SnapshotWrite> {
+        // Finish a checkpoint begun first, so every account is marked anew.
+        let earlier = self.checkpoint_step(usize::MAX).unwrap_or_default();
         let accounts: Vec<AccountId> = self.accounts.keys().copied().collect();
+        let epoch = self.dirty.epoch;
         for id in &accounts {
             if let Some(a) = self.accounts.get_mut(id) {
-                a.dirty = true;
+                a.mark = epoch;
             }
         }
         self.dirty.accounts = accounts;
         let reservations: Vec<ReservationId> = self.reservations.keys().copied().collect();
         self.dirty.reservations.extend(reservations);
         self.dirty.ops = self.op_order.iter().map(|(_, op)| *op).collect();
-        self.checkpoint(state, now)
+        let mut writes = earlier;
+        writes.extend(self.checkpoint(state, now));
+        writes
     }
 
     /// Rebuilds a ledger from snapshot pairs (any order), returning it with

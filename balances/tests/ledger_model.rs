@@ -17,7 +17,9 @@
 //! * `check_invariants()`, and no bucket below its credit limit;
 //! * per commit: debited == used ≤ what the reservation still held, and the
 //!   total committed on a reservation never exceeds what was granted;
-//! * snapshots (full, or incremental into a store) restore to an equal ledger.
+//! * snapshots (full, or incremental into a store) restore to an equal ledger;
+//!   one encoded a slice at a time while operations go on restores to the
+//!   ledger as it was when it began.
 //!
 //! The model is written from the documented semantics, independently of the
 //! ledger's data structures (draw order by an explicit sort, flat maps).
@@ -27,7 +29,7 @@ use proptest::sample::Index;
 use reckon_balances::ledger::{
     BUCKETS_PER_ACCOUNT_MAX, DEPTH_MAX, WINDOW_MS_DEFAULT, WINDOW_MS_MAX,
 };
-use reckon_balances::snapshot::CheckpointState;
+use reckon_balances::snapshot::{CheckpointState, SnapshotWrite};
 use reckon_balances::{
     AccountId, AccountStatus, Amount, AuditEntry, AuditKind, BucketId, BucketSpec, Command,
     CreditKind, Hold, InvalidInput, Ledger, LedgerError, OpId, OpResult, Operation, Outcome,
@@ -352,6 +354,9 @@ impl Model {
             Command::SetIdempotencyWindow { window_ms } => {
                 if *window_ms > WINDOW_MS_MAX {
                     return Err(LedgerError::Invalid(InvalidInput::WindowTooLong));
+                }
+                if *window_ms == 0 {
+                    return Err(LedgerError::Invalid(InvalidInput::WindowZero));
                 }
                 self.window_ms = *window_ms;
                 Ok(Outcome::WindowSet)
@@ -1145,8 +1150,11 @@ enum Step {
     Window {
         ms: u64,
     },
+    /// 0: a full snapshot; 1: an incremental one at once; 2: an
+    /// incremental one begun now and encoded a few entries per later step
+    /// while operations go on.
     Snapshot {
-        incremental: bool,
+        mode: u8,
     },
 }
 
@@ -1247,7 +1255,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(account, unit, cap)| Step::Cap { account, unit, cap }),
         2 => grant_plan().prop_map(Step::Grant),
         1 => prop_oneof![0u64..=60_000, Just(WINDOW_MS_MAX + 1)].prop_map(|ms| Step::Window { ms }),
-        2 => any::<bool>().prop_map(|incremental| Step::Snapshot { incremental }),
+        3 => (0u8..3).prop_map(|mode| Step::Snapshot { mode }),
     ]
 }
 
@@ -1270,6 +1278,9 @@ struct Run {
     checkpoint: CheckpointState,
     /// The idempotency window grew since the store was started.
     window_grew_since_store: bool,
+    /// While an interleaved checkpoint is being encoded: the operations
+    /// applied since it began (replayed onto its restore to check it).
+    interleaved: Option<Vec<(Timestamp, Operation)>>,
     /// Sum of every audit delta so far, per unit.
     audit_totals: BTreeMap<Unit, i128>,
     checks: Counters,
@@ -1284,6 +1295,7 @@ struct Differences {
 
 #[derive(Default, Debug)]
 struct Counters {
+    interleaved: usize,
     reserved: usize,
     committed: usize,
     expired: usize,
@@ -1305,6 +1317,7 @@ impl Run {
             store: BTreeMap::new(),
             checkpoint: CheckpointState::default(),
             window_grew_since_store: false,
+            interleaved: None,
             audit_totals: BTreeMap::new(),
             checks: Counters::default(),
         }
@@ -1347,6 +1360,9 @@ impl Run {
         };
         let window_before = self.model.window_ms;
         let got = self.ledger.apply(now, &op);
+        if let Some(since) = self.interleaved.as_mut() {
+            since.push((now, op.clone()));
+        }
         let (want, executed) = self.model.apply(now, &op);
         if self.model.window_ms > window_before {
             self.window_grew_since_store = true;
@@ -1569,6 +1585,13 @@ impl Run {
     }
 
     fn step(&mut self, s: &Step) -> Result<(), TestCaseError> {
+        if self.interleaved.is_some() {
+            // A slice of the checkpoint being encoded, between operations.
+            let budget = 1 + self.checks.snapshots % 3;
+            if let Some(writes) = self.ledger.checkpoint_step(budget) {
+                self.finish_interleaved(writes)?;
+            }
+        }
         match s {
             Step::Credit {
                 account,
@@ -1713,7 +1736,20 @@ impl Run {
             Step::Window { ms } => {
                 self.client(Command::SetIdempotencyWindow { window_ms: *ms })?;
             }
-            Step::Snapshot { incremental } => self.snapshot(*incremental)?,
+            Step::Snapshot { mode } => {
+                if let Some(writes) = self
+                    .interleaved
+                    .is_some()
+                    .then(|| self.ledger.checkpoint_step(usize::MAX))
+                    .flatten()
+                {
+                    self.finish_interleaved(writes)?;
+                }
+                match mode {
+                    0 | 1 => self.snapshot(*mode == 1)?,
+                    _ => self.begin_interleaved()?,
+                }
+            }
         }
         Ok(())
     }
@@ -1746,6 +1782,47 @@ impl Run {
         d.extra_ops.dedup();
         d.missing_ops.dedup();
         d
+    }
+
+    /// Begins a checkpoint to be encoded a slice per step.
+    fn begin_interleaved(&mut self) -> Result<(), TestCaseError> {
+        self.checks.snapshots += 1;
+        self.apply(Operation {
+            op: OpId::SERVER,
+            command: Command::Sweep,
+        })?;
+        self.ledger.checkpoint_begin(&mut self.checkpoint, self.now);
+        self.interleaved = Some(Vec::new());
+        Ok(())
+    }
+
+    /// (f') A checkpoint encoded while operations changed the ledger is the
+    /// state as it was when it began: its restore, with the operations
+    /// since replayed, equals the live ledger.
+    fn finish_interleaved(&mut self, writes: Vec<SnapshotWrite>) -> Result<(), TestCaseError> {
+        let since = self.interleaved.take().unwrap_or_default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => self.store.insert(k, v),
+                None => self.store.remove(&k),
+            };
+        }
+        let (mut restored, state) =
+            Ledger::restore(self.store.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+                .map_err(|e| TestCaseError::fail(format!("restore: {e}")))?;
+        prop_assert_eq!(state.seq, self.checkpoint.seq);
+        for (at, op) in &since {
+            let _ = restored.apply(*at, op);
+        }
+        if restored.state_digest() != self.ledger.state_digest() {
+            let d = self.differences(&restored);
+            return Err(TestCaseError::fail(format!(
+                "checkpoint encoded while {} operations ran, restored and replayed, differs: {d:?}; operations since it began: {since:?}",
+                since.len()
+            )));
+        }
+        self.checks.interleaved += 1;
+        Ok(())
     }
 
     /// (f) A snapshot restores to an equal ledger, which then carries on.
@@ -1884,6 +1961,7 @@ fn generated_runs_exercise_every_path() {
         total.retries += c.retries;
         total.reused += c.reused;
         total.snapshots += c.snapshots;
+        total.interleaved += c.interleaved;
     }
     assert!(total.reserved > 0, "{total:?}");
     assert!(total.committed > 0, "{total:?}");
@@ -1891,6 +1969,7 @@ fn generated_runs_exercise_every_path() {
     assert!(total.retries > 0, "{total:?}");
     assert!(total.reused > 0, "{total:?}");
     assert!(total.snapshots > 0, "{total:?}");
+    assert!(total.interleaved > 0, "{total:?}");
 }
 
 /// Op ids the live ledger has forgotten must stay forgotten after a restore,

@@ -1984,6 +1984,20 @@ fn op_ids_are_forgotten_after_the_window() {
         }),
         Ok(Outcome::WindowSet)
     );
+    // And at least 1 ms: a window of 0 would forget, in the same
+    // millisecond, ops a restore could not tell from those recorded after.
+    assert_eq!(
+        f.apply(Command::SetIdempotencyWindow { window_ms: 0 }),
+        Err(LedgerError::Invalid(InvalidInput::WindowZero))
+    );
+    assert_eq!(
+        f.apply_as(OpId(500), Fixture::credit_cmd(ROOT, USD, u(6))),
+        Ok(Outcome::BalanceChanged {
+            bucket: wallet,
+            balance: u(116)
+        }),
+        "the window of 7 days still holds: a retry gets its first answer"
+    );
     f.check();
 }
 

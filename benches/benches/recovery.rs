@@ -78,7 +78,7 @@ fn main() {
                 now,
                 &Operation {
                     op: OpId(u128::MAX),
-                    command: Command::SetIdempotencyWindow { window_ms: 0 },
+                    command: Command::SetIdempotencyWindow { window_ms: 1 },
                 },
             )
             .unwrap();

@@ -210,10 +210,13 @@ async fn accept_loop(
     let mut tasks = tokio::task::JoinSet::new();
     let health = journal.health();
     let mut health_check = tokio::time::interval(Duration::from_millis(50));
+    let mut stats_tick = tokio::time::interval(STATS_LOG_EVERY);
+    stats_tick.tick().await;
     let mut fatal = None;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
+            _ = stats_tick.tick() => log_journal_stats(journal.stats()),
             _ = health_check.tick() => {
                 if let Some(why) = health.failure() {
                     tracing::error!(reason = %why, "the journal failed: nothing more can be acknowledged; stopping so a restart recovers from the log");
@@ -273,12 +276,33 @@ async fn accept_loop(
         requests = shared.requests.load(Ordering::Relaxed),
         "flushing and checkpointing"
     );
+    log_journal_stats(journal.stats());
     let _ = tokio::task::spawn_blocking(move || journal.shutdown()).await;
     tracing::info!("stopped");
     match fatal {
         Some(why) => Err(format!("journal failed: {why}")),
         None => Ok(()),
     }
+}
+
+/// How often the server logs what its journal did.
+const STATS_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs the journal's counters: what an operator checks first when
+/// latency moves (syncs and records per sync, checkpoint pauses).
+fn log_journal_stats(stats: &reckon_balances::journal::JournalStats) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    tracing::info!(
+        requests = get(&stats.requests),
+        records = get(&stats.records),
+        syncs = get(&stats.syncs),
+        records_per_sync_max = get(&stats.records_per_sync_max),
+        checkpoints = get(&stats.checkpoints),
+        checkpoint_pause_us_max = get(&stats.checkpoint_pause_us_max),
+        checkpoint_work_ms = get(&stats.checkpoint_work_us) / 1000,
+        durable_lsn = get(&stats.durable_lsn),
+        "journal"
+    );
 }
 
 fn error_frame(request_id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {

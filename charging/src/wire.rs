@@ -318,6 +318,7 @@ pub fn admin_code(e: &LedgerError) -> AdminCode {
             InvalidInput::WindowTooLong => AdminCode::WINDOW_TOO_LONG,
             InvalidInput::SweepOpId => AdminCode::SWEEP_OP_ID,
             InvalidInput::CloseWithOpenReservations => AdminCode::CLOSE_WITH_OPEN_RESERVATIONS,
+            InvalidInput::WindowZero => AdminCode::WINDOW_ZERO,
         },
     }
 }

@@ -178,6 +178,8 @@ code_table! {
         SWEEP_OP_ID = 115,
         /// Closing an account while reservations still hold its credit.
         CLOSE_WITH_OPEN_RESERVATIONS = 116,
+        /// An idempotency window of 0 ms.
+        WINDOW_ZERO = 117,
     }
 }
 

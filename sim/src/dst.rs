@@ -51,17 +51,21 @@ pub enum Mutation {
     AnswersBeforeAuthorisation,
     /// Let an organisation refund without a recorded debit.
     RefundWithoutCharge,
+    /// Change state during an incremental checkpoint without saving what
+    /// the checkpoint must still write.
+    CheckpointWithoutCopy,
 }
 
 impl Mutation {
     /// Every mutation, with the name `--mutation` takes.
-    pub const ALL: [(Mutation, &'static str); 3] = [
+    pub const ALL: [(Mutation, &'static str); 4] = [
         (Mutation::ReplyBeforeSync, "reply-before-sync"),
         (
             Mutation::AnswersBeforeAuthorisation,
             "answers-before-authorisation",
         ),
         (Mutation::RefundWithoutCharge, "refund-without-charge"),
+        (Mutation::CheckpointWithoutCopy, "checkpoint-without-copy"),
     ];
 
     /// The mutation named `name`.
@@ -82,6 +86,7 @@ impl Mutation {
             Mutation::ReplyBeforeSync => None,
             Mutation::AnswersBeforeAuthorisation => Some(PlantedBug::AnswersBeforeAuthorisation),
             Mutation::RefundWithoutCharge => Some(PlantedBug::RefundWithoutCharge),
+            Mutation::CheckpointWithoutCopy => Some(PlantedBug::CheckpointWithoutCopy),
         }
     }
 }
@@ -321,6 +326,8 @@ struct World {
     exchanges: Vec<Exchange>,
     sessions: Vec<ClientSession>,
     pending: Vec<Pending>,
+    /// The log length the checkpoint being encoded covers, if one is.
+    checkpoint_covers: Option<usize>,
     digest_at_len: HashMap<usize, (Timestamp, [u64; 4])>,
     totals: BTreeMap<Unit, i128>,
     /// Which organisation sent the request an audit entry names, and the
@@ -364,6 +371,7 @@ impl World {
             exchanges: Vec::new(),
             sessions: Vec::new(),
             pending: Vec::new(),
+            checkpoint_covers: None,
             digest_at_len: HashMap::new(),
             totals: BTreeMap::new(),
             refs: HashMap::new(),
@@ -614,10 +622,24 @@ impl World {
     }
 
     fn checkpoint(&mut self) -> Result<(), Violation> {
-        // The journal writes a checkpoint only after the records it covers
-        // are durable.
-        let writes = self.engine.checkpoint(self.now);
-        if !self.sync()? {
+        // As the journal's writer does: a checkpoint begins at a log
+        // position and is encoded a few entries at a time while requests
+        // go on changing the state it must write.
+        let covers = match self.checkpoint_covers {
+            Some(covers) => covers,
+            None => {
+                self.engine.checkpoint_begin(self.now);
+                self.checkpoint_covers = Some(self.disk.records.len());
+                self.disk.records.len()
+            }
+        };
+        let budget = 1 + self.rng.below(4) as usize;
+        let Some(writes) = self.engine.checkpoint_step(budget) else {
+            return Ok(());
+        };
+        self.checkpoint_covers = None;
+        // It lands only after the records it covers are durable.
+        if self.disk.synced < covers && !self.sync()? {
             return Ok(()); // the sync failed: this checkpoint never lands
         }
         for (k, v) in writes {
@@ -626,7 +648,7 @@ impl World {
                 None => self.disk.snapshot.remove(&k),
             };
         }
-        self.disk.snapshot_len = self.disk.synced;
+        self.disk.snapshot_len = covers;
         self.report.checkpoints += 1;
         Ok(())
     }
@@ -637,6 +659,8 @@ impl World {
         self.disk.records.truncate(self.disk.synced);
         self.disk.publish();
         self.pending.clear();
+        // A checkpoint being encoded dies with the process.
+        self.checkpoint_covers = None;
         // Money moved by records the crash lost moved back.
         while let Some((at, key, debit, refund)) = self.flow_log.last().cloned() {
             if at <= self.disk.synced {

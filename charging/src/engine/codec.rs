@@ -403,7 +403,7 @@ pub(super) fn decode_session(r: &mut Reader<'_>) -> Result<Session, DecodeError>
         grants,
         expires_at,
         charges: decode_charges(r)?,
-        dirty: false,
+        mark: 0,
     })
 }
 

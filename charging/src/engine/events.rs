@@ -106,7 +106,7 @@ impl Engine {
             grants: Vec::new(),
             expires_at: now,
             charges: Vec::new(),
-            dirty: false,
+            mark: 0,
         };
         // All services or none: check every cost first.
         let mut need: Vec<(Unit, Option<ServiceId>, Amount)> = Vec::new();

@@ -64,6 +64,9 @@ pub enum PlantedBug {
     AnswersBeforeAuthorisation,
     /// Let an organisation refund without a recorded charge.
     RefundWithoutCharge,
+    /// Change state during an incremental checkpoint without saving what
+    /// the checkpoint must still write.
+    CheckpointWithoutCopy,
 }
 
 /// The credit-control engine with its ledger.
@@ -75,6 +78,10 @@ pub struct Engine {
     sessions: HashMap<SessionKey, Session>,
     supervision: BinaryHeap<Reverse<(Timestamp, SessionKey)>>,
     dirty_sessions: Vec<SessionKey>,
+    /// Sessions changed since the last checkpoint began carry this mark.
+    session_epoch: u32,
+    /// The checkpoint begun and not yet encoded, if any.
+    pending: Option<Box<persist::PendingCheckpoint>>,
     /// Where remembered answers are in the log.
     answers: answers::AnswerIndex,
     /// Remembered records not yet durable (all of them with no log).
@@ -141,6 +148,8 @@ impl Engine {
             sessions: HashMap::new(),
             supervision: BinaryHeap::new(),
             dirty_sessions: Vec::new(),
+            session_epoch: 1,
+            pending: None,
             answers: answers::AnswerIndex::default(),
             recent: answers::RecentRecords::default(),
             log: None,
@@ -168,6 +177,9 @@ impl Engine {
     #[doc(hidden)]
     pub fn plant(&mut self, bug: Option<PlantedBug>) {
         self.planted = bug;
+        if bug == Some(PlantedBug::CheckpointWithoutCopy) {
+            self.ledger.ledger.plant_checkpoint_without_copy();
+        }
     }
 
     /// Number of answers remembered for retransmissions.

@@ -4,6 +4,34 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// A checkpoint begun and not yet fully encoded: the sessions left to
+/// write, those written, the ledger's part once complete, and the writes
+/// so far.
+pub(super) struct PendingCheckpoint {
+    /// Sessions still marked with this epoch hold the state to write.
+    pub(super) epoch: u32,
+    keys: Vec<SessionKey>,
+    saved: HashSet<SessionKey>,
+    ledger: Option<Vec<SnapshotWrite>>,
+    writes: Vec<SnapshotWrite>,
+}
+
+impl PendingCheckpoint {
+    /// Writes a session's state as it was when the checkpoint began
+    /// (`None`: it did not exist), once.
+    pub(super) fn save_session(&mut self, key: &SessionKey, session: Option<&Session>) {
+        if !self.saved.insert(key.clone()) {
+            return;
+        }
+        let value = session.map(|s| {
+            let mut v = Vec::new();
+            encode_session(&mut v, s);
+            v
+        });
+        self.writes.push((session_key(b's', key), value));
+    }
+}
+
 impl Machine for Engine {
     type Request = EngineRequest;
     type Response = EngineResponse;
@@ -154,22 +182,19 @@ impl Machine for Engine {
         self.recent.bound(answers::RECENT_BYTES_MAX);
     }
 
-    fn checkpoint(&mut self, now: Timestamp) -> Vec<SnapshotWrite> {
+    fn checkpoint_begin(&mut self, now: Timestamp) {
+        if self.pending.is_some() {
+            return;
+        }
         let window = self.config.answer_window_ms;
         self.answers.forget(now, window);
-        let mut writes = self.ledger.checkpoint_writes(now);
-        for key in std::mem::take(&mut self.dirty_sessions) {
-            let k = session_key(b's', &key);
-            match self.sessions.get_mut(&key) {
-                Some(session) => {
-                    session.dirty = false;
-                    let mut v = Vec::new();
-                    encode_session(&mut v, session);
-                    writes.push((k, Some(v)));
-                }
-                None => writes.push((k, None)),
-            }
-        }
+        self.ledger.checkpoint_begin(now);
+        let epoch = self.session_epoch;
+        self.session_epoch = match epoch.wrapping_add(1) {
+            0 => 1,
+            e => e,
+        };
+        let mut writes = Vec::new();
         if self.rates_dirty {
             self.rates_dirty = false;
             let mut v = Vec::new();
@@ -190,7 +215,50 @@ impl Machine for Engine {
         meta.u64(self.checkpoint_seq);
         meta.time(self.answers.forgotten_up_to());
         writes.push((vec![ENGINE_TAG, b'0'], Some(meta)));
-        writes
+        self.pending = Some(Box::new(PendingCheckpoint {
+            epoch,
+            keys: std::mem::take(&mut self.dirty_sessions),
+            saved: HashSet::new(),
+            ledger: None,
+            writes,
+        }));
+    }
+
+    fn checkpoint_step(&mut self, budget: usize) -> Option<Vec<SnapshotWrite>> {
+        let Some(mut p) = self.pending.take() else {
+            return Some(Vec::new());
+        };
+        if p.ledger.is_none() {
+            p.ledger = self.ledger.ledger.checkpoint_step(budget);
+        }
+        let mut left = budget;
+        while left > 0 {
+            let Some(key) = p.keys.pop() else {
+                break;
+            };
+            left -= 1;
+            if p.saved.contains(&key) {
+                continue;
+            }
+            // A session still marked with this checkpoint's epoch holds
+            // the state to write; any other (or none) was absent when the
+            // checkpoint began, or it would have been saved as it changed.
+            match self.sessions.get_mut(&key) {
+                Some(session) if session.mark == p.epoch => {
+                    p.save_session(&key, Some(session));
+                    session.mark = 0;
+                }
+                _ => p.save_session(&key, None),
+            }
+        }
+        if p.keys.is_empty() {
+            if let Some(mut writes) = p.ledger.take() {
+                writes.append(&mut p.writes);
+                return Some(writes);
+            }
+        }
+        self.pending = Some(p);
+        None
     }
 
     fn checkpoint_background(&mut self) -> Option<reckon_balances::journal::Deferred> {

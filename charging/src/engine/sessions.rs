@@ -54,17 +54,35 @@ pub(super) struct Session {
     pub(super) expires_at: Timestamp,
     /// Usage collected so far (refundable once the session has ended).
     pub(super) charges: Vec<Charge>,
-    pub(super) dirty: bool,
+    /// The checkpoint epoch this session was last changed in; 0 when clean
+    /// (see [`Engine::take_session`]).
+    pub(super) mark: u32,
 }
 
 impl Engine {
+    /// Marks a session changed for the next checkpoint.
     pub(super) fn mark(&mut self, key: &SessionKey) {
         if let Some(s) = self.sessions.get_mut(key) {
-            if !s.dirty {
-                s.dirty = true;
+            if s.mark != self.session_epoch {
+                s.mark = self.session_epoch;
                 self.dirty_sessions.push(key.clone());
             }
         }
+    }
+
+    /// Takes a session out to change or end it. While a checkpoint is being
+    /// encoded, a session it must still write is written first, as it was
+    /// when the checkpoint began (copy on write).
+    pub(super) fn take_session(&mut self, key: &SessionKey) -> Option<Session> {
+        let session = self.sessions.remove(key)?;
+        if let Some(pending) = self.pending.as_mut() {
+            if session.mark == pending.epoch
+                && self.planted != Some(PlantedBug::CheckpointWithoutCopy)
+            {
+                pending.save_session(key, Some(&session));
+            }
+        }
+        Some(session)
     }
 
     pub(super) fn initial(
@@ -87,7 +105,7 @@ impl Engine {
             grants: Vec::new(),
             expires_at: now,
             charges: Vec::new(),
-            dirty: true,
+            mark: self.session_epoch,
         };
         let mut answers = Vec::with_capacity(ccr.services.len());
         let mut validity_max = 0u32;
@@ -413,7 +431,7 @@ impl Engine {
         if let Err(a) = self.check_sequence(key, ccr) {
             return a;
         }
-        let Some(mut session) = self.sessions.remove(key) else {
+        let Some(mut session) = self.take_session(key) else {
             return CreditControlAnswer::error(result_code::UNKNOWN_SESSION_ID);
         };
         self.changed = true;
@@ -456,7 +474,6 @@ impl Engine {
                 (validity_max.max(1) as u64 + self.config.supervision_grace_s as u64) * 1000,
             ));
         self.watch(session.expires_at, key);
-        session.dirty = false;
         self.sessions.insert(key.clone(), session);
         self.mark(key);
         answer
@@ -471,7 +488,7 @@ impl Engine {
         if let Err(a) = self.check_sequence(key, ccr) {
             return a;
         }
-        let Some(mut session) = self.sessions.remove(key) else {
+        let Some(mut session) = self.take_session(key) else {
             return CreditControlAnswer::error(result_code::UNKNOWN_SESSION_ID);
         };
         self.changed = true;
@@ -525,7 +542,7 @@ impl Engine {
             if !silent {
                 continue;
             }
-            if let Some(mut session) = self.sessions.remove(&id) {
+            if let Some(mut session) = self.take_session(&id) {
                 self.cause = request_ref(id.0, &id.1, u32::MAX);
                 self.release_grants(now, &mut session.grants);
                 self.cause = OpId::SERVER;
