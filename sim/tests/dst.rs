@@ -127,3 +127,8 @@ fn looking_answers_up_before_authorising_is_caught() {
 fn a_refund_without_a_recorded_debit_is_caught() {
     planted_bug_is_caught(Mutation::RefundWithoutCharge);
 }
+
+#[test]
+fn a_checkpoint_that_does_not_save_entries_before_they_change_is_caught() {
+    planted_bug_is_caught(Mutation::CheckpointWithoutCopy);
+}
