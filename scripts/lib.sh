@@ -12,7 +12,7 @@ build_release() {
 # sets RECKON_PID and RECKON_ADDR.
 start_reckon() {
     local data=$1 log=$2
-    RECKON_LOG=${RECKON_LOG:-warn} "$RECKON" serve --data-dir "$data" --listen 127.0.0.1:0 2>"$log" &
+    RECKON_LOG=${RECKON_LOG:-warn,reckon_charging::server=info} "$RECKON" serve --data-dir "$data" --listen 127.0.0.1:0 2>"$log" &
     RECKON_PID=$!
     RECKON_ADDR=
     for _ in $(seq 1 600); do

@@ -218,6 +218,10 @@ pub(crate) struct OpEntry {
     pub digest: u64,
     pub at: Timestamp,
     pub result: OpResult,
+    /// The checkpoint epoch it was recorded in ([`Dirty::epoch`]; 0 when
+    /// restored): a checkpoint writes only the entries of its own epoch,
+    /// not one recorded again (after it was forgotten) since it began.
+    pub epoch: u32,
 }
 
 /// What kind of change an audit entry records.
@@ -401,7 +405,8 @@ impl ExpiryQueue {
 pub(crate) struct Dirty {
     pub accounts: Vec<AccountId>,
     pub reservations: IdSet<ReservationId>,
-    pub ops: Vec<OpId>,
+    /// Op ids recorded since the last checkpoint began, with when.
+    pub ops: Vec<(Timestamp, OpId)>,
     /// Reservation ids from here on were issued after the last checkpoint.
     pub fresh_reservations_from: u64,
     /// Accounts changed since the last checkpoint began carry this mark.
@@ -568,10 +573,11 @@ impl Ledger {
                 digest,
                 at: now,
                 result: result.clone(),
+                epoch: self.dirty.epoch,
             },
         );
         self.op_order.push_back((now, op.op));
-        self.dirty.ops.push(op.op);
+        self.dirty.ops.push((now, op.op));
         result
     }
 
@@ -607,6 +613,13 @@ impl Ledger {
         // shorter window than the one in force at the checkpoint.
         if let Some(bound) = now.0.checked_sub(self.window_ms) {
             self.ops_forgotten_below = self.ops_forgotten_below.max(Timestamp(bound + 1));
+        }
+        let due = self
+            .op_order
+            .front()
+            .is_some_and(|(at, _)| at.plus_ms(self.window_ms) <= now);
+        if let Some(pending) = self.dirty.pending.as_mut().filter(|_| due) {
+            pending.save_ops_before_eviction(&self.ops, self.window_ms, now);
         }
         while let Some(&(at, op)) = self.op_order.front() {
             if at.plus_ms(self.window_ms) > now {

@@ -64,6 +64,12 @@ pub struct CheckpointState {
 pub(crate) struct PendingCheckpoint {
     /// Accounts still marked with this epoch hold the state to write.
     pub(crate) epoch: u32,
+    /// Op ids recorded in the epoch, in the order recorded (so in time
+    /// order), the next to encode, the blob's key and the blob so far.
+    ops: Vec<(Timestamp, OpId)>,
+    ops_next: usize,
+    ops_blob: Option<Vec<u8>>,
+    blob: Vec<u8>,
     accounts: Vec<AccountId>,
     /// Reservations issued before the previous checkpoint and changed
     /// since: the list to walk, and those not yet written.
@@ -77,7 +83,40 @@ pub(crate) struct PendingCheckpoint {
     writes: Vec<SnapshotWrite>,
 }
 
+fn encode_op_entry(blob: &mut Vec<u8>, op: OpId, entry: &OpEntry) {
+    blob.op(op);
+    blob.u64(entry.digest);
+    blob.time(entry.at);
+    encode_result(blob, &entry.result);
+}
+
 impl PendingCheckpoint {
+    /// Before op ids are forgotten at `now`: encodes those this checkpoint
+    /// still needs (a prefix of its list, which is in time order).
+    pub(crate) fn save_ops_before_eviction(
+        &mut self,
+        ops: &crate::ledger::IdMap<OpId, OpEntry>,
+        window_ms: u64,
+        now: Timestamp,
+    ) {
+        while let Some(&(at, op)) = self.ops.get(self.ops_next) {
+            if at.plus_ms(window_ms) > now {
+                break;
+            }
+            if let Some(entry) = ops.get(&op).filter(|e| self.owns(at, e)) {
+                encode_op_entry(&mut self.blob, op, entry);
+            }
+            self.ops_next += 1;
+        }
+    }
+
+    /// True when `entry` is the one recorded at `at` in this epoch: an id
+    /// forgotten and recorded again is listed once per recording, and only
+    /// the recording still remembered is written.
+    fn owns(&self, at: Timestamp, entry: &OpEntry) -> bool {
+        entry.at == at && entry.epoch == self.epoch
+    }
+
     /// Writes an account's state (as it was when the checkpoint began).
     pub(crate) fn save_account(&mut self, id: AccountId, a: &Account) {
         let mut v = Vec::with_capacity(96);
@@ -421,22 +460,13 @@ impl Ledger {
         );
         let mut writes = Vec::new();
         // Op ids: one blob per checkpoint with the entries added since the
-        // previous one that are still remembered.
-        let mut blob = Vec::new();
-        let mut newest = Timestamp(0);
-        for op in &dirty.ops {
-            if let Some(entry) = self.ops.get(op) {
-                blob.op(*op);
-                blob.u64(entry.digest);
-                blob.time(entry.at);
-                encode_result(&mut blob, &entry.result);
-                newest = newest.max(entry.at);
-            }
-        }
-        if !blob.is_empty() {
-            writes.push((key(K_OPS, state.seq), Some(blob)));
-            state.op_blobs.push((state.seq, newest));
-        }
+        // previous one that are still remembered, encoded by the steps (an
+        // entry about to be forgotten first, see `evict_ops`). It is kept
+        // for the window after now, the newest an entry in it can be.
+        let ops_blob = (!dirty.ops.is_empty()).then(|| {
+            state.op_blobs.push((state.seq, now));
+            key(K_OPS, state.seq)
+        });
         let window = self.window_ms;
         state.op_blobs.retain(|(seq, newest)| {
             let keep = newest.plus_ms(window) > now;
@@ -459,6 +489,10 @@ impl Ledger {
         let changed: Vec<ReservationId> = dirty.reservations.iter().copied().collect();
         self.dirty.pending = Some(Box::new(PendingCheckpoint {
             epoch,
+            ops: dirty.ops,
+            ops_next: 0,
+            ops_blob,
+            blob: Vec::new(),
             accounts: dirty.accounts,
             changed,
             changed_left: dirty.reservations,
@@ -513,8 +547,25 @@ impl Ledger {
                 left -= 1;
             }
         }
-        let done = p.accounts.is_empty() && p.changed.is_empty() && p.fresh_next >= p.fresh_end;
+        while left > 0 && p.ops_next < p.ops.len() {
+            let (at, op) = p.ops[p.ops_next];
+            p.ops_next += 1;
+            left -= 1;
+            if let Some(entry) = self.ops.get(&op).filter(|e| p.owns(at, e)) {
+                encode_op_entry(&mut p.blob, op, entry);
+            }
+        }
+        let done = p.accounts.is_empty()
+            && p.changed.is_empty()
+            && p.fresh_next >= p.fresh_end
+            && p.ops_next >= p.ops.len();
         if done {
+            let mut p = *p;
+            if let Some(k) = p.ops_blob.take() {
+                // Possibly empty (every entry forgotten): it reads back as
+                // no entries and goes with the next checkpoint.
+                p.writes.push((k, Some(std::mem::take(&mut p.blob))));
+            }
             Some(p.writes)
         } else {
             self.dirty.pending = Some(p);
@@ -553,7 +604,10 @@ impl Ledger {
         self.dirty.accounts = accounts;
         let reservations: Vec<ReservationId> = self.reservations.keys().copied().collect();
         self.dirty.reservations.extend(reservations);
-        self.dirty.ops = self.op_order.iter().map(|(_, op)| *op).collect();
+        self.dirty.ops = self.op_order.iter().copied().collect();
+        for entry in self.ops.values_mut() {
+            entry.epoch = epoch;
+        }
         let mut writes = earlier;
         writes.extend(self.checkpoint(state, now));
         writes
@@ -604,7 +658,16 @@ impl Ledger {
                         let at = r.time()?;
                         let result = decode_result(&mut r)?;
                         newest = newest.max(at);
-                        ops.push((at, op, OpEntry { digest, at, result }));
+                        ops.push((
+                            at,
+                            op,
+                            OpEntry {
+                                digest,
+                                at,
+                                result,
+                                epoch: 0,
+                            },
+                        ));
                     }
                     state.op_blobs.push((seq, newest));
                 }
@@ -693,5 +756,60 @@ impl Ledger {
         d.u64(self.audit_seq);
         d.u64(self.window_ms);
         d.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, Operation};
+    use std::collections::BTreeMap;
+
+    fn op(id: u128, command: Command) -> Operation {
+        Operation {
+            op: OpId(id),
+            command,
+        }
+    }
+
+    fn create(account: u64) -> Command {
+        Command::CreateAccount {
+            account: AccountId(account),
+            parent: None,
+            draws_on_parent: false,
+        }
+    }
+
+    /// Found by the ledger model: an op id forgotten and recorded again in
+    /// the same epoch is listed twice; the checkpoint must still write an
+    /// older entry that is forgotten while it is being encoded.
+    #[test]
+    fn an_op_recorded_twice_in_one_epoch_does_not_hide_older_ones() {
+        let t = 1_000_000;
+        let mut ledger = Ledger::new();
+        let (a, b): (u128, u128) = (10, 11);
+        let window = op(1, Command::SetIdempotencyWindow { window_ms: 1000 });
+        assert!(ledger.apply(Timestamp(t), &window).is_ok());
+        assert!(ledger.apply(Timestamp(t + 1), &op(a, create(1))).is_ok());
+        assert!(ledger.apply(Timestamp(t + 500), &op(b, create(2))).is_ok());
+        // `a` forgotten at t + 1001, then recorded again.
+        assert!(ledger.apply(Timestamp(t + 1200), &op(a, create(3))).is_ok());
+        let mut state = CheckpointState::default();
+        ledger.checkpoint_begin(&mut state, Timestamp(t + 1300));
+        // `b` is forgotten before the checkpoint is encoded.
+        assert!(ledger
+            .apply(Timestamp(t + 1600), &op(20, create(4)))
+            .is_ok());
+        assert!(!ledger.is_known_op(OpId(b)));
+        let writes = ledger.checkpoint_step(usize::MAX).expect("complete");
+        let store: BTreeMap<Vec<u8>, Vec<u8>> = writes
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        let (restored, _) = Ledger::restore(store.iter()).expect("restore");
+        // As of t + 1300, both were remembered.
+        assert!(restored.is_known_op(OpId(b)));
+        assert!(restored.is_known_op(OpId(a)));
+        assert!(!restored.is_known_op(OpId(20)));
     }
 }

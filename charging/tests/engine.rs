@@ -708,7 +708,9 @@ fn the_journaled_engine_replays_to_the_same_state() {
     for i in 0..20u32 {
         if i == 12 {
             j.shutdown();
-            j = Journal::<Engine>::open(quiet.clone(), clock.clone()).unwrap().0;
+            j = Journal::<Engine>::open(quiet.clone(), clock.clone())
+                .unwrap()
+                .0;
         }
         now.store(T0 + i as u64 * 1000, Ordering::SeqCst);
         let s = format!("s{}", i % 4);

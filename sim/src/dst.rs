@@ -629,11 +629,18 @@ impl World {
             Some(covers) => covers,
             None => {
                 self.engine.checkpoint_begin(self.now);
-                self.checkpoint_covers = Some(self.disk.records.len());
+                // The checkpoint holds the state after these records as of
+                // now: what expired since they were written (op ids,
+                // answers) is not in it, so compare a restore from it with
+                // the live state at this later horizon.
+                let len = self.disk.records.len();
+                self.digest_at_len
+                    .insert(len, (self.now, self.engine.digest_parts_at(self.now)));
+                self.checkpoint_covers = Some(len);
                 self.disk.records.len()
             }
         };
-        let budget = 1 + self.rng.below(4) as usize;
+        let budget = 1 + self.rng.below(32) as usize;
         let Some(writes) = self.engine.checkpoint_step(budget) else {
             return Ok(());
         };

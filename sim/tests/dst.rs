@@ -18,6 +18,7 @@ fn a_sweep_of_seeds_finds_no_violation() {
     let mut acknowledged = 0;
     let mut hostile = 0;
     let mut clock_steps = 0;
+    let mut checkpoints = 0;
     let first = env("RECKON_DST_FIRST_SEED", 0);
     let seeds = env("RECKON_DST_SEEDS", 200);
     let steps = env("RECKON_DST_STEPS", 300);
@@ -32,9 +33,10 @@ fn a_sweep_of_seeds_finds_no_violation() {
         acknowledged += report.acknowledged;
         hostile += report.hostile;
         clock_steps += report.clock_steps;
+        checkpoints += report.checkpoints;
     }
-    // The sweep exercised what it claims to.
-    // The sweep exercised what it claims to (a crash is ~5 % of steps).
+    // The sweep exercised what it claims to (a crash is ~5 % of steps; a
+    // checkpoint, encoded over several steps, lands about once per 100).
     assert!(
         crashes >= seeds * steps / 50,
         "only {crashes} crashes in the sweep"
@@ -48,6 +50,10 @@ fn a_sweep_of_seeds_finds_no_violation() {
         "only {hostile} hostile requests"
     );
     assert!(clock_steps >= seeds / 2, "only {clock_steps} clock steps");
+    assert!(
+        checkpoints >= seeds * steps / 300,
+        "only {checkpoints} checkpoints landed"
+    );
 }
 
 #[test]

@@ -404,6 +404,7 @@ pub(super) fn decode_session(r: &mut Reader<'_>) -> Result<Session, DecodeError>
         expires_at,
         charges: decode_charges(r)?,
         mark: 0,
+        born: 0,
     })
 }
 

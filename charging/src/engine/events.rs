@@ -107,6 +107,7 @@ impl Engine {
             expires_at: now,
             charges: Vec::new(),
             mark: 0,
+            born: 0,
         };
         // All services or none: check every cost first.
         let mut need: Vec<(Unit, Option<ServiceId>, Amount)> = Vec::new();

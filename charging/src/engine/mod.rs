@@ -77,9 +77,11 @@ pub struct Engine {
     /// Open sessions, by organisation and id.
     sessions: HashMap<SessionKey, Session>,
     supervision: BinaryHeap<Reverse<(Timestamp, SessionKey)>>,
-    dirty_sessions: Vec<SessionKey>,
+    /// Sessions changed since the last checkpoint began: opened (true), or
+    /// changed or ended (false).
+    dirty_sessions: Vec<(SessionKey, bool)>,
     /// Sessions changed since the last checkpoint began carry this mark.
-    session_epoch: u32,
+    session_epoch: u64,
     /// The checkpoint begun and not yet encoded, if any.
     pending: Option<Box<persist::PendingCheckpoint>>,
     /// Where remembered answers are in the log.

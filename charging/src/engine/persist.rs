@@ -5,24 +5,24 @@
 use super::*;
 
 /// A checkpoint begun and not yet fully encoded: the sessions left to
-/// write, those written, the ledger's part once complete, and the writes
-/// so far.
+/// look at, those written as they changed, the ledger's part once
+/// complete, and the writes so far.
 pub(super) struct PendingCheckpoint {
     /// Sessions still marked with this epoch hold the state to write.
-    pub(super) epoch: u32,
-    keys: Vec<SessionKey>,
-    saved: HashSet<SessionKey>,
+    pub(super) epoch: u64,
+    /// Sessions opened (true) or changed or ended (false) in the epoch.
+    keys: Vec<(SessionKey, bool)>,
+    /// Sessions written before they changed (few: those open when the
+    /// checkpoint began and changed while it was encoded).
+    pub(super) saved_on_change: HashSet<SessionKey>,
     ledger: Option<Vec<SnapshotWrite>>,
     writes: Vec<SnapshotWrite>,
 }
 
 impl PendingCheckpoint {
     /// Writes a session's state as it was when the checkpoint began
-    /// (`None`: it did not exist), once.
+    /// (`None`: it did not exist).
     pub(super) fn save_session(&mut self, key: &SessionKey, session: Option<&Session>) {
-        if !self.saved.insert(key.clone()) {
-            return;
-        }
         let value = session.map(|s| {
             let mut v = Vec::new();
             encode_session(&mut v, s);
@@ -218,7 +218,7 @@ impl Machine for Engine {
         self.pending = Some(Box::new(PendingCheckpoint {
             epoch,
             keys: std::mem::take(&mut self.dirty_sessions),
-            saved: HashSet::new(),
+            saved_on_change: HashSet::new(),
             ledger: None,
             writes,
         }));
@@ -233,22 +233,31 @@ impl Machine for Engine {
         }
         let mut left = budget;
         while left > 0 {
-            let Some(key) = p.keys.pop() else {
+            let Some((key, opened)) = p.keys.pop() else {
                 break;
             };
             left -= 1;
-            if p.saved.contains(&key) {
-                continue;
-            }
-            // A session still marked with this checkpoint's epoch holds
-            // the state to write; any other (or none) was absent when the
-            // checkpoint began, or it would have been saved as it changed.
             match self.sessions.get_mut(&key) {
-                Some(session) if session.mark == p.epoch => {
-                    p.save_session(&key, Some(session));
-                    session.mark = 0;
+                // Open when the checkpoint began: its mark says whether it
+                // still holds the state to write (else that was written
+                // when it changed, or by an earlier entry).
+                Some(session) if session.born <= p.epoch => {
+                    if session.mark == p.epoch {
+                        p.save_session(&key, Some(session));
+                        session.mark = 0;
+                    }
                 }
-                _ => p.save_session(&key, None),
+                // Opened in the epoch and gone (or replaced) since: never in
+                // a checkpoint, or written when it ended.
+                _ if opened => {}
+                // A session the snapshot may hold changed or ended, and no
+                // session of that id was open when the checkpoint began,
+                // unless it was written as it ended.
+                _ => {
+                    if !p.saved_on_change.contains(&key) {
+                        p.save_session(&key, None);
+                    }
+                }
             }
         }
         if p.keys.is_empty() {

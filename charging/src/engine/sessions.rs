@@ -56,7 +56,10 @@ pub(super) struct Session {
     pub(super) charges: Vec<Charge>,
     /// The checkpoint epoch this session was last changed in; 0 when clean
     /// (see [`Engine::take_session`]).
-    pub(super) mark: u32,
+    pub(super) mark: u64,
+    /// The checkpoint epoch it opened in (0: restored). One that ends in
+    /// the epoch it opened in was never in a checkpoint.
+    pub(super) born: u64,
 }
 
 impl Engine {
@@ -65,8 +68,17 @@ impl Engine {
         if let Some(s) = self.sessions.get_mut(key) {
             if s.mark != self.session_epoch {
                 s.mark = self.session_epoch;
-                self.dirty_sessions.push(key.clone());
+                self.dirty_sessions.push((key.clone(), false));
             }
+        }
+    }
+
+    /// Notes that a session ended (it is no longer in the map).
+    pub(super) fn ended(&mut self, key: &SessionKey, session: &Session) {
+        // Opened since the last checkpoint began: no checkpoint holds it,
+        // so there is nothing to delete (most short sessions).
+        if session.born != self.session_epoch {
+            self.dirty_sessions.push((key.clone(), false));
         }
     }
 
@@ -80,6 +92,7 @@ impl Engine {
                 && self.planted != Some(PlantedBug::CheckpointWithoutCopy)
             {
                 pending.save_session(key, Some(&session));
+                pending.saved_on_change.insert(key.clone());
             }
         }
         Some(session)
@@ -106,6 +119,7 @@ impl Engine {
             expires_at: now,
             charges: Vec::new(),
             mark: self.session_epoch,
+            born: self.session_epoch,
         };
         let mut answers = Vec::with_capacity(ccr.services.len());
         let mut validity_max = 0u32;
@@ -124,7 +138,7 @@ impl Engine {
             now.plus_ms((validity_max as u64 + self.config.supervision_grace_s as u64) * 1000);
         self.watch(session.expires_at, key);
         self.sessions.insert(key.clone(), session);
-        self.dirty_sessions.push(key.clone());
+        self.dirty_sessions.push((key.clone(), true));
         self.changed = true;
         answer
     }
@@ -492,7 +506,7 @@ impl Engine {
             return CreditControlAnswer::error(result_code::UNKNOWN_SESSION_ID);
         };
         self.changed = true;
-        self.dirty_sessions.push(key.clone());
+        self.ended(key, &session);
         let mut answers = Vec::with_capacity(ccr.services.len());
         for service in &ccr.services {
             let code = self.settle(now, ccr, &mut session, service);
@@ -546,7 +560,7 @@ impl Engine {
                 self.cause = request_ref(id.0, &id.1, u32::MAX);
                 self.release_grants(now, &mut session.grants);
                 self.cause = OpId::SERVER;
-                self.dirty_sessions.push(id.clone());
+                self.ended(&id, &session);
                 expired += 1;
                 tracing::info!(org = id.0 .0, session = %id.1, "session supervision expired; grants released");
             }

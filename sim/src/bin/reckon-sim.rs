@@ -59,7 +59,8 @@ struct DstArgs {
     #[arg(long, default_value_t = 1000)]
     steps: u64,
     /// Plant a bug to see the simulator catch it: reply-before-sync,
-    /// answers-before-authorisation, refund-without-charge.
+    /// answers-before-authorisation, refund-without-charge,
+    /// checkpoint-without-copy.
     #[arg(long)]
     mutation: Option<String>,
 }
@@ -77,7 +78,7 @@ fn dst(args: DstArgs) -> Result<bool, String> {
         return Err("--seeds and --steps must be at least 1".into());
     }
     let started = std::time::Instant::now();
-    let (mut crashes, mut acknowledged) = (0u64, 0u64);
+    let (mut crashes, mut acknowledged, mut checkpoints) = (0u64, 0u64, 0u64);
     for (i, seed) in (args.seed..args.seed.saturating_add(args.seeds)).enumerate() {
         match run(DstConfig {
             seed,
@@ -87,6 +88,7 @@ fn dst(args: DstArgs) -> Result<bool, String> {
             Ok(report) => {
                 crashes += report.crashes;
                 acknowledged += report.acknowledged;
+                checkpoints += report.checkpoints;
                 if args.seeds == 1 {
                     println!(
                         "seed {seed}: {} steps, {} requests, {} acknowledged, {} crashes, {} checkpoints, run digest {:016x}",
@@ -104,11 +106,12 @@ fn dst(args: DstArgs) -> Result<bool, String> {
         }
     }
     println!(
-        "{} seeds × {} steps: no violation ({} acknowledged answers, {} crash-restarts) in {:.1?}",
+        "{} seeds × {} steps: no violation ({} acknowledged answers, {} crash-restarts, {} checkpoints) in {:.1?}",
         args.seeds,
         args.steps,
         acknowledged,
         crashes,
+        checkpoints,
         started.elapsed()
     );
     Ok(true)
