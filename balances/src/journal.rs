@@ -369,6 +369,8 @@ pub struct JournalStats {
     pub checkpoint_pause_us_max: AtomicU64,
     /// Total time the writer spent on checkpoint work, in µs.
     pub checkpoint_work_us: AtomicU64,
+    /// Checkpoint pauses longer than 1 ms (the target for one pause).
+    pub checkpoint_pauses_over_1ms: AtomicU64,
 }
 
 /// What recovery found and did.
@@ -969,7 +971,7 @@ impl<M: Machine> WriterLoop<M> {
         self.records_since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.checkpoint_busy.store(true, Ordering::Release);
-        self.note_pause(started);
+        self.note_pause(started, "begin");
     }
 
     /// Encodes more of the checkpoint begun, for at most `slice` (when
@@ -985,7 +987,14 @@ impl<M: Machine> WriterLoop<M> {
                 break None;
             }
         };
-        self.note_pause(started);
+        self.note_pause(
+            started,
+            if writes.is_some() {
+                "last slice"
+            } else {
+                "slice"
+            },
+        );
         let writes = writes?;
         let (lsn, deferred) = self.pending.take()?;
         tracing::debug!(
@@ -1002,8 +1011,14 @@ impl<M: Machine> WriterLoop<M> {
 
     /// Records how long the writer paused for checkpoint work: the stall
     /// requests see, so it is measured and reported.
-    fn note_pause(&self, started: Instant) {
+    fn note_pause(&self, started: Instant, phase: &'static str) {
         let micros = started.elapsed().as_micros() as u64;
+        if micros > 1000 {
+            self.stats
+                .checkpoint_pauses_over_1ms
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(phase, micros, "checkpoint pause over 1 ms");
+        }
         self.stats
             .checkpoint_pause_us_max
             .fetch_max(micros, Ordering::Relaxed);

@@ -458,7 +458,11 @@ impl Ledger {
                 ..Default::default()
             },
         );
-        let mut writes = Vec::new();
+        // Sized for every entry it may write, so it never grows (a
+        // reallocation copies megabytes while requests wait).
+        let fresh = (self.next_reservation - fresh_from).min(1 << 20) as usize;
+        let mut writes =
+            Vec::with_capacity(dirty.accounts.len() + dirty.reservations.len() + fresh + 64);
         // Op ids: one blob per checkpoint with the entries added since the
         // previous one that are still remembered, encoded by the steps (an
         // entry about to be forgotten first, see `evict_ops`). It is kept

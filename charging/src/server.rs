@@ -300,6 +300,7 @@ fn log_journal_stats(stats: &reckon_balances::journal::JournalStats) {
         checkpoints = get(&stats.checkpoints),
         checkpoint_pause_us_max = get(&stats.checkpoint_pause_us_max),
         checkpoint_work_ms = get(&stats.checkpoint_work_us) / 1000,
+        checkpoint_pauses_over_1ms = get(&stats.checkpoint_pauses_over_1ms),
         durable_lsn = get(&stats.durable_lsn),
         "journal"
     );

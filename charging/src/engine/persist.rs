@@ -262,6 +262,10 @@ impl Machine for Engine {
         }
         if p.keys.is_empty() {
             if let Some(mut writes) = p.ledger.take() {
+                // Keys are disjoint: append the shorter list to the longer.
+                if writes.len() < p.writes.len() {
+                    std::mem::swap(&mut writes, &mut p.writes);
+                }
                 writes.append(&mut p.writes);
                 return Some(writes);
             }
