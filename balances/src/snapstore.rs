@@ -190,8 +190,14 @@ pub struct SnapStore {
     mirror_bytes: u64,
     /// Bytes written to the log since the last base.
     log_bytes: u64,
+    /// The log is compacted once past twice the snapshot and this.
+    compact_floor: u64,
     scratch: Vec<u8>,
 }
+
+/// Below this much log, no compaction (a base per small checkpoint would
+/// cost more than it saves).
+const COMPACT_FLOOR: u64 = 64 << 20;
 
 impl SnapStore {
     /// Opens (creating if absent) a snapshot directory, cutting a torn last
@@ -209,6 +215,7 @@ impl SnapStore {
             // Whatever the log holds counts as grown, so an old log is
             // compacted at the first checkpoint that needs it.
             log_bytes: wal::inspect(&config(dir))?.bytes,
+            compact_floor: COMPACT_FLOOR,
             scratch: Vec::new(),
         };
         Ok((store, loaded))
@@ -222,6 +229,18 @@ impl SnapStore {
     /// Bytes of the current snapshot (keys and values).
     pub fn snapshot_bytes(&self) -> u64 {
         self.mirror_bytes
+    }
+
+    /// Bytes in the log since its last base (what compaction bounds).
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
+    /// Lowers the log size below which no compaction happens (tests that
+    /// cut a base must write one without 64 MB of checkpoints).
+    #[doc(hidden)]
+    pub fn set_compaction_floor(&mut self, bytes: u64) {
+        self.compact_floor = bytes;
     }
 
     /// Makes a checkpoint durable: its writes and the log position it
@@ -266,7 +285,7 @@ impl SnapStore {
                 }
             }
         }
-        if self.log_bytes > (2 * self.mirror_bytes).max(64 << 20) {
+        if self.log_bytes > (2 * self.mirror_bytes).max(self.compact_floor) {
             self.compact(lsn)?;
         }
         Ok(())
@@ -315,12 +334,42 @@ pub struct HistoryStore {
     retention_bytes: u64,
 }
 
+fn history_config(dir: &Path, retention_bytes: u64) -> WalConfig {
+    let mut cfg = WalConfig::new(dir);
+    cfg.segment_bytes_max = (retention_bytes / 8).clamp(1 << 20, 64 << 20);
+    cfg.record_bytes_max = 64 << 20;
+    cfg
+}
+
+/// Reads a history directory without changing it, oldest record first,
+/// up to its last whole write group (a torn tail is not read); returns how
+/// many records it read.
+pub fn read_history(dir: &Path, mut f: impl FnMut(&[u8])) -> Result<u64, SnapStoreError> {
+    let cfg = history_config(dir, 0);
+    let found = wal::inspect(&cfg)?;
+    let Some(first) = found.first_lsn else {
+        return Ok(0);
+    };
+    let mut n = 0u64;
+    wal::replay_upto(&cfg, Lsn(first.0 - 1), found.last_lsn, |_, record| {
+        f(record);
+        n += 1;
+        Ok::<(), ()>(())
+    })
+    .map_err(|e| match e {
+        wal::ReplayError::Wal(w) => SnapStoreError::Wal(w),
+        wal::ReplayError::Callback(()) => SnapStoreError::Decode {
+            lsn: 0,
+            why: "replay stopped".into(),
+        },
+    })?;
+    Ok(n)
+}
+
 impl HistoryStore {
     /// Opens (creating if absent) a history directory.
     pub fn open(dir: &Path, retention_bytes: u64) -> Result<HistoryStore, SnapStoreError> {
-        let mut cfg = WalConfig::new(dir);
-        cfg.segment_bytes_max = (retention_bytes / 8).clamp(1 << 20, 64 << 20);
-        cfg.record_bytes_max = 64 << 20;
+        let cfg = history_config(dir, retention_bytes);
         let opened = wal::open(&cfg)?;
         let mut store = HistoryStore {
             writer: opened.writer,
