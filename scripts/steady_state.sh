@@ -10,6 +10,8 @@
 #   DURATION=600 ACCOUNTS=100000 CONNECTIONS=4 DEPTH=256 BATCH=1 THREADS=0
 #   MIX=inference=1 SAMPLE_EVERY=10 FLAT_AFTER=120 TOLERANCE=10
 #   MIN_LAST_VS_FIRST=90 OUT=. (report, chart and server log go there)
+#   RATE=0 (closed loop; a rate in requests/s makes it an open loop, for
+#   latency at a given load, e.g. half the closed-loop maximum)
 #   KEEP=1 keeps the data directory.
 #   MIN_FREE_GB=5 MAX_RSS_GB=(half the machine's memory): a server that
 #   still grows without bound would fill the disk or the memory of a shared
@@ -28,6 +30,7 @@ DEPTH=${DEPTH:-256}
 BATCH=${BATCH:-1}
 THREADS=${THREADS:-0}
 MIX=${MIX:-inference=1}
+RATE=${RATE:-0}
 SAMPLE_EVERY=${SAMPLE_EVERY:-10}
 FLAT_AFTER=${FLAT_AFTER:-120}
 TOLERANCE=${TOLERANCE:-10}
@@ -50,10 +53,10 @@ cleanup() {
 trap cleanup EXIT
 start_reckon "$DATA" "$OUT/steady-server.log"
 
-echo "== ${DURATION} s closed loop, mix $MIX, $ACCOUNTS accounts, $CONNECTIONS × $DEPTH in flight, batch $BATCH; RSS and disk every ${SAMPLE_EVERY} s, flat after ${FLAT_AFTER} s within ${TOLERANCE} %" >&2
+echo "== ${DURATION} s $([ "$RATE" = 0 ] && echo "closed loop" || echo "open loop at $RATE/s"), mix $MIX, $ACCOUNTS accounts, $CONNECTIONS × $DEPTH in flight, batch $BATCH; RSS and disk every ${SAMPLE_EVERY} s, flat after ${FLAT_AFTER} s within ${TOLERANCE} %" >&2
 "$RECKON_SIM" load --server "$RECKON_ADDR" --data-dir "$DATA" --server-pid "$RECKON_PID" \
     --accounts "$ACCOUNTS" --connections "$CONNECTIONS" --depth "$DEPTH" \
-    --batch "$BATCH" --threads "$THREADS" --duration "$DURATION" --mix "$MIX" \
+    --batch "$BATCH" --threads "$THREADS" --duration "$DURATION" --mix "$MIX" --rate "$RATE" \
     --sample-every "$SAMPLE_EVERY" --flat-after "$FLAT_AFTER" --flat-tolerance "$TOLERANCE" \
     --require-steady --min-last-vs-first "$MIN_LAST_VS_FIRST" \
     --report "$OUT/steady.json" --chart "$OUT/steady.html" &
