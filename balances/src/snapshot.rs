@@ -54,7 +54,7 @@ pub fn audit_prefix() -> [u8; 2] {
 pub struct CheckpointState {
     /// Sequence number of the next checkpoint.
     pub seq: u64,
-    /// (checkpoint seq, newest entry time) of each op blob in the snapshot.
+    /// (blob id, newest entry time) of each op blob in the snapshot.
     pub op_blobs: Vec<(u64, Timestamp)>,
 }
 
@@ -65,10 +65,11 @@ pub(crate) struct PendingCheckpoint {
     /// Accounts still marked with this epoch hold the state to write.
     pub(crate) epoch: u32,
     /// Op ids recorded in the epoch, in the order recorded (so in time
-    /// order), the next to encode, the blob's key and the blob so far.
+    /// order), the next to encode, the id of the blob of the first part
+    /// ([`OPS_PER_PART`] entries each) and the part so far.
     ops: Vec<(Timestamp, OpId)>,
     ops_next: usize,
-    ops_blob: Option<Vec<u8>>,
+    ops_base: u64,
     blob: Vec<u8>,
     accounts: Vec<AccountId>,
     /// Reservations issued before the previous checkpoint and changed
@@ -82,6 +83,16 @@ pub(crate) struct PendingCheckpoint {
     fresh_saved: crate::ledger::IdSet<ReservationId>,
     writes: Vec<SnapshotWrite>,
 }
+
+/// Op-id entries per blob: the largest entry (a result with
+/// [`crate::ledger::HOLDS_MAX`] holds) is about 16 KB, so a part stays well
+/// under the snapshot store's value limit however many ids a checkpoint
+/// writes (a million accounts provisioned within the window made one blob
+/// of 100 MB, and every checkpoint after it failed).
+const OPS_PER_PART: usize = 1024;
+
+/// Blob ids of one checkpoint's parts: its sequence number, then the part.
+const OPS_PART_BITS: u32 = 24;
 
 fn encode_op_entry(blob: &mut Vec<u8>, op: OpId, entry: &OpEntry) {
     blob.op(op);
@@ -106,7 +117,20 @@ impl PendingCheckpoint {
             if let Some(entry) = ops.get(&op).filter(|e| self.owns(at, e)) {
                 encode_op_entry(&mut self.blob, op, entry);
             }
-            self.ops_next += 1;
+            self.op_done();
+        }
+    }
+
+    /// Moves past the op id encoded (or skipped); writes the part it
+    /// completes (possibly empty: every part registered at the begin is
+    /// written, so each id it keeps for deletion exists).
+    fn op_done(&mut self) {
+        self.ops_next += 1;
+        if self.ops_next.is_multiple_of(OPS_PER_PART) || self.ops_next == self.ops.len() {
+            let part = ((self.ops_next - 1) / OPS_PER_PART) as u64;
+            let blob = std::mem::take(&mut self.blob);
+            self.writes
+                .push((key(K_OPS, self.ops_base + part), Some(blob)));
         }
     }
 
@@ -461,16 +485,22 @@ impl Ledger {
         // Sized for every entry it may write, so it never grows (a
         // reallocation copies megabytes while requests wait).
         let fresh = (self.next_reservation - fresh_from).min(1 << 20) as usize;
-        let mut writes =
-            Vec::with_capacity(dirty.accounts.len() + dirty.reservations.len() + fresh + 64);
-        // Op ids: one blob per checkpoint with the entries added since the
-        // previous one that are still remembered, encoded by the steps (an
-        // entry about to be forgotten first, see `evict_ops`). It is kept
-        // for the window after now, the newest an entry in it can be.
-        let ops_blob = (!dirty.ops.is_empty()).then(|| {
-            state.op_blobs.push((state.seq, now));
-            key(K_OPS, state.seq)
-        });
+        let mut writes = Vec::with_capacity(
+            dirty.accounts.len()
+                + dirty.reservations.len()
+                + fresh
+                + dirty.ops.len().div_ceil(OPS_PER_PART)
+                + 64,
+        );
+        // Op ids: blobs of the entries added since the previous checkpoint
+        // that are still remembered, [`OPS_PER_PART`] listed entries each,
+        // encoded by the steps (an entry about to be forgotten first, see
+        // `evict_ops`). Each is kept for the window after now, the newest
+        // an entry in it can be.
+        let ops_base = state.seq << OPS_PART_BITS;
+        for part in 0..dirty.ops.len().div_ceil(OPS_PER_PART) as u64 {
+            state.op_blobs.push((ops_base + part, now));
+        }
         let window = self.window_ms;
         state.op_blobs.retain(|(seq, newest)| {
             let keep = newest.plus_ms(window) > now;
@@ -495,7 +525,7 @@ impl Ledger {
             epoch,
             ops: dirty.ops,
             ops_next: 0,
-            ops_blob,
+            ops_base,
             blob: Vec::new(),
             accounts: dirty.accounts,
             changed,
@@ -553,23 +583,17 @@ impl Ledger {
         }
         while left > 0 && p.ops_next < p.ops.len() {
             let (at, op) = p.ops[p.ops_next];
-            p.ops_next += 1;
             left -= 1;
             if let Some(entry) = self.ops.get(&op).filter(|e| p.owns(at, e)) {
                 encode_op_entry(&mut p.blob, op, entry);
             }
+            p.op_done();
         }
         let done = p.accounts.is_empty()
             && p.changed.is_empty()
             && p.fresh_next >= p.fresh_end
             && p.ops_next >= p.ops.len();
         if done {
-            let mut p = *p;
-            if let Some(k) = p.ops_blob.take() {
-                // Possibly empty (every entry forgotten): it reads back as
-                // no entries and goes with the next checkpoint.
-                p.writes.push((k, Some(std::mem::take(&mut p.blob))));
-            }
             Some(p.writes)
         } else {
             self.dirty.pending = Some(p);
@@ -815,5 +839,55 @@ mod tests {
         assert!(restored.is_known_op(OpId(b)));
         assert!(restored.is_known_op(OpId(a)));
         assert!(!restored.is_known_op(OpId(20)));
+    }
+
+    /// Many op ids in one checkpoint are written in parts of bounded size,
+    /// all restored, and all deleted once the window has passed.
+    #[test]
+    fn op_ids_are_written_in_parts_and_forgotten_whole() {
+        let t = 1_000_000;
+        let mut ledger = Ledger::new();
+        let window = op(1, Command::SetIdempotencyWindow { window_ms: 60_000 });
+        assert!(ledger.apply(Timestamp(t), &window).is_ok());
+        let n = 2 * OPS_PER_PART as u128 + 100;
+        for a in 0..n {
+            let created = ledger.apply(Timestamp(t), &op(10 + a, create(a as u64 + 1)));
+            assert!(created.is_ok());
+        }
+        let mut state = CheckpointState::default();
+        let writes = ledger.checkpoint(&mut state, Timestamp(t + 1));
+        let blobs: Vec<&SnapshotWrite> = writes
+            .iter()
+            .filter(|(k, _)| k.len() > 1 && k[1] == K_OPS)
+            .collect();
+        assert_eq!(blobs.len(), 3);
+        for (_, v) in &blobs {
+            let len = v.as_ref().map_or(0, Vec::len);
+            assert!(len > 0 && len < OPS_PER_PART * 64, "{len} bytes");
+        }
+        let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for (k, v) in writes {
+            if let Some(v) = v {
+                store.insert(k, v);
+            }
+        }
+        let (restored, mut restored_state) = Ledger::restore(store.iter()).expect("restore");
+        for a in 0..n {
+            assert!(restored.is_known_op(OpId(10 + a)), "op {a}");
+        }
+        // Past the window, the next checkpoint deletes every part, in the
+        // live ledger and in the restored one alike.
+        let mut restored = restored;
+        for (ledger, state) in [
+            (&mut ledger, &mut state),
+            (&mut restored, &mut restored_state),
+        ] {
+            let later = ledger.checkpoint(state, Timestamp(t + 120_000));
+            let deleted = later
+                .iter()
+                .filter(|(k, v)| k.len() > 1 && k[1] == K_OPS && v.is_none())
+                .count();
+            assert_eq!(deleted, 3);
+        }
     }
 }
