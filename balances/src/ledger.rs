@@ -33,6 +33,9 @@ pub const HOLDS_MAX: usize = DEPTH_MAX * BUCKETS_PER_ACCOUNT_MAX;
 pub const SWEEP_ITEMS_MAX: usize = 4096;
 /// Longest idempotency window: 7 days.
 pub const WINDOW_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Most op ids [`Ledger::reserve_ops`] sizes the table for at once (about
+/// 1.3 GB of table; more grows as usual).
+pub const OPS_RESERVE_MAX: u64 = 16 << 20;
 /// Audit entries per chunk of the in-memory audit buffer.
 const AUDIT_CHUNK: usize = 4096;
 /// Default idempotency window: 10 minutes, longer than any client's retry
@@ -593,6 +596,14 @@ impl Ledger {
             return Ok(self.sweep(now));
         }
         self.execute(now, cause, command)
+    }
+
+    /// Sizes the idempotency table for `n` more op ids (at most
+    /// [`OPS_RESERVE_MAX`]), so recording them never grows it by doubling.
+    pub fn reserve_ops(&mut self, n: u64) {
+        let n = n.min(OPS_RESERVE_MAX) as usize;
+        self.ops.reserve(n);
+        self.op_order.reserve(n);
     }
 
     /// True when `op` would be answered from the idempotency table (a retry

@@ -180,6 +180,11 @@ impl Machine for LedgerMachine {
         self.replay_payload(now, payload)
     }
 
+    fn replay_hint(&mut self, records: u64) {
+        // Each record is at most one op id to remember.
+        self.ledger.reserve_ops(records);
+    }
+
     fn checkpoint_begin(&mut self, now: Timestamp) {
         self.ledger.checkpoint_begin(&mut self.checkpoints, now);
     }

@@ -69,8 +69,8 @@ fn main() {
     let ops = env_u64("RECKON_OPS", 10_000_000);
     let now = Timestamp(1_800_000_000_000);
 
-    // 1. Memory per idle account.
-    {
+    // 1. Memory per idle account (skipped when only timing a recovery).
+    if std::env::var_os("RECKON_RECOVER_ONLY").is_none() {
         let before = rss_bytes();
         let mut ledger = Ledger::new();
         ledger
