@@ -155,13 +155,17 @@ impl Client {
             }
         });
         let routes = pending.clone();
-        let pong = out.clone();
+        // Weak: the reader must not keep the writer (and so the
+        // connection) alive once every `Client` handle is dropped.
+        let pong = out.downgrade();
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader_closed = closed.clone();
         tokio::spawn(async move {
             while let Some(Ok(frame)) = frames.next().await {
                 if matches!(frame.body, Message::Ping) {
-                    let _ = pong.send(Frame::new(frame.request_id, Message::Pong));
+                    if let Some(pong) = pong.upgrade() {
+                        let _ = pong.send(Frame::new(frame.request_id, Message::Pong));
+                    }
                     continue;
                 }
                 if let Some(waiter) = routes.lock().remove(&frame.request_id) {

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:7878"
+//! admin_listen = "127.0.0.1:9878" # /metrics, /healthz, /readyz; "off" for none
 //! data_dir = "reckon-data"
 //! units = ["GBP", "images"] # beyond the built-in ones (USD, EUR, ..., tokens_out, ...)
 //!
@@ -102,6 +103,9 @@ pub struct ServiceConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7878))
 }
+fn default_admin_listen() -> String {
+    "127.0.0.1:0".into()
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("reckon-data")
 }
@@ -143,6 +147,11 @@ pub struct Config {
     /// Address to listen on (loopback by default).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Admin HTTP listener (`/metrics`, `/healthz`, `/readyz`): an address,
+    /// or `off`. Loopback on a free port by default (`reckon serve` prints
+    /// it); give a fixed port for a scraper.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
     /// Where the log and snapshots live.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -240,6 +249,11 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ServerError::Config(format!("reading {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The admin listener's address, `None` when `off`.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, ServerError> {
+        parse_admin_listen(&self.admin_listen)
     }
 
     /// The credentials in force, creating the admin token when none are set.
@@ -349,6 +363,19 @@ impl Config {
             .map_err(|e| ServerError::Config(e.to_string()))?;
         Ok(config)
     }
+}
+
+/// Parses an admin listen setting: `off` or an address such as
+/// `127.0.0.1:9878`.
+pub fn parse_admin_listen(text: &str) -> Result<Option<SocketAddr>, ServerError> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.trim().parse().map(Some).map_err(|_| {
+        ServerError::Config(format!(
+            "admin_listen: {text:?} is not an address (e.g. 127.0.0.1:9878) or off"
+        ))
+    })
 }
 
 /// Reads `DATA_DIR/admin.token`, creating it with a random token (mode 0600)

@@ -6,7 +6,8 @@
 //! tokio server ([`server`]) that feeds it through the journal's single
 //! writer; the async client ([`client`]); the mapping between protocol
 //! messages and engine requests ([`wire`]); the server's configuration
-//! ([`config`]); the Diameter Credit-Control front end ([`diameter`]); and
+//! ([`config`]); the Diameter Credit-Control front end ([`diameter`]); the
+//! admin HTTP listener and metrics ([`ops`]); and
 //! the `reckon` binary. Only `sim` and `benches` may
 //! depend on it. The engine itself never reads a clock or a socket.
 
@@ -14,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod diameter;
 pub mod engine;
+pub mod ops;
 pub mod server;
 pub mod timefmt;
 pub mod wire;

@@ -11,6 +11,7 @@
 
 use crate::config::{Config, CredentialConfig};
 use crate::engine::{Caller, Engine, EngineConfig, EngineRequest};
+use crate::ops::{AdminListener, Ops, Phase};
 use crate::wire::{self, Prepared};
 use futures_util::{SinkExt, StreamExt};
 use reckon_balances::journal::{
@@ -19,7 +20,7 @@ use reckon_balances::journal::{
 use reckon_balances::AccountId;
 use reckon_protocol::codec::TolerantCodec;
 use reckon_protocol::codes::ErrorCode;
-use reckon_protocol::frame::Frame;
+use reckon_protocol::frame::{Frame, Kind};
 use reckon_protocol::message::{self as msg, BatchResult, HelloOk, Message};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +68,8 @@ struct Shared {
     requests: AtomicU64,
     /// Tells the Diameter peers about admin changes (RAR/ASR), if serving.
     diameter: Option<crate::diameter::Notifier>,
+    /// Counters the admin listener reports.
+    ops: Arc<Ops>,
 }
 
 /// A running server: its address, and the handle that stops it.
@@ -75,6 +78,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The Diameter listener's address, when it runs.
     pub diameter_addr: Option<SocketAddr>,
+    /// The admin HTTP listener's address, unless it is off.
+    pub admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     done: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
@@ -112,6 +117,29 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
 
 /// [`start`] with a given clock (tests drive time).
 pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningServer, ServerError> {
+    let admin = bind_admin(&config).await?;
+    start_with(config, clock, admin).await
+}
+
+/// Binds the configured admin listener, before recovery, so that
+/// `/readyz` answers "not ready" while the data directory is recovered.
+pub async fn bind_admin(config: &Config) -> Result<AdminListener, ServerError> {
+    let addr = config.admin_addr()?;
+    AdminListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: addr.unwrap_or(config.listen),
+            source,
+        })
+}
+
+/// [`start_with_clock`] reporting through an admin listener already bound
+/// (see [`bind_admin`]).
+pub async fn start_with(
+    config: Config,
+    clock: Clock,
+    admin: AdminListener,
+) -> Result<RunningServer, ServerError> {
     let credentials = config.credentials()?;
     let mut journal_config = JournalConfig::new(&config.data_dir);
     journal_config.queue_capacity = config.queue_capacity;
@@ -128,6 +156,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         elapsed_ms = report.elapsed_ms,
         "data directory recovered"
     );
+    admin.ops.recovered(&report, journal.health());
     // Prices and policies are state: logging them keeps replay exact.
     let window_ms = engine_config.answer_window_ms;
     match journal
@@ -182,7 +211,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         hello_timeout: Duration::from_millis(config.hello_timeout_ms),
         requests: AtomicU64::new(0),
         diameter: diameter.as_ref().map(|d| d.notifier.clone()),
+        ops: admin.ops.clone(),
     });
+    let admin_addr = admin.addr;
+    admin.ops.copy_journal_stats(journal.stats());
+    admin.ops.set_phase(Phase::Ready);
     let done = tokio::spawn(accept_loop(
         listener,
         shared,
@@ -190,10 +223,12 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         journal,
         stop.clone(),
         diameter.map(|d| d.done),
+        admin,
     ));
     Ok(RunningServer {
         addr,
         diameter_addr,
+        admin_addr,
         stop,
         done: Some(done),
     })
@@ -206,6 +241,8 @@ async fn accept_loop(
     journal: Journal<Engine>,
     stop: watch::Sender<bool>,
     diameter: Option<tokio::task::JoinHandle<()>>,
+    // Serves until this returns: `/readyz` says "stopping" while draining.
+    admin: AdminListener,
 ) -> Result<(), String> {
     let mut tasks = tokio::task::JoinSet::new();
     let health = journal.health();
@@ -218,6 +255,7 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
             _ = stats_tick.tick() => log_journal_stats(journal.stats()),
             _ = health_check.tick() => {
+                shared.ops.copy_journal_stats(journal.stats());
                 if let Some(why) = health.failure() {
                     tracing::error!(reason = %why, "the journal failed: nothing more can be acknowledged; stopping so a restart recovers from the log");
                     fatal = Some(why);
@@ -238,16 +276,20 @@ async fn accept_loop(
                     }
                 };
                 let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+                    shared.ops.connection_refused();
                     tracing::warn!(%peer, "connection limit reached; refusing");
                     continue;
                 };
                 let Ok(pending) = shared.pending.clone().try_acquire_owned() else {
+                    shared.ops.connection_refused();
                     tracing::warn!(%peer, "too many connections waiting to authenticate; refusing");
                     continue;
                 };
                 let shared = shared.clone();
+                let open = shared.ops.connection_opened();
                 tasks.spawn(async move {
                     let _permit = permit;
+                    let _open = open;
                     if let Err(e) = connection(stream, peer, shared, pending).await {
                         tracing::debug!(%peer, error = %e, "connection ended");
                     }
@@ -256,6 +298,7 @@ async fn accept_loop(
         }
     }
     drop(listener);
+    admin.ops.set_phase(Phase::Stopping);
     tracing::info!("shutting down: draining connections");
     // Connections see the shutdown flag, stop reading and finish their
     // in-flight requests; give them a bounded time.
@@ -277,8 +320,10 @@ async fn accept_loop(
         "flushing and checkpointing"
     );
     log_journal_stats(journal.stats());
+    admin.ops.copy_journal_stats(journal.stats());
     let _ = tokio::task::spawn_blocking(move || journal.shutdown()).await;
     tracing::info!("stopped");
+    drop(admin);
     match fatal {
         Some(why) => Err(format!("journal failed: {why}")),
         None => Ok(()),
@@ -401,6 +446,18 @@ struct Outgoing {
 
 type Out = mpsc::UnboundedSender<Outgoing>;
 
+/// Counts an answer to a request of `kind` (see [`Ops::answered`]) and sends it.
+fn answer(
+    shared: &Shared,
+    kind: Option<Kind>,
+    out: &Out,
+    frame: Frame,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    shared.ops.answered(kind, &frame.body);
+    send(out, frame, permit);
+}
+
 fn send(out: &Out, frame: Frame, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
     let _ = out.send(Outgoing {
         frame,
@@ -469,7 +526,9 @@ async fn handshake(
     let frame = match first {
         Ok(Ok(frame)) => frame,
         Ok(Err(e)) | Err(e) => {
-            send(
+            answer(
+                shared,
+                None,
                 out,
                 error_frame(e.request_id().unwrap_or(0), e.code(), e.to_string()),
                 None,
@@ -479,7 +538,9 @@ async fn handshake(
     };
     let request_id = frame.request_id;
     if request_id == 0 {
-        send(
+        answer(
+            shared,
+            Some(frame.body.kind()),
             out,
             error_frame(
                 0,
@@ -490,8 +551,11 @@ async fn handshake(
         );
         return None;
     }
+    let kind = frame.body.kind();
     let Message::Hello(hello) = frame.body else {
-        send(
+        answer(
+            shared,
+            Some(kind),
             out,
             error_frame(request_id, ErrorCode::NOT_AUTHENTICATED, "send HELLO first"),
             None,
@@ -503,7 +567,9 @@ async fn handshake(
         || hello.min_version > PROTOCOL_VERSION
         || hello.max_version < PROTOCOL_VERSION
     {
-        send(
+        answer(
+            shared,
+            Some(Kind::Hello),
             out,
             error_frame(
                 request_id,
@@ -516,7 +582,9 @@ async fn handshake(
     }
     let Some(c) = authenticate(shared, &hello.credential) else {
         tracing::warn!(%peer, client = %hello.client_name, "authentication failed");
-        send(
+        answer(
+            shared,
+            Some(Kind::Hello),
             out,
             error_frame(
                 request_id,
@@ -528,7 +596,9 @@ async fn handshake(
         return None;
     };
     tracing::debug!(%peer, client = %hello.client_name, caller = ?c, "authenticated");
-    send(
+    answer(
+        shared,
+        Some(Kind::Hello),
         out,
         Frame::new(
             request_id,
@@ -604,7 +674,9 @@ async fn serve(
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
                 // Malformed but the frame boundary is intact: answer, go on.
-                send(
+                answer(
+                    shared,
+                    None,
                     out,
                     error_frame(e.request_id().unwrap_or(0), e.code(), e.to_string()),
                     Some(permit),
@@ -612,7 +684,9 @@ async fn serve(
                 continue;
             }
             Err(e) => {
-                send(
+                answer(
+                    shared,
+                    None,
                     out,
                     error_frame(e.request_id().unwrap_or(0), e.code(), e.to_string()),
                     Some(permit),
@@ -622,7 +696,9 @@ async fn serve(
         };
         let request_id = frame.request_id;
         if request_id == 0 && !matches!(frame.body, Message::Pong) {
-            send(
+            answer(
+                shared,
+                Some(frame.body.kind()),
                 out,
                 error_frame(
                     0,
@@ -634,9 +710,17 @@ async fn serve(
             continue;
         }
         match frame.body {
-            Message::Ping => send(out, Frame::new(request_id, Message::Pong), Some(permit)),
+            Message::Ping => answer(
+                shared,
+                Some(Kind::Ping),
+                out,
+                Frame::new(request_id, Message::Pong),
+                Some(permit),
+            ),
             Message::Pong => {}
-            Message::Hello(_) => send(
+            Message::Hello(_) => answer(
+                shared,
+                Some(Kind::Hello),
                 out,
                 error_frame(
                     request_id,
@@ -677,13 +761,21 @@ fn submit_one(
     change: Option<(u64, crate::diameter::AccountChange)>,
 ) {
     let notifier = change.and(shared.diameter.clone());
+    let kind = Some(body.kind());
     let (request, shape) = match wire::prepare(caller, body) {
         Prepared::Immediate(message) => {
-            send(&out, Frame::new(request_id, message), Some(permit));
+            answer(
+                shared,
+                kind,
+                &out,
+                Frame::new(request_id, message),
+                Some(permit),
+            );
             return;
         }
         Prepared::Submit(request, shape) => (request, shape),
     };
+    let ops = shared.ops.clone();
     // The permit travels with the reply; a refused submission hands it
     // back through this slot so the refusal carries it instead.
     let slot = Arc::new(parking_lot::Mutex::new(Some(permit)));
@@ -713,6 +805,7 @@ fn submit_one(
                     n.changed(account, c);
                 }
             }
+            ops.answered(kind, &message);
             let permit = reply_slot.lock().take();
             send(&reply_out, Frame::new(request_id, message), permit);
         }),
@@ -726,7 +819,7 @@ fn submit_one(
             }),
         };
         let permit = slot.lock().take();
-        send(&out, Frame::new(request_id, message), permit);
+        answer(shared, kind, &out, Frame::new(request_id, message), permit);
     }
 }
 
@@ -743,13 +836,20 @@ fn submit_batch(
     let mut slots: Vec<Option<Message>> = Vec::with_capacity(entries.len());
     let mut requests = Vec::new();
     let mut shapes = Vec::new();
+    // Kinds of the submitted entries, to count their answers by.
+    let mut kinds = Vec::new();
     for entry in entries {
+        let kind = Some(entry.kind());
         match wire::prepare(caller, entry) {
-            Prepared::Immediate(m) => slots.push(Some(m)),
+            Prepared::Immediate(m) => {
+                shared.ops.answered(kind, &m);
+                slots.push(Some(m));
+            }
             Prepared::Submit(r, shape) => {
                 slots.push(None);
                 requests.push(r);
                 shapes.push(shape);
+                kinds.push(kind);
             }
         }
     }
@@ -764,6 +864,9 @@ fn submit_batch(
     }
     let shapes = Arc::new(shapes);
     let reply_shapes = shapes.clone();
+    let kinds = Arc::new(kinds);
+    let reply_kinds = kinds.clone();
+    let ops = shared.ops.clone();
     let slots = Arc::new(parking_lot::Mutex::new((slots, Some(permit))));
     let reply_slots = slots.clone();
     let reply_out = out.clone();
@@ -787,6 +890,9 @@ fn submit_batch(
                     .collect(),
             }
             .into_iter();
+            for (kind, message) in reply_kinds.iter().zip(responses.as_slice()) {
+                ops.answered(*kind, message);
+            }
             let (slots, permit) = std::mem::take(&mut *reply_slots.lock());
             let entries = slots
                 .into_iter()
@@ -801,12 +907,16 @@ fn submit_batch(
         }),
     );
     if let Err(e) = submitted {
-        let mut busy = shapes.iter().map(|shape| match &e {
-            JournalError::Busy => wire::busy_reply(shape),
-            other => Message::Error(msg::ErrorReply {
-                code: ErrorCode::SHUTTING_DOWN,
-                message: other.to_string(),
-            }),
+        let mut busy = shapes.iter().zip(kinds.iter()).map(|(shape, kind)| {
+            let message = match &e {
+                JournalError::Busy => wire::busy_reply(shape),
+                other => Message::Error(msg::ErrorReply {
+                    code: ErrorCode::SHUTTING_DOWN,
+                    message: other.to_string(),
+                }),
+            };
+            shared.ops.answered(*kind, &message);
+            message
         });
         let (slots, permit) = std::mem::take(&mut *slots.lock());
         let entries = slots

@@ -58,6 +58,15 @@ enum Cmd {
         /// `[diameter]` section or its defaults (127.0.0.1:3868).
         #[arg(long)]
         diameter: bool,
+        /// Admin HTTP listener for /metrics, /healthz and /readyz
+        /// (overrides the file's `admin_listen`): an address, or `off`.
+        /// Default 127.0.0.1 on a free port, printed at start.
+        #[arg(long, value_name = "ADDR|off")]
+        admin_listen: Option<String>,
+        /// Log lines as text (colour only on a terminal) or as JSON
+        /// objects, one per line.
+        #[arg(long, value_enum, env = "RECKON_LOG_FORMAT", default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Create or change accounts.
     Account {
@@ -184,6 +193,15 @@ enum Cmd {
         #[arg(long, default_value = "reckon-data")]
         data_dir: PathBuf,
     },
+}
+
+/// How `reckon serve` writes its log lines (to stderr).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -517,6 +535,7 @@ async fn serve(
     data_dir: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
     diameter: bool,
+    admin_listen: Option<String>,
 ) -> Result<(), String> {
     let mut cfg = match config {
         Some(path) => Config::load(&path).map_err(|e| e.to_string())?,
@@ -531,6 +550,9 @@ async fn serve(
     if diameter && cfg.diameter.is_none() {
         cfg.diameter = Some(Default::default());
     }
+    if let Some(a) = admin_listen {
+        cfg.admin_listen = a;
+    }
     if cfg.credential_list.is_empty() {
         admin_token(&cfg.data_dir).map_err(|e| e.to_string())?;
         eprintln!(
@@ -540,9 +562,17 @@ async fn serve(
                 .display()
         );
     }
-    let mut server = reckon_charging::server::start(cfg)
+    // Bound before recovery, so /readyz can say "recovering" meanwhile.
+    let admin = reckon_charging::server::bind_admin(&cfg)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(a) = admin.addr {
+        eprintln!("reckon admin listening on {a}");
+    }
+    let mut server =
+        reckon_charging::server::start_with(cfg, reckon_balances::journal::system_clock(), admin)
+            .await
+            .map_err(|e| e.to_string())?;
     eprintln!("reckon listening on {}", server.addr);
     if let Some(d) = server.diameter_addr {
         eprintln!("reckon diameter (Gy/Ro) listening on {d}");
@@ -613,7 +643,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             data_dir,
             listen,
             diameter,
-        } => serve(config, data_dir, listen, diameter).await,
+            admin_listen,
+            log_format: _,
+        } => serve(config, data_dir, listen, diameter, admin_listen).await,
         Cmd::Account { action, conn } => match action {
             AccountCmd::Create {
                 id,
@@ -800,15 +832,29 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// Logs to stderr, filtered by `RECKON_LOG`. Colour codes only when
+/// stderr is a terminal (and `NO_COLOR` is unset): in a log file or a
+/// journal they are noise.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("RECKON_LOG").unwrap_or_else(|_| "info".into());
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RECKON_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(match &cli.command {
+        Cmd::Serve { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

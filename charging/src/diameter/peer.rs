@@ -172,7 +172,7 @@ pub(crate) async fn run(
         cost_unit: String::new(),
     };
     let why = peer.serve(stream, rx, events, shutdown).await;
-    tracing::info!(peer = %addr, host = %peer.host, reason = why, "diameter peer closed");
+    tracing::debug!(peer = %addr, host = %peer.host, reason = why, "diameter peer closed");
 }
 
 impl Peer {
@@ -536,7 +536,7 @@ impl Peer {
         self.host_key = mapping::fnv1a_64(host.as_bytes());
         self.state = State::Open;
         self.deadline = None;
-        tracing::info!(peer = %self.addr, origin_host = %self.host, org, "diameter peer open");
+        tracing::debug!(peer = %self.addr, origin_host = %self.host, org, "diameter peer open");
         self.answer_cea(header, result::SUCCESS, None);
         Ok(())
     }
@@ -556,7 +556,7 @@ impl Peer {
                 let code = SessionAnswer::decode(msg)
                     .map(|a| a.status.result_code)
                     .unwrap_or(0);
-                tracing::info!(peer = %self.addr, session = %session, ?kind, result = code, "server-initiated request answered");
+                tracing::debug!(peer = %self.addr, session = %session, ?kind, result = code, "server-initiated request answered");
                 if code == result::UNKNOWN_SESSION_ID {
                     self.sessions.remove(&session);
                 }
@@ -925,7 +925,7 @@ impl Peer {
                 ServerRequest::Abort => Asr { session: request }.encode(&mut dst, hop, e2e),
             };
             self.wbuf = dst;
-            tracing::info!(peer = %self.addr, session = %session, ?kind, account = e.account, "server-initiated request sent");
+            tracing::debug!(peer = %self.addr, session = %session, ?kind, account = e.account, "server-initiated request sent");
             self.server_requests.insert(hop, (kind, key));
         }
     }

@@ -198,6 +198,8 @@ pub async fn two_tenants(admin: &Client, tokens: &str) {
 pub struct ServerProcess {
     pub child: Child,
     pub addr: String,
+    /// The admin HTTP listener's address (printed before recovery).
+    pub admin: Option<String>,
     pub stderr: Arc<parking_lot::Mutex<Vec<String>>>,
 }
 
@@ -216,6 +218,13 @@ impl ServerProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A test that panics does not leave its server running.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -251,12 +260,16 @@ pub fn spawn_server_with(
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut admin = None;
     let addr = loop {
         let line = match lines.next() {
             Some(Ok(line)) => line,
             _ => panic!("server exited before listening: {:?}", seen.lock()),
         };
         seen.lock().push(line.clone());
+        if let Some(addr) = line.strip_prefix("reckon admin listening on ") {
+            admin = Some(addr.trim().to_string());
+        }
         if let Some(addr) = line.strip_prefix("reckon listening on ") {
             break addr.trim().to_string();
         }
@@ -271,6 +284,7 @@ pub fn spawn_server_with(
     ServerProcess {
         child,
         addr,
+        admin,
         stderr: seen,
     }
 }

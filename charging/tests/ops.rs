@@ -1,0 +1,331 @@
+//! The admin listener of `reckon serve` (`/metrics`, `/healthz`,
+//! `/readyz`) and its logs, over the real binary (and the real server
+//! in-process where recovery has to be held open).
+
+mod common;
+
+use common::*;
+use reckon_balances::journal::Clock;
+use reckon_balances::Timestamp;
+use reckon_charging::client::Client;
+use reckon_charging::server;
+use reckon_protocol::codes::ResultCode;
+use reckon_protocol::message::{BalanceQuery, Message};
+use reckon_protocol::types::Unit;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends `request` on a new connection and reads until the server closes:
+/// the status and body, or `None` when the connection ended without an
+/// HTTP answer.
+async fn http(addr: &str, request: &[u8]) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.write_all(request).await.ok()?;
+    // Nothing more will come: a cut request is seen as cut at once.
+    stream.shutdown().await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: reckon\r\n\r\n");
+    http(addr, request.as_bytes())
+        .await
+        .unwrap_or_else(|| panic!("no HTTP answer to GET {path}"))
+}
+
+/// The value of one series (name and labels exactly as exposed).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn requests(metrics: &str, kind: &str, result: &str) -> f64 {
+    let series = format!("reckon_requests_total{{kind=\"{kind}\",result=\"{result}\"}}");
+    sample(metrics, &series).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_request_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_server(dir.path());
+    let admin = server
+        .admin
+        .clone()
+        .expect("the admin listener is on by default");
+    assert_eq!(get(&admin, "/healthz").await.0, 200);
+    assert_eq!(get(&admin, "/readyz").await, (200, "ready\n".into()));
+
+    let client = Client::connect(&server.addr, ADMIN).await.unwrap();
+    ok(&client.call(create(&client, 1000, None)).await.unwrap());
+    ok(&client
+        .call(topup(&client, 1000, Unit::TOKENS_OUT, "1000000"))
+        .await
+        .unwrap());
+    // Pipelined one by one, then in a batch, then refused.
+    const SINGLE: usize = 300;
+    const BATCHED: usize = 50;
+    let mut calls = Vec::new();
+    for i in 0..SINGLE {
+        let c = client.clone();
+        calls.push(tokio::spawn(async move {
+            c.call(debit(&format!("p{i}"), 1000, "1")).await
+        }));
+    }
+    for call in calls {
+        ok(&call.await.unwrap().unwrap());
+    }
+    let mut entries: Vec<Message> = (0..BATCHED)
+        .map(|i| debit(&format!("b{i}"), 1000, "1"))
+        .collect();
+    entries.push(Message::BalanceQuery(BalanceQuery { account: 1000 }));
+    let answers = client.batch(entries).await.unwrap();
+    answers[..BATCHED].iter().for_each(ok);
+    for i in 0..3 {
+        let answer = client.call(debit(&format!("u{i}"), 4242, "1")).await;
+        assert_eq!(code(&answer.unwrap()), ResultCode::USER_UNKNOWN);
+    }
+
+    let (status, metrics) = get(&admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# TYPE reckon_requests_total counter\n"),
+        "{metrics}"
+    );
+    assert_eq!(
+        requests(&metrics, "CCR", "SUCCESS"),
+        (SINGLE + BATCHED) as f64,
+        "{metrics}"
+    );
+    assert_eq!(requests(&metrics, "CCR", "USER_UNKNOWN"), 3.0, "{metrics}");
+    assert_eq!(requests(&metrics, "BALANCE_QUERY", "OK"), 1.0, "{metrics}");
+    assert_eq!(requests(&metrics, "ACCOUNT_CREATE", "OK"), 1.0, "{metrics}");
+    assert_eq!(requests(&metrics, "TOPUP", "OK"), 1.0, "{metrics}");
+    assert_eq!(requests(&metrics, "HELLO", "OK"), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "reckon_connections_open"), Some(1.0));
+    assert_eq!(sample(&metrics, "reckon_ready"), Some(1.0));
+
+    // The journal's counters are copied every 50 ms: they catch up with
+    // every request applied (the server's own two at start included).
+    let applied = (2 + SINGLE + BATCHED + 1 + 3 + 2) as f64;
+    let mut journal = 0.0;
+    for _ in 0..100 {
+        let (_, metrics) = get(&admin, "/metrics").await;
+        journal = sample(&metrics, "reckon_journal_requests_total").unwrap_or(0.0);
+        if journal >= applied {
+            assert!(sample(&metrics, "reckon_journal_syncs_total").unwrap() >= 1.0);
+            assert!(sample(&metrics, "reckon_journal_durable_lsn").unwrap() >= 1.0);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(journal >= applied, "journal requests {journal} < {applied}");
+
+    drop(client);
+    let mut open = None;
+    for _ in 0..100 {
+        let (_, metrics) = get(&admin, "/metrics").await;
+        open = sample(&metrics, "reckon_connections_open");
+        if open == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open, Some(0.0), "a closed connection is still counted open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_admin_port_is_refused_and_serving_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_server(dir.path());
+    let admin = server.admin.clone().unwrap();
+
+    // Silent connections hold a slot for at most the request timeout and
+    // never block others.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(&admin).await.unwrap());
+    }
+    assert_eq!(get(&admin, "/healthz").await.0, 200);
+
+    let not_http = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n";
+    assert_eq!(http(&admin, not_http).await.map(|a| a.0), Some(400));
+    assert_eq!(
+        http(&admin, b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+            .await
+            .map(|a| a.0),
+        Some(400)
+    );
+    let post = b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+    assert_eq!(http(&admin, post).await.map(|a| a.0), Some(405));
+    assert_eq!(get(&admin, "/nowhere").await.0, 404);
+
+    // An oversized request line, and oversized headers: refused without
+    // reading them to the end.
+    let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000));
+    assert_eq!(
+        http(&admin, long_line.as_bytes()).await.map(|a| a.0),
+        Some(414)
+    );
+    let long_headers = format!(
+        "GET /metrics HTTP/1.1\r\nX-Padding: {}\r\n\r\n",
+        "b".repeat(10_000)
+    );
+    assert_eq!(
+        http(&admin, long_headers.as_bytes()).await.map(|a| a.0),
+        Some(431)
+    );
+    // A request cut short: closed without an answer.
+    assert_eq!(http(&admin, b"GET /metr").await, None);
+
+    // The silent connections were closed by the server.
+    for mut s in silent {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent admin connection was kept open: {read:?}"
+        );
+    }
+
+    // Both listeners still serve.
+    assert_eq!(get(&admin, "/readyz").await.0, 200);
+    let client = Client::connect(&server.addr, ADMIN).await.unwrap();
+    ok(&client.call(create(&client, 7, None)).await.unwrap());
+    let (_, metrics) = get(&admin, "/metrics").await;
+    assert_eq!(requests(&metrics, "ACCOUNT_CREATE", "OK"), 1.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_not_ready_until_recovery_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    // Recovery is held open by a clock that waits for the test: the
+    // journal reads it once recovery has replayed the log, before the
+    // server accepts anything.
+    let open = Arc::new(AtomicBool::new(false));
+    let gate = open.clone();
+    let clock: Clock = Arc::new(move || {
+        while !gate.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Timestamp(now_ms())
+    });
+    let admin = server::bind_admin(&config).await.unwrap();
+    let admin_addr = admin.addr.unwrap().to_string();
+    let starting = tokio::spawn(server::start_with(config, clock, admin));
+
+    assert_eq!(get(&admin_addr, "/healthz").await.0, 200);
+    let (status, body) = get(&admin_addr, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("recovering"), "{body}");
+    let (_, metrics) = get(&admin_addr, "/metrics").await;
+    assert_eq!(sample(&metrics, "reckon_ready"), Some(0.0), "{metrics}");
+    assert!(!starting.is_finished());
+
+    open.store(true, Ordering::Release);
+    let running = starting.await.unwrap().unwrap();
+    assert_eq!(
+        running.admin_addr.map(|a| a.to_string()),
+        Some(admin_addr.clone())
+    );
+    assert_eq!(get(&admin_addr, "/readyz").await, (200, "ready\n".into()));
+    let (_, metrics) = get(&admin_addr, "/metrics").await;
+    assert_eq!(sample(&metrics, "reckon_ready"), Some(1.0), "{metrics}");
+    assert!(
+        sample(&metrics, "reckon_recovery_seconds").is_some(),
+        "{metrics}"
+    );
+
+    running.shutdown().await.unwrap();
+    // Stopped: the admin listener goes with the server.
+    let mut closed = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&admin_addr).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the admin listener outlived the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_can_be_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.admin_listen = "off".into();
+    let running = server::start(config).await.unwrap();
+    assert_eq!(running.admin_addr, None);
+    running.shutdown().await.unwrap();
+
+    let mut config = common::config(dir.path());
+    config.admin_listen = "localhost".into();
+    match server::start(config).await {
+        Err(e) => assert!(e.to_string().contains("admin_listen"), "{e}"),
+        Ok(_) => panic!("an admin address without a port was accepted"),
+    }
+}
+
+#[test]
+fn logs_have_no_colour_codes_off_a_terminal_and_can_be_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = spawn_server_with(
+        dir.path(),
+        &dir.path().join("text"),
+        "",
+        &[("RECKON_LOG", "info")],
+    );
+    let lines = text.stderr.lock().clone();
+    text.kill();
+    assert!(
+        lines.iter().any(|l| l.contains("reckon serving")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains('\x1b')),
+        "colour codes in a piped log: {lines:?}"
+    );
+
+    let mut json = spawn_server_with(
+        dir.path(),
+        &dir.path().join("json"),
+        "",
+        &[("RECKON_LOG", "info"), ("RECKON_LOG_FORMAT", "json")],
+    );
+    let lines = json.stderr.lock().clone();
+    json.kill();
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let serving = events
+        .iter()
+        .find(|e| e["message"] == "reckon serving")
+        .unwrap_or_else(|| panic!("no JSON line says it is serving: {lines:?}"));
+    assert_eq!(serving["level"], "INFO");
+    assert!(serving["addr"].is_string(), "{serving}");
+    // Only the plain lines meant for a person are not JSON.
+    assert!(
+        lines
+            .iter()
+            .filter(|l| !l.starts_with('{'))
+            .all(|l| l.starts_with("reckon ") || l.starts_with("admin token")),
+        "{lines:?}"
+    );
+}
