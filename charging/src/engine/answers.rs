@@ -67,7 +67,7 @@ pub(super) fn request_digest(ccr: &CreditControlRequest) -> u64 {
 pub(super) struct AnswerIndex {
     hasher: std::collections::hash_map::RandomState,
     /// Key → log position of the record holding the answer.
-    map: HashMap<AnswerKey, u64, std::hash::BuildHasherDefault<PassThrough>>,
+    map: KeyMap,
     /// (time, key) in the order remembered: times never decrease along it.
     order: VecDeque<(Timestamp, AnswerKey)>,
     /// Keys remembered at a time ahead of `order`'s (a request stamped
@@ -84,12 +84,118 @@ impl Default for AnswerIndex {
     fn default() -> Self {
         AnswerIndex {
             hasher: std::collections::hash_map::RandomState::new(),
-            map: HashMap::default(),
+            map: KeyMap::default(),
             order: VecDeque::new(),
             ahead: BinaryHeap::new(),
             forgotten_up_to: Timestamp(0),
             cap: ANSWERS_MAX_DEFAULT,
         }
+    }
+}
+
+type PlainMap = HashMap<AnswerKey, u64, std::hash::BuildHasherDefault<PassThrough>>;
+
+/// Key → log position, grown without stopping the writer: a hash table
+/// that grows rehashes every entry at once (measured: 1.34 s with no
+/// answer at all, at 11M remembered answers). When the table is full, a
+/// table twice its size takes new entries and the full one's entries move
+/// over a few per insert, in the order they were remembered.
+#[derive(Debug, Default)]
+struct KeyMap {
+    map: PlainMap,
+    /// The full table being emptied into `map`.
+    old: PlainMap,
+    /// Entries of the index's `order` from the front already looked at,
+    /// then of its `ahead` heap (whose order may change meanwhile: an entry
+    /// passed over stays in `old` and moves at the end).
+    moved: usize,
+    moved_ahead: usize,
+}
+
+/// Entries moved per insert while a table is emptied: it empties long
+/// before the new table (twice as large) can fill.
+const MOVE_PER_INSERT: usize = 8;
+
+impl KeyMap {
+    fn get(&self, key: &AnswerKey) -> Option<&u64> {
+        self.map.get(key).or_else(|| self.old.get(key))
+    }
+
+    fn len(&self) -> usize {
+        self.map.len() + self.old.len()
+    }
+
+    fn remove(&mut self, key: &AnswerKey) -> Option<u64> {
+        self.map.remove(key).or_else(|| self.old.remove(key))
+    }
+
+    /// Inserts, first moving a few entries of a table being emptied (the
+    /// keys of `order` from `moved` on, then those `ahead`).
+    fn insert(
+        &mut self,
+        key: AnswerKey,
+        lsn: u64,
+        order: &VecDeque<(Timestamp, AnswerKey)>,
+        ahead: &BinaryHeap<Reverse<(Timestamp, AnswerKey)>>,
+    ) {
+        if !self.old.is_empty() {
+            self.move_some(order, ahead, MOVE_PER_INSERT);
+        }
+        if self.map.len() == self.map.capacity() {
+            if !self.old.is_empty() {
+                // Full again before the last one emptied (not at any rate
+                // the window allows): finish it now.
+                self.move_some(order, ahead, usize::MAX);
+            }
+            let full = std::mem::take(&mut self.map);
+            self.map =
+                PlainMap::with_capacity_and_hasher((full.len() * 2).max(1024), Default::default());
+            self.old = full;
+            self.moved = 0;
+            self.moved_ahead = 0;
+        }
+        self.old.remove(&key);
+        self.map.insert(key, lsn);
+    }
+
+    fn move_some(
+        &mut self,
+        order: &VecDeque<(Timestamp, AnswerKey)>,
+        ahead: &BinaryHeap<Reverse<(Timestamp, AnswerKey)>>,
+        mut n: usize,
+    ) {
+        while n > 0 && self.moved < order.len() {
+            let (_, key) = order[self.moved];
+            self.moved += 1;
+            if let Some(lsn) = self.old.remove(&key) {
+                self.map.insert(key, lsn);
+                n -= 1;
+            }
+        }
+        let ahead = ahead.as_slice();
+        while n > 0 && self.moved_ahead < ahead.len() {
+            let Reverse((_, key)) = ahead[self.moved_ahead];
+            self.moved_ahead += 1;
+            if let Some(lsn) = self.old.remove(&key) {
+                self.map.insert(key, lsn);
+                n -= 1;
+            }
+        }
+        if self.moved >= order.len() && self.moved_ahead >= ahead.len() {
+            self.map.extend(self.old.drain());
+            self.old = PlainMap::default();
+        }
+    }
+
+    /// `order` lost its front entry.
+    fn popped_front(&mut self) {
+        self.moved = self.moved.saturating_sub(1);
+    }
+
+    /// Whether a full table is still being emptied (for tests).
+    #[cfg(test)]
+    fn growing(&self) -> bool {
+        !self.old.is_empty()
     }
 }
 
@@ -127,7 +233,7 @@ impl AnswerIndex {
         } else {
             self.ahead.push(Reverse((at, key)));
         }
-        self.map.insert(key, lsn);
+        self.map.insert(key, lsn, &self.order, &self.ahead);
         while self.map.len() > self.cap {
             if !self.pop_oldest() {
                 break;
@@ -151,7 +257,10 @@ impl AnswerIndex {
         let ahead = self.ahead.peek().map(|Reverse((at, _))| *at);
         let (at, key) = match (front, ahead) {
             (Some(f), a) if a.is_none_or(|a| f <= a) => match self.order.pop_front() {
-                Some(e) => e,
+                Some(e) => {
+                    self.map.popped_front();
+                    e
+                }
                 None => return false,
             },
             (_, Some(_)) => match self.ahead.pop() {
@@ -373,6 +482,48 @@ mod tests {
         assert_eq!(index.len(), 2);
         assert_eq!(index.get(k1), None);
         assert_eq!(index.forgotten_up_to(), Timestamp(20_000));
+    }
+
+    /// The index grows without rehashing everything at once, and finds
+    /// exactly what a plain map would while it moves entries over: inserts
+    /// in time order and some stamped ahead, forgetting as the clock runs.
+    #[test]
+    fn the_index_grows_a_few_entries_at_a_time_and_loses_nothing() {
+        let mut index = AnswerIndex::default();
+        let mut reference: std::collections::HashMap<AnswerKey, (Timestamp, u64)> =
+            Default::default();
+        let window = 50_000;
+        let mut saw_growing = 0;
+        for i in 0..300_000u64 {
+            let now = Timestamp(1_000_000 + i);
+            // Now and then stamped ahead: the next few go to `ahead`.
+            let at = if i % 97 == 0 { now.plus_ms(7) } else { now };
+            let key = index.key(AccountId(7), "s", i as u32);
+            index.insert(at, key, i);
+            reference.insert(key, (at, i));
+            if i % 10 == 0 {
+                index.forget(now, window);
+                reference.retain(|_, (at, _)| at.plus_ms(window) > now);
+            }
+            if index.map.growing() {
+                saw_growing += 1;
+            }
+            if i % 4_999 == 0 {
+                assert_eq!(index.len(), reference.len(), "at {i}");
+                for (k, (_, lsn)) in &reference {
+                    assert_eq!(index.get(*k), Some(*lsn), "at {i}");
+                }
+            }
+        }
+        // Tables were emptied over many inserts, not at once.
+        assert!(saw_growing > 1_000, "{saw_growing}");
+        assert!(!index.map.growing() || index.map.old.len() < index.len());
+        assert_eq!(index.len(), reference.len());
+        for (k, (_, lsn)) in &reference {
+            assert_eq!(index.get(*k), Some(*lsn));
+        }
+        let gone = index.key(AccountId(7), "s", 1);
+        assert_eq!(index.get(gone), None);
     }
 
     #[test]
