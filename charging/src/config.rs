@@ -202,7 +202,7 @@ pub struct Config {
     /// need (Diameter Tx timers are seconds).
     #[serde(default = "default_window")]
     pub retransmission_window_s: u64,
-    /// Most answers remembered at once (about 36 bytes of memory each),
+    /// Most answers remembered at once (about 60 bytes of memory each),
     /// whatever the window: past it the oldest are forgotten early, and a
     /// request stamped before the newest one forgotten is refused.
     #[serde(default = "default_answers_max")]
