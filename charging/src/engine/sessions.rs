@@ -562,7 +562,7 @@ impl Engine {
                 self.cause = OpId::SERVER;
                 self.ended(&id, &session);
                 expired += 1;
-                tracing::info!(org = id.0 .0, session = %id.1, "session supervision expired; grants released");
+                tracing::debug!(org = id.0 .0, session = %id.1, "session supervision expired; grants released");
             }
         }
         expired
