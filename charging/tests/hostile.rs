@@ -337,6 +337,51 @@ async fn reused_ids_and_late_retransmissions_are_refused() {
     running.shutdown().await.unwrap();
 }
 
+/// The server's memory of answers grows while requests keep coming (a
+/// full table hands its entries to a larger one a few per request): a
+/// retransmission of an answer not yet moved, or already moved, still gets
+/// the original answer; a reused id with other content is still refused;
+/// another tenant's same ids stay its own. No balance moves but by the
+/// debits applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmissions_are_recognised_while_the_answer_memory_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(config(dir.path())).await.unwrap();
+    let addr = running.addr.to_string();
+    let admin = Client::connect(&addr, ADMIN).await.unwrap();
+    let acme = Client::connect(&addr, ACME).await.unwrap();
+    let globex = Client::connect(&addr, GLOBEX).await.unwrap();
+    two_tenants(&admin, "10000").await;
+    // The first table holds 1792 answers; the next ~250 requests move them.
+    let n = 2_500;
+    for i in 0..n {
+        ok(&acme.call(debit(&format!("d{i}"), ACME_KEY, "1")).await.unwrap());
+        if i >= 1_700 {
+            let old = i - 1_700 + (i % 7) * 200;
+            let again = acme
+                .call(debit(&format!("d{old}"), ACME_KEY, "1"))
+                .await
+                .unwrap();
+            ok(&again);
+            let reused = acme
+                .call(debit(&format!("d{old}"), ACME_KEY, "5"))
+                .await
+                .unwrap();
+            assert_eq!(code(&reused), ResultCode::REQUEST_ID_REUSED, "d{old}");
+        }
+        if i % 500 == 0 {
+            // The same ids under another tenant are that tenant's own.
+            ok(&globex
+                .call(debit(&format!("d{i}"), GLOBEX_KEY, "2"))
+                .await
+                .unwrap());
+        }
+    }
+    assert_eq!(balance(&admin, ACME_ORG, TOKENS).await, d("7500"));
+    assert_eq!(balance(&admin, GLOBEX_ORG, TOKENS).await, d("9990"));
+    running.shutdown().await.unwrap();
+}
+
 /// A card pricing output tokens of service 5 at a million credits each.
 const DEAR_CARD: &str = r#"
 card = "dear"
