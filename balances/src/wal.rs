@@ -1354,6 +1354,39 @@ fn acknowledged_damage(path: &Path, off: usize, why: &str, later: (usize, u64)) 
     )
 }
 
+/// Pages of a write in flight from byte `synced` to `end` (`page` bytes
+/// each): how many [`after_power_loss`] decides on.
+pub fn pages_in_flight(synced: usize, end: usize, page: usize) -> usize {
+    end.div_ceil(page) - synced / page
+}
+
+/// The power-loss model the crash tests and the simulator share: a file
+/// whose first `synced` bytes are durable and whose write up to
+/// `image.len()` was in flight, as the disk may leave it. Each page of the
+/// in-flight part landed or not (`landed(i)` for its i-th page, in file
+/// order); where a later page landed and an earlier one did not, zeros.
+pub fn after_power_loss(
+    image: &[u8],
+    synced: usize,
+    page: usize,
+    mut landed: impl FnMut(usize) -> bool,
+) -> Vec<u8> {
+    let end = image.len();
+    let mut disk = image[..synced].to_vec();
+    for (i, p) in (synced / page..end.div_ceil(page)).enumerate() {
+        if !landed(i) {
+            continue;
+        }
+        let from = (p * page).max(synced);
+        let to = ((p + 1) * page).min(end);
+        if disk.len() < to {
+            disk.resize(to, 0);
+        }
+        disk[from..to].copy_from_slice(&image[from..to]);
+    }
+    disk
+}
+
 /// Validates a segment's bytes without touching any file: the header, then
 /// write group by write group. In the last segment (`is_last`), damage with
 /// no valid group after it is a torn tail, reported by `valid_len`; any

@@ -4,6 +4,7 @@
 //! and takes the next write.
 
 use reckon_balances::snapstore::{load, read_history, HistoryStore, SnapStore, SnapshotWrite};
+use reckon_balances::wal;
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -216,24 +217,14 @@ fn every_page_combination(template: &Path, ends: &[u64], check: impl Fn(&Path, u
     for in_flight in ends.len() - 3..ends.len() {
         let synced_len = ends[in_flight - 1] as usize;
         let end = ends[in_flight] as usize;
-        let pages: Vec<usize> = (synced_len / PAGE..end.div_ceil(PAGE)).collect();
-        assert!(pages.len() >= 2, "groups should span pages");
-        for mask in 0u32..(1 << pages.len()) {
-            let mut disk = bytes[..synced_len].to_vec();
-            for (i, page) in pages.iter().enumerate() {
-                if mask & (1 << i) == 0 {
-                    continue;
-                }
-                let from = (page * PAGE).max(synced_len);
-                let to = ((page + 1) * PAGE).min(end);
-                if disk.len() < to {
-                    disk.resize(to, 0);
-                }
-                disk[from..to].copy_from_slice(&bytes[from..to]);
-            }
+        let pages = wal::pages_in_flight(synced_len, end, PAGE);
+        assert!(pages >= 2, "groups should span pages");
+        for mask in 0u32..(1 << pages) {
+            let disk =
+                wal::after_power_loss(&bytes[..end], synced_len, PAGE, |i| mask & (1 << i) != 0);
             let dir = tempfile::tempdir().unwrap();
             fs::write(dir.path().join(segment.file_name().unwrap()), &disk).unwrap();
-            let all_landed = mask == (1 << pages.len()) - 1;
+            let all_landed = mask == (1 << pages) - 1;
             check(
                 dir.path(),
                 if all_landed { in_flight + 1 } else { in_flight },

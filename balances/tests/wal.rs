@@ -693,34 +693,18 @@ fn power_loss_with_pages_persisted_out_of_order_never_keeps_reckon_down() {
         let (start, end, first, count) = layout[in_flight];
         assert_eq!(start as usize, synced_len);
         let end = end as usize;
-        let pages: Vec<usize> = (synced_len / PAGE..end.div_ceil(PAGE)).collect();
-        assert!(
-            pages.len() >= 2 || in_flight < 5,
-            "groups should span pages"
-        );
-        for mask in 0u32..(1 << pages.len()) {
-            // The file as the disk has it after the power loss: the synced
-            // bytes, then the pages of the in-flight write that landed, and
-            // zeros where one did not land before one that did.
-            let mut disk = bytes[..synced_len].to_vec();
-            for (i, page) in pages.iter().enumerate() {
-                if mask & (1 << i) == 0 {
-                    continue;
-                }
-                let from = (page * PAGE).max(synced_len);
-                let to = ((page + 1) * PAGE).min(end);
-                if disk.len() < to {
-                    disk.resize(to, 0);
-                }
-                disk[from..to].copy_from_slice(&bytes[from..to]);
-            }
+        let pages = wal::pages_in_flight(synced_len, end, PAGE);
+        assert!(pages >= 2 || in_flight < 5, "groups should span pages");
+        for mask in 0u32..(1 << pages) {
+            let disk =
+                wal::after_power_loss(&bytes[..end], synced_len, PAGE, |i| mask & (1 << i) != 0);
             let dir = tempfile::tempdir().unwrap();
             let cfg = config(dir.path(), 1 << 30);
             fs::write(dir.path().join(seg.file_name().unwrap()), &disk).unwrap();
             let opened = wal::open(&cfg).unwrap_or_else(|e| {
                 panic!("group {in_flight} in flight, pages {mask:b}: refused to start: {e}")
             });
-            let all_landed = mask == (1 << pages.len()) - 1;
+            let all_landed = mask == (1 << pages) - 1;
             let last = if all_landed {
                 first + count - 1
             } else {

@@ -355,7 +355,10 @@ async fn retransmissions_are_recognised_while_the_answer_memory_grows() {
     // The first table holds 1792 answers; the next ~250 requests move them.
     let n = 2_500;
     for i in 0..n {
-        ok(&acme.call(debit(&format!("d{i}"), ACME_KEY, "1")).await.unwrap());
+        ok(&acme
+            .call(debit(&format!("d{i}"), ACME_KEY, "1"))
+            .await
+            .unwrap());
         if i >= 1_700 {
             let old = i - 1_700 + (i % 7) * 200;
             let again = acme

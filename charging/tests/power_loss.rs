@@ -115,9 +115,9 @@ async fn a_torn_write_group_is_cut_and_acknowledged_damage_is_refused() {
     let (start, end, count) = *layout.last().unwrap();
     assert_eq!(end, bytes.len());
     assert!(count >= 300, "the batch is one group ({count} records)");
-    let pages: Vec<usize> = (start / PAGE..end.div_ceil(PAGE)).collect();
-    assert!(pages.len() >= 3, "the group spans {} pages", pages.len());
-    let all = (1u64 << pages.len()) - 1;
+    let pages = reckon_balances::wal::pages_in_flight(start, end, PAGE);
+    assert!(pages >= 3, "the group spans {pages} pages");
+    let all = (1u64 << pages) - 1;
     // None landed, all landed, holes (every other page, only the last,
     // all but the first, all but one in the middle).
     let patterns = [
@@ -125,25 +125,16 @@ async fn a_torn_write_group_is_cut_and_acknowledged_damage_is_refused() {
         all,
         0b0101_0101_0101_0101 & all,
         0b1010_1010_1010_1010 & all,
-        1 << (pages.len() - 1),
+        1 << (pages - 1),
         all & !1,
-        all & !(1 << (pages.len() / 2)),
+        all & !(1 << (pages / 2)),
     ];
     for mask in patterns {
         let copy = dir.path().join(format!("lost-{mask:b}"));
         copy_tree(&data, &copy);
-        let mut disk = bytes[..start].to_vec();
-        for (i, page) in pages.iter().enumerate() {
-            if mask & (1 << i) == 0 {
-                continue;
-            }
-            let from = (page * PAGE).max(start);
-            let to = ((page + 1) * PAGE).min(end);
-            if disk.len() < to {
-                disk.resize(to, 0);
-            }
-            disk[from..to].copy_from_slice(&bytes[from..to]);
-        }
+        let disk = reckon_balances::wal::after_power_loss(&bytes[..end], start, PAGE, |i| {
+            mask & (1 << i) != 0
+        });
         let copied_seg = copy.join("wal").join(seg.file_name().unwrap());
         std::fs::write(&copied_seg, &disk).unwrap();
         // `reckon check` says what a start would do and changes nothing.

@@ -579,19 +579,13 @@ impl World {
     /// log image lands or not; recovery keeps what `wal::check_segment`
     /// keeps, which must be the whole in-flight group or none of it.
     fn lose_unsynced_pages(&mut self) -> Result<(), Violation> {
-        let from = self.disk.image_synced;
-        let end = self.disk.image.len();
-        let mut disk = self.disk.image[..from].to_vec();
-        for page in from / SIM_PAGE..end.div_ceil(SIM_PAGE) {
-            if self.rng.chance(50) {
-                let a = (page * SIM_PAGE).max(from);
-                let b = ((page + 1) * SIM_PAGE).min(end);
-                if disk.len() < b {
-                    disk.resize(b, 0);
-                }
-                disk[a..b].copy_from_slice(&self.disk.image[a..b]);
-            }
-        }
+        let rng = &mut self.rng;
+        let mut disk = reckon_balances::wal::after_power_loss(
+            &self.disk.image,
+            self.disk.image_synced,
+            SIM_PAGE,
+            |_| rng.chance(50),
+        );
         let checked = reckon_balances::wal::check_segment(
             std::path::Path::new("sim.log"),
             &disk,
