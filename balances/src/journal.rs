@@ -509,23 +509,7 @@ impl<M: Machine> Journal<M> {
         machine.attach_log(log_reader(opened.writer.reader()));
         let mut replayed = 0u64;
         let mut last_now = Timestamp(0);
-        // Records the snapshot covers but the log still holds: the machine
-        // recalls what it keeps outside the snapshot.
-        if let Some(first) = opened.first_lsn.filter(|f| f.0 <= snapshot_lsn) {
-            wal::replay_upto(
-                &wal_config,
-                Lsn(first.0 - 1),
-                Lsn(snapshot_lsn),
-                |lsn, record| -> Result<(), String> {
-                    let (now, payload) = split_record(record)?;
-                    if lsn.0 <= snapshot_lsn {
-                        machine.recall(now, lsn.0, payload)?;
-                    }
-                    Ok(())
-                },
-            )
-            .map_err(|e| JournalError::Recovery(format!("{e}")))?;
-        }
+        recall_covered(&wal_config, opened.first_lsn, snapshot_lsn, &mut machine)?;
         machine.replay_hint(opened.last_lsn.0.saturating_sub(snapshot_lsn));
         let last = wal::replay(&wal_config, Lsn(snapshot_lsn), |lsn, record| {
             let (now, payload) = split_record(record)?;
@@ -696,18 +680,7 @@ impl<M: Machine> Journal<M> {
         let reader = wal::open_reader(&wal_config)?;
         machine.attach_log(log_reader(reader));
         let mut replayed = 0u64;
-        if let Some(first) = found.first_lsn.filter(|f| f.0 <= snapshot_lsn) {
-            wal::replay_upto(
-                &wal_config,
-                Lsn(first.0 - 1),
-                Lsn(snapshot_lsn),
-                |lsn, record| -> Result<(), String> {
-                    let (now, payload) = split_record(record)?;
-                    machine.recall(now, lsn.0, payload)
-                },
-            )
-            .map_err(|e| JournalError::Recovery(format!("{e}")))?;
-        }
+        recall_covered(&wal_config, found.first_lsn, snapshot_lsn, &mut machine)?;
         if found.last_lsn.0 > snapshot_lsn {
             wal::replay_upto(
                 &wal_config,
@@ -1161,6 +1134,35 @@ fn sync_loop<M: Machine>(
             }
         }
     }
+}
+
+/// Hands the machine the records the snapshot covers but the log still
+/// holds (from `first`), so it recalls what it keeps outside the snapshot.
+/// The group holding `snapshot_lsn` may run past it: those records are
+/// replayed after, not recalled.
+fn recall_covered<M: Machine>(
+    wal_config: &WalConfig,
+    first: Option<Lsn>,
+    snapshot_lsn: u64,
+    machine: &mut M,
+) -> Result<(), JournalError> {
+    let Some(first) = first.filter(|f| f.0 <= snapshot_lsn) else {
+        return Ok(());
+    };
+    wal::replay_upto(
+        wal_config,
+        Lsn(first.0 - 1),
+        Lsn(snapshot_lsn),
+        |lsn, record| -> Result<(), String> {
+            if lsn.0 <= snapshot_lsn {
+                let (now, payload) = split_record(record)?;
+                machine.recall(now, lsn.0, payload)?;
+            }
+            Ok(())
+        },
+    )
+    .map_err(|e| JournalError::Recovery(format!("{e}")))?;
+    Ok(())
 }
 
 fn snapshot_loop(
