@@ -254,29 +254,13 @@ impl Ops {
     }
 }
 
-fn counter<V>(
+/// Writes one metric with its name and help text.
+fn emit(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    value: V,
-) -> Result<(), std::fmt::Error>
-where
-    ConstCounter<V>: EncodeMetric,
-{
-    let metric = ConstCounter::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn gauge<V>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: V,
-) -> Result<(), std::fmt::Error>
-where
-    ConstGauge<V>: EncodeMetric,
-{
-    let metric = ConstGauge::new(value);
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
@@ -304,104 +288,104 @@ impl Collector for Ops {
             let labels = [("kind", *kind), ("result", *result)];
             ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
         }
-        gauge(
+        emit(
             &mut encoder,
             "reckon_ready",
             "1 when recovered, the journal healthy and accepting; 0 otherwise.",
-            i64::from(self.readiness().is_ok()),
+            ConstGauge::new(i64::from(self.readiness().is_ok())),
         )?;
-        gauge(
+        emit(
             &mut encoder,
             "reckon_uptime_seconds",
             "Seconds since the process started serving its admin listener.",
-            self.started.elapsed().as_secs_f64(),
+            ConstGauge::new(self.started.elapsed().as_secs_f64()),
         )?;
-        gauge(
+        emit(
             &mut encoder,
             "reckon_connections_open",
             "Native-protocol connections open now.",
-            get(&self.connections_open) as i64,
+            ConstGauge::new(get(&self.connections_open) as i64),
         )?;
-        counter(
+        emit(
             &mut encoder,
             "reckon_connections_accepted",
             "Native-protocol connections accepted.",
-            get(&self.connections_accepted),
+            ConstCounter::new(get(&self.connections_accepted)),
         )?;
-        counter(
+        emit(
             &mut encoder,
             "reckon_connections_refused",
             "Native-protocol connections refused at the connection or pending limit.",
-            get(&self.connections_refused),
+            ConstCounter::new(get(&self.connections_refused)),
         )?;
         if let Some(r) = self.recovery.get() {
-            gauge(
+            emit(
                 &mut encoder,
                 "reckon_recovery_seconds",
                 "Time the last start took to recover the data directory.",
-                r.elapsed_ms as f64 / 1000.0,
+                ConstGauge::new(r.elapsed_ms as f64 / 1000.0),
             )?;
-            gauge(
+            emit(
                 &mut encoder,
                 "reckon_recovery_replayed_records",
                 "Log records replayed after the snapshot at the last start.",
-                r.replayed as i64,
+                ConstGauge::new(r.replayed as i64),
             )?;
         }
         let j = &self.journal;
-        counter(
+        emit(
             &mut encoder,
             "reckon_journal_requests",
             "Requests applied by the writer (including the server's own).",
-            get(&j.requests),
+            ConstCounter::new(get(&j.requests)),
         )?;
-        counter(
+        emit(
             &mut encoder,
             "reckon_journal_records",
             "Log records made durable.",
-            get(&j.records),
+            ConstCounter::new(get(&j.records)),
         )?;
-        counter(
+        emit(
             &mut encoder,
             "reckon_journal_syncs",
             "fdatasync calls of the log (one per write group).",
-            get(&j.syncs),
+            ConstCounter::new(get(&j.syncs)),
         )?;
-        gauge(
+        emit(
             &mut encoder,
             "reckon_journal_records_per_sync_max",
             "Most log records made durable by one fdatasync.",
-            get(&j.records_per_sync_max) as i64,
+            ConstGauge::new(get(&j.records_per_sync_max) as i64),
         )?;
-        counter(
+        emit(
             &mut encoder,
             "reckon_journal_checkpoints",
             "Checkpoints written.",
-            get(&j.checkpoints),
+            ConstCounter::new(get(&j.checkpoints)),
         )?;
-        gauge(
+        emit(
             &mut encoder,
             "reckon_journal_checkpoint_pause_max_seconds",
             "Longest single pause of the writer for checkpoint work.",
-            get(&j.checkpoint_pause_us_max) as f64 / 1e6,
+            ConstGauge::new(get(&j.checkpoint_pause_us_max) as f64 / 1e6),
         )?;
-        counter(
+        emit(
             &mut encoder,
             "reckon_journal_checkpoint_work_seconds",
             "Time the writer spent on checkpoint work.",
-            get(&j.checkpoint_work_us) as f64 / 1e6,
+            ConstCounter::new(get(&j.checkpoint_work_us) as f64 / 1e6),
         )?;
-        counter(
+        emit(
             &mut encoder,
             "reckon_journal_checkpoint_pauses_over_1ms",
             "Writer pauses for checkpoint work longer than 1 ms.",
-            get(&j.checkpoint_pauses_over_1ms),
+            ConstCounter::new(get(&j.checkpoint_pauses_over_1ms)),
         )?;
-        gauge(
+        emit(
             &mut encoder,
             "reckon_journal_durable_lsn",
             "Last durable log position.",
-            get(&j.durable_lsn) as i64,
+            ConstGauge::new(get(&j.durable_lsn) as i64),
         )?;
         Ok(())
     }
