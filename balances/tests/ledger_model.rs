@@ -1796,20 +1796,28 @@ impl Run {
         Ok(())
     }
 
-    /// (f') A checkpoint encoded while operations changed the ledger is the
-    /// state as it was when it began: its restore, with the operations
-    /// since replayed, equals the live ledger.
-    fn finish_interleaved(&mut self, writes: Vec<SnapshotWrite>) -> Result<(), TestCaseError> {
-        let since = self.interleaved.take().unwrap_or_default();
+    /// Applies a checkpoint's writes to the store and restores a ledger
+    /// from the whole store.
+    fn store_and_restore(
+        &mut self,
+        writes: Vec<SnapshotWrite>,
+    ) -> Result<(Ledger, CheckpointState), TestCaseError> {
         for (k, v) in writes {
             match v {
                 Some(v) => self.store.insert(k, v),
                 None => self.store.remove(&k),
             };
         }
-        let (mut restored, state) =
-            Ledger::restore(self.store.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-                .map_err(|e| TestCaseError::fail(format!("restore: {e}")))?;
+        Ledger::restore(self.store.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            .map_err(|e| TestCaseError::fail(format!("restore: {e}")))
+    }
+
+    /// (f') A checkpoint encoded while operations changed the ledger is the
+    /// state as it was when it began: its restore, with the operations
+    /// since replayed, equals the live ledger.
+    fn finish_interleaved(&mut self, writes: Vec<SnapshotWrite>) -> Result<(), TestCaseError> {
+        let since = self.interleaved.take().unwrap_or_default();
+        let (mut restored, state) = self.store_and_restore(writes)?;
         prop_assert_eq!(state.seq, self.checkpoint.seq);
         for (at, op) in &since {
             let _ = restored.apply(*at, op);
@@ -1838,15 +1846,7 @@ impl Run {
             })?;
             let writes = self.ledger.checkpoint(&mut self.checkpoint, self.now);
             let digest = self.ledger.state_digest();
-            for (k, v) in writes {
-                match v {
-                    Some(v) => self.store.insert(k, v),
-                    None => self.store.remove(&k),
-                };
-            }
-            let (mut restored, state) =
-                Ledger::restore(self.store.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-                    .map_err(|e| TestCaseError::fail(format!("restore: {e}")))?;
+            let (mut restored, state) = self.store_and_restore(writes)?;
             // Stale op entries in a blob that is still kept come back; the
             // next apply evicts them, as the live ledger did.
             let evicted = restored.apply(
