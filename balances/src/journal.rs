@@ -380,6 +380,52 @@ pub struct JournalStats {
     pub checkpoint_work_us: AtomicU64,
     /// Checkpoint pauses longer than 1 ms (the target for one pause).
     pub checkpoint_pauses_over_1ms: AtomicU64,
+    /// Time of each group commit's write and fdatasync, in µs.
+    pub sync_us: Log2Histogram,
+    /// Log records made durable by each fdatasync (group-commit size).
+    pub records_per_sync: Log2Histogram,
+    /// Time the snapshot thread took for the last checkpoint, in µs.
+    pub checkpoint_last_us: AtomicU64,
+    /// Bytes of keys and values the last checkpoint wrote.
+    pub checkpoint_last_bytes: AtomicU64,
+    /// Log position the last checkpoint covers.
+    pub checkpoint_last_lsn: AtomicU64,
+    /// When the last checkpoint landed, in ms since the Unix epoch.
+    pub checkpoint_last_unix_ms: AtomicU64,
+    /// Held by the snapshot thread while it writes a checkpoint: whoever
+    /// holds it (a backup) sees the snapshot and history stores unchanged.
+    pub checkpoint_hold: parking_lot::Mutex<()>,
+}
+
+/// Buckets of a [`Log2Histogram`]: upper bounds 1, 2, 4, ... 2^30, then
+/// one for larger values.
+pub const LOG2_BUCKETS: usize = 32;
+
+/// A histogram of relaxed atomic counters in power-of-two buckets: bucket
+/// `i` counts values in (2^(i-1), 2^i]. Lock-free, fixed size.
+#[derive(Debug, Default)]
+pub struct Log2Histogram {
+    buckets: [AtomicU64; LOG2_BUCKETS],
+    sum: AtomicU64,
+}
+
+impl Log2Histogram {
+    /// Counts one value.
+    pub fn record(&self, value: u64) {
+        let i = if value <= 1 {
+            0
+        } else {
+            (64 - (value - 1).leading_zeros()) as usize
+        };
+        self.buckets[i.min(LOG2_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// The counts per bucket (not cumulative) and the sum of the values.
+    pub fn read(&self) -> ([u64; LOG2_BUCKETS], u64) {
+        let counts = std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed));
+        (counts, self.sum.load(Ordering::Relaxed))
+    }
 }
 
 /// What recovery found and did.
@@ -739,6 +785,11 @@ impl<M: Machine> Journal<M> {
         &self.stats
     }
 
+    /// The counters, shared (for readers that outlive a borrow).
+    pub fn stats_handle(&self) -> Arc<JournalStats> {
+        self.stats.clone()
+    }
+
     /// Drains queued requests, makes them durable, writes a final
     /// checkpoint and stops the threads.
     pub fn shutdown(mut self) {
@@ -750,6 +801,11 @@ impl<M: Machine> Journal<M> {
 }
 
 impl<M: Machine> Submitter<M> {
+    /// Submissions waiting in the writer's queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Submits a batch of requests; `reply` gets their responses once the
     /// batch is durable. Refuses with [`JournalError::Busy`] when the queue
     /// is full rather than queueing without bound.
@@ -1101,9 +1157,12 @@ fn sync_loop<M: Machine>(
         }
         let merged = merged.unwrap_or_else(|| WalBatch::new(Lsn(0)));
         if failure.is_none() && !merged.is_empty() {
+            let started = Instant::now();
             match writer.write_and_sync(&merged) {
                 Ok(()) => {
                     let n = merged.len_records() as u64;
+                    stats.sync_us.record(started.elapsed().as_micros() as u64);
+                    stats.records_per_sync.record(n);
                     stats.records.fetch_add(n, Ordering::Relaxed);
                     stats.syncs.fetch_add(1, Ordering::Relaxed);
                     stats.records_per_sync_max.fetch_max(n, Ordering::Relaxed);
@@ -1192,6 +1251,12 @@ fn snapshot_loop(
             extra = work();
             writes.append(&mut extra.writes);
         }
+        let hold = stats.checkpoint_hold.lock();
+        let started = Instant::now();
+        let bytes: usize = writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
         let result = (|| -> Result<(), JournalError> {
             // History first: a checkpoint that lands covers the records
             // whose history is already durable.
@@ -1201,6 +1266,17 @@ fn snapshot_loop(
         })();
         match result {
             Ok(()) => {
+                let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+                set(
+                    &stats.checkpoint_last_us,
+                    started.elapsed().as_micros() as u64,
+                );
+                set(&stats.checkpoint_last_bytes, bytes as u64);
+                set(&stats.checkpoint_last_lsn, lsn.0);
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                set(&stats.checkpoint_last_unix_ms, unix_ms);
                 stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 let _ = trims.try_send(lsn);
             }
@@ -1213,6 +1289,7 @@ fn snapshot_loop(
                 failed = true;
             }
         }
+        drop(hold);
         busy.store(false, Ordering::Release);
     }
 }

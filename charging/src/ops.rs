@@ -21,7 +21,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use reckon_balances::journal::{Health, JournalStats, RecoveryReport};
+use reckon_balances::journal::{Health, JournalStats, Log2Histogram, RecoveryReport, LOG2_BUCKETS};
 use reckon_protocol::codes::{AdminCode, ErrorCode, ResultCode};
 use reckon_protocol::frame::Kind;
 use reckon_protocol::message::Message;
@@ -109,6 +109,67 @@ fn kind_name(index: usize) -> &'static str {
     Kind::ALL.get(index).map_or("MALFORMED", |k| k.name())
 }
 
+/// Most organisations counted apart (the first by label); the rest are
+/// counted together as `other`, so the label set stays bounded.
+pub const ORGS_MAX: usize = 32;
+/// Organisation slots: 0 admin, then the named ones, then `other`.
+const ORG_ADMIN: usize = 0;
+const ORG_OTHER: usize = ORGS_MAX + 1;
+const ORG_SLOTS: usize = ORGS_MAX + 2;
+
+/// Whether an answer refuses what was asked (a credit-control result
+/// other than success, an admin refusal, a protocol error).
+fn is_denial(answer: &Message) -> bool {
+    match answer {
+        Message::Cca(a) => !a.result_code.is_success(),
+        Message::AdminResult(a) => !a.code.is_ok(),
+        Message::RateCardResult(a) => !a.code.is_ok(),
+        Message::Error(_) => true,
+        _ => false,
+    }
+}
+
+/// Figures read from elsewhere by the server's housekeeping (the engine
+/// in the writer's order, the disk) and kept for the admin listener.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Submissions waiting in the writer's queue.
+    pub queue_depth: AtomicU64,
+    /// Open charging sessions.
+    pub sessions: AtomicU64,
+    /// Open reservations.
+    pub reservations: AtomicU64,
+    /// Accounts.
+    pub accounts: AtomicU64,
+    /// Answers remembered for retransmissions.
+    pub answers: AtomicU64,
+    /// Approximate memory of the remembered answers, in bytes.
+    pub answer_bytes: AtomicU64,
+    /// Log position of the last request applied, as last read.
+    pub applied_lsn: AtomicU64,
+    /// Log position recovery reached at start.
+    pub recovered_lsn: AtomicU64,
+    /// Bytes of the write-ahead log's files.
+    pub wal_bytes: AtomicU64,
+    /// Bytes of every file in the data directory.
+    pub data_dir_bytes: AtomicU64,
+}
+
+/// Bytes of the files under `dir` (recursively; unreadable entries count 0).
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// The journal's counters as last copied (see [`Ops::copy_journal_stats`]).
 #[derive(Debug, Default)]
 struct JournalCopy {
@@ -136,6 +197,19 @@ pub struct Ops {
     connections_accepted: AtomicU64,
     connections_refused: AtomicU64,
     journal: JournalCopy,
+    /// The journal's counters themselves, for the histograms and the last
+    /// checkpoint (relaxed loads at scrape time; the writer is not touched).
+    journal_stats: OnceLock<Arc<JournalStats>>,
+    /// Labels of the organisations counted apart, sorted by organisation id
+    /// (see [`Ops::set_orgs`]).
+    orgs: OnceLock<Vec<(u64, String)>>,
+    /// Requests and denials by organisation slot.
+    org_requests: Box<[AtomicU64]>,
+    org_denials: Box<[AtomicU64]>,
+    /// Answer latency by request kind (µs).
+    latency: Box<[Log2Histogram]>,
+    /// Figures the housekeeping reads in.
+    pub gauges: Gauges,
     started: std::time::Instant,
 }
 
@@ -151,6 +225,14 @@ impl Default for Ops {
             connections_accepted: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             journal: JournalCopy::default(),
+            journal_stats: OnceLock::new(),
+            orgs: OnceLock::new(),
+            org_requests: (0..ORG_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            org_denials: (0..ORG_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            latency: (0..=KIND_MALFORMED)
+                .map(|_| Log2Histogram::default())
+                .collect(),
+            gauges: Gauges::default(),
             started: std::time::Instant::now(),
         }
     }
@@ -175,6 +257,82 @@ impl Ops {
         if let Some(c) = self.answers.get(cell) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts an answer of a request an organisation (or the admin) sent,
+    /// `elapsed` after it was read.
+    pub fn answered_by(
+        &self,
+        kind: Option<Kind>,
+        org: usize,
+        answer: &Message,
+        elapsed: std::time::Duration,
+    ) {
+        self.answered(kind, answer);
+        let get = |t: &[AtomicU64]| {
+            t.get(org.min(ORG_OTHER))
+                .map(|c| c.fetch_add(1, Ordering::Relaxed))
+        };
+        get(&self.org_requests);
+        if is_denial(answer) {
+            get(&self.org_denials);
+        }
+        let row = kind.map_or(KIND_MALFORMED, kind_index);
+        if let Some(h) = self.latency.get(row) {
+            h.record(elapsed.as_micros() as u64);
+        }
+    }
+
+    /// Names the organisations counted apart: those of the credentials,
+    /// labelled by the credential's name (else the organisation id), the
+    /// first [`ORGS_MAX`] by label.
+    pub fn set_orgs(&self, credentials: &[crate::config::CredentialConfig]) {
+        let mut orgs: Vec<(u64, String)> = Vec::new();
+        for c in credentials {
+            if let Some(org) = c.org {
+                if !orgs.iter().any(|(o, _)| *o == org) {
+                    let label = if c.name.is_empty() {
+                        org.to_string()
+                    } else {
+                        c.name.clone()
+                    };
+                    orgs.push((org, label));
+                }
+            }
+        }
+        orgs.sort_by(|a, b| a.1.cmp(&b.1));
+        orgs.truncate(ORGS_MAX);
+        orgs.sort_by_key(|o| o.0);
+        let _ = self.orgs.set(orgs);
+    }
+
+    /// The slot `caller` is counted in.
+    pub fn org_slot(&self, caller: crate::engine::Caller) -> usize {
+        match caller {
+            crate::engine::Caller::Admin => ORG_ADMIN,
+            crate::engine::Caller::Org(a) => self
+                .orgs
+                .get()
+                .and_then(|o| o.binary_search_by_key(&a.0, |x| x.0).ok())
+                .map_or(ORG_OTHER, |i| i + 1),
+        }
+    }
+
+    fn org_label(&self, slot: usize) -> &str {
+        match slot {
+            ORG_ADMIN => "admin",
+            ORG_OTHER => "other",
+            i => self
+                .orgs
+                .get()
+                .and_then(|o| o.get(i - 1))
+                .map_or("other", |o| o.1.as_str()),
+        }
+    }
+
+    /// Keeps the journal's counters to read at scrape time.
+    pub fn attach_journal(&self, stats: Arc<JournalStats>) {
+        let _ = self.journal_stats.set(stats);
     }
 
     /// Counts an accepted connection; it is open until the guard drops.
@@ -386,6 +544,187 @@ impl Collector for Ops {
             "reckon_journal_durable_lsn",
             "Last durable log position.",
             ConstGauge::new(get(&j.durable_lsn) as i64),
+        )?;
+        self.encode_more(&mut encoder)
+    }
+}
+
+/// A histogram of [`Log2Histogram`] counts, its bucket bounds scaled by
+/// `scale` (1e-6: µs to seconds).
+struct Histogram {
+    counts: [u64; LOG2_BUCKETS],
+    sum: u64,
+    scale: f64,
+}
+
+impl Histogram {
+    fn of(h: &Log2Histogram, scale: f64) -> Histogram {
+        let (counts, sum) = h.read();
+        Histogram { counts, sum, scale }
+    }
+
+    fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let mut encoder = encoder;
+        let buckets: Vec<(f64, u64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let bound = if i + 1 == LOG2_BUCKETS {
+                    f64::INFINITY
+                } else {
+                    (1u64 << i) as f64 * self.scale
+                };
+                (bound, *n)
+            })
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum as f64 * self.scale,
+            self.count(),
+            &buckets,
+            None,
+        )
+    }
+}
+
+fn histogram_type() -> prometheus_client::metrics::MetricType {
+    prometheus_client::metrics::MetricType::Histogram
+}
+
+impl Ops {
+    fn encode_more(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counter_type = ConstCounter::new(0u64).metric_type();
+        for (name, help, table) in [
+            (
+                "reckon_org_requests",
+                "Requests answered per organisation (by credential name; `other` beyond the first ones; `admin`).",
+                &self.org_requests,
+            ),
+            (
+                "reckon_org_denials",
+                "Requests refused per organisation (a non-success credit-control result, an admin refusal or an error).",
+                &self.org_denials,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, counter_type)?;
+            for (slot, c) in table.iter().enumerate() {
+                let n = get(c);
+                if n > 0 {
+                    let labels = [("org", self.org_label(slot))];
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "reckon_request_latency_seconds",
+            "Time from reading a request to its answer, by request kind.",
+            None,
+            histogram_type(),
+        )?;
+        for (row, h) in self.latency.iter().enumerate() {
+            let h = Histogram::of(h, 1e-6);
+            if h.count() > 0 {
+                let labels = [("kind", kind_name(row))];
+                h.encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let g = &self.gauges;
+        for (name, help, value) in [
+            (
+                "reckon_writer_queue_depth",
+                "Submissions waiting in the writer's queue.",
+                &g.queue_depth,
+            ),
+            (
+                "reckon_sessions_open",
+                "Open charging sessions.",
+                &g.sessions,
+            ),
+            (
+                "reckon_reservations_open",
+                "Open ledger reservations.",
+                &g.reservations,
+            ),
+            ("reckon_accounts", "Accounts.", &g.accounts),
+            (
+                "reckon_retransmission_entries",
+                "Answers remembered for retransmissions.",
+                &g.answers,
+            ),
+            (
+                "reckon_retransmission_bytes",
+                "Approximate memory of the remembered answers.",
+                &g.answer_bytes,
+            ),
+            (
+                "reckon_applied_lsn",
+                "Log position of the last request applied, as last read.",
+                &g.applied_lsn,
+            ),
+            (
+                "reckon_wal_bytes",
+                "Bytes of the write-ahead log's files.",
+                &g.wal_bytes,
+            ),
+            (
+                "reckon_data_dir_bytes",
+                "Bytes of every file in the data directory.",
+                &g.data_dir_bytes,
+            ),
+        ] {
+            emit(encoder, name, help, ConstGauge::new(get(value) as i64))?;
+        }
+        let Some(stats) = self.journal_stats.get() else {
+            return Ok(());
+        };
+        for (name, help, h, scale) in [
+            (
+                "reckon_journal_sync_seconds",
+                "Time of each group commit's write and fdatasync.",
+                &stats.sync_us,
+                1e-6,
+            ),
+            (
+                "reckon_journal_records_per_sync",
+                "Log records made durable by each fdatasync (group-commit batch size).",
+                &stats.records_per_sync,
+                1.0,
+            ),
+        ] {
+            let h = Histogram::of(h, scale);
+            h.encode(encoder.encode_descriptor(name, help, None, histogram_type())?)?;
+        }
+        emit(
+            encoder,
+            "reckon_checkpoint_last_seconds",
+            "Time the last checkpoint took to write (snapshot thread).",
+            ConstGauge::new(get(&stats.checkpoint_last_us) as f64 / 1e6),
+        )?;
+        emit(
+            encoder,
+            "reckon_checkpoint_last_bytes",
+            "Bytes of keys and values the last checkpoint wrote.",
+            ConstGauge::new(get(&stats.checkpoint_last_bytes) as i64),
+        )?;
+        emit(
+            encoder,
+            "reckon_checkpoint_last_lsn",
+            "Log position the last checkpoint covers.",
+            ConstGauge::new(get(&stats.checkpoint_last_lsn) as i64),
+        )?;
+        emit(
+            encoder,
+            "reckon_checkpoint_last_timestamp_seconds",
+            "When the last checkpoint landed (Unix time; 0: none since start).",
+            ConstGauge::new(get(&stats.checkpoint_last_unix_ms) as f64 / 1000.0),
         )?;
         Ok(())
     }

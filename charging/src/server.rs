@@ -70,6 +70,10 @@ struct Shared {
     diameter: Option<crate::diameter::Notifier>,
     /// Counters the admin listener reports.
     ops: Arc<Ops>,
+    /// The data directory (its size is reported).
+    data_dir: std::path::PathBuf,
+    /// The writer queue's capacity.
+    queue_capacity: usize,
 }
 
 /// A running server: its address, and the handle that stops it.
@@ -157,6 +161,12 @@ pub async fn start_with(
         "data directory recovered"
     );
     admin.ops.recovered(&report, journal.health());
+    admin.ops.attach_journal(journal.stats_handle());
+    admin.ops.gauges.recovered_lsn.store(
+        journal.stats().durable_lsn.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
+    admin.ops.set_orgs(&credentials);
     // Prices and policies are state: logging them keeps replay exact.
     let window_ms = engine_config.answer_window_ms;
     match journal
@@ -212,6 +222,8 @@ pub async fn start_with(
         requests: AtomicU64::new(0),
         diameter: diameter.as_ref().map(|d| d.notifier.clone()),
         ops: admin.ops.clone(),
+        data_dir: config.data_dir.clone(),
+        queue_capacity: config.queue_capacity,
     });
     let admin_addr = admin.addr;
     admin.ops.copy_journal_stats(journal.stats());
@@ -249,13 +261,18 @@ async fn accept_loop(
     let mut health_check = tokio::time::interval(Duration::from_millis(50));
     let mut stats_tick = tokio::time::interval(STATS_LOG_EVERY);
     stats_tick.tick().await;
+    let mut gauge_tick = tokio::time::interval(GAUGES_EVERY);
+    gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut fatal = None;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = stats_tick.tick() => log_journal_stats(journal.stats()),
+            _ = gauge_tick.tick() => read_gauges(&shared, &measuring),
             _ = health_check.tick() => {
                 shared.ops.copy_journal_stats(journal.stats());
+                shared.ops.gauges.queue_depth.store(shared.submitter.queue_depth() as u64, Ordering::Relaxed);
                 if let Some(why) = health.failure() {
                     tracing::error!(reason = %why, "the journal failed: nothing more can be acknowledged; stopping so a restart recovers from the log");
                     fatal = Some(why);
@@ -327,6 +344,55 @@ async fn accept_loop(
     match fatal {
         Some(why) => Err(format!("journal failed: {why}")),
         None => Ok(()),
+    }
+}
+
+/// How often the engine's gauges and the disk use are read.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads the engine's gauges (a read in the writer's order, never logged)
+/// and the data directory's size (off the runtime), unless the last
+/// reading is still going. Only while the writer's queue is at most half
+/// full: a figure is not worth a client's BUSY.
+fn read_gauges(shared: &Arc<Shared>, measuring: &Arc<std::sync::atomic::AtomicBool>) {
+    if (shared.submitter.queue_depth() + 1) * 2 > shared.queue_capacity {
+        return;
+    }
+    if measuring.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let ops = shared.ops.clone();
+    let dir = shared.data_dir.clone();
+    let done = measuring.clone();
+    let submitted = shared.submitter.submit(
+        vec![EngineRequest::Gauges { digest: false }],
+        Box::new(move |result| {
+            if let Ok(mut r) = result {
+                if let Some(crate::engine::EngineResponse::Gauges(e)) = r.pop() {
+                    let g = &ops.gauges;
+                    let set = |c: &AtomicU64, v: u64| c.store(v, Ordering::Relaxed);
+                    set(&g.sessions, e.sessions);
+                    set(&g.reservations, e.reservations);
+                    set(&g.accounts, e.accounts);
+                    set(&g.answers, e.answers);
+                    set(&g.answer_bytes, e.answer_bytes);
+                    set(&g.applied_lsn, e.last_lsn);
+                }
+            }
+            // The reply runs on the sync thread: the directory walk goes
+            // to its own thread, not there.
+            std::thread::spawn(move || {
+                let g = &ops.gauges;
+                g.wal_bytes
+                    .store(crate::ops::dir_bytes(&dir.join("wal")), Ordering::Relaxed);
+                g.data_dir_bytes
+                    .store(crate::ops::dir_bytes(&dir), Ordering::Relaxed);
+                done.store(false, Ordering::Release);
+            });
+        }),
+    );
+    if submitted.is_err() {
+        measuring.store(false, Ordering::Release);
     }
 }
 
@@ -762,15 +828,14 @@ fn submit_one(
 ) {
     let notifier = change.and(shared.diameter.clone());
     let kind = Some(body.kind());
+    let started = std::time::Instant::now();
+    let org = shared.ops.org_slot(caller);
     let (request, shape) = match wire::prepare(caller, body) {
         Prepared::Immediate(message) => {
-            answer(
-                shared,
-                kind,
-                &out,
-                Frame::new(request_id, message),
-                Some(permit),
-            );
+            shared
+                .ops
+                .answered_by(kind, org, &message, started.elapsed());
+            send(&out, Frame::new(request_id, message), Some(permit));
             return;
         }
         Prepared::Submit(request, shape) => (request, shape),
@@ -805,7 +870,7 @@ fn submit_one(
                     n.changed(account, c);
                 }
             }
-            ops.answered(kind, &message);
+            ops.answered_by(kind, org, &message, started.elapsed());
             let permit = reply_slot.lock().take();
             send(&reply_out, Frame::new(request_id, message), permit);
         }),
@@ -819,7 +884,10 @@ fn submit_one(
             }),
         };
         let permit = slot.lock().take();
-        answer(shared, kind, &out, Frame::new(request_id, message), permit);
+        shared
+            .ops
+            .answered_by(kind, org, &message, started.elapsed());
+        send(&out, Frame::new(request_id, message), permit);
     }
 }
 
@@ -838,11 +906,13 @@ fn submit_batch(
     let mut shapes = Vec::new();
     // Kinds of the submitted entries, to count their answers by.
     let mut kinds = Vec::new();
+    let started = std::time::Instant::now();
+    let org = shared.ops.org_slot(caller);
     for entry in entries {
         let kind = Some(entry.kind());
         match wire::prepare(caller, entry) {
             Prepared::Immediate(m) => {
-                shared.ops.answered(kind, &m);
+                shared.ops.answered_by(kind, org, &m, started.elapsed());
                 slots.push(Some(m));
             }
             Prepared::Submit(r, shape) => {
@@ -890,8 +960,9 @@ fn submit_batch(
                     .collect(),
             }
             .into_iter();
+            let elapsed = started.elapsed();
             for (kind, message) in reply_kinds.iter().zip(responses.as_slice()) {
-                ops.answered(*kind, message);
+                ops.answered_by(*kind, org, message, elapsed);
             }
             let (slots, permit) = std::mem::take(&mut *reply_slots.lock());
             let entries = slots
@@ -915,7 +986,9 @@ fn submit_batch(
                     message: other.to_string(),
                 }),
             };
-            shared.ops.answered(*kind, &message);
+            shared
+                .ops
+                .answered_by(*kind, org, &message, started.elapsed());
             message
         });
         let (slots, permit) = std::mem::take(&mut *slots.lock());

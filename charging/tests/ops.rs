@@ -62,7 +62,8 @@ fn requests(metrics: &str, kind: &str, result: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_request_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let server = spawn_server(dir.path());
+    let acme = format!("[[credential]]\nname = \"acme\"\ntoken = \"{ACME}\"\norg = {ACME_ORG}\n");
+    let server = spawn_server_with(dir.path(), &dir.path().join("data"), &acme, &[]);
     let admin = server
         .admin
         .clone()
@@ -100,42 +101,124 @@ async fn metrics_count_every_request_answered() {
         assert_eq!(code(&answer.unwrap()), ResultCode::USER_UNKNOWN);
     }
 
+    // An organisation's own requests, some refused.
+    const ORG_OK: usize = 20;
+    const ORG_DENIED: usize = 4;
+    let org = Client::connect(&server.addr, ACME).await.unwrap();
+    for i in 0..ORG_OK {
+        ok(&org
+            .call(debit(&format!("o{i}"), ACME_ORG, "1"))
+            .await
+            .unwrap());
+    }
+    for i in 0..ORG_DENIED {
+        let answer = org.call(debit(&format!("x{i}"), 4242, "1")).await.unwrap();
+        assert!(!matches!(&answer, Message::Cca(a) if a.result_code.is_success()));
+    }
+
     let (status, metrics) = get(&admin, "/metrics").await;
     assert_eq!(status, 200);
+    let org_series = |name: &str, org: &str| {
+        sample(&metrics, &format!("{name}_total{{org=\"{org}\"}}")).unwrap_or(0.0)
+    };
+    let admin_requests = 2 + SINGLE + BATCHED + 1 + 3;
+    assert_eq!(
+        org_series("reckon_org_requests", "admin"),
+        admin_requests as f64,
+        "{metrics}"
+    );
+    assert_eq!(org_series("reckon_org_denials", "admin"), 3.0, "{metrics}");
+    assert_eq!(
+        org_series("reckon_org_requests", "acme"),
+        (ORG_OK + ORG_DENIED) as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        org_series("reckon_org_denials", "acme"),
+        ORG_DENIED as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "reckon_request_latency_seconds_count{kind=\"CCR\"}"
+        ),
+        Some((SINGLE + BATCHED + 3 + ORG_OK + ORG_DENIED) as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "reckon_request_latency_seconds_bucket{kind=\"CCR\",le=\"+Inf\"}"
+        ),
+        Some((SINGLE + BATCHED + 3 + ORG_OK + ORG_DENIED) as f64),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("# TYPE reckon_requests_total counter\n"),
         "{metrics}"
     );
     assert_eq!(
         requests(&metrics, "CCR", "SUCCESS"),
-        (SINGLE + BATCHED) as f64,
+        (SINGLE + BATCHED + ORG_OK) as f64,
         "{metrics}"
     );
-    assert_eq!(requests(&metrics, "CCR", "USER_UNKNOWN"), 3.0, "{metrics}");
     assert_eq!(requests(&metrics, "BALANCE_QUERY", "OK"), 1.0, "{metrics}");
     assert_eq!(requests(&metrics, "ACCOUNT_CREATE", "OK"), 1.0, "{metrics}");
     assert_eq!(requests(&metrics, "TOPUP", "OK"), 1.0, "{metrics}");
-    assert_eq!(requests(&metrics, "HELLO", "OK"), 1.0, "{metrics}");
-    assert_eq!(sample(&metrics, "reckon_connections_open"), Some(1.0));
+    assert_eq!(requests(&metrics, "HELLO", "OK"), 2.0, "{metrics}");
+    assert_eq!(sample(&metrics, "reckon_connections_open"), Some(2.0));
     assert_eq!(sample(&metrics, "reckon_ready"), Some(1.0));
 
     // The journal's counters are copied every 50 ms: they catch up with
     // every request applied (the server's own two at start included).
-    let applied = (2 + SINGLE + BATCHED + 1 + 3 + 2) as f64;
+    // The engine's gauges and the disk use are read every second.
+    let applied = (2 + admin_requests + ORG_OK + ORG_DENIED) as f64;
+    let written = sample(&metrics, "reckon_journal_durable_lsn").unwrap_or(0.0);
     let mut journal = 0.0;
     for _ in 0..100 {
         let (_, metrics) = get(&admin, "/metrics").await;
         journal = sample(&metrics, "reckon_journal_requests_total").unwrap_or(0.0);
-        if journal >= applied {
+        // Every successful debit is remembered for retransmissions.
+        let remembered = sample(&metrics, "reckon_retransmission_entries").unwrap_or(0.0)
+            >= (SINGLE + BATCHED + ORG_OK) as f64;
+        let read_after = sample(&metrics, "reckon_applied_lsn").unwrap_or(0.0) >= written;
+        if journal >= applied && read_after && remembered {
+            assert_eq!(sample(&metrics, "reckon_accounts"), Some(1.0));
             assert!(sample(&metrics, "reckon_journal_syncs_total").unwrap() >= 1.0);
             assert!(sample(&metrics, "reckon_journal_durable_lsn").unwrap() >= 1.0);
+            assert!(sample(&metrics, "reckon_journal_sync_seconds_count").unwrap() >= 1.0);
+            assert_eq!(
+                sample(&metrics, "reckon_journal_sync_seconds_count"),
+                sample(&metrics, "reckon_journal_records_per_sync_count"),
+            );
+            assert!(
+                sample(&metrics, "reckon_journal_records_per_sync_sum").unwrap()
+                    >= (SINGLE + BATCHED + ORG_OK) as f64,
+                "{metrics}"
+            );
+            assert!(sample(&metrics, "reckon_retransmission_bytes").unwrap() > 0.0);
+            assert!(
+                sample(&metrics, "reckon_wal_bytes").unwrap() > 0.0,
+                "{metrics}"
+            );
+            assert!(
+                sample(&metrics, "reckon_data_dir_bytes").unwrap()
+                    >= sample(&metrics, "reckon_wal_bytes").unwrap()
+            );
+            assert_eq!(sample(&metrics, "reckon_sessions_open"), Some(0.0));
+            assert!(sample(&metrics, "reckon_writer_queue_depth").is_some());
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(journal >= applied, "journal requests {journal} < {applied}");
+    assert!(
+        journal >= applied,
+        "journal requests {journal} < {applied}, or the gauges never showed the remembered answers"
+    );
 
     drop(client);
+    drop(org);
     let mut open = None;
     for _ in 0..100 {
         let (_, metrics) = get(&admin, "/metrics").await;

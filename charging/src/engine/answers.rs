@@ -343,11 +343,19 @@ struct RecentChunk {
 }
 
 const RECENT_CHUNK_BYTES: usize = 1 << 20;
+/// Memory one remembered answer takes in the index, about (see the module
+/// documentation); for the retransmission-store gauge.
+pub(super) const INDEX_BYTES_PER_ANSWER: u64 = 60;
 /// Bytes of recent records kept when the log can be read back: several
 /// group commits' worth at full speed.
 pub(super) const RECENT_BYTES_MAX: usize = 32 << 20;
 
 impl RecentRecords {
+    /// Bytes of records kept.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Keeps at most `limit` bytes (the rest is in the durable log).
     pub(super) fn bound(&mut self, limit: usize) {
         self.limit = Some(limit);

@@ -270,6 +270,24 @@ impl Engine {
                 EngineResponse::RateCard(self.apply_rate_card(now, op, name, text))
             }
             EngineRequest::ShowRateCards(card) => EngineResponse::RateCards(self.rate_cards(&card)),
+            EngineRequest::Gauges { digest } => {
+                EngineResponse::Gauges(self.gauges(self.standalone_lsn, digest))
+            }
+        }
+    }
+
+    /// The engine's gauges, with `last_lsn` the position of the last
+    /// request applied.
+    fn gauges(&self, last_lsn: u64, digest: bool) -> EngineGauges {
+        let answers = self.answers.len() as u64;
+        EngineGauges {
+            last_lsn,
+            sessions: self.sessions.len() as u64,
+            reservations: self.ledger.ledger.reservation_count() as u64,
+            accounts: self.ledger.ledger.account_count() as u64,
+            answers,
+            answer_bytes: answers * answers::INDEX_BYTES_PER_ANSWER + self.recent.bytes() as u64,
+            digest: digest.then(|| self.state_digest()),
         }
     }
 

@@ -68,6 +68,9 @@ impl Machine for Engine {
                 return EngineResponse::ConfigRefused(e);
             }
         }
+        if let EngineRequest::Gauges { digest } = request {
+            return EngineResponse::Gauges(self.gauges(lsn - 1, digest));
+        }
         if let EngineRequest::CreditControl(caller, ccr) = &request {
             // A credit-control request is logged with its answer when it is
             // remembered (the record the answer index points at); one that

@@ -196,6 +196,33 @@ pub enum EngineRequest {
     },
     /// Lists rate cards (one by id, or all when empty).
     ShowRateCards(String),
+    /// Reads the engine's gauges at its place in the order (never logged);
+    /// with `digest`, also the state digest (walks the whole state).
+    Gauges {
+        /// Whether to compute the state digest.
+        digest: bool,
+    },
+}
+
+/// What the engine holds, read in the writer's order (see
+/// [`EngineRequest::Gauges`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineGauges {
+    /// Log position of the last request applied before this read.
+    pub last_lsn: u64,
+    /// Open charging sessions.
+    pub sessions: u64,
+    /// Open ledger reservations.
+    pub reservations: u64,
+    /// Accounts.
+    pub accounts: u64,
+    /// Answers remembered for retransmissions.
+    pub answers: u64,
+    /// Approximate memory those answers take, in bytes (index entries and
+    /// the records not yet durable).
+    pub answer_bytes: u64,
+    /// [`crate::engine::Engine::state_digest`], when asked for.
+    pub digest: Option<u64>,
 }
 
 /// The engine's answer.
@@ -219,6 +246,8 @@ pub enum EngineResponse {
     RateCards(Vec<RateCardSummary>),
     /// An admin operation named a unit nobody declared; nothing changed.
     UnknownUnit(Unit),
+    /// The engine's gauges.
+    Gauges(EngineGauges),
 }
 
 /// The price of one unit of a service.
