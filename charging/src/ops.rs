@@ -1,5 +1,6 @@
 //! What operators see: the admin HTTP listener (`/metrics`, `/healthz`,
-//! `/readyz`) and the counters behind it.
+//! `/readyz`, a status page at `/` polling `/status.json`) and the
+//! counters behind it.
 //!
 //! The listener is bound before the data directory is recovered, so a
 //! supervisor can tell "alive but recovering" (`/healthz` 200, `/readyz`
@@ -592,13 +593,109 @@ impl Histogram {
             None,
         )
     }
+
+    /// The value under which `q` of the counts fall (an upper bound).
+    fn quantile(&self, q: f64) -> f64 {
+        let total = self.count();
+        if total == 0 {
+            return 0.0;
+        }
+        let want = (total as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return (1u64 << i.min(62)) as f64 * self.scale;
+            }
+        }
+        0.0
+    }
 }
 
 fn histogram_type() -> prometheus_client::metrics::MetricType {
     prometheus_client::metrics::MetricType::Histogram
 }
 
+/// The status page at `/`: plain HTML whose script polls `/status.json`.
+pub const STATUS_PAGE: &str = include_str!("status.html");
+
 impl Ops {
+    /// The figures of the status page, as JSON.
+    pub fn status_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let names = result_names();
+        let mut kinds = Vec::new();
+        let mut requests = 0u64;
+        for row in 0..=KIND_MALFORMED {
+            let answered: u64 = (0..names.len())
+                .filter_map(|col| self.answers.get(row * names.len() + col))
+                .map(get)
+                .sum();
+            requests += answered;
+            if answered == 0 {
+                continue;
+            }
+            let latency = Histogram::of(&self.latency[row], 1e-3);
+            kinds.push(json!({
+                "kind": kind_name(row),
+                "answered": answered,
+                "p50_ms": latency.quantile(0.5),
+                "p99_ms": latency.quantile(0.99),
+            }));
+        }
+        let orgs: Vec<_> = (0..ORG_SLOTS)
+            .filter(|s| get(&self.org_requests[*s]) > 0)
+            .map(|s| {
+                json!({
+                    "org": self.org_label(s),
+                    "requests": get(&self.org_requests[s]),
+                    "denials": get(&self.org_denials[s]),
+                })
+            })
+            .collect();
+        let g = &self.gauges;
+        let mut status = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "ready": self.readiness().is_ok(),
+            "not_ready": self.readiness().err().unwrap_or_default(),
+            "connections_open": get(&self.connections_open),
+            "requests": requests,
+            "queue_depth": get(&g.queue_depth),
+            "sessions": get(&g.sessions),
+            "reservations": get(&g.reservations),
+            "accounts": get(&g.accounts),
+            "retransmission_entries": get(&g.answers),
+            "retransmission_bytes": get(&g.answer_bytes),
+            "recovered_lsn": get(&g.recovered_lsn),
+            "applied_lsn": get(&g.applied_lsn),
+            "durable_lsn": get(&self.journal.durable_lsn),
+            "wal_bytes": get(&g.wal_bytes),
+            "data_dir_bytes": get(&g.data_dir_bytes),
+            "kinds": kinds,
+            "orgs": orgs,
+        });
+        if let Some(stats) = self.journal_stats.get() {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let at = get(&stats.checkpoint_last_unix_ms);
+            let extra = json!({
+                "sync_p99_ms": Histogram::of(&stats.sync_us, 1e-3).quantile(0.99),
+                "checkpoint_last_lsn": get(&stats.checkpoint_last_lsn),
+                "checkpoint_last_unix_ms": at,
+                "checkpoint_last_age_s": if at == 0 { None } else { Some(now_ms.saturating_sub(at) / 1000) },
+                "checkpoint_last_ms": get(&stats.checkpoint_last_us) / 1000,
+                "checkpoint_last_bytes": get(&stats.checkpoint_last_bytes),
+            });
+            if let (Some(s), serde_json::Value::Object(e)) = (status.as_object_mut(), extra) {
+                s.extend(e);
+            }
+        }
+        status
+    }
+
     fn encode_more(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let counter_type = ConstCounter::new(0u64).metric_type();
@@ -883,10 +980,17 @@ fn route(head: &[u8], ops: &Arc<Ops>) -> Vec<u8> {
             Ok(()) => plain(200, "OK", "ready\n"),
             Err(why) => plain(503, "Service Unavailable", &format!("not ready: {why}\n")),
         },
-        "/" => plain(
+        "/" => response(
             200,
             "OK",
-            "reckon admin: /metrics (Prometheus text), /healthz (alive), /readyz (recovered, journal healthy, accepting)\n",
+            "text/html; charset=utf-8",
+            STATUS_PAGE.as_bytes().to_vec(),
+        ),
+        "/status.json" => response(
+            200,
+            "OK",
+            "application/json",
+            ops.status_json().to_string().into_bytes(),
         ),
         _ => plain(404, "Not Found", "not found\n"),
     };

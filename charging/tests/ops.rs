@@ -412,3 +412,109 @@ fn logs_have_no_colour_codes_off_a_terminal_and_can_be_json() {
         "{lines:?}"
     );
 }
+
+/// A headless Chromium, when installed (`charging/tests/browser/install.sh`).
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|b| {
+        std::process::Command::new(b)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// The text of the element with `id` in a dumped DOM.
+fn element_text<'a>(dom: &'a str, id: &str) -> Option<&'a str> {
+    let start = dom.find(&format!("id=\"{id}\""))?;
+    let rest = &dom[start..];
+    let open = rest.find('>')? + 1;
+    let close = rest[open..].find('<')?;
+    Some(&rest[open..open + close])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_the_figures_in_a_real_browser() {
+    let Some(browser) = chromium() else {
+        // CI installs Chromium (.ci/run); elsewhere the test needs it too.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is missing in CI: charging/tests/browser/install.sh should have installed it"
+        );
+        eprintln!("skipped: no chromium (run charging/tests/browser/install.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_server(dir.path());
+    let admin = server.admin.clone().unwrap();
+    let client = Client::connect(&server.addr, ADMIN).await.unwrap();
+    for account in [1000, 1001, 1002] {
+        ok(&client.call(create(&client, account, None)).await.unwrap());
+    }
+    ok(&client
+        .call(topup(&client, 1000, Unit::TOKENS_OUT, "100"))
+        .await
+        .unwrap());
+    const DEBITS: usize = 7;
+    for i in 0..DEBITS {
+        ok(&client
+            .call(debit(&format!("d{i}"), 1000, "1"))
+            .await
+            .unwrap());
+    }
+    // The engine's figures are read every second.
+    for _ in 0..100 {
+        let (_, json) = get(&admin, "/status.json").await;
+        let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+        if status["accounts"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let profile = dir.path().join("chromium-profile");
+    let url = format!("http://{admin}/");
+    let dumped = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                // Lets the page's fetch of /status.json finish before the dump.
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("--dump-dom")
+            .arg(&url)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running chromium")
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&dumped.stdout);
+    assert!(dumped.status.success(), "chromium failed: {dom}");
+    assert_eq!(element_text(&dom, "state"), Some("ready"), "{dom}");
+    assert_eq!(
+        element_text(&dom, "version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(element_text(&dom, "v-accounts"), Some("3"), "{dom}");
+    assert_eq!(element_text(&dom, "v-connections_open"), Some("1"), "{dom}");
+    // The requests so far: 3 creates, a top-up, the debits (and the HELLO).
+    assert_eq!(
+        element_text(&dom, "v-requests"),
+        Some((3 + 1 + DEBITS + 1).to_string().as_str()),
+        "{dom}"
+    );
+    assert!(dom.contains("<td>CCR</td><td class=\"n\">7</td>"), "{dom}");
+    assert!(
+        dom.contains("<td>admin</td><td class=\"n\">11</td><td class=\"n\">0</td>"),
+        "{dom}"
+    );
+    let wal: u64 = element_text(&dom, "v-wal_bytes").unwrap().parse().unwrap();
+    assert!(wal > 0, "{dom}");
+}
