@@ -90,7 +90,20 @@ impl Client {
         credential: &str,
         timeout: std::time::Duration,
     ) -> Result<Client, ClientError> {
-        tokio::time::timeout(timeout, Self::open(addr, credential, timeout))
+        tokio::time::timeout(timeout, Self::open(addr, credential, timeout, 1))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+
+    /// [`Client::connect`] offering protocol versions 1 up to
+    /// `max_version` (the server picks; see `hello.version`).
+    pub async fn connect_version(
+        addr: &str,
+        credential: &str,
+        max_version: u16,
+    ) -> Result<Client, ClientError> {
+        let timeout = DEFAULT_TIMEOUT;
+        tokio::time::timeout(timeout, Self::open(addr, credential, timeout, max_version))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
     }
@@ -99,6 +112,7 @@ impl Client {
         addr: &str,
         credential: &str,
         timeout: std::time::Duration,
+        max_version: u16,
     ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -109,7 +123,7 @@ impl Client {
             1,
             Message::Hello(Hello {
                 min_version: 1,
-                max_version: 1,
+                max_version,
                 credential: credential.to_string(),
                 client_name: format!("reckon-client {}", env!("CARGO_PKG_VERSION")),
             }),

@@ -696,6 +696,31 @@ impl Ops {
         status
     }
 
+    /// The answer to a `STATUS` request.
+    pub fn status_result(&self, queue_capacity: usize) -> reckon_protocol::StatusResult {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let g = &self.gauges;
+        let last =
+            |f: fn(&JournalStats) -> &AtomicU64| self.journal_stats.get().map_or(0, |s| get(f(s)));
+        let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        reckon_protocol::StatusResult {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.started.elapsed().as_secs(),
+            ready: self.readiness().is_ok(),
+            recovered_lsn: get(&g.recovered_lsn),
+            durable_lsn: last(|s| &s.durable_lsn),
+            queue_depth: narrow(get(&g.queue_depth)),
+            queue_capacity: narrow(queue_capacity as u64),
+            connections: narrow(get(&self.connections_open)),
+            sessions: get(&g.sessions),
+            reservations: get(&g.reservations),
+            checkpoint_lsn: last(|s| &s.checkpoint_last_lsn),
+            checkpoint_at_ms: last(|s| &s.checkpoint_last_unix_ms),
+            wal_bytes: get(&g.wal_bytes),
+            data_dir_bytes: get(&g.data_dir_bytes),
+        }
+    }
+
     fn encode_more(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let counter_type = ConstCounter::new(0u64).metric_type();

@@ -30,8 +30,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-/// The only protocol version this server speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The highest protocol version this server speaks (it speaks
+/// [`reckon_protocol::PROTOCOL_VERSION_MIN`] up to this).
+pub const PROTOCOL_VERSION: u16 = reckon_protocol::PROTOCOL_VERSION;
 /// Most requests one connection may have in flight.
 pub const IN_FLIGHT_PER_CONNECTION: usize = 4096;
 
@@ -564,23 +565,24 @@ async fn connection(
     let caller = handshake(&mut frames, &out_tx, peer, &shared).await;
     // Authenticated (or refused): no longer one of the connections waiting.
     drop(pending);
-    if let Some(who) = caller {
+    if let Some((who, version)) = caller {
         frames.decoder_mut().inner.set_max_frame(shared.max_frame);
-        serve(&mut frames, &out_tx, peer, &shared, who).await;
+        serve(&mut frames, &out_tx, peer, &shared, who, version).await;
     }
     drop(out_tx);
     let _ = writer.await;
     Ok(())
 }
 
-/// Waits (at most the HELLO deadline) for the handshake; the caller on
-/// success. Anything else is answered and ends the connection.
+/// Waits (at most the HELLO deadline) for the handshake; the caller and
+/// the negotiated version on success. Anything else is answered and ends
+/// the connection.
 async fn handshake(
     frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, TolerantCodec>,
     out: &Out,
     peer: SocketAddr,
     shared: &Shared,
-) -> Option<Caller> {
+) -> Option<(Caller, u16)> {
     let first = match tokio::time::timeout(shared.hello_timeout, frames.next()).await {
         Ok(Some(item)) => item,
         Ok(None) => return None,
@@ -628,10 +630,11 @@ async fn handshake(
         );
         return None;
     };
+    const MIN: u16 = reckon_protocol::PROTOCOL_VERSION_MIN;
     if hello.min_version == 0
         || hello.min_version > hello.max_version
         || hello.min_version > PROTOCOL_VERSION
-        || hello.max_version < PROTOCOL_VERSION
+        || hello.max_version < MIN
     {
         answer(
             shared,
@@ -640,7 +643,7 @@ async fn handshake(
             error_frame(
                 request_id,
                 ErrorCode::UNSUPPORTED_VERSION,
-                format!("supported versions: {PROTOCOL_VERSION}..={PROTOCOL_VERSION}"),
+                format!("supported versions: {MIN}..={PROTOCOL_VERSION}"),
             ),
             None,
         );
@@ -661,7 +664,8 @@ async fn handshake(
         );
         return None;
     };
-    tracing::debug!(%peer, client = %hello.client_name, caller = ?c, "authenticated");
+    let version = hello.max_version.min(PROTOCOL_VERSION);
+    tracing::debug!(%peer, client = %hello.client_name, caller = ?c, version, "authenticated");
     answer(
         shared,
         Some(Kind::Hello),
@@ -669,7 +673,7 @@ async fn handshake(
         Frame::new(
             request_id,
             Message::HelloOk(HelloOk {
-                version: PROTOCOL_VERSION,
+                version,
                 org_id: match c {
                     Caller::Admin => 0,
                     Caller::Org(a) => a.0,
@@ -682,7 +686,7 @@ async fn handshake(
         ),
         None,
     );
-    Some(c)
+    Some((c, version))
 }
 
 /// Reads requests of an authenticated connection until it closes, the peer
@@ -693,6 +697,7 @@ async fn serve(
     peer: SocketAddr,
     shared: &Shared,
     who: Caller,
+    version: u16,
 ) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
     let mut shutdown = shared.shutdown.clone();
@@ -775,7 +780,42 @@ async fn serve(
             );
             continue;
         }
+        let kind = frame.body.kind();
+        if kind.since_version() > version {
+            // As a peer of that version would: the kind does not exist.
+            answer(
+                shared,
+                Some(kind),
+                out,
+                error_frame(
+                    request_id,
+                    ErrorCode::UNKNOWN_KIND,
+                    format!(
+                        "{} needs protocol version {}",
+                        kind.name(),
+                        kind.since_version()
+                    ),
+                ),
+                Some(permit),
+            );
+            continue;
+        }
         match frame.body {
+            Message::Status => {
+                let reply = if who == Caller::Admin {
+                    Frame::new(
+                        request_id,
+                        Message::StatusResult(shared.ops.status_result(shared.queue_capacity)),
+                    )
+                } else {
+                    error_frame(
+                        request_id,
+                        ErrorCode::FORBIDDEN,
+                        "STATUS is for an admin credential",
+                    )
+                };
+                answer(shared, Some(Kind::Status), out, reply, Some(permit));
+            }
             Message::Ping => answer(
                 shared,
                 Some(Kind::Ping),

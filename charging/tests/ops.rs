@@ -518,3 +518,96 @@ async fn status_page_shows_the_figures_in_a_real_browser() {
     let wal: u64 = element_text(&dom, "v-wal_bytes").unwrap().parse().unwrap();
     assert!(wal > 0, "{dom}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_over_the_native_protocol_version_2_for_an_admin_only() {
+    use reckon_protocol::codes::ErrorCode;
+    let dir = tempfile::tempdir().unwrap();
+    let acme = format!("[[credential]]\nname = \"acme\"\ntoken = \"{ACME}\"\norg = {ACME_ORG}\n");
+    let server = spawn_server_with(dir.path(), &dir.path().join("data"), &acme, &[]);
+
+    // Version 1 stays as it was: STATUS does not exist there.
+    let v1 = Client::connect(&server.addr, ADMIN).await.unwrap();
+    assert_eq!(v1.hello.version, 1);
+    match v1.call(Message::Status).await.unwrap() {
+        Message::Error(e) => assert_eq!(e.code, ErrorCode::UNKNOWN_KIND),
+        other => panic!("{other:?}"),
+    }
+    ok(&v1.call(create(&v1, ACME_ORG, None)).await.unwrap());
+    ok(&v1
+        .call(topup(&v1, ACME_ORG, Unit::TOKENS_OUT, "1000"))
+        .await
+        .unwrap());
+
+    let org = Client::connect_version(&server.addr, ACME, 2)
+        .await
+        .unwrap();
+    assert_eq!(org.hello.version, 2);
+    match org.call(Message::Status).await.unwrap() {
+        Message::Error(e) => assert_eq!(e.code, ErrorCode::FORBIDDEN),
+        other => panic!("{other:?}"),
+    }
+    // An open session holds a reservation.
+    let open = Message::Ccr(ccr(
+        "s1",
+        reckon_protocol::types::RequestType::Initial,
+        0,
+        ACME_ORG,
+        None,
+        "10",
+        "",
+    ));
+    ok(&org.call(open).await.unwrap());
+
+    let admin = Client::connect_version(&server.addr, ADMIN, 2)
+        .await
+        .unwrap();
+    let mut status = None;
+    for _ in 0..100 {
+        match admin.call(Message::Status).await.unwrap() {
+            Message::StatusResult(s) if s.sessions == 1 => {
+                status = Some(s);
+                break;
+            }
+            Message::StatusResult(_) => {}
+            other => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = status.expect("STATUS never showed the open session");
+    assert_eq!(s.version, env!("CARGO_PKG_VERSION"));
+    assert!(s.ready);
+    assert_eq!(s.reservations, 1);
+    assert_eq!(s.connections, 3);
+    assert!(s.durable_lsn >= 4, "{s:?}");
+    assert!(s.wal_bytes > 0 && s.data_dir_bytes >= s.wal_bytes, "{s:?}");
+    assert!(s.queue_capacity > 0);
+
+    // The CLI prints the same over the real binary.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reckon"))
+        .args(["status", "--server", &server.addr, "--token", ADMIN])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "version               {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("open sessions         1\n"), "{text}");
+    assert!(text.contains("ready                 yes\n"), "{text}");
+    assert!(text.contains("recovered position    0\n"), "{text}");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_reckon"))
+        .args(["status", "--server", &server.addr, "--token", ACME])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("FORBIDDEN"));
+}

@@ -42,6 +42,8 @@ pub enum Kind {
     RateCardApply = 0x28,
     /// Query: the rate cards and their versions.
     RateCardShow = 0x29,
+    /// Admin query (version 2): the server's state.
+    Status = 0x2A,
     /// Accepts the connection.
     HelloOk = 0x81,
     /// Keepalive answer.
@@ -60,6 +62,8 @@ pub enum Kind {
     RateCardResult = 0xA3,
     /// Answer to a rate card listing.
     RateCards = 0xA4,
+    /// Answer to a status query (version 2).
+    StatusResult = 0xA5,
     /// Protocol-level failure.
     Error = 0xFF,
 }
@@ -81,6 +85,7 @@ impl Kind {
         Kind::ReservationList,
         Kind::RateCardApply,
         Kind::RateCardShow,
+        Kind::Status,
         Kind::HelloOk,
         Kind::Pong,
         Kind::BatchResult,
@@ -90,6 +95,7 @@ impl Kind {
         Kind::Reservations,
         Kind::RateCardResult,
         Kind::RateCards,
+        Kind::StatusResult,
         Kind::Error,
     ];
 
@@ -110,6 +116,7 @@ impl Kind {
             0x27 => Kind::ReservationList,
             0x28 => Kind::RateCardApply,
             0x29 => Kind::RateCardShow,
+            0x2A => Kind::Status,
             0x81 => Kind::HelloOk,
             0x82 => Kind::Pong,
             0x83 => Kind::BatchResult,
@@ -119,6 +126,7 @@ impl Kind {
             0xA2 => Kind::Reservations,
             0xA3 => Kind::RateCardResult,
             0xA4 => Kind::RateCards,
+            0xA5 => Kind::StatusResult,
             0xFF => Kind::Error,
             _ => return None,
         })
@@ -146,6 +154,7 @@ impl Kind {
             Kind::ReservationList => "RESERVATION_LIST",
             Kind::RateCardApply => "RATECARD_APPLY",
             Kind::RateCardShow => "RATECARD_SHOW",
+            Kind::Status => "STATUS",
             Kind::HelloOk => "HELLO_OK",
             Kind::Pong => "PONG",
             Kind::BatchResult => "BATCH_RESULT",
@@ -155,6 +164,7 @@ impl Kind {
             Kind::Reservations => "RESERVATIONS",
             Kind::RateCardResult => "RATECARD_RESULT",
             Kind::RateCards => "RATECARDS",
+            Kind::StatusResult => "STATUS_RESULT",
             Kind::Error => "ERROR",
         }
     }
@@ -183,6 +193,15 @@ impl Kind {
     pub fn allowed_in_batch(self) -> bool {
         matches!(self, Kind::Ccr | Kind::BalanceQuery | Kind::ReservationList)
             || (self.is_mutating_admin() && self != Kind::RateCardApply)
+    }
+
+    /// The first protocol version that has this kind: a peer that
+    /// negotiated an earlier one treats it as undefined (`UNKNOWN_KIND`).
+    pub fn since_version(self) -> u16 {
+        match self {
+            Kind::Status | Kind::StatusResult => 2,
+            _ => 1,
+        }
     }
 
     /// True for kinds that may be entries of a `BATCH_RESULT`.

@@ -43,12 +43,17 @@ pub use message::{
     AccountCreate, AccountStatusChange, Adjust, AdminResult, Balance, BalanceQuery, Batch,
     BatchResult, BucketGrant, BucketInfo, Cca, Ccr, ErrorReply, Hello, HelloOk, LimitSet, Message,
     RateCardApply, RateCardInfo, RateCardResult, RateCardShow, RateCardVersionInfo, RateCards,
-    ReservationInfo, ReservationList, Reservations, ServiceAnswer, ServiceRequest, TopUp,
+    ReservationInfo, ReservationList, Reservations, ServiceAnswer, ServiceRequest, StatusResult,
+    TopUp,
 };
 pub use types::{
     AccountStatus, CreditKind, EventAction, FinalUnitAction, InvalidUnitName, RequestType,
     TerminationCause, Unit, UnitAmount,
 };
 
-/// The protocol version this crate speaks (the only one so far).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The highest protocol version this crate speaks. Version 2 adds
+/// `STATUS` / `STATUS_RESULT` (SPEC 6.9); version 1 never changes. Which
+/// kinds a version has: [`Kind::since_version`].
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The lowest protocol version this crate speaks.
+pub const PROTOCOL_VERSION_MIN: u16 = 1;

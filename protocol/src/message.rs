@@ -375,6 +375,39 @@ pub struct RateCards {
     pub cards: Vec<RateCardInfo>,
 }
 
+/// The answer to `STATUS` (version 2): the server's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusResult {
+    /// The server's software version, e.g. `0.1.0`.
+    pub version: String,
+    /// Seconds since the server started.
+    pub uptime_s: u64,
+    /// True when recovered, the journal healthy and accepting.
+    pub ready: bool,
+    /// Log position recovery reached at start.
+    pub recovered_lsn: u64,
+    /// Last durable log position.
+    pub durable_lsn: u64,
+    /// Submissions waiting in the writer's queue.
+    pub queue_depth: u32,
+    /// The writer queue's capacity.
+    pub queue_capacity: u32,
+    /// Native-protocol connections open.
+    pub connections: u32,
+    /// Open charging sessions.
+    pub sessions: u64,
+    /// Open reservations.
+    pub reservations: u64,
+    /// Log position the last checkpoint covers (0: none since start).
+    pub checkpoint_lsn: u64,
+    /// When the last checkpoint landed, ms since the epoch (0: none since start).
+    pub checkpoint_at_ms: u64,
+    /// Bytes of the write-ahead log.
+    pub wal_bytes: u64,
+    /// Bytes of the whole data directory.
+    pub data_dir_bytes: u64,
+}
+
 /// A protocol-level failure (sent with flags = 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorReply {
@@ -415,6 +448,8 @@ pub enum Message {
     RateCardApply(RateCardApply),
     /// `RATECARD_SHOW` (0x29).
     RateCardShow(RateCardShow),
+    /// `STATUS` (0x2A, version 2).
+    Status,
     /// `HELLO_OK` (0x81).
     HelloOk(HelloOk),
     /// `PONG` (0x82).
@@ -433,6 +468,8 @@ pub enum Message {
     RateCardResult(RateCardResult),
     /// `RATECARDS` (0xA4).
     RateCards(RateCards),
+    /// `STATUS_RESULT` (0xA5, version 2).
+    StatusResult(StatusResult),
     /// `ERROR` (0xFF).
     Error(ErrorReply),
 }
@@ -464,6 +501,8 @@ impl Message {
             Message::RateCardShow(_) => Kind::RateCardShow,
             Message::RateCardResult(_) => Kind::RateCardResult,
             Message::RateCards(_) => Kind::RateCards,
+            Message::Status => Kind::Status,
+            Message::StatusResult(_) => Kind::StatusResult,
             Message::Error(_) => Kind::Error,
         }
     }
@@ -515,7 +554,7 @@ impl Message {
                 dst.put_u16_le(m.keepalive_s);
                 put_string(dst, &m.server_name, "server_name", SERVER_NAME_MAX)?;
             }
-            Message::Ping | Message::Pong => {}
+            Message::Ping | Message::Pong | Message::Status => {}
             Message::Batch(b) => encode_entries(dst, &b.entries, Kind::allowed_in_batch)?,
             Message::BatchResult(b) => {
                 encode_entries(dst, &b.entries, Kind::allowed_in_batch_result)?
@@ -669,6 +708,22 @@ impl Message {
                     }
                 }
             }
+            Message::StatusResult(m) => {
+                put_string(dst, &m.version, "version", SERVER_NAME_MAX)?;
+                dst.put_u64_le(m.uptime_s);
+                dst.put_u8(m.ready as u8);
+                dst.put_u64_le(m.recovered_lsn);
+                dst.put_u64_le(m.durable_lsn);
+                dst.put_u32_le(m.queue_depth);
+                dst.put_u32_le(m.queue_capacity);
+                dst.put_u32_le(m.connections);
+                dst.put_u64_le(m.sessions);
+                dst.put_u64_le(m.reservations);
+                dst.put_u64_le(m.checkpoint_lsn);
+                dst.put_u64_le(m.checkpoint_at_ms);
+                dst.put_u64_le(m.wal_bytes);
+                dst.put_u64_le(m.data_dir_bytes);
+            }
             Message::Error(m) => {
                 dst.put_u16_le(m.code.0);
                 put_string(dst, &m.message, "message", ERROR_MESSAGE_MAX)?;
@@ -714,6 +769,40 @@ impl Message {
                 (i, Message::HelloOk(m))
             }
             Kind::Ping => (i, Message::Ping),
+            Kind::Status => (i, Message::Status),
+            Kind::StatusResult => {
+                let (i, version) = cx.string(i, "version", SERVER_NAME_MAX)?;
+                let (i, uptime_s) = cx.u64(i, "uptime_s")?;
+                let (i, ready) = cx.bool(i, "ready")?;
+                let (i, recovered_lsn) = cx.u64(i, "recovered_lsn")?;
+                let (i, durable_lsn) = cx.u64(i, "durable_lsn")?;
+                let (i, queue_depth) = cx.u32(i, "queue_depth")?;
+                let (i, queue_capacity) = cx.u32(i, "queue_capacity")?;
+                let (i, connections) = cx.u32(i, "connections")?;
+                let (i, sessions) = cx.u64(i, "sessions")?;
+                let (i, reservations) = cx.u64(i, "reservations")?;
+                let (i, checkpoint_lsn) = cx.u64(i, "checkpoint_lsn")?;
+                let (i, checkpoint_at_ms) = cx.u64(i, "checkpoint_at_ms")?;
+                let (i, wal_bytes) = cx.u64(i, "wal_bytes")?;
+                let (i, data_dir_bytes) = cx.u64(i, "data_dir_bytes")?;
+                let m = StatusResult {
+                    version,
+                    uptime_s,
+                    ready,
+                    recovered_lsn,
+                    durable_lsn,
+                    queue_depth,
+                    queue_capacity,
+                    connections,
+                    sessions,
+                    reservations,
+                    checkpoint_lsn,
+                    checkpoint_at_ms,
+                    wal_bytes,
+                    data_dir_bytes,
+                };
+                (i, Message::StatusResult(m))
+            }
             Kind::Pong => (i, Message::Pong),
             Kind::Batch => {
                 let (i, entries) = parse_entries(cx, i, Kind::allowed_in_batch)?;

@@ -182,6 +182,12 @@ enum Cmd {
         #[command(flatten)]
         ccr: CcrArgs,
     },
+    /// The server's state (admin credential, protocol version 2): version,
+    /// uptime, recovered log position, queue depth, last checkpoint, disk use.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Print a new random credential token (256 bits, hex) for a
     /// `[[credential]]` entry of the configuration.
     Token,
@@ -305,8 +311,9 @@ fn unit(text: &str) -> Result<wt::Unit, String> {
     wt::Unit::new(text).map_err(|e| e.to_string())
 }
 
-async fn connect(conn: &Conn) -> Result<Client, String> {
-    let token = match &conn.token {
+/// The credential: --token, else the data directory's admin token.
+fn token(conn: &Conn) -> Result<String, String> {
+    Ok(match &conn.token {
         Some(t) => t.clone(),
         None => {
             let path = conn
@@ -316,7 +323,11 @@ async fn connect(conn: &Conn) -> Result<Client, String> {
                 format!("no --token given and {} is unreadable ({e}); start `reckon serve` first or pass --token", path.display())
             })?
         }
-    };
+    })
+}
+
+async fn connect(conn: &Conn) -> Result<Client, String> {
+    let token = token(conn)?;
     Client::connect(&conn.server, &token)
         .await
         .map_err(|e| format!("{}: {e}", conn.server))
@@ -636,6 +647,63 @@ fn check(data_dir: &std::path::Path) -> Result<(), String> {
     }
 }
 
+/// `reckon status`: asks over the native protocol, version 2.
+async fn status(conn: &Conn) -> Result<(), String> {
+    let token = token(conn)?;
+    let client = Client::connect_version(&conn.server, &token, reckon_protocol::PROTOCOL_VERSION)
+        .await
+        .map_err(|e| format!("{}: {e}", conn.server))?;
+    if client.hello.version < 2 {
+        return Err(format!(
+            "the server speaks protocol version {}; status needs 2",
+            client.hello.version
+        ));
+    }
+    let s = match client
+        .call(Message::Status)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Message::StatusResult(s) => s,
+        Message::Error(e) => {
+            return Err(format!(
+                "refused: {} ({})",
+                e.message,
+                e.code.name().unwrap_or("unknown code")
+            ))
+        }
+        other => return Err(format!("unexpected answer {:?}", other.kind())),
+    };
+    let checkpoint = if s.checkpoint_at_ms == 0 {
+        "none since start".to_string()
+    } else {
+        format!(
+            "log position {} at {}",
+            s.checkpoint_lsn,
+            reckon_charging::timefmt::format_ms(s.checkpoint_at_ms)
+        )
+    };
+    println!("version               {}", s.version);
+    println!("uptime                {} s", s.uptime_s);
+    println!(
+        "ready                 {}",
+        if s.ready { "yes" } else { "no" }
+    );
+    println!("recovered position    {}", s.recovered_lsn);
+    println!("durable position      {}", s.durable_lsn);
+    println!(
+        "writer queue          {} of {}",
+        s.queue_depth, s.queue_capacity
+    );
+    println!("connections           {}", s.connections);
+    println!("open sessions         {}", s.sessions);
+    println!("open reservations     {}", s.reservations);
+    println!("last checkpoint       {checkpoint}");
+    println!("log bytes             {}", s.wal_bytes);
+    println!("data directory bytes  {}", s.data_dir_bytes);
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Cmd::Serve {
@@ -806,6 +874,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             send(&args.conn, |_| Ok(message)).await
         }
         Cmd::Check { data_dir } => check(&data_dir),
+        Cmd::Status { conn } => status(&conn).await,
         Cmd::Token => {
             println!(
                 "{}",

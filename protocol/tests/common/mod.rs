@@ -233,6 +233,23 @@ pub fn samples() -> Vec<Message> {
             versions_added: 0,
             message: "inference.toml:3:1: versions[0].version: missing".into(),
         }),
+        Message::Status,
+        Message::StatusResult(StatusResult {
+            version: "0.1.0".into(),
+            uptime_s: 3600,
+            ready: true,
+            recovered_lsn: 1000,
+            durable_lsn: 1500,
+            queue_depth: 2,
+            queue_capacity: 65536,
+            connections: 3,
+            sessions: 12,
+            reservations: 15,
+            checkpoint_lsn: 1400,
+            checkpoint_at_ms: 1_735_689_600_000,
+            wal_bytes: 1 << 20,
+            data_dir_bytes: 4 << 20,
+        }),
         Message::RateCards(RateCards {
             cards: vec![RateCardInfo {
                 card: "inference".into(),

@@ -95,6 +95,7 @@ class Kind(enum.IntEnum):
     RESERVATION_LIST = 0x27
     RATECARD_APPLY = 0x28
     RATECARD_SHOW = 0x29
+    STATUS = 0x2A
     HELLO_OK = 0x81
     PONG = 0x82
     BATCH_RESULT = 0x83
@@ -104,6 +105,7 @@ class Kind(enum.IntEnum):
     RESERVATIONS = 0xA2
     RATECARD_RESULT = 0xA3
     RATECARDS = 0xA4
+    STATUS_RESULT = 0xA5
     ERROR = 0xFF
 
 
@@ -836,6 +838,40 @@ class RateCards:
 
 
 @dataclass
+class Status:
+    """STATUS (version 2, admin only): the server's state (SPEC 6.9)."""
+
+    KIND: ClassVar[Kind] = Kind.STATUS
+    _schema: ClassVar = []
+
+
+@dataclass
+class StatusResult:
+    """STATUS_RESULT (version 2, SPEC 6.9)."""
+
+    version: str
+    uptime_s: int
+    ready: bool
+    recovered_lsn: int
+    durable_lsn: int
+    queue_depth: int
+    queue_capacity: int
+    connections: int
+    sessions: int
+    reservations: int
+    checkpoint_lsn: int
+    checkpoint_at_ms: int
+    wal_bytes: int
+    data_dir_bytes: int
+    KIND: ClassVar[Kind] = Kind.STATUS_RESULT
+    _schema: ClassVar = [("version", _Str(SERVER_NAME_MAX)), ("uptime_s", _U64), ("ready", _BOOL),
+                         ("recovered_lsn", _U64), ("durable_lsn", _U64), ("queue_depth", _U32),
+                         ("queue_capacity", _U32), ("connections", _U32), ("sessions", _U64),
+                         ("reservations", _U64), ("checkpoint_lsn", _U64),
+                         ("checkpoint_at_ms", _U64), ("wal_bytes", _U64), ("data_dir_bytes", _U64)]
+
+
+@dataclass
 class ErrorReply:
     """ERROR: a protocol-level failure (SPEC 6.7); ``code`` is a raw u16."""
 
@@ -921,9 +957,9 @@ MESSAGE_CLASSES: dict[int, type] = {
     for cls in (Hello, HelloOk, Ping, Pong, Batch, BatchResult, Ccr, Cca, AccountCreate,
                 AccountStatusChange, TopUp, Adjust, BucketGrant, LimitSet, BalanceQuery,
                 ReservationList, AdminResult, Balance, Reservations, RateCardApply, RateCardShow,
-                RateCardResult, RateCards, ErrorReply)
+                RateCardResult, RateCards, Status, StatusResult, ErrorReply)
 }
-"""Kind byte → message class: every kind of version 1."""
+"""Kind byte → message class: every kind (STATUS and STATUS_RESULT are version 2)."""
 
 
 @dataclass
