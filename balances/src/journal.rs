@@ -691,6 +691,13 @@ impl<M: Machine> Journal<M> {
     /// the log after it, and the machine's invariant check. Refuses a
     /// directory in use.
     pub fn check_data_dir(data_dir: &Path) -> Result<DataDirReport, JournalError> {
+        Self::recover_offline(data_dir).map(|(_, report)| report)
+    }
+
+    /// What [`Journal::check_data_dir`] checks, also returning the machine
+    /// recovered (snapshot plus every log record), changing nothing: what
+    /// a restore compares with its backup.
+    pub fn recover_offline(data_dir: &Path) -> Result<(M, DataDirReport), JournalError> {
         if !data_dir.is_dir() {
             return Err(JournalError::Recovery(format!(
                 "{} is not a data directory",
@@ -746,12 +753,13 @@ impl<M: Machine> Journal<M> {
             )));
         }
         machine.check().map_err(JournalError::Invariant)?;
-        Ok(DataDirReport {
+        let report = DataDirReport {
             wal: found,
             snapshot_lsn,
             snapshot_keys: keys,
             replayed,
-        })
+        };
+        Ok((machine, report))
     }
 
     /// A cloneable handle for submitting from other threads.

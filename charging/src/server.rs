@@ -75,6 +75,10 @@ struct Shared {
     data_dir: std::path::PathBuf,
     /// The writer queue's capacity.
     queue_capacity: usize,
+    /// The journal's counters and checkpoint lock (backups hold it).
+    journal_stats: Arc<reckon_balances::journal::JournalStats>,
+    /// Set while a backup runs (one at a time).
+    backup_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A running server: its address, and the handle that stops it.
@@ -225,6 +229,8 @@ pub async fn start_with(
         ops: admin.ops.clone(),
         data_dir: config.data_dir.clone(),
         queue_capacity: config.queue_capacity,
+        journal_stats: journal.stats_handle(),
+        backup_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     });
     let admin_addr = admin.addr;
     admin.ops.copy_journal_stats(journal.stats());
@@ -816,6 +822,18 @@ async fn serve(
                 };
                 answer(shared, Some(Kind::Status), out, reply, Some(permit));
             }
+            Message::Backup(b) => {
+                if who != Caller::Admin {
+                    let reply = error_frame(
+                        request_id,
+                        ErrorCode::FORBIDDEN,
+                        "BACKUP is for an admin credential",
+                    );
+                    answer(shared, Some(Kind::Backup), out, reply, Some(permit));
+                } else {
+                    backup(shared, request_id, b.dir, out.clone(), permit);
+                }
+            }
             Message::Ping => answer(
                 shared,
                 Some(Kind::Ping),
@@ -855,6 +873,75 @@ async fn serve(
     let _ = in_flight
         .acquire_many(IN_FLIGHT_PER_CONNECTION as u32)
         .await;
+}
+
+/// Writes a backup off the runtime and answers when it is done.
+fn backup(
+    shared: &Shared,
+    request_id: u64,
+    dir: String,
+    out: Out,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    use reckon_protocol::codes::AdminCode;
+    let refused = |message: String| {
+        Message::BackupResult(msg::BackupResult {
+            code: AdminCode::INVALID_INPUT,
+            lsn: 0,
+            digest: 0,
+            bytes: 0,
+            message,
+        })
+    };
+    if shared.backup_running.swap(true, Ordering::AcqRel) {
+        let reply = refused("a backup is running; try again when it ends".into());
+        shared.ops.answered(Some(Kind::Backup), &reply);
+        send(&out, Frame::new(request_id, reply), Some(permit));
+        return;
+    }
+    let submitter = shared.submitter.clone();
+    let stats = shared.journal_stats.clone();
+    let data_dir = shared.data_dir.clone();
+    let running = shared.backup_running.clone();
+    let ops = shared.ops.clone();
+    tokio::task::spawn_blocking(move || {
+        let target = std::path::PathBuf::from(&dir);
+        let result = crate::backup::backup(&submitter, &stats, &data_dir, &target);
+        running.store(false, Ordering::Release);
+        // Messages are bounded on the wire (1024 bytes).
+        let short = |mut why: String| {
+            if why.len() > 1000 {
+                let mut end = 1000;
+                while !why.is_char_boundary(end) {
+                    end -= 1;
+                }
+                why.truncate(end);
+            }
+            why
+        };
+        let reply = match result {
+            Ok(m) => {
+                tracing::info!(dir = %target.display(), lsn = m.lsn, bytes = m.bytes, "backup written");
+                Message::BackupResult(msg::BackupResult {
+                    code: AdminCode::OK,
+                    lsn: m.lsn,
+                    digest: m.digest,
+                    bytes: m.bytes,
+                    message: String::new(),
+                })
+            }
+            Err(crate::backup::BackupError::Refused(why)) => refused(short(why)),
+            Err(crate::backup::BackupError::Failed(why)) => {
+                tracing::error!(dir = %target.display(), error = %why, "backup failed");
+                Message::Error(msg::ErrorReply {
+                    code: ErrorCode::INTERNAL,
+                    message: short(why),
+                })
+            }
+        };
+        ops.answered(Some(Kind::Backup), &reply);
+        send(&out, Frame::new(request_id, reply), Some(permit));
+    });
 }
 
 fn submit_one(

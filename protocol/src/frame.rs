@@ -44,6 +44,8 @@ pub enum Kind {
     RateCardShow = 0x29,
     /// Admin query (version 2): the server's state.
     Status = 0x2A,
+    /// Admin (version 2): write a consistent backup into a directory.
+    Backup = 0x2B,
     /// Accepts the connection.
     HelloOk = 0x81,
     /// Keepalive answer.
@@ -64,6 +66,8 @@ pub enum Kind {
     RateCards = 0xA4,
     /// Answer to a status query (version 2).
     StatusResult = 0xA5,
+    /// Answer to a backup (version 2).
+    BackupResult = 0xA6,
     /// Protocol-level failure.
     Error = 0xFF,
 }
@@ -86,6 +90,7 @@ impl Kind {
         Kind::RateCardApply,
         Kind::RateCardShow,
         Kind::Status,
+        Kind::Backup,
         Kind::HelloOk,
         Kind::Pong,
         Kind::BatchResult,
@@ -96,6 +101,7 @@ impl Kind {
         Kind::RateCardResult,
         Kind::RateCards,
         Kind::StatusResult,
+        Kind::BackupResult,
         Kind::Error,
     ];
 
@@ -117,6 +123,7 @@ impl Kind {
             0x28 => Kind::RateCardApply,
             0x29 => Kind::RateCardShow,
             0x2A => Kind::Status,
+            0x2B => Kind::Backup,
             0x81 => Kind::HelloOk,
             0x82 => Kind::Pong,
             0x83 => Kind::BatchResult,
@@ -127,6 +134,7 @@ impl Kind {
             0xA3 => Kind::RateCardResult,
             0xA4 => Kind::RateCards,
             0xA5 => Kind::StatusResult,
+            0xA6 => Kind::BackupResult,
             0xFF => Kind::Error,
             _ => return None,
         })
@@ -155,6 +163,7 @@ impl Kind {
             Kind::RateCardApply => "RATECARD_APPLY",
             Kind::RateCardShow => "RATECARD_SHOW",
             Kind::Status => "STATUS",
+            Kind::Backup => "BACKUP",
             Kind::HelloOk => "HELLO_OK",
             Kind::Pong => "PONG",
             Kind::BatchResult => "BATCH_RESULT",
@@ -165,6 +174,7 @@ impl Kind {
             Kind::RateCardResult => "RATECARD_RESULT",
             Kind::RateCards => "RATECARDS",
             Kind::StatusResult => "STATUS_RESULT",
+            Kind::BackupResult => "BACKUP_RESULT",
             Kind::Error => "ERROR",
         }
     }
@@ -199,7 +209,7 @@ impl Kind {
     /// negotiated an earlier one treats it as undefined (`UNKNOWN_KIND`).
     pub fn since_version(self) -> u16 {
         match self {
-            Kind::Status | Kind::StatusResult => 2,
+            Kind::Status | Kind::StatusResult | Kind::Backup | Kind::BackupResult => 2,
             _ => 1,
         }
     }

@@ -40,11 +40,11 @@ pub use codes::{AdminCode, ErrorCode, ResultCode};
 pub use error::ProtocolError;
 pub use frame::{decode_frame, decode_frame_with_limit, frame_size, Frame, Kind};
 pub use message::{
-    AccountCreate, AccountStatusChange, Adjust, AdminResult, Balance, BalanceQuery, Batch,
-    BatchResult, BucketGrant, BucketInfo, Cca, Ccr, ErrorReply, Hello, HelloOk, LimitSet, Message,
-    RateCardApply, RateCardInfo, RateCardResult, RateCardShow, RateCardVersionInfo, RateCards,
-    ReservationInfo, ReservationList, Reservations, ServiceAnswer, ServiceRequest, StatusResult,
-    TopUp,
+    AccountCreate, AccountStatusChange, Adjust, AdminResult, Backup, BackupResult, Balance,
+    BalanceQuery, Batch, BatchResult, BucketGrant, BucketInfo, Cca, Ccr, ErrorReply, Hello,
+    HelloOk, LimitSet, Message, RateCardApply, RateCardInfo, RateCardResult, RateCardShow,
+    RateCardVersionInfo, RateCards, ReservationInfo, ReservationList, Reservations, ServiceAnswer,
+    ServiceRequest, StatusResult, TopUp,
 };
 pub use types::{
     AccountStatus, CreditKind, EventAction, FinalUnitAction, InvalidUnitName, RequestType,

@@ -19,6 +19,8 @@ pub const CREDENTIAL_MAX: usize = 256;
 pub const CLIENT_NAME_MAX: usize = 64;
 /// Longest `HELLO_OK.server_name`, in bytes.
 pub const SERVER_NAME_MAX: usize = 64;
+/// Longest `BACKUP.dir`, in bytes.
+pub const BACKUP_DIR_MAX: usize = 4096;
 /// Longest session id, in bytes.
 pub const SESSION_ID_MAX: usize = 128;
 /// Longest redirect address in a CCA service, in bytes.

@@ -408,6 +408,29 @@ pub struct StatusResult {
     pub data_dir_bytes: u64,
 }
 
+/// Write a consistent backup of the running server (version 2, admin).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backup {
+    /// Absolute path of a directory on the server's host, new or empty.
+    pub dir: String,
+}
+
+/// The answer to [`Backup`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupResult {
+    /// `OK`, or `INVALID_INPUT` (a bad directory, a backup running) with
+    /// `message` saying why.
+    pub code: AdminCode,
+    /// The log position the backup restores to.
+    pub lsn: u64,
+    /// The state digest at that position.
+    pub digest: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Why it failed, or empty.
+    pub message: String,
+}
+
 /// A protocol-level failure (sent with flags = 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorReply {
@@ -450,6 +473,8 @@ pub enum Message {
     RateCardShow(RateCardShow),
     /// `STATUS` (0x2A, version 2).
     Status,
+    /// `BACKUP` (0x2B, version 2).
+    Backup(Backup),
     /// `HELLO_OK` (0x81).
     HelloOk(HelloOk),
     /// `PONG` (0x82).
@@ -470,6 +495,8 @@ pub enum Message {
     RateCards(RateCards),
     /// `STATUS_RESULT` (0xA5, version 2).
     StatusResult(StatusResult),
+    /// `BACKUP_RESULT` (0xA6, version 2).
+    BackupResult(BackupResult),
     /// `ERROR` (0xFF).
     Error(ErrorReply),
 }
@@ -503,6 +530,8 @@ impl Message {
             Message::RateCards(_) => Kind::RateCards,
             Message::Status => Kind::Status,
             Message::StatusResult(_) => Kind::StatusResult,
+            Message::Backup(_) => Kind::Backup,
+            Message::BackupResult(_) => Kind::BackupResult,
             Message::Error(_) => Kind::Error,
         }
     }
@@ -724,6 +753,14 @@ impl Message {
                 dst.put_u64_le(m.wal_bytes);
                 dst.put_u64_le(m.data_dir_bytes);
             }
+            Message::Backup(m) => put_string(dst, &m.dir, "dir", BACKUP_DIR_MAX)?,
+            Message::BackupResult(m) => {
+                dst.put_u32_le(m.code.0);
+                dst.put_u64_le(m.lsn);
+                dst.put_u64_le(m.digest);
+                dst.put_u64_le(m.bytes);
+                put_string(dst, &m.message, "message", ERROR_MESSAGE_MAX)?;
+            }
             Message::Error(m) => {
                 dst.put_u16_le(m.code.0);
                 put_string(dst, &m.message, "message", ERROR_MESSAGE_MAX)?;
@@ -770,6 +807,25 @@ impl Message {
             }
             Kind::Ping => (i, Message::Ping),
             Kind::Status => (i, Message::Status),
+            Kind::Backup => {
+                let (i, dir) = cx.string(i, "dir", BACKUP_DIR_MAX)?;
+                (i, Message::Backup(Backup { dir }))
+            }
+            Kind::BackupResult => {
+                let (i, code) = cx.u32(i, "code")?;
+                let (i, lsn) = cx.u64(i, "lsn")?;
+                let (i, digest) = cx.u64(i, "digest")?;
+                let (i, bytes) = cx.u64(i, "bytes")?;
+                let (i, message) = cx.string(i, "message", ERROR_MESSAGE_MAX)?;
+                let m = BackupResult {
+                    code: AdminCode(code),
+                    lsn,
+                    digest,
+                    bytes,
+                    message,
+                };
+                (i, Message::BackupResult(m))
+            }
             Kind::StatusResult => {
                 let (i, version) = cx.string(i, "version", SERVER_NAME_MAX)?;
                 let (i, uptime_s) = cx.u64(i, "uptime_s")?;

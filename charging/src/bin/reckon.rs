@@ -188,6 +188,26 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Have the running server write a consistent backup (admin credential,
+    /// protocol version 2): its snapshot and log up to one position, fsynced,
+    /// then a manifest. The directory is on the server's host.
+    Backup {
+        /// Directory to write, new or empty.
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Restore a backup into a new data directory (no server needed), then
+    /// recover it and check its state digest against the backup's.
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new data directory (new or empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Print a new random credential token (256 bits, hex) for a
     /// `[[credential]]` entry of the configuration.
     Token,
@@ -647,18 +667,58 @@ fn check(data_dir: &std::path::Path) -> Result<(), String> {
     }
 }
 
-/// `reckon status`: asks over the native protocol, version 2.
-async fn status(conn: &Conn) -> Result<(), String> {
+/// `reckon backup`: asks the server over the native protocol, version 2.
+async fn backup(conn: &Conn, to: &std::path::Path) -> Result<(), String> {
+    let to = std::path::absolute(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let client = connect_v2(conn).await?;
+    let dir = to.to_string_lossy().into_owned();
+    match client
+        .call(Message::Backup(reckon_protocol::message::Backup { dir }))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Message::BackupResult(r) if r.code.is_ok() => {
+            println!(
+                "backup written to {}: log position {}, state digest {:016x}, {} bytes",
+                to.display(),
+                r.lsn,
+                r.digest,
+                r.bytes
+            );
+            Ok(())
+        }
+        Message::BackupResult(r) => Err(format!(
+            "refused ({}): {}",
+            r.code.name().unwrap_or("unknown code"),
+            r.message
+        )),
+        Message::Error(e) => Err(format!(
+            "failed: {} ({})",
+            e.message,
+            e.code.name().unwrap_or("unknown code")
+        )),
+        other => Err(format!("unexpected answer {:?}", other.kind())),
+    }
+}
+
+/// Connects offering protocol version 2, which the admin commands need.
+async fn connect_v2(conn: &Conn) -> Result<Client, String> {
     let token = token(conn)?;
     let client = Client::connect_version(&conn.server, &token, reckon_protocol::PROTOCOL_VERSION)
         .await
         .map_err(|e| format!("{}: {e}", conn.server))?;
     if client.hello.version < 2 {
         return Err(format!(
-            "the server speaks protocol version {}; status needs 2",
+            "the server speaks protocol version {}; this needs 2",
             client.hello.version
         ));
     }
+    Ok(client)
+}
+
+/// `reckon status`: asks over the native protocol, version 2.
+async fn status(conn: &Conn) -> Result<(), String> {
+    let client = connect_v2(conn).await?;
     let s = match client
         .call(Message::Status)
         .await
@@ -875,6 +935,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Check { data_dir } => check(&data_dir),
         Cmd::Status { conn } => status(&conn).await,
+        Cmd::Backup { to, conn } => backup(&conn, &to).await,
+        Cmd::Restore { from, data_dir } => {
+            let m =
+                reckon_charging::backup::restore(&from, &data_dir).map_err(|e| e.to_string())?;
+            println!(
+                "restored to log position {} (state digest {:016x}); start it with: reckon serve --data-dir {}",
+                m.lsn,
+                m.digest,
+                data_dir.display()
+            );
+            Ok(())
+        }
         Cmd::Token => {
             println!(
                 "{}",

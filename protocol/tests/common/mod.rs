@@ -234,6 +234,16 @@ pub fn samples() -> Vec<Message> {
             message: "inference.toml:3:1: versions[0].version: missing".into(),
         }),
         Message::Status,
+        Message::Backup(Backup {
+            dir: "/var/backups/r1".into(),
+        }),
+        Message::BackupResult(BackupResult {
+            code: AdminCode::OK,
+            lsn: 1500,
+            digest: 0x1122_3344_5566_7788,
+            bytes: 5 << 20,
+            message: String::new(),
+        }),
         Message::StatusResult(StatusResult {
             version: "0.1.0".into(),
             uptime_s: 3600,

@@ -96,6 +96,7 @@ class Kind(enum.IntEnum):
     RATECARD_APPLY = 0x28
     RATECARD_SHOW = 0x29
     STATUS = 0x2A
+    BACKUP = 0x2B
     HELLO_OK = 0x81
     PONG = 0x82
     BATCH_RESULT = 0x83
@@ -106,6 +107,7 @@ class Kind(enum.IntEnum):
     RATECARD_RESULT = 0xA3
     RATECARDS = 0xA4
     STATUS_RESULT = 0xA5
+    BACKUP_RESULT = 0xA6
     ERROR = 0xFF
 
 
@@ -872,6 +874,29 @@ class StatusResult:
 
 
 @dataclass
+class Backup:
+    """BACKUP (version 2, admin only): write a backup into ``dir`` (SPEC 6.10)."""
+
+    dir: str
+    KIND: ClassVar[Kind] = Kind.BACKUP
+    _schema: ClassVar = [("dir", _Str(4096))]
+
+
+@dataclass
+class BackupResult:
+    """BACKUP_RESULT (version 2, SPEC 6.10)."""
+
+    code: int
+    lsn: int
+    digest: int
+    bytes: int
+    message: str = ""
+    KIND: ClassVar[Kind] = Kind.BACKUP_RESULT
+    _schema: ClassVar = [("code", _U32), ("lsn", _U64), ("digest", _U64), ("bytes", _U64),
+                         ("message", _Str(ERROR_MESSAGE_MAX))]
+
+
+@dataclass
 class ErrorReply:
     """ERROR: a protocol-level failure (SPEC 6.7); ``code`` is a raw u16."""
 
@@ -957,9 +982,10 @@ MESSAGE_CLASSES: dict[int, type] = {
     for cls in (Hello, HelloOk, Ping, Pong, Batch, BatchResult, Ccr, Cca, AccountCreate,
                 AccountStatusChange, TopUp, Adjust, BucketGrant, LimitSet, BalanceQuery,
                 ReservationList, AdminResult, Balance, Reservations, RateCardApply, RateCardShow,
-                RateCardResult, RateCards, Status, StatusResult, ErrorReply)
+                RateCardResult, RateCards, Status, StatusResult, Backup, BackupResult,
+                ErrorReply)
 }
-"""Kind byte → message class: every kind (STATUS and STATUS_RESULT are version 2)."""
+"""Kind byte → message class: every kind (STATUS, BACKUP and their answers are version 2)."""
 
 
 @dataclass
