@@ -1651,6 +1651,13 @@ impl Ledger {
         None
     }
 
+    /// Every account's id, ascending.
+    pub fn account_ids(&self) -> Vec<AccountId> {
+        let mut ids: Vec<AccountId> = self.accounts.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Number of accounts.
     pub fn account_count(&self) -> usize {
         self.accounts.len()

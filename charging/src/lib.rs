@@ -11,6 +11,7 @@
 //! the `reckon` binary. Only `sim` and `benches` may
 //! depend on it. The engine itself never reads a clock or a socket.
 
+pub mod accounts_file;
 pub mod backup;
 pub mod client;
 pub mod config;

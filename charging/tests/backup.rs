@@ -228,3 +228,189 @@ async fn a_backup_taken_under_load_restores_to_the_live_state_at_its_position() 
         "{amount} {held}"
     );
 }
+
+/// Stops a server cleanly (SIGTERM: drain, checkpoint, exit 0).
+fn stop(mut server: ServerProcess) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(server.child.wait().unwrap().success());
+}
+
+fn export(data: &std::path::Path, out: &std::path::Path) -> String {
+    let done = reckon(&[
+        "export",
+        "accounts",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    std::fs::read_to_string(out).unwrap()
+}
+
+fn import(server: &ServerProcess, file: &std::path::Path) -> std::process::Output {
+    reckon(&[
+        "import",
+        "accounts",
+        file.to_str().unwrap(),
+        "--server",
+        &server.addr,
+        "--token",
+        ADMIN,
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_export_and_import_round_trip() {
+    use reckon_protocol::message::{AccountStatusChange, Adjust, BucketGrant, LimitSet};
+    use reckon_protocol::types::AccountStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_server_with(dir.path(), &dir.path().join("a"), "", &[]);
+    let c = Client::connect(&a.addr, ADMIN).await.unwrap();
+    ok(&c.call(create(&c, 1000, None)).await.unwrap());
+    ok(&c.call(create(&c, 1001, Some(1000))).await.unwrap());
+    ok(&c.call(create(&c, 1002, Some(1000))).await.unwrap());
+    ok(&c
+        .call(topup(&c, 1000, Unit::TOKENS_OUT, "1234.5"))
+        .await
+        .unwrap());
+    let grant = BucketGrant {
+        op_id: c.new_op_id(),
+        account: 1001,
+        unit: Unit::TOKENS_OUT,
+        amount: d("0"),
+        valid_from_ms: 1_000,
+        valid_until_ms: 4_102_444_800_000,
+        priority: 3,
+        credit_limit: d("10"),
+        services: vec![1, 7],
+    };
+    let bucket = match c.call(Message::BucketGrant(grant)).await.unwrap() {
+        Message::AdminResult(r) => r.bucket,
+        other => panic!("{other:?}"),
+    };
+    // Overdrawn within its credit limit.
+    ok(&c
+        .call(Message::Adjust(Adjust {
+            op_id: c.new_op_id(),
+            account: 1001,
+            bucket,
+            delta: d("-2.000000001"),
+            reason: "test".into(),
+        }))
+        .await
+        .unwrap());
+    ok(&c
+        .call(Message::LimitSet(LimitSet {
+            op_id: c.new_op_id(),
+            account: 1000,
+            unit: Unit::TOKENS_OUT,
+            cap: Some(d("500")),
+        }))
+        .await
+        .unwrap());
+    ok(&c
+        .call(Message::AccountStatus(AccountStatusChange {
+            op_id: c.new_op_id(),
+            account: 1002,
+            status: AccountStatus::Suspended,
+        }))
+        .await
+        .unwrap());
+    drop(c);
+    stop(a);
+    let exported = export(&dir.path().join("a"), &dir.path().join("a.jsonl"));
+    assert_eq!(exported.lines().count(), 3, "{exported}");
+    assert!(
+        exported.contains("\"amount\":\"-2.000000001\""),
+        "{exported}"
+    );
+    assert!(exported.contains("\"status\":\"suspended\""), "{exported}");
+
+    let b = spawn_server_with(dir.path(), &dir.path().join("b"), "", &[]);
+    let done = import(&b, &dir.path().join("a.jsonl"));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    // Again: every account exists now; refused, nothing changed.
+    let again = import(&b, &dir.path().join("a.jsonl"));
+    assert!(!again.status.success());
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert!(why.contains("line 1: account 1000 exists already"), "{why}");
+    assert!(why.contains("nothing changed"), "{why}");
+    stop(b);
+    let round_trip = export(&dir.path().join("b"), &dir.path().join("b.jsonl"));
+    assert_eq!(round_trip, exported);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_import_file_is_refused_by_line_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_server_with(dir.path(), &dir.path().join("data"), "", &[]);
+    let good = r#"{"account":500,"buckets":[{"unit":"USD","amount":"10.50"}]}"#;
+    let bad = [
+        good,
+        r#"{"account":501,"buckets":[{"unit":"USD","amount":"0.0000000001"}]}"#,
+        r#"{"account":502,"colour":"blue"}"#,
+        "",
+        r#"{"account":500}"#,
+        r#"{"account":503,"status":"asleep"}"#,
+        r#"{"account":504,"buckets":[{"unit":"USD","amount":10}]}"#,
+        "not json",
+    ]
+    .join("\n");
+    let file = dir.path().join("bad.jsonl");
+    std::fs::write(&file, bad).unwrap();
+    let done = import(&server, &file);
+    assert!(!done.status.success());
+    let why = String::from_utf8_lossy(&done.stderr).to_string();
+    for line in [2, 3, 5, 6, 7, 8] {
+        assert!(
+            why.contains(&format!("\n  line {line}: ")),
+            "line {line} not named: {why}"
+        );
+    }
+    for line in [1, 4] {
+        assert!(
+            !why.contains(&format!("\n  line {line}: ")),
+            "line {line} named: {why}"
+        );
+    }
+    assert!(why.contains("6 bad line(s)"), "{why}");
+    assert!(why.contains("more than 9 decimal places"), "{why}");
+
+    // Good on its own, bad against the server: a parent that does not exist.
+    let orphan = format!("{good}\n{}", r#"{"account":505,"parent":9999}"#);
+    std::fs::write(&file, orphan).unwrap();
+    let done = import(&server, &file);
+    assert!(!done.status.success());
+    let why = String::from_utf8_lossy(&done.stderr).to_string();
+    assert!(why.contains("line 2: parent 9999 does not exist"), "{why}");
+
+    // Nothing changed: not even the good line's account.
+    let c = Client::connect(&server.addr, ADMIN).await.unwrap();
+    match c
+        .call(Message::BalanceQuery(
+            reckon_protocol::message::BalanceQuery { account: 500 },
+        ))
+        .await
+        .unwrap()
+    {
+        Message::AdminResult(r) => assert_eq!(r.code, AdminCode::ACCOUNT_NOT_FOUND),
+        other => panic!("account 500 exists: {other:?}"),
+    }
+    drop(c);
+    stop(server);
+    let exported = export(&dir.path().join("data"), &dir.path().join("after.jsonl"));
+    assert_eq!(exported, "");
+}

@@ -208,6 +208,20 @@ enum Cmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Write accounts as JSON lines, from a stopped server's data directory
+    /// (or a restored backup).
+    Export {
+        #[command(subcommand)]
+        what: ExportCmd,
+    },
+    /// Create accounts from JSON lines (as `export accounts` writes them).
+    /// The whole file is checked first, against itself and the server: a
+    /// file with any bad line is refused, every bad line named, and nothing
+    /// changes.
+    Import {
+        #[command(subcommand)]
+        what: ImportCmd,
+    },
     /// Print a new random credential token (256 bits, hex) for a
     /// `[[credential]]` entry of the configuration.
     Token,
@@ -228,6 +242,30 @@ enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+#[derive(Subcommand)]
+enum ExportCmd {
+    /// Every account, its buckets, caps and status.
+    Accounts {
+        /// The data directory (the server must be stopped).
+        #[arg(long, default_value = "reckon-data")]
+        data_dir: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// Accounts from a JSON-lines file.
+    Accounts {
+        /// The file.
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand)]
@@ -667,6 +705,143 @@ fn check(data_dir: &std::path::Path) -> Result<(), String> {
     }
 }
 
+/// `reckon import accounts`: checks the whole file, then the server, then
+/// applies it (op ids derived from the file, so a rerun repeats, not
+/// doubles).
+async fn import_accounts(file: &std::path::Path, conn: &Conn) -> Result<(), String> {
+    use reckon_charging::accounts_file::{check, op_id, ERRORS_SHOWN};
+    use reckon_protocol::codes::AdminCode;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let refuse = |errors: Vec<String>| {
+        let mut report = format!(
+            "{}: refused, nothing changed ({} bad line(s)):",
+            file.display(),
+            errors.len()
+        );
+        for e in errors.iter().take(ERRORS_SHOWN) {
+            report.push_str("\n  ");
+            report.push_str(e);
+        }
+        if errors.len() > ERRORS_SHOWN {
+            report.push_str(&format!("\n  ... and {} more", errors.len() - ERRORS_SHOWN));
+        }
+        report
+    };
+    let lines = check(&text).map_err(refuse)?;
+    let client = connect(conn).await?;
+    // Against the server: new ids, parents that exist (or come earlier).
+    let in_file: std::collections::HashSet<u64> = lines.iter().map(|l| l.account.account).collect();
+    let mut errors = Vec::new();
+    for l in &lines {
+        let exists = |account| {
+            let client = client.clone();
+            async move {
+                match client
+                    .call(Message::BalanceQuery(BalanceQuery { account }))
+                    .await
+                {
+                    Ok(Message::Balance(_)) => Ok(true),
+                    Ok(Message::AdminResult(r)) if r.code == AdminCode::ACCOUNT_NOT_FOUND => {
+                        Ok(false)
+                    }
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        if exists(l.account.account).await? {
+            errors.push(format!(
+                "line {}: account {} exists already",
+                l.line, l.account.account
+            ));
+        }
+        if let Some(p) = l.account.parent.filter(|p| !in_file.contains(p)) {
+            if !exists(p).await? {
+                errors.push(format!("line {}: parent {p} does not exist", l.line));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(refuse(errors));
+    }
+    let digest = reckon_balances::codec::digest_of(text.as_bytes());
+    let applied = |line: usize, answer: Message| -> Result<u64, String> {
+        match answer {
+            Message::AdminResult(r) if r.code.is_ok() => Ok(r.bucket),
+            other => Err(format!(
+                "line {line}: the server refused {other:?}; the lines before it were applied (importing the same file again repeats them harmlessly)"
+            )),
+        }
+    };
+    for l in &lines {
+        let a = &l.account;
+        let mut step = 0;
+        let mut next_op = || {
+            step += 1;
+            op_id(digest, l.line, step)
+        };
+        let call = |m: Message| {
+            let client = client.clone();
+            async move { client.call(m).await.map_err(|e| e.to_string()) }
+        };
+        let m = Message::AccountCreate(AccountCreate {
+            op_id: next_op(),
+            account: a.account,
+            parent: a.parent,
+            draws_on_parent: a.draws_on_parent,
+        });
+        applied(l.line, call(m).await?)?;
+        for b in &a.buckets {
+            let amount: Decimal = b.amount.parse().map_err(|_| "checked".to_string())?;
+            let m = Message::BucketGrant(BucketGrant {
+                op_id: next_op(),
+                account: a.account,
+                unit: unit(&b.unit)?,
+                amount: amount.max(Decimal::ZERO),
+                valid_from_ms: b.valid_from_ms,
+                valid_until_ms: b.valid_until_ms.unwrap_or(u64::MAX),
+                priority: b.priority,
+                credit_limit: b.credit_limit.parse().map_err(|_| "checked".to_string())?,
+                services: b.services.clone(),
+            });
+            let bucket = applied(l.line, call(m).await?)?;
+            if amount < Decimal::ZERO {
+                // An overdrawn bucket: granted empty, then drawn down.
+                let m = Message::Adjust(reckon_protocol::message::Adjust {
+                    op_id: next_op(),
+                    account: a.account,
+                    bucket,
+                    delta: amount,
+                    reason: "import".into(),
+                });
+                applied(l.line, call(m).await?)?;
+            }
+        }
+        for c in &a.limits {
+            let m = Message::LimitSet(LimitSet {
+                op_id: next_op(),
+                account: a.account,
+                unit: unit(&c.unit)?,
+                cap: Some(c.cap.parse().map_err(|_| "checked".to_string())?),
+            });
+            applied(l.line, call(m).await?)?;
+        }
+    }
+    // Statuses last, children first: a suspended parent takes no children.
+    for l in lines.iter().rev() {
+        if l.status != wt::AccountStatus::Active {
+            let m = Message::AccountStatus(AccountStatusChange {
+                op_id: op_id(digest, l.line, 0xFFFFF),
+                account: l.account.account,
+                status: l.status,
+            });
+            applied(l.line, client.call(m).await.map_err(|e| e.to_string())?)?;
+        }
+    }
+    println!("imported {} account(s)", lines.len());
+    Ok(())
+}
+
 /// `reckon backup`: asks the server over the native protocol, version 2.
 async fn backup(conn: &Conn, to: &std::path::Path) -> Result<(), String> {
     let to = std::path::absolute(to).map_err(|e| format!("{}: {e}", to.display()))?;
@@ -935,6 +1110,29 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Check { data_dir } => check(&data_dir),
         Cmd::Status { conn } => status(&conn).await,
+        Cmd::Export {
+            what: ExportCmd::Accounts { data_dir, out },
+        } => {
+            use reckon_charging::accounts_file::export;
+            let n = match &out {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(
+                        std::fs::File::create(path)
+                            .map_err(|e| format!("{}: {e}", path.display()))?,
+                    );
+                    let n = export(&data_dir, &mut file)?;
+                    std::io::Write::flush(&mut file)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    n
+                }
+                None => export(&data_dir, &mut std::io::stdout().lock())?,
+            };
+            eprintln!("exported {n} account(s)");
+            Ok(())
+        }
+        Cmd::Import {
+            what: ImportCmd::Accounts { file, conn },
+        } => import_accounts(&file, &conn).await,
         Cmd::Backup { to, conn } => backup(&conn, &to).await,
         Cmd::Restore { from, data_dir } => {
             let m =
