@@ -1127,12 +1127,79 @@ pub fn replay<E>(
 /// [`replay`], stopping after the write group that holds `upto`: a log
 /// whose torn tail was found by [`inspect`] but not cut is replayed up to
 /// its last valid record without reading the torn part.
+///
+/// Two threads: one reads, checks and decompresses the log ahead, the
+/// caller's applies the records (`f`), so recovery's decoding and applying
+/// get a core of their own. Records reach `f` in order, and exactly as a
+/// single thread would hand them out: a damaged group stops the replay
+/// after the records before it.
 pub fn replay_upto<E>(
     cfg: &WalConfig,
     after: Lsn,
     upto: Lsn,
     mut f: impl FnMut(Lsn, &[u8]) -> Result<(), E>,
 ) -> Result<Lsn, ReplayError<E>> {
+    let (pieces_tx, pieces_rx) = crossbeam_channel::bounded::<Piece>(4);
+    let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Piece>(8);
+    std::thread::scope(|scope| {
+        // The reader's sender closes the channel when it returns, after
+        // the pieces read before any damage it found.
+        let reader = std::thread::Builder::new()
+            .name("reckon-wal-read".into())
+            .spawn_scoped(scope, move || {
+                read_ahead(cfg, after, upto, &pieces_tx, &spare_rx)
+            })
+            .map_err(io_err("spawn the log reader", &cfg.dir))?;
+        let mut failed = None;
+        for piece in pieces_rx.iter() {
+            for &(lsn, start, len) in &piece.records {
+                if let Err(e) = f(Lsn(lsn), &piece.data[start..start + len]) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if failed.is_some() {
+                break;
+            }
+            let _ = spare_tx.try_send(piece);
+        }
+        // Stops the reader at its next send.
+        drop(pieces_rx);
+        let read = reader.join().unwrap_or_else(|_| {
+            Err(WalError::Io {
+                op: "read the log (the reader thread panicked)",
+                path: cfg.dir.clone(),
+                source: io::Error::other("log reader panicked"),
+            })
+        });
+        match (failed, read) {
+            (Some(e), _) => Err(ReplayError::Callback(e)),
+            (None, Err(e)) => Err(e.into()),
+            (None, Ok(last)) => Ok(last),
+        }
+    })
+}
+
+/// Records read ahead of the replay: their bytes and (lsn, offset, length)
+/// in them.
+#[derive(Default)]
+struct Piece {
+    data: Vec<u8>,
+    records: Vec<(u64, usize, usize)>,
+}
+
+/// Bytes of records gathered before a piece goes to the applying thread.
+const PIECE_BYTES: usize = 1 << 20;
+
+/// The reading half of [`replay_upto`]: checks the log as it goes and
+/// sends the records after `after` in pieces; returns the last LSN.
+fn read_ahead(
+    cfg: &WalConfig,
+    after: Lsn,
+    upto: Lsn,
+    out: &crossbeam_channel::Sender<Piece>,
+    spare: &crossbeam_channel::Receiver<Piece>,
+) -> Result<Lsn, WalError> {
     let segments = list_segments(&cfg.dir)?;
     let Some(first) = segments.first() else {
         return Ok(after);
@@ -1143,81 +1210,84 @@ pub fn replay_upto<E>(
             at: cfg.dir.clone(),
             expected: Lsn(wanted),
             found: first.first_lsn,
-        }
-        .into());
+        });
     }
     // Skip, unread, the segments whose records all precede `wanted`.
     let start = segments
         .partition_point(|s| s.first_lsn.0 <= wanted)
         .saturating_sub(1);
-    // One buffer for all segments: a segment is read with one call and records
-    // are handed out as slices of it, so there is no allocation per record.
     let mut buf = Vec::new();
     let (mut scratch, mut chunks) = (Vec::new(), Vec::new());
+    let mut piece = Piece::default();
     let mut expected = segments[start].first_lsn.0;
+    // False once the applying side has stopped listening.
+    let send = |piece: &mut Piece, force: bool| -> bool {
+        if piece.records.is_empty() || (!force && piece.data.len() < PIECE_BYTES) {
+            return true;
+        }
+        let mut next = spare.try_recv().unwrap_or_default();
+        next.data.clear();
+        next.records.clear();
+        out.send(std::mem::replace(piece, next)).is_ok()
+    };
     for seg in &segments[start..] {
         if seg.first_lsn.0 != expected {
             return Err(WalError::Gap {
                 at: seg.path.clone(),
                 expected: Lsn(expected),
                 found: seg.first_lsn,
-            }
-            .into());
+            });
         }
         let mut file = File::open(&seg.path).map_err(io_err("open", &seg.path))?;
         read_whole(&mut file, &seg.path, &mut buf)?;
         match check_header(&buf, seg.first_lsn.0) {
             HeaderCheck::Valid => {}
-            bad => return Err(header_error(&seg.path, bad).into()),
+            bad => return Err(header_error(&seg.path, bad)),
         }
         let mut off = SEGMENT_HEADER_LEN;
         while off < buf.len() {
-            let group = match parse_group(&buf, off) {
-                Ok(group) => group,
-                Err(why) => return Err(corrupt(&seg.path, off as u64, why.into()).into()),
-            };
-            let records = match group_records(&buf, &group, &mut scratch, &mut chunks) {
-                Ok(records) => records,
-                Err(why) => return Err(corrupt(&seg.path, off as u64, why.into()).into()),
-            };
+            let group =
+                parse_group(&buf, off).map_err(|why| corrupt(&seg.path, off as u64, why.into()))?;
+            let records = group_records(&buf, &group, &mut scratch, &mut chunks)
+                .map_err(|why| corrupt(&seg.path, off as u64, why.into()))?;
             check_group_start(&seg.path, off, &group, expected, records.len())?;
             let mut at = 0;
             while at < records.len() {
-                let rec = match parse_record(records, at, cfg.record_bytes_max) {
-                    Ok(rec) => rec,
-                    Err(bad) => {
-                        return Err(
-                            record_error(&seg.path, file_offset(&group, off, at), bad, cfg).into(),
-                        )
-                    }
-                };
+                let rec = parse_record(records, at, cfg.record_bytes_max).map_err(|bad| {
+                    record_error(&seg.path, file_offset(&group, off, at), bad, cfg)
+                })?;
                 if rec.lsn != expected {
                     return Err(WalError::Gap {
                         at: seg.path.clone(),
                         expected: Lsn(expected),
                         found: Lsn(rec.lsn),
-                    }
-                    .into());
+                    });
                 }
                 if rec.lsn > after.0 {
-                    f(Lsn(rec.lsn), rec.payload).map_err(ReplayError::Callback)?;
+                    let start = piece.data.len();
+                    piece.data.extend_from_slice(rec.payload);
+                    piece.records.push((rec.lsn, start, rec.payload.len()));
                 }
                 expected = next_lsn_after(&seg.path, file_offset(&group, off, at), rec.lsn)?;
                 at = rec.end;
             }
             off = group.end;
+            if !send(&mut piece, false) {
+                return Ok(Lsn(expected - 1));
+            }
             if expected > upto.0 {
+                send(&mut piece, true);
                 return Ok(Lsn(expected - 1));
             }
         }
     }
+    send(&mut piece, true);
     let last = Lsn(expected - 1);
     if last < after {
         return Err(WalError::EndsBefore {
             requested: after,
             last,
-        }
-        .into());
+        });
     }
     Ok(last)
 }
