@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use reckon_protocol::codec::ReckonCodec;
 use reckon_protocol::frame::Frame;
 use reckon_protocol::message::{Hello, HelloOk, Message};
+use reckon_protocol::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,6 +61,15 @@ pub struct Client {
     pub hello: HelloOk,
 }
 
+/// Whether a request (or a BATCH entry) is a CCR with attributes.
+fn has_attributes(message: &Message) -> bool {
+    match message {
+        Message::Ccr(c) => !c.attributes.is_empty(),
+        Message::Batch(b) => b.entries.iter().any(has_attributes),
+        _ => false,
+    }
+}
+
 fn random_u128() -> u128 {
     use std::io::Read;
     let mut raw = [0u8; 16];
@@ -90,7 +100,18 @@ impl Client {
         credential: &str,
         timeout: std::time::Duration,
     ) -> Result<Client, ClientError> {
-        tokio::time::timeout(timeout, Self::open(addr, credential, timeout))
+        Self::connect_version(addr, credential, timeout, PROTOCOL_VERSION).await
+    }
+
+    /// Connects offering protocol versions 1..=`max_version` (1: an older
+    /// client, whose CCRs carry no attributes).
+    pub async fn connect_version(
+        addr: &str,
+        credential: &str,
+        timeout: std::time::Duration,
+        max_version: u16,
+    ) -> Result<Client, ClientError> {
+        tokio::time::timeout(timeout, Self::open(addr, credential, timeout, max_version))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
     }
@@ -99,6 +120,7 @@ impl Client {
         addr: &str,
         credential: &str,
         timeout: std::time::Duration,
+        max_version: u16,
     ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -108,8 +130,8 @@ impl Client {
         sink.send(Frame::new(
             1,
             Message::Hello(Hello {
-                min_version: 1,
-                max_version: 1,
+                min_version: PROTOCOL_VERSION_MIN,
+                max_version,
                 credential: credential.to_string(),
                 client_name: format!("reckon-client {}", env!("CARGO_PKG_VERSION")),
             }),
@@ -142,6 +164,8 @@ impl Client {
         };
         frames.decoder_mut().set_max_frame(hello.max_frame);
         sink.encoder_mut().set_max_frame(hello.max_frame);
+        frames.decoder_mut().set_version(hello.version);
+        sink.encoder_mut().set_version(hello.version);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (out, mut out_rx) = mpsc::unbounded_channel::<Frame>();
         tokio::spawn(async move {
@@ -198,6 +222,13 @@ impl Client {
     /// Sends one request and waits for its answer (other calls may be in
     /// flight on the same connection meanwhile).
     pub async fn call(&self, message: Message) -> Result<Message, ClientError> {
+        // Refused here, not by the writer: an encoding error there would
+        // end the connection for every caller.
+        if self.hello.version < 2 && has_attributes(&message) {
+            return Err(ClientError::Protocol(
+                "CCR attributes need protocol version 2".into(),
+            ));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, tx);

@@ -161,6 +161,7 @@ fn req(
         },
         timestamp_ms: 0,
         services,
+        attributes: Vec::new(),
     }
 }
 

@@ -38,7 +38,9 @@ mod wire;
 pub use codec::{ReckonCodec, TolerantCodec};
 pub use codes::{AdminCode, ErrorCode, ResultCode};
 pub use error::ProtocolError;
-pub use frame::{decode_frame, decode_frame_with_limit, frame_size, Frame, Kind};
+pub use frame::{
+    decode_frame, decode_frame_version, decode_frame_with_limit, frame_size, Frame, Kind,
+};
 pub use message::{
     AccountCreate, AccountStatusChange, Adjust, AdminResult, Balance, BalanceQuery, Batch,
     BatchResult, BucketGrant, BucketInfo, Cca, Ccr, ErrorReply, Hello, HelloOk, LimitSet, Message,
@@ -50,5 +52,8 @@ pub use types::{
     TerminationCause, Unit, UnitAmount,
 };
 
-/// The protocol version this crate speaks (the only one so far).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The highest protocol version this crate speaks (SPEC 5.1, 12): version 2
+/// is version 1 plus `CCR.attributes`.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The lowest protocol version this crate speaks; it never changes.
+pub const PROTOCOL_VERSION_MIN: u16 = 1;

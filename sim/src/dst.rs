@@ -906,6 +906,7 @@ impl World {
                     used: q(used),
                     report_only: false,
                 }],
+                attributes: Vec::new(),
             },
         )
     }

@@ -527,6 +527,7 @@ fn ccr(
             requested: quantities(&args.requested)?,
             used: quantities(&args.used)?,
         }],
+        attributes: Vec::new(),
     }))
 }
 
