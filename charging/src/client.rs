@@ -9,7 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use reckon_protocol::codec::ReckonCodec;
 use reckon_protocol::frame::Frame;
-use reckon_protocol::message::{Hello, HelloOk, Message};
+use reckon_protocol::message::{ErrorReply, Hello, HelloOk, Message};
+use reckon_protocol::ProtocolError;
 use reckon_protocol::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,15 +60,6 @@ pub struct Client {
     op_counter: Arc<AtomicU64>,
     /// What the server said in the handshake.
     pub hello: HelloOk,
-}
-
-/// Whether a request (or a BATCH entry) is a CCR with attributes.
-fn has_attributes(message: &Message) -> bool {
-    match message {
-        Message::Ccr(c) => !c.attributes.is_empty(),
-        Message::Batch(b) => b.entries.iter().any(has_attributes),
-        _ => false,
-    }
 }
 
 fn random_u128() -> u128 {
@@ -168,10 +160,27 @@ impl Client {
         sink.encoder_mut().set_version(hello.version);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (out, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+        let refusals = pending.clone();
         tokio::spawn(async move {
             while let Some(frame) = out_rx.recv().await {
-                if sink.feed(frame).await.is_err() {
-                    return;
+                let id = frame.request_id;
+                match sink.feed(frame).await {
+                    Ok(()) => {}
+                    Err(ProtocolError::Io(_)) => return,
+                    Err(e) => {
+                        // A request the protocol cannot carry (a string or
+                        // list over its limit, attributes on a version-1
+                        // connection): nothing was written, so the caller
+                        // gets the ERROR a server would answer and the
+                        // connection goes on.
+                        if let Some(waiter) = refusals.lock().remove(&id) {
+                            let _ = waiter.send(Message::Error(ErrorReply {
+                                code: e.code(),
+                                message: e.to_string(),
+                            }));
+                        }
+                        continue;
+                    }
                 }
                 if out_rx.is_empty() && SinkExt::<Frame>::flush(&mut sink).await.is_err() {
                     return;
@@ -222,13 +231,6 @@ impl Client {
     /// Sends one request and waits for its answer (other calls may be in
     /// flight on the same connection meanwhile).
     pub async fn call(&self, message: Message) -> Result<Message, ClientError> {
-        // Refused here, not by the writer: an encoding error there would
-        // end the connection for every caller.
-        if self.hello.version < 2 && has_attributes(&message) {
-            return Err(ClientError::Protocol(
-                "CCR attributes need protocol version 2".into(),
-            ));
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, tx);
