@@ -68,7 +68,7 @@ def gateway():
         upstream = procs.mock_upstream()
         config = procs.proxy_config(upstream, {
             "server": f"127.0.0.1:{server.port}", "credential": GATEWAY_TOKEN,
-            "account_by": "end_user", "accounts": {"alice": ALICE, "bob": BOB, "carol": CAROL},
+            "account_by": "end_user", "accounts": {"alice": ALICE, "bob": BOB, "carol": CAROL, "dave": DAVE},
             "models": {MODEL: SERVICE, SMALL: CARD_SERVICE, LARGE: CARD_SERVICE},
             "max_output_tokens": 4096, "timeout_s": 10})
         ports = procs.proxies(config, 4)
