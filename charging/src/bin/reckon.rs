@@ -260,6 +260,9 @@ struct CcrArgs {
     /// Units used, UNIT=QTY (repeatable).
     #[arg(long = "used")]
     used: Vec<String>,
+    /// A usage attribute rate-card rules match, KEY=VALUE (repeatable), e.g. model=large.
+    #[arg(long = "attr")]
+    attributes: Vec<String>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -527,7 +530,15 @@ fn ccr(
             requested: quantities(&args.requested)?,
             used: quantities(&args.used)?,
         }],
-        attributes: Vec::new(),
+        attributes: args
+            .attributes
+            .iter()
+            .map(|item| {
+                item.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| format!("{item:?}: expected KEY=VALUE"))
+            })
+            .collect::<Result<_, _>>()?,
     }))
 }
 
