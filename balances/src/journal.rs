@@ -659,6 +659,7 @@ impl<M: Machine> Journal<M> {
                 .expect("spawning the sync thread"),
         );
         let snap_stats = stats.clone();
+        let snap_health = health.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("reckon-snapshot".into())
@@ -670,6 +671,7 @@ impl<M: Machine> Journal<M> {
                         trim_tx,
                         snap_stats,
                         checkpoint_busy,
+                        snap_health,
                     )
                 })
                 .expect("spawning the snapshot thread"),
@@ -1239,21 +1241,15 @@ fn snapshot_loop(
     trims: Sender<Lsn>,
     stats: Arc<JournalStats>,
     busy: Arc<AtomicBool>,
+    health: Arc<Health>,
 ) {
-    let mut failed = false;
+    let _guard = PanicGuard(health.clone(), "snapshot");
     while let Ok(Checkpoint {
         lsn,
         mut writes,
         deferred,
     }) = checkpoints.recv()
     {
-        if failed {
-            // A lost delta cannot be rebuilt from the tracking (it was reset),
-            // so after one failure no later snapshot may claim a newer log
-            // position: the log keeps everything since the last good one.
-            busy.store(false, Ordering::Release);
-            continue;
-        }
         let mut extra = CheckpointExtra::default();
         if let Some(work) = deferred {
             extra = work();
@@ -1289,12 +1285,18 @@ fn snapshot_loop(
                 let _ = trims.try_send(lsn);
             }
             Err(e) => {
-                // The log still holds everything; the next start replays more.
-                // The log alone still makes every acknowledged operation
-                // durable, so the journal keeps serving; it only stops
-                // checkpointing (and so trimming the log) until a restart.
-                tracing::error!(error = %e, "checkpoint failed; checkpoints stop and the log keeps every record until restart");
-                failed = true;
+                // A lost delta cannot be rebuilt from the change tracking
+                // (it was reset), so no later checkpoint could claim a newer
+                // log position and the log would grow without bound. The
+                // log still holds every acknowledged record since the last
+                // good checkpoint (it is trimmed only after one lands), so
+                // the journal stops like after a failed fdatasync: the
+                // server exits non-zero and its restart recovers from the
+                // previous checkpoint plus the log.
+                tracing::error!(error = %e, "checkpoint failed; the journal stops (a restart recovers from the previous checkpoint and the log)");
+                health.fail(format!("checkpoint failed: {e}"));
+                busy.store(false, Ordering::Release);
+                return;
             }
         }
         drop(hold);

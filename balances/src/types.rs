@@ -138,13 +138,25 @@ impl Unit {
 
     /// The unit from its 16 raw bytes (as stored in the log), validated.
     pub fn from_bytes(raw: [u8; 16]) -> Result<Unit, UnitError> {
-        let len = raw.iter().position(|b| *b == 0).unwrap_or(16);
-        if raw[len..].iter().any(|b| *b != 0) {
-            return Err(UnitError(String::from_utf8_lossy(&raw).into_owned()));
+        // One pass (every record decoded on recovery holds units): a
+        // non-empty name of the allowed bytes, then only zeros.
+        let mut ended = false;
+        let mut valid = raw[0] != 0;
+        for b in raw {
+            if b == 0 {
+                ended = true;
+            } else {
+                valid &= !ended && (b.is_ascii_alphanumeric() || b == b'_');
+            }
         }
-        let name = std::str::from_utf8(&raw[..len])
-            .map_err(|_| UnitError(String::from_utf8_lossy(&raw).into_owned()))?;
-        Unit::new(name)
+        if valid {
+            Ok(Unit(raw))
+        } else {
+            let shown = String::from_utf8_lossy(&raw);
+            Err(UnitError(
+                shown.trim_end_matches('\0').chars().take(40).collect(),
+            ))
+        }
     }
 
     /// The raw 16 bytes (name, zero padded).
@@ -202,5 +214,33 @@ mod tests {
     fn timestamps_saturate() {
         assert_eq!(Timestamp(5).plus_ms(u64::MAX), Timestamp::NEVER);
         assert_eq!(Timestamp(5).plus_ms(10), Timestamp(15));
+    }
+
+    proptest::proptest! {
+        /// The one-pass check of stored names accepts exactly the names
+        /// `Unit::new` accepts, zero padded.
+        #[test]
+        fn stored_unit_names_are_checked_like_parsed_ones(
+            name in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'Z', b'_', b'9', b'-', 0xc3, 0, b' ']),
+                0..=16,
+            ),
+            junk in proptest::option::of((0usize..16, 1u8..=255)),
+        ) {
+            // Mostly well-formed names, zero padded; sometimes a byte in
+            // the padding.
+            let mut raw = [0u8; 16];
+            raw[..name.len()].copy_from_slice(&name);
+            if let Some((at, byte)) = junk.filter(|(at, _)| *at >= name.len()) {
+                raw[at] = byte;
+            }
+            let len = raw.iter().position(|b| *b == 0).unwrap_or(16);
+            let reference = raw[len..].iter().all(|b| *b == 0)
+                && std::str::from_utf8(&raw[..len]).is_ok_and(|name| Unit::new(name).is_ok());
+            proptest::prop_assert_eq!(Unit::from_bytes(raw).is_ok(), reference);
+            if let Ok(unit) = Unit::from_bytes(raw) {
+                proptest::prop_assert_eq!(unit.to_bytes(), raw);
+            }
+        }
     }
 }

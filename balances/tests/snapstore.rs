@@ -213,6 +213,10 @@ fn every_page_combination(template: &Path, ends: &[u64], check: impl Fn(&Path, u
     assert_eq!(segments(template).len(), 1);
     assert_eq!(*ends.last().unwrap(), len);
     let bytes = fs::read(&segment).unwrap();
+    assert!(
+        bytes.windows(4).any(|w| w == b"RKGZ"),
+        "the stores write compressed groups, which these cases must cover"
+    );
     let mut cases = 0;
     for in_flight in ends.len() - 3..ends.len() {
         let synced_len = ends[in_flight - 1] as usize;
@@ -235,12 +239,23 @@ fn every_page_combination(template: &Path, ends: &[u64], check: impl Fn(&Path, u
     cases
 }
 
-/// A value of 2 to 14 KB, so a checkpoint spans pages and starts anywhere
-/// inside one.
+/// A value of 5 to 17 KB that LZ4 shrinks to about two thirds (random
+/// letters between runs of dashes), so a checkpoint is a compressed group
+/// that spans pages and starts anywhere inside one.
 fn big_value(i: usize) -> String {
-    let len = 2000 + (i * 4099) % 12000;
+    let len = 5000 + (i * 4099) % 12000;
+    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (0..len)
-        .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
+        .map(|j| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if j % 64 < 40 {
+                (b'a' + (x % 26) as u8) as char
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 

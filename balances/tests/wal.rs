@@ -14,20 +14,46 @@ use reckon_balances::wal::{
 
 const RECORD_MAX: u32 = 1024;
 
+/// How a test's log is configured: raw groups ([`config`]) or compressed
+/// ones ([`config_lz4`]); the crash tests run in both.
+type Mode = fn(&Path, u64) -> WalConfig;
+
+/// Groups stored compressed where that is smaller (the default).
+fn config_lz4(dir: &Path, segment_bytes_max: u64) -> WalConfig {
+    WalConfig {
+        compress: true,
+        ..config(dir, segment_bytes_max)
+    }
+}
+
+/// Checks that a segment's bytes hold a compressed write group exactly
+/// when the mode compresses (so the compressed runs test what they claim).
+fn assert_mode(config: Mode, bytes: &[u8]) {
+    let compressed = groups(bytes)
+        .iter()
+        .any(|g| &bytes[g.0 as usize..g.0 as usize + 4] == b"RKGZ");
+    assert_eq!(compressed, config(Path::new("."), 0).compress);
+}
+
 fn config(dir: &Path, segment_bytes_max: u64) -> WalConfig {
     WalConfig {
         dir: dir.to_path_buf(),
         segment_bytes_max,
         record_bytes_max: RECORD_MAX,
+        // These tests place damage at record offsets: groups stay raw here;
+        // compressed groups have tests of their own.
+        compress: false,
     }
 }
 
-/// Deterministic payload of varying length (0..=40 bytes) for record `lsn`.
+/// Deterministic payload of varying length (24..=64 bytes) for record `lsn`.
 fn payload(lsn: u64) -> Vec<u8> {
     let len = (lsn * 7 % 41) as usize;
-    (0..len)
-        .map(|i| (lsn as u8).wrapping_mul(31) ^ i as u8)
-        .collect()
+    // Records share a prefix, as real ones share their layout and unit
+    // names, so groups of a few compress.
+    let mut p = b"credit-control tokens_in".to_vec();
+    p.extend((0..len).map(|i| (lsn as u8).wrapping_mul(31) ^ i as u8));
+    p
 }
 
 fn record_len(lsn: u64) -> u64 {
@@ -101,7 +127,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Builds a log of records 1..=n and returns the directory.
-fn build(n: u64, segment_bytes_max: u64, per_batch: usize) -> tempfile::TempDir {
+fn build(config: Mode, n: u64, segment_bytes_max: u64, per_batch: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), segment_bytes_max);
     let mut opened = open(&cfg);
@@ -149,6 +175,15 @@ fn flip_byte(path: &Path, offset: u64) {
 
 #[test]
 fn round_trip_across_segments_and_reopen() {
+    round_trip_across_segments_and_reopen_in(config);
+}
+
+#[test]
+fn round_trip_across_segments_and_reopen_compressed() {
+    round_trip_across_segments_and_reopen_in(config_lz4);
+}
+
+fn round_trip_across_segments_and_reopen_in(config: Mode) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 256);
     let opened = open(&cfg);
@@ -201,13 +236,23 @@ fn round_trip_across_segments_and_reopen() {
 
 #[test]
 fn cut_last_segment_at_every_offset() {
+    cut_last_segment_at_every_offset_in(config);
+}
+
+#[test]
+fn cut_last_segment_at_every_offset_compressed() {
+    cut_last_segment_at_every_offset_in(config_lz4);
+}
+
+fn cut_last_segment_at_every_offset_in(config: Mode) {
     // Small segments so the last one holds a handful of groups.
-    let template = build(40, 200, 3);
+    let template = build(config, 42, 200, 3);
     let segs = segments(template.path());
     assert!(segs.len() >= 3);
     let last_seg = segs.last().unwrap();
     let first = first_lsn_of(last_seg);
     let bytes = fs::read(last_seg).unwrap();
+    assert_mode(config, &bytes);
     let file_len = bytes.len() as u64;
     assert_eq!(groups(&bytes).last().unwrap().1, file_len);
 
@@ -247,9 +292,19 @@ fn cut_last_segment_at_every_offset() {
 
 #[test]
 fn flipped_byte_in_final_group_is_torn_tail() {
-    let template = build(30, 200, 4);
+    flipped_byte_in_final_group_is_torn_tail_in(config);
+}
+
+#[test]
+fn flipped_byte_in_final_group_is_torn_tail_compressed() {
+    flipped_byte_in_final_group_is_torn_tail_in(config_lz4);
+}
+
+fn flipped_byte_in_final_group_is_torn_tail_in(config: Mode) {
+    let template = build(config, 30, 200, 4);
     let last_seg = segments(template.path()).pop().unwrap();
     let bytes = fs::read(&last_seg).unwrap();
+    assert_mode(config, &bytes);
     let (start, end, group_first, _) = *groups(&bytes).last().unwrap();
     for offset in start..end {
         let dir = tempfile::tempdir().unwrap();
@@ -265,15 +320,25 @@ fn flipped_byte_in_final_group_is_torn_tail() {
 
 #[test]
 fn flipped_byte_before_valid_groups_is_corrupt() {
+    flipped_byte_before_valid_groups_is_corrupt_in(config);
+}
+
+#[test]
+fn flipped_byte_before_valid_groups_is_corrupt_compressed() {
+    flipped_byte_before_valid_groups_is_corrupt_in(config_lz4);
+}
+
+fn flipped_byte_before_valid_groups_is_corrupt_in(config: Mode) {
     // A log whose last segment holds at least two groups.
     let template = (40..80)
-        .map(|n| build(n, 300, 3))
+        .map(|n| build(config, n, 300, 3))
         .find(|t| groups(&fs::read(segments(t.path()).pop().unwrap()).unwrap()).len() >= 2)
         .unwrap();
     let segs = segments(template.path());
     assert!(segs.len() >= 3);
     let last_seg = segs.last().unwrap();
     let bytes = fs::read(last_seg).unwrap();
+    assert_mode(config, &bytes);
     let layout = groups(&bytes);
     assert!(
         layout.len() >= 2,
@@ -331,8 +396,17 @@ fn flipped_byte_before_valid_groups_is_corrupt() {
 
 #[test]
 fn garbage_tail_is_torn() {
+    garbage_tail_is_torn_in(config);
+}
+
+#[test]
+fn garbage_tail_is_torn_compressed() {
+    garbage_tail_is_torn_in(config_lz4);
+}
+
+fn garbage_tail_is_torn_in(config: Mode) {
     for fill in [0x00u8, 0xAB] {
-        let dir = build(20, 200, 3);
+        let dir = build(config, 20, 200, 3);
         let cfg = config(dir.path(), 200);
         let last_seg = segments(dir.path()).pop().unwrap();
         let mut f = OpenOptions::new().append(true).open(&last_seg).unwrap();
@@ -390,7 +464,7 @@ fn remove_segments_keeps_what_is_needed() {
 
 #[test]
 fn missing_middle_segment_is_a_gap() {
-    let dir = build(60, 200, 3);
+    let dir = build(config, 60, 200, 3);
     let segs = segments(dir.path());
     assert!(segs.len() >= 3);
     fs::remove_file(&segs[1]).unwrap();
@@ -534,7 +608,7 @@ fn empty_log_may_start_after_a_snapshot() {
 
 #[test]
 fn replay_stops_at_callback_error() {
-    let dir = build(10, 1 << 20, 10);
+    let dir = build(config, 10, 1 << 20, 10);
     let cfg = config(dir.path(), 1 << 20);
     let mut seen = 0;
     let result = wal::replay(&cfg, Lsn(0), |lsn, _| {
@@ -665,13 +739,36 @@ fn replay_ten_million_records() {
 /// group, keep the in-flight group only if all of it landed, and go on.
 #[test]
 fn power_loss_with_pages_persisted_out_of_order_never_keeps_reckon_down() {
+    power_loss_with_pages_persisted_out_of_order_never_keeps_reckon_down_in(config);
+}
+
+#[test]
+fn power_loss_with_pages_persisted_out_of_order_never_keeps_reckon_down_compressed() {
+    power_loss_with_pages_persisted_out_of_order_never_keeps_reckon_down_in(config_lz4);
+}
+
+fn power_loss_with_pages_persisted_out_of_order_never_keeps_reckon_down_in(config: Mode) {
     const PAGE: usize = 4096;
     let template = tempfile::tempdir().unwrap();
     let cfg = config(template.path(), 1 << 30);
     let mut writer = open(&cfg).writer;
-    // Six groups of 2..14 KB, so a group spans one to four pages and starts
-    // anywhere inside a page.
-    let body = |lsn: u64| vec![(lsn % 251) as u8; 300 + (lsn as usize * 37) % 500];
+    // Six groups of 2..14 KB (about half that compressed), so a group
+    // spans one to four pages and starts anywhere inside a page.
+    let body = |lsn: u64| {
+        let mut x = lsn.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..300 + (lsn as usize * 37) % 500)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i % 8 < 4 {
+                    x as u8
+                } else {
+                    (lsn % 251) as u8
+                }
+            })
+            .collect::<Vec<u8>>()
+    };
     let mut lsn = 1u64;
     let mut batch = writer.new_batch();
     for g in 0..6u64 {
@@ -684,6 +781,7 @@ fn power_loss_with_pages_persisted_out_of_order_never_keeps_reckon_down() {
     drop(writer);
     let seg = segments(template.path()).pop().unwrap();
     let bytes = fs::read(&seg).unwrap();
+    assert_mode(config, &bytes);
     let layout = groups(&bytes);
     assert_eq!(layout.len(), 6);
     let mut cases = 0;
@@ -738,6 +836,15 @@ fn power_loss_with_pages_persisted_out_of_order_never_keeps_reckon_down() {
 /// are not found.
 #[test]
 fn the_reader_finds_every_durable_record() {
+    the_reader_finds_every_durable_record_in(config);
+}
+
+#[test]
+fn the_reader_finds_every_durable_record_compressed() {
+    the_reader_finds_every_durable_record_in(config_lz4);
+}
+
+fn the_reader_finds_every_durable_record_in(config: Mode) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 600);
     let mut writer = open(&cfg).writer;
@@ -771,4 +878,127 @@ fn the_reader_finds_every_durable_record() {
             "lsn {lsn} after reopen"
         );
     }
+}
+
+/// A log written by the previous format (version 2, raw groups only) is
+/// read as it is; the writer never appends compressed groups to it but
+/// continues in a new segment, and a version-2 segment with no records yet
+/// takes the new header.
+#[test]
+fn a_version_2_log_is_read_and_continued_in_a_new_segment() {
+    let set_version_2 = |path: &Path| {
+        let mut bytes = fs::read(path).unwrap();
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&bytes[..12]);
+        h.update(&bytes[16..24]);
+        bytes[12..16].copy_from_slice(&h.finalize().to_le_bytes());
+        fs::write(path, bytes).unwrap();
+    };
+    let dir = build(config, 20, 1 << 20, 4);
+    let old = segments(dir.path()).pop().unwrap();
+    set_version_2(&old);
+    let old_bytes = fs::read(&old).unwrap();
+    let cfg = config_lz4(dir.path(), 1 << 20);
+    assert_replays(&cfg, 0, 20);
+    let mut writer = open(&cfg).writer;
+    append(&mut writer, 21, 40, 5);
+    drop(writer);
+    assert_eq!(
+        fs::read(&old).unwrap(),
+        old_bytes,
+        "the old segment is untouched"
+    );
+    let segs = segments(dir.path());
+    assert_eq!(segs.len(), 2);
+    assert_eq!(first_lsn_of(&segs[1]), 21);
+    let new = fs::read(&segs[1]).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(new[8..12].try_into().unwrap()),
+        wal::SEGMENT_VERSION
+    );
+    assert_mode(config_lz4, &new);
+    assert_replays(&cfg, 0, 40);
+    let reader = open(&cfg).writer.reader();
+    for lsn in 1..=40 {
+        assert_eq!(reader.read(Lsn(lsn)), Some(payload(lsn)), "lsn {lsn}");
+    }
+
+    // A version-2 segment holding only its header is given a new one.
+    let empty = tempfile::tempdir().unwrap();
+    let mut w = open(&config(empty.path(), 1 << 20)).writer;
+    append(&mut w, 1, 1, 1);
+    drop(w);
+    let seg = segments(empty.path()).pop().unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(SEGMENT_HEADER_LEN as u64)
+        .unwrap();
+    set_version_2(&seg);
+    let cfg = config_lz4(empty.path(), 1 << 20);
+    let opened = open(&cfg);
+    assert_eq!(opened.last_lsn, Lsn(0));
+    let mut writer = opened.writer;
+    append(&mut writer, 1, 8, 4);
+    drop(writer);
+    assert_eq!(segments(empty.path()), vec![seg.clone()]);
+    let bytes = fs::read(&seg).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(bytes[8..12].try_into().unwrap()),
+        wal::SEGMENT_VERSION
+    );
+    assert_replays(&cfg, 0, 8);
+}
+
+/// Records shaped like the engine's (fixed-width units and amounts, a
+/// session id) take several times less room compressed, and every one
+/// reads back by LSN.
+#[test]
+fn compressed_groups_are_several_times_smaller_and_read_back() {
+    let record = |lsn: u64| {
+        let mut r = format!("session;{:016x};{}", lsn * 7919, lsn % 97).into_bytes();
+        for unit in [&b"tokens_in"[..], b"tokens_out"] {
+            let mut name = [0u8; 16];
+            name[..unit.len()].copy_from_slice(unit);
+            r.extend_from_slice(&name);
+            r.extend_from_slice(&((lsn % 5000) as i128 * 1_000_000_000).to_le_bytes());
+        }
+        r.extend_from_slice(&lsn.to_le_bytes());
+        r
+    };
+    let mut sizes = Vec::new();
+    for mode in [config as Mode, config_lz4] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = mode(dir.path(), 1 << 30);
+        let mut writer = open(&cfg).writer;
+        let reader = writer.reader();
+        let mut batch = writer.new_batch();
+        for lsn in 1..=5000u64 {
+            batch.push(&record(lsn)).unwrap();
+            if lsn % 500 == 0 {
+                writer.write_and_sync(&batch.take()).unwrap();
+            }
+        }
+        for lsn in 1..=5000u64 {
+            assert_eq!(reader.read(Lsn(lsn)), Some(record(lsn)), "lsn {lsn}");
+        }
+        drop(writer);
+        let mut replayed = 0u64;
+        wal::replay(&cfg, Lsn(0), |lsn, p| -> Result<(), Infallible> {
+            assert_eq!(p, record(lsn.0));
+            replayed += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(replayed, 5000);
+        sizes.push(wal::inspect(&cfg).unwrap().bytes);
+    }
+    assert!(
+        sizes[1] * 3 < sizes[0],
+        "compressed {} bytes, raw {}",
+        sizes[1],
+        sizes[0]
+    );
 }

@@ -24,6 +24,7 @@ fn ccr(i: u64) -> Message {
             requested: vec![UnitAmount::new(Unit::TOKENS_OUT, Decimal::from(4096))],
             used: vec![UnitAmount::new(Unit::TOKENS_OUT, Decimal::new(1213, 0))],
         }],
+        attributes: Vec::new(),
     })
 }
 

@@ -95,6 +95,7 @@ fn ccr(
                 used: q(used),
                 report_only: false,
             }],
+            attributes: Vec::new(),
         },
     )
 }

@@ -32,6 +32,7 @@ fn event(session: String, account: u64) -> Message {
             requested: vec![UnitAmount::new(Unit::TOKENS_OUT, Decimal::from(1213))],
             used: vec![],
         }],
+        attributes: Vec::new(),
     })
 }
 

@@ -157,7 +157,7 @@ fn copy_log(from: &Path, to: &Path, after: u64, upto: u64) -> Result<(u64, u64),
     let mut write_error = None;
     let mut flush = |batch: &mut WalBatch, out: &mut std::io::BufWriter<std::fs::File>| {
         if !batch.is_empty() {
-            if let Err(e) = out.write_all(&batch.to_group_bytes()) {
+            if let Err(e) = out.write_all(&batch.to_group_bytes(true)) {
                 write_error.get_or_insert(e);
             }
             batch.take();

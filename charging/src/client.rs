@@ -9,7 +9,9 @@ use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use reckon_protocol::codec::ReckonCodec;
 use reckon_protocol::frame::Frame;
-use reckon_protocol::message::{Hello, HelloOk, Message};
+use reckon_protocol::message::{ErrorReply, Hello, HelloOk, Message};
+use reckon_protocol::ProtocolError;
+use reckon_protocol::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,19 +92,17 @@ impl Client {
         credential: &str,
         timeout: std::time::Duration,
     ) -> Result<Client, ClientError> {
-        tokio::time::timeout(timeout, Self::open(addr, credential, timeout, 1))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))?
+        Self::connect_version(addr, credential, timeout, PROTOCOL_VERSION).await
     }
 
-    /// [`Client::connect`] offering protocol versions 1 up to
-    /// `max_version` (the server picks; see `hello.version`).
+    /// Connects offering protocol versions 1..=`max_version` (1: an older
+    /// client, whose CCRs carry no attributes).
     pub async fn connect_version(
         addr: &str,
         credential: &str,
+        timeout: std::time::Duration,
         max_version: u16,
     ) -> Result<Client, ClientError> {
-        let timeout = DEFAULT_TIMEOUT;
         tokio::time::timeout(timeout, Self::open(addr, credential, timeout, max_version))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
@@ -122,7 +122,7 @@ impl Client {
         sink.send(Frame::new(
             1,
             Message::Hello(Hello {
-                min_version: 1,
+                min_version: PROTOCOL_VERSION_MIN,
                 max_version,
                 credential: credential.to_string(),
                 client_name: format!("reckon-client {}", env!("CARGO_PKG_VERSION")),
@@ -156,12 +156,31 @@ impl Client {
         };
         frames.decoder_mut().set_max_frame(hello.max_frame);
         sink.encoder_mut().set_max_frame(hello.max_frame);
+        frames.decoder_mut().set_version(hello.version);
+        sink.encoder_mut().set_version(hello.version);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (out, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+        let refusals = pending.clone();
         tokio::spawn(async move {
             while let Some(frame) = out_rx.recv().await {
-                if sink.feed(frame).await.is_err() {
-                    return;
+                let id = frame.request_id;
+                match sink.feed(frame).await {
+                    Ok(()) => {}
+                    Err(ProtocolError::Io(_)) => return,
+                    Err(e) => {
+                        // A request the protocol cannot carry (a string or
+                        // list over its limit, attributes on a version-1
+                        // connection): nothing was written, so the caller
+                        // gets the ERROR a server would answer and the
+                        // connection goes on.
+                        if let Some(waiter) = refusals.lock().remove(&id) {
+                            let _ = waiter.send(Message::Error(ErrorReply {
+                                code: e.code(),
+                                message: e.to_string(),
+                            }));
+                        }
+                        continue;
+                    }
                 }
                 if out_rx.is_empty() && SinkExt::<Frame>::flush(&mut sink).await.is_err() {
                     return;

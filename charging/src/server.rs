@@ -23,16 +23,19 @@ use reckon_protocol::codes::ErrorCode;
 use reckon_protocol::frame::{Frame, Kind};
 use reckon_protocol::message::{self as msg, BatchResult, HelloOk, Message};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-/// The highest protocol version this server speaks (it speaks
-/// [`reckon_protocol::PROTOCOL_VERSION_MIN`] up to this).
+/// The highest protocol version this server speaks; it accepts
+/// [`PROTOCOL_VERSION_MIN`]`..=PROTOCOL_VERSION` and answers in the highest
+/// one the client offers.
 pub const PROTOCOL_VERSION: u16 = reckon_protocol::PROTOCOL_VERSION;
+/// The lowest protocol version this server speaks.
+pub const PROTOCOL_VERSION_MIN: u16 = reckon_protocol::PROTOCOL_VERSION_MIN;
 /// Most requests one connection may have in flight.
 pub const IN_FLIGHT_PER_CONNECTION: usize = 4096;
 
@@ -552,10 +555,16 @@ async fn connection(
     );
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let max_frame = shared.max_frame;
+    // The version HELLO_OK chose: answers are laid out in it.
+    let version = Arc::new(AtomicU16::new(PROTOCOL_VERSION_MIN));
+    let writer_version = version.clone();
     let writer = tokio::spawn(async move {
         let mut sink = FramedWrite::new(write, TolerantCodec::with_max_frame(max_frame));
         while let Some(Outgoing { frame, _permit }) = out_rx.recv().await {
             let frame = fit(frame, max_frame);
+            sink.encoder_mut()
+                .inner
+                .set_version(writer_version.load(Ordering::Relaxed));
             if let Err(e) = sink.feed(frame).await {
                 tracing::debug!(error = %e, "write failed");
                 return;
@@ -571,9 +580,11 @@ async fn connection(
     let caller = handshake(&mut frames, &out_tx, peer, &shared).await;
     // Authenticated (or refused): no longer one of the connections waiting.
     drop(pending);
-    if let Some((who, version)) = caller {
+    if let Some((who, chosen)) = caller {
+        version.store(chosen, Ordering::Relaxed);
+        frames.decoder_mut().inner.set_version(chosen);
         frames.decoder_mut().inner.set_max_frame(shared.max_frame);
-        serve(&mut frames, &out_tx, peer, &shared, who, version).await;
+        serve(&mut frames, &out_tx, peer, &shared, who, chosen).await;
     }
     drop(out_tx);
     let _ = writer.await;
@@ -581,8 +592,8 @@ async fn connection(
 }
 
 /// Waits (at most the HELLO deadline) for the handshake; the caller and
-/// the negotiated version on success. Anything else is answered and ends
-/// the connection.
+/// the version chosen on success. Anything else is answered and ends the
+/// connection.
 async fn handshake(
     frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, TolerantCodec>,
     out: &Out,
@@ -636,11 +647,11 @@ async fn handshake(
         );
         return None;
     };
-    const MIN: u16 = reckon_protocol::PROTOCOL_VERSION_MIN;
+    // SPEC 5.1: the highest version both sides speak.
+    let chosen = hello.max_version.min(PROTOCOL_VERSION);
     if hello.min_version == 0
         || hello.min_version > hello.max_version
-        || hello.min_version > PROTOCOL_VERSION
-        || hello.max_version < MIN
+        || chosen < hello.min_version.max(PROTOCOL_VERSION_MIN)
     {
         answer(
             shared,
@@ -649,7 +660,7 @@ async fn handshake(
             error_frame(
                 request_id,
                 ErrorCode::UNSUPPORTED_VERSION,
-                format!("supported versions: {MIN}..={PROTOCOL_VERSION}"),
+                format!("supported versions: {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION}"),
             ),
             None,
         );
@@ -670,8 +681,7 @@ async fn handshake(
         );
         return None;
     };
-    let version = hello.max_version.min(PROTOCOL_VERSION);
-    tracing::debug!(%peer, client = %hello.client_name, caller = ?c, version, "authenticated");
+    tracing::debug!(%peer, client = %hello.client_name, caller = ?c, version = chosen, "authenticated");
     answer(
         shared,
         Some(Kind::Hello),
@@ -679,7 +689,7 @@ async fn handshake(
         Frame::new(
             request_id,
             Message::HelloOk(HelloOk {
-                version,
+                version: chosen,
                 org_id: match c {
                     Caller::Admin => 0,
                     Caller::Org(a) => a.0,
@@ -692,7 +702,7 @@ async fn handshake(
         ),
         None,
     );
-    Some((c, version))
+    Some((c, chosen))
 }
 
 /// Reads requests of an authenticated connection until it closes, the peer

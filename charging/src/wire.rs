@@ -152,6 +152,7 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                         report_only: false,
                     })
                     .collect(),
+                attributes: ccr.attributes,
             };
             Prepared::Submit(EngineRequest::CreditControl(caller, request), shape)
         }

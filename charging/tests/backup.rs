@@ -81,9 +81,7 @@ async fn a_backup_taken_under_load_restores_to_the_live_state_at_its_position() 
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 
-    let v2 = Client::connect_version(&server.addr, ADMIN, 2)
-        .await
-        .unwrap();
+    let v2 = Client::connect(&server.addr, ADMIN).await.unwrap();
     // Refusals change nothing and write nothing.
     let relative = v2
         .call(Message::Backup(Backup {
@@ -110,9 +108,7 @@ async fn a_backup_taken_under_load_restores_to_the_live_state_at_its_position() 
         "{refused:?}"
     );
     assert_eq!(std::fs::read(full.join("keep")).unwrap(), b"x");
-    let org_v2 = Client::connect_version(&server.addr, ACME, 2)
-        .await
-        .unwrap();
+    let org_v2 = Client::connect(&server.addr, ACME).await.unwrap();
     let forbidden = org_v2
         .call(Message::Backup(Backup {
             dir: dir.path().join("org").to_string_lossy().into(),

@@ -161,6 +161,7 @@ fn req(
         },
         timestamp_ms: 0,
         services,
+        attributes: Vec::new(),
     }
 }
 
@@ -1083,4 +1084,50 @@ fn usage_across_a_tariff_change_is_split() {
     );
     // 60 s × 0.01 + 60 s × 0.02 = 1.80.
     assert_eq!(w.usd(ORG), (d("8.2"), d("0")));
+}
+
+/// Request attributes the engine cannot carry are refused whole, however the
+/// request arrived (the protocol decoder refuses them first on the wire); a
+/// bound key may be repeated but not given another value.
+#[test]
+fn attributes_beyond_the_limits_or_against_a_bound_key_are_refused_whole() {
+    let mut w = World::new("10");
+    let mut cfg = config();
+    cfg.service_attributes = vec![(CHAT, vec![("model".into(), "large".into())])];
+    assert_eq!(
+        w.engine.handle(w.now, EngineRequest::Configure(cfg)),
+        EngineResponse::Configured
+    );
+    let before = w.engine.state_digest();
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let too_many: Vec<(String, String)> = (0..9).map(|i| pair(&format!("k{i}"), "v")).collect();
+    let bad = [
+        too_many,
+        vec![pair("", "v")],
+        vec![pair(&"k".repeat(33), "v")],
+        vec![pair("region", &"v".repeat(65))],
+        vec![pair("region", "eu"), pair("region", "us")],
+        vec![pair("model", "small")],
+    ];
+    for (i, attributes) in bad.into_iter().enumerate() {
+        let mut r = req(
+            &format!("a{i}"),
+            RequestType::Initial,
+            0,
+            vec![tokens("10", "")],
+        );
+        r.attributes = attributes.clone();
+        assert_eq!(
+            w.ccr(Caller::Org(ORG), r).result_code,
+            rc::INVALID_AVP_VALUE,
+            "{attributes:?}"
+        );
+    }
+    assert_eq!(w.engine.state_digest(), before, "nothing changed");
+    assert_eq!(w.engine.session_count(), 0);
+    // Within the limits, repeating the bound value: granted.
+    let mut r = req("ok", RequestType::Initial, 0, vec![tokens("10", "")]);
+    r.attributes = vec![pair("model", "large"), pair("region", "eu")];
+    assert_eq!(w.ccr(Caller::Org(ORG), r).result_code, rc::SUCCESS);
+    assert_eq!(w.engine.session_count(), 1);
 }

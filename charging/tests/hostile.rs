@@ -1001,19 +1001,34 @@ async fn the_client_times_out_and_notices_a_closed_connection() {
 
 /// A shared library that makes `fdatasync` fail with EIO after a number of
 /// calls (environment variable RECKON_TEST_FDATASYNC_FAIL_AFTER), loaded
-/// into the real server with LD_PRELOAD: a disk that fails under load.
+/// into the real server with LD_PRELOAD: a disk that fails under load. With
+/// RECKON_TEST_FDATASYNC_FAIL_PATH, only calls on files whose path holds
+/// that text count and fail (e.g. the snapshot store's).
 const FAILING_FDATASYNC: &str = r#"
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 #include <stdatomic.h>
 static atomic_long calls;
+static int matches(int fd) {
+    const char *want = getenv("RECKON_TEST_FDATASYNC_FAIL_PATH");
+    if (!want) return 1;
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (n < 0) return 0;
+    path[n] = 0;
+    return strstr(path, want) != NULL;
+}
 int fdatasync(int fd) {
     static int (*real)(int);
     if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
     const char *limit = getenv("RECKON_TEST_FDATASYNC_FAIL_AFTER");
-    if (limit && atomic_fetch_add(&calls, 1) >= atol(limit)) {
+    if (limit && matches(fd) && atomic_fetch_add(&calls, 1) >= atol(limit)) {
         errno = EIO;
         return -1;
     }
@@ -1026,6 +1041,33 @@ int fdatasync(int fd) {
 /// restart recovers every acknowledged request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fdatasync_ends_the_process_and_recovery_keeps_every_acknowledged_request() {
+    failing_disk_ends_the_process(
+        &[("RECKON_TEST_FDATASYNC_FAIL_AFTER", "300")],
+        "journal failed",
+    )
+    .await;
+}
+
+/// A checkpoint that cannot be written (the snapshot store's fdatasync
+/// fails) ends the process too: the server must not go on without
+/// checkpoints while its log grows without bound. The log still holds every
+/// acknowledged request, so the restart recovers them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_checkpoint_ends_the_process_and_recovery_keeps_every_acknowledged_request() {
+    failing_disk_ends_the_process(
+        &[
+            ("RECKON_TEST_FDATASYNC_FAIL_AFTER", "0"),
+            ("RECKON_TEST_FDATASYNC_FAIL_PATH", "/snapshot/"),
+        ],
+        "checkpoint failed",
+    )
+    .await;
+}
+
+/// Runs debits against a server whose `fdatasync` fails as `fault` says
+/// until it exits; checks it exits non-zero logging `why`, and that a
+/// restart without the fault holds every acknowledged debit.
+async fn failing_disk_ends_the_process(fault: &[(&str, &str)], why: &str) {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("failing_fdatasync.c");
     let shim = dir.path().join("failing_fdatasync.so");
@@ -1039,15 +1081,9 @@ async fn a_failed_fdatasync_ends_the_process_and_recovery_keeps_every_acknowledg
         .expect("a C compiler (cc) builds the fault-injection shim");
     assert!(built.success());
     let data = dir.path().join("data");
-    let mut server = spawn_server_with(
-        dir.path(),
-        &data,
-        "",
-        &[
-            ("LD_PRELOAD", shim.to_str().unwrap()),
-            ("RECKON_TEST_FDATASYNC_FAIL_AFTER", "300"),
-        ],
-    );
+    let mut env = vec![("LD_PRELOAD", shim.to_str().unwrap())];
+    env.extend_from_slice(fault);
+    let mut server = spawn_server_with(dir.path(), &data, "", &env);
     let admin = Client::connect(&server.addr, ADMIN).await.unwrap();
     ok(&admin.call(create(&admin, ACME_ORG, None)).await.unwrap());
     ok(&admin
@@ -1097,7 +1133,7 @@ async fn a_failed_fdatasync_ends_the_process_and_recovery_keeps_every_acknowledg
     assert!(!status.success(), "exit status {status:?}");
     std::thread::sleep(Duration::from_millis(100));
     let log = server.stderr.lock().join("\n");
-    assert!(log.contains("journal failed"), "{log}");
+    assert!(log.contains(why), "{log}");
     assert!(acked.len() > 50, "{} acknowledged", acked.len());
     for (_, a) in &acked {
         ok(a);

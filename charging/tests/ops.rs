@@ -527,7 +527,14 @@ async fn status_over_the_native_protocol_version_2_for_an_admin_only() {
     let server = spawn_server_with(dir.path(), &dir.path().join("data"), &acme, &[]);
 
     // Version 1 stays as it was: STATUS does not exist there.
-    let v1 = Client::connect(&server.addr, ADMIN).await.unwrap();
+    let v1 = Client::connect_version(
+        &server.addr,
+        ADMIN,
+        reckon_charging::client::DEFAULT_TIMEOUT,
+        1,
+    )
+    .await
+    .unwrap();
     assert_eq!(v1.hello.version, 1);
     match v1.call(Message::Status).await.unwrap() {
         Message::Error(e) => assert_eq!(e.code, ErrorCode::UNKNOWN_KIND),
@@ -539,9 +546,7 @@ async fn status_over_the_native_protocol_version_2_for_an_admin_only() {
         .await
         .unwrap());
 
-    let org = Client::connect_version(&server.addr, ACME, 2)
-        .await
-        .unwrap();
+    let org = Client::connect(&server.addr, ACME).await.unwrap();
     assert_eq!(org.hello.version, 2);
     match org.call(Message::Status).await.unwrap() {
         Message::Error(e) => assert_eq!(e.code, ErrorCode::FORBIDDEN),
@@ -559,9 +564,7 @@ async fn status_over_the_native_protocol_version_2_for_an_admin_only() {
     ));
     ok(&org.call(open).await.unwrap());
 
-    let admin = Client::connect_version(&server.addr, ADMIN, 2)
-        .await
-        .unwrap();
+    let admin = Client::connect(&server.addr, ADMIN).await.unwrap();
     let mut status = None;
     for _ in 0..100 {
         match admin.call(Message::Status).await.unwrap() {

@@ -74,6 +74,7 @@ fn debit(session: &str, account: u64, tokens: &str) -> Message {
             requested: vec![],
             used: vec![UnitAmount::new(Unit::TOKENS_OUT, d(tokens))],
         }],
+        attributes: Vec::new(),
     })
 }
 

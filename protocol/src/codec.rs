@@ -18,6 +18,8 @@ use tokio_util::codec::{Decoder, Encoder};
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ReckonCodec {
     max_frame: u32,
+    /// The protocol version bodies are laid out in (1 until HELLO_OK says otherwise).
+    version: u16,
 }
 
 impl Default for ReckonCodec {
@@ -36,6 +38,7 @@ impl ReckonCodec {
     pub fn with_max_frame(max_frame: u32) -> ReckonCodec {
         ReckonCodec {
             max_frame: clamp(max_frame),
+            version: 1,
         }
     }
 
@@ -48,6 +51,18 @@ impl ReckonCodec {
     /// clamped to 10 B ..= 16 MiB.
     pub fn set_max_frame(&mut self, max_frame: u32) {
         self.max_frame = clamp(max_frame);
+    }
+
+    /// The protocol version bodies are decoded and encoded in.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Switches to the version `HELLO_OK` chose (e.g. 2: a CCR carries
+    /// attributes). The frames of the handshake itself are alike in every
+    /// version.
+    pub fn set_version(&mut self, version: u16) {
+        self.version = version;
     }
 
     /// Decodes one frame from `src`: `Ok(None)` if incomplete, `Err` if the
@@ -65,7 +80,7 @@ impl ReckonCodec {
             src.reserve(total - src.len());
             return Ok(None);
         }
-        let frame = parse_frame(&src[LENGTH_PREFIX_LEN..total]);
+        let frame = parse_frame(&src[LENGTH_PREFIX_LEN..total], self.version);
         src.advance(total);
         Ok(Some(frame))
     }
@@ -105,7 +120,7 @@ impl Encoder<Frame> for ReckonCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        item.encode_with_limit(dst, self.max_frame)
+        item.encode_version(dst, self.max_frame, self.version)
     }
 }
 
@@ -113,7 +128,7 @@ impl Encoder<&Frame> for ReckonCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, item: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        item.encode_with_limit(dst, self.max_frame)
+        item.encode_version(dst, self.max_frame, self.version)
     }
 }
 

@@ -277,12 +277,23 @@ impl Frame {
         dst: &mut BytesMut,
         max_frame: u32,
     ) -> Result<(), ProtocolError> {
+        self.encode_version(dst, max_frame, 1)
+    }
+
+    /// [`Frame::encode_with_limit`] with the body laid out as `version`
+    /// (the version a connection negotiated).
+    pub fn encode_version(
+        &self,
+        dst: &mut BytesMut,
+        max_frame: u32,
+        version: u16,
+    ) -> Result<(), ProtocolError> {
         let start = dst.len();
         dst.put_u32_le(0);
         dst.put_u8(self.kind() as u8);
         dst.put_u8(self.flags());
         dst.put_u64_le(self.request_id);
-        if let Err(e) = self.body.encode(dst) {
+        if let Err(e) = self.body.encode_version(dst, version) {
             dst.truncate(start);
             return Err(e.with_request_id(self.request_id));
         }
@@ -298,7 +309,7 @@ impl Frame {
         Ok(())
     }
 
-    /// The whole frame as bytes (absolute cap only).
+    /// The whole frame as version-1 bytes (absolute cap only).
     pub fn to_bytes(&self) -> Result<BytesMut, ProtocolError> {
         let mut dst = BytesMut::new();
         self.encode(&mut dst)?;
@@ -336,7 +347,7 @@ pub(crate) fn check_length(buf: &[u8], max_frame: u32) -> Result<Option<usize>, 
     Ok(Some(length))
 }
 
-/// Decodes the frame at the start of `buf` with the default maximum frame
+/// Decodes the version-1 frame at the start of `buf` with the default maximum frame
 /// length (1 MiB): `Ok(None)` if it is not all there yet, else the frame and
 /// the bytes it used.
 ///
@@ -351,6 +362,15 @@ pub fn decode_frame_with_limit(
     buf: &[u8],
     max_frame: u32,
 ) -> Result<Option<(Frame, usize)>, ProtocolError> {
+    decode_frame_version(buf, max_frame, 1)
+}
+
+/// [`decode_frame_with_limit`] for a connection that negotiated `version`.
+pub fn decode_frame_version(
+    buf: &[u8],
+    max_frame: u32,
+    version: u16,
+) -> Result<Option<(Frame, usize)>, ProtocolError> {
     let Some(length) = check_length(buf, max_frame)? else {
         return Ok(None);
     };
@@ -358,12 +378,13 @@ pub fn decode_frame_with_limit(
     let Some(data) = buf.get(LENGTH_PREFIX_LEN..total) else {
         return Ok(None);
     };
-    Ok(Some((parse_frame(data)?, total)))
+    Ok(Some((parse_frame(data, version)?, total)))
 }
 
-/// Parses a frame's bytes after the length prefix (exactly `length` bytes).
-pub(crate) fn parse_frame(data: &[u8]) -> Result<Frame, ProtocolError> {
-    let cx = Cx { rid: 0 };
+/// Parses a frame's bytes after the length prefix (exactly `length` bytes)
+/// as `version` lays them out.
+pub(crate) fn parse_frame(data: &[u8], version: u16) -> Result<Frame, ProtocolError> {
+    let cx = Cx { rid: 0, version };
     let header = (|| {
         let (i, kind) = cx.u8(data, "kind")?;
         let (i, flags) = cx.u8(i, "flags")?;
@@ -384,6 +405,6 @@ pub(crate) fn parse_frame(data: &[u8]) -> Result<Frame, ProtocolError> {
             flags,
         });
     }
-    let body = Message::decode(kind, body, request_id)?;
+    let body = Message::decode_version(kind, body, request_id, version)?;
     Ok(Frame { request_id, body })
 }

@@ -38,7 +38,9 @@ mod wire;
 pub use codec::{ReckonCodec, TolerantCodec};
 pub use codes::{AdminCode, ErrorCode, ResultCode};
 pub use error::ProtocolError;
-pub use frame::{decode_frame, decode_frame_with_limit, frame_size, Frame, Kind};
+pub use frame::{
+    decode_frame, decode_frame_version, decode_frame_with_limit, frame_size, Frame, Kind,
+};
 pub use message::{
     AccountCreate, AccountStatusChange, Adjust, AdminResult, Backup, BackupResult, Balance,
     BalanceQuery, Batch, BatchResult, BucketGrant, BucketInfo, Cca, Ccr, ErrorReply, Hello,
@@ -51,9 +53,10 @@ pub use types::{
     TerminationCause, Unit, UnitAmount,
 };
 
-/// The highest protocol version this crate speaks. Version 2 adds
-/// `STATUS` / `STATUS_RESULT` (SPEC 6.9); version 1 never changes. Which
-/// kinds a version has: [`Kind::since_version`].
+/// The highest protocol version this crate speaks (SPEC 5.1, 12): version 2
+/// is version 1 plus `CCR.attributes`, `STATUS` / `STATUS_RESULT` and
+/// `BACKUP` / `BACKUP_RESULT`; version 1 never changes. Which kinds a
+/// version has: [`Kind::since_version`].
 pub const PROTOCOL_VERSION: u16 = 2;
-/// The lowest protocol version this crate speaks.
+/// The lowest protocol version this crate speaks; it never changes.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;

@@ -42,6 +42,16 @@ pub const DECIMAL_MANTISSA_MAX: u128 = (1 << 96) - 1;
 pub const BATCH_MAX: usize = 1024;
 /// Most services in a CCR or CCA.
 pub const SERVICES_MAX: usize = 32;
+/// Most attributes on one CCR (protocol version 2). With the at most 8 a
+/// server binds to a product, a usage never carries more than the 16 the
+/// rating crate matches.
+pub const ATTRIBUTES_MAX: usize = 8;
+/// Longest attribute key, in bytes (at least 1): the longest name a rate
+/// card condition can test.
+pub const ATTRIBUTE_KEY_MAX: usize = 32;
+/// Longest attribute value, in bytes: the longest value a rate card
+/// condition can test.
+pub const ATTRIBUTE_VALUE_MAX: usize = 64;
 /// Most (unit, amount) pairs in a requested, used, granted or price list.
 pub const UNIT_AMOUNTS_MAX: usize = 8;
 /// Most (unit, amount) pairs in a CCA balance list.

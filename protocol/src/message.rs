@@ -7,8 +7,8 @@ use crate::frame::Kind;
 use crate::limits::*;
 use crate::types::*;
 use crate::wire::{
-    bounded_capacity, check_count, fail, into_error, put_decimal, put_opt_decimal, put_opt_u64,
-    put_service_ids, put_string, put_unit, put_unit_amounts, Cx, PResult,
+    bounded_capacity, check_count, fail, into_error, put_attributes, put_decimal, put_opt_decimal,
+    put_opt_u64, put_service_ids, put_string, put_unit, put_unit_amounts, Cx, PResult,
 };
 use bytes::{BufMut, BytesMut};
 use rust_decimal::Decimal;
@@ -87,6 +87,9 @@ pub struct Ccr {
     pub timestamp_ms: u64,
     /// The services (at most 32).
     pub services: Vec<ServiceRequest>,
+    /// Usage attributes rate-card conditions match (model, region, ...):
+    /// at most 8 distinct keys; protocol version 2 only (empty in version 1).
+    pub attributes: Vec<(String, String)>,
 }
 
 /// One service's answer in a CCA.
@@ -536,23 +539,48 @@ impl Message {
         }
     }
 
-    /// Appends the message's body (no frame header) to `dst`.
+    /// Appends the message's body (no frame header) to `dst`, as version 1
+    /// lays it out.
     ///
     /// Refuses, leaving `dst` unchanged, anything a decoder would refuse: a
     /// string or list over its limit, or a batch entry of a kind not allowed
     /// there. Errors carry request id 0.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), ProtocolError> {
         let start = dst.len();
-        let result = self.encode_body(dst);
+        let result = self.encode_body_version(dst, 1);
         if result.is_err() {
             dst.truncate(start);
         }
         result
     }
 
-    /// Decodes a whole body of the given kind; every byte must be used.
+    /// Appends the message's body as `version` lays it out (SPEC 12): a CCR
+    /// with attributes needs version 2. Refuses like [`Message::encode`].
+    pub fn encode_version(&self, dst: &mut BytesMut, version: u16) -> Result<(), ProtocolError> {
+        let start = dst.len();
+        let result = self.encode_body_version(dst, version);
+        if result.is_err() {
+            dst.truncate(start);
+        }
+        result
+    }
+
+    /// Decodes a whole version-1 body of the given kind; every byte must be used.
     pub fn decode(kind: Kind, body: &[u8], request_id: u64) -> Result<Message, ProtocolError> {
-        let cx = Cx { rid: request_id };
+        Message::decode_version(kind, body, request_id, 1)
+    }
+
+    /// Decodes a whole body of the given kind as `version` lays it out.
+    pub fn decode_version(
+        kind: Kind,
+        body: &[u8],
+        request_id: u64,
+        version: u16,
+    ) -> Result<Message, ProtocolError> {
+        let cx = Cx {
+            rid: request_id,
+            version,
+        };
         match Message::parse(cx, kind, body) {
             Ok(([], m)) => Ok(m),
             Ok((rest, _)) => Err(ProtocolError::TrailingBytes {
@@ -564,7 +592,7 @@ impl Message {
         }
     }
 
-    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+    fn encode_body_version(&self, dst: &mut BytesMut, version: u16) -> Result<(), ProtocolError> {
         match self {
             Message::Hello(m) => {
                 dst.put_u16_le(m.min_version);
@@ -584,9 +612,9 @@ impl Message {
                 put_string(dst, &m.server_name, "server_name", SERVER_NAME_MAX)?;
             }
             Message::Ping | Message::Pong | Message::Status => {}
-            Message::Batch(b) => encode_entries(dst, &b.entries, Kind::allowed_in_batch)?,
+            Message::Batch(b) => encode_entries(dst, &b.entries, Kind::allowed_in_batch, version)?,
             Message::BatchResult(b) => {
-                encode_entries(dst, &b.entries, Kind::allowed_in_batch_result)?
+                encode_entries(dst, &b.entries, Kind::allowed_in_batch_result, version)?
             }
             Message::Ccr(m) => {
                 put_string(dst, &m.session_id, "session_id", SESSION_ID_MAX)?;
@@ -602,6 +630,15 @@ impl Message {
                     dst.put_u32_le(s.service_id);
                     put_unit_amounts(dst, &s.requested, "requested", UNIT_AMOUNTS_MAX)?;
                     put_unit_amounts(dst, &s.used, "used", UNIT_AMOUNTS_MAX)?;
+                }
+                if version >= 2 {
+                    put_attributes(dst, &m.attributes)?;
+                } else if !m.attributes.is_empty() {
+                    return Err(ProtocolError::InvalidValue {
+                        request_id: 0,
+                        field: "attributes",
+                        reason: "need protocol version 2",
+                    });
                 }
             }
             Message::Cca(m) => {
@@ -893,6 +930,11 @@ impl Message {
                     });
                     i = r;
                 }
+                let (i, attributes) = if cx.version >= 2 {
+                    cx.attributes(i)?
+                } else {
+                    (i, Vec::new())
+                };
                 let m = Ccr {
                     session_id,
                     request_type,
@@ -902,6 +944,7 @@ impl Message {
                     termination_cause,
                     timestamp_ms,
                     services,
+                    attributes,
                 };
                 (i, Message::Ccr(m))
             }
@@ -1216,6 +1259,7 @@ fn encode_entries(
     dst: &mut BytesMut,
     entries: &[Message],
     allowed: fn(Kind) -> bool,
+    version: u16,
 ) -> Result<(), ProtocolError> {
     if entries.len() > BATCH_MAX {
         return Err(ProtocolError::BatchTooLarge {
@@ -1236,7 +1280,7 @@ fn encode_entries(
         let at = dst.len();
         dst.put_u32_le(0);
         dst.put_u8(kind as u8);
-        entry.encode_body(dst)?;
+        entry.encode_body_version(dst, version)?;
         let len = (dst.len() - at - 4) as u32;
         dst[at..at + 4].copy_from_slice(&len.to_le_bytes());
     }

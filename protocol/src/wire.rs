@@ -6,7 +6,9 @@
 //! allocated, and list capacities are further bounded by the bytes left.
 
 use crate::error::ProtocolError;
-use crate::limits::{DECIMAL_MANTISSA_MAX, DECIMAL_SCALE_MAX};
+use crate::limits::{
+    ATTRIBUTES_MAX, ATTRIBUTE_KEY_MAX, ATTRIBUTE_VALUE_MAX, DECIMAL_MANTISSA_MAX, DECIMAL_SCALE_MAX,
+};
 use crate::types::{Unit, UnitAmount};
 use bytes::{BufMut, BytesMut};
 use nom::bytes::complete::take;
@@ -45,6 +47,8 @@ pub(crate) fn bounded_capacity(count: usize, remaining: usize, min_wire: usize) 
 pub(crate) struct Cx {
     /// The frame's request id, put into every error.
     pub(crate) rid: u64,
+    /// The connection's protocol version: which fields a body has.
+    pub(crate) version: u16,
 }
 
 macro_rules! int_reader {
@@ -261,6 +265,25 @@ impl Cx {
         Ok((i, out))
     }
 
+    /// Reads a u8-counted list of (key, value) attributes: keys 1 to
+    /// [`ATTRIBUTE_KEY_MAX`] bytes and distinct, values at most
+    /// [`ATTRIBUTE_VALUE_MAX`] bytes.
+    pub(crate) fn attributes<'a>(self, i: &'a [u8]) -> PResult<'a, Vec<(String, String)>> {
+        let (mut i, n) = self.count_u8(i, "attributes", ATTRIBUTES_MAX)?;
+        // Smallest attribute: 2 + 1 (key) + 2 (value).
+        let mut out: Vec<(String, String)> = Vec::with_capacity(bounded_capacity(n, i.len(), 5));
+        for _ in 0..n {
+            let (r, key) = self.string(i, "attribute key", ATTRIBUTE_KEY_MAX)?;
+            let (r, value) = self.string(r, "attribute value", ATTRIBUTE_VALUE_MAX)?;
+            if let Err(e) = check_attribute_key(&key, &out) {
+                return fail(e.with_request_id(self.rid));
+            }
+            out.push((key, value));
+            i = r;
+        }
+        Ok((i, out))
+    }
+
     /// Reads a u8-counted list of u32 service ids.
     pub(crate) fn service_ids<'a>(
         self,
@@ -337,6 +360,40 @@ pub(crate) fn put_string(
     }
     dst.put_u16_le(s.len() as u16);
     dst.put_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Refuses an empty attribute key or one already in `before`.
+pub(crate) fn check_attribute_key(
+    key: &str,
+    before: &[(String, String)],
+) -> Result<(), ProtocolError> {
+    let reason = if key.is_empty() {
+        "key must not be empty"
+    } else if before.iter().any(|(k, _)| k == key) {
+        "key appears twice"
+    } else {
+        return Ok(());
+    };
+    Err(ProtocolError::InvalidValue {
+        request_id: 0,
+        field: "attributes",
+        reason,
+    })
+}
+
+/// Writes a u8-counted attribute list, refusing what a decoder would refuse.
+pub(crate) fn put_attributes(
+    dst: &mut BytesMut,
+    list: &[(String, String)],
+) -> Result<(), ProtocolError> {
+    check_count("attributes", list.len(), ATTRIBUTES_MAX)?;
+    dst.put_u8(list.len() as u8);
+    for (n, (key, value)) in list.iter().enumerate() {
+        check_attribute_key(key, &list[..n])?;
+        put_string(dst, key, "attribute key", ATTRIBUTE_KEY_MAX)?;
+        put_string(dst, value, "attribute value", ATTRIBUTE_VALUE_MAX)?;
+    }
     Ok(())
 }
 

@@ -156,3 +156,35 @@ fn decoding_allocates_within_a_bound_of_the_frame() {
     assert!(result.unwrap().is_none());
     assert!(peak <= 4 + DEFAULT_MAX_FRAME as usize + 64, "{peak}");
 }
+
+#[test]
+fn a_version_2_ccr_without_attributes_allocates_as_in_version_1() {
+    let Some(ccr) = samples().into_iter().find(|m| m.kind() == Kind::Ccr) else {
+        panic!("no CCR sample")
+    };
+    let frame = Frame::new(5, ccr);
+    let v1 = bytes_of(&frame);
+    let mut v2 = BytesMut::new();
+    frame.encode_version(&mut v2, MAX_FRAME_CAP, 2).unwrap();
+    assert_eq!(v2.len(), v1.len() + 1, "one count byte more");
+    let (peak1, one) = peak_of(|| decode_frame_version(&v1, MAX_FRAME_CAP, 1));
+    let (peak2, two) = peak_of(|| decode_frame_version(&v2, MAX_FRAME_CAP, 2));
+    assert_eq!(one.unwrap().unwrap().0, two.unwrap().unwrap().0);
+    assert_eq!(peak1, peak2);
+    assert!(peak1 > 0, "the allocator is counting");
+    // Attributes are bounded like everything else: a full list decodes
+    // within the frame's bound.
+    let Message::Ccr(mut full) = frame.body else {
+        unreachable!()
+    };
+    full.attributes = (0..ATTRIBUTES_MAX)
+        .map(|i| (format!("{i:0>32}"), "v".repeat(ATTRIBUTE_VALUE_MAX)))
+        .collect();
+    let mut wire = BytesMut::new();
+    Frame::new(6, Message::Ccr(full))
+        .encode_version(&mut wire, MAX_FRAME_CAP, 2)
+        .unwrap();
+    let (peak, result) = peak_of(|| decode_frame_version(&wire, MAX_FRAME_CAP, 2));
+    assert!(result.is_ok());
+    assert!(peak <= bound(wire.len()), "{peak}");
+}

@@ -28,6 +28,47 @@ fn check_decode(bytes: &[u8], max: u32) {
     }
 }
 
+/// [`check_decode`] on a version-2 connection: same rules, v2 encoding.
+fn check_decode_v2(bytes: &[u8]) {
+    match decode_frame_version(bytes, MAX_FRAME_CAP, 2) {
+        Ok(None) => {}
+        Ok(Some((frame, used))) => {
+            let mut again = BytesMut::new();
+            frame.encode_version(&mut again, MAX_FRAME_CAP, 2).unwrap();
+            assert_eq!(&again[..], &bytes[..used]);
+        }
+        Err(e) => assert_eq!(e.is_fatal(), e.request_id().is_none()),
+    }
+}
+
+/// Distinct attribute keys of 1..=32 bytes and values of at most 64.
+fn arb_attributes() -> impl Strategy<Value = Vec<(String, String)>> {
+    proptest::collection::btree_map(
+        arb_string(ATTRIBUTE_KEY_MAX).prop_filter("non-empty key", |k| !k.is_empty()),
+        arb_string(ATTRIBUTE_VALUE_MAX),
+        0..=ATTRIBUTES_MAX,
+    )
+    .prop_map(|m| m.into_iter().collect())
+}
+
+/// A frame whose CCRs (alone or in a BATCH) carry arbitrary attributes.
+fn arb_frame_v2() -> impl Strategy<Value = Frame> {
+    (arb_frame(), arb_attributes()).prop_map(|(mut f, attrs)| {
+        match &mut f.body {
+            Message::Ccr(c) => c.attributes = attrs,
+            Message::Batch(b) => {
+                for e in &mut b.entries {
+                    if let Message::Ccr(c) = e {
+                        c.attributes = attrs.clone();
+                    }
+                }
+            }
+            _ => {}
+        }
+        f
+    })
+}
+
 fn frame_with(kind: u8, flags: u8, rid: u64, body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(14 + body.len());
     v.extend_from_slice(&(10 + body.len() as u32).to_le_bytes());
@@ -51,6 +92,27 @@ proptest! {
     }
 
     #[test]
+    fn version_2_frames_round_trip_and_survive_corruption(
+        frame in arb_frame_v2(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        let mut bytes = BytesMut::new();
+        frame.encode_version(&mut bytes, MAX_FRAME_CAP, 2).unwrap();
+        let (decoded, used) = decode_frame_version(&bytes, MAX_FRAME_CAP, 2).unwrap().unwrap();
+        prop_assert_eq!(used, bytes.len());
+        prop_assert_eq!(&decoded, &frame);
+        let mut bytes = bytes.to_vec();
+        for (at, value) in &edits {
+            let i = at.index(bytes.len());
+            if i >= 4 {
+                bytes[i] = *value;
+            }
+        }
+        check_decode_v2(&bytes);
+        check_decode(&bytes, MAX_FRAME_CAP);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         check_decode(&bytes, DEFAULT_MAX_FRAME);
         check_decode(&bytes, 64);
@@ -64,6 +126,7 @@ proptest! {
         body in proptest::collection::vec(any::<u8>(), 0..1024),
     ) {
         check_decode(&frame_with(kind, flags, rid, &body), DEFAULT_MAX_FRAME);
+        check_decode_v2(&frame_with(kind, flags, rid, &body));
     }
 
     #[test]

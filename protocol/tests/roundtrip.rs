@@ -591,3 +591,91 @@ fn every_error_variant_is_produced() {
     let all: std::collections::BTreeSet<&str> = ALL_VARIANTS.into_iter().collect();
     assert_eq!(produced, all);
 }
+
+/// A CCR with these attributes (inside a BATCH too).
+fn ccr_with(attributes: Vec<(String, String)>) -> Message {
+    let Some(Message::Ccr(mut c)) = samples().into_iter().find(|m| m.kind() == Kind::Ccr) else {
+        panic!("no CCR sample")
+    };
+    c.attributes = attributes;
+    Message::Ccr(c)
+}
+
+fn attrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn version_2_carries_attributes_and_version_1_refuses_them() {
+    let full: Vec<(String, String)> = (0..ATTRIBUTES_MAX)
+        .map(|i| (format!("{i:0>32}"), "v".repeat(ATTRIBUTE_VALUE_MAX)))
+        .collect();
+    for list in [attrs(&[("model", "gpt-4o")]), full, Vec::new()] {
+        let ccr = ccr_with(list.clone());
+        let batch = Message::Batch(Batch {
+            entries: vec![ccr.clone(), ccr.clone()],
+        });
+        for m in [ccr, batch] {
+            let frame = Frame::new(7, m);
+            let mut bytes = BytesMut::new();
+            frame.encode_version(&mut bytes, MAX_FRAME_CAP, 2).unwrap();
+            let (back, used) = decode_frame_version(&bytes, MAX_FRAME_CAP, 2)
+                .unwrap()
+                .unwrap();
+            assert_eq!((back, used), (frame.clone(), bytes.len()));
+            // Through the codec switched to version 2 as well.
+            let mut codec = ReckonCodec::new();
+            codec.set_version(2);
+            let mut out = BytesMut::new();
+            codec.encode(&frame, &mut out).unwrap();
+            assert_eq!(out, bytes);
+            assert_eq!(codec.decode(&mut out).unwrap(), Some(frame.clone()));
+            // Version 1: without attributes the v1 bytes are one byte
+            // shorter per CCR; with them the encoder refuses.
+            match frame.to_bytes() {
+                Ok(v1) => {
+                    assert!(list.is_empty());
+                    let ccrs = if frame.kind() == Kind::Batch { 2 } else { 1 };
+                    assert_eq!(v1.len() + ccrs, bytes.len());
+                }
+                Err(e) => {
+                    assert!(!list.is_empty());
+                    assert!(matches!(
+                        e,
+                        ProtocolError::InvalidValue {
+                            request_id: 7,
+                            field: "attributes",
+                            ..
+                        }
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_encoder_refuses_attributes_a_decoder_would_refuse() {
+    let too_many: Vec<(String, String)> = (0..=ATTRIBUTES_MAX)
+        .map(|i| (format!("k{i}"), String::new()))
+        .collect();
+    let cases = [
+        too_many,
+        attrs(&[(&"k".repeat(ATTRIBUTE_KEY_MAX + 1), "v")]),
+        attrs(&[("model", &"v".repeat(ATTRIBUTE_VALUE_MAX + 1))]),
+        attrs(&[("", "v")]),
+        attrs(&[("model", "a"), ("region", "eu"), ("model", "a")]),
+    ];
+    for list in cases {
+        let mut out = BytesMut::from(&b"kept"[..]);
+        let err = Frame::new(3, ccr_with(list.clone()))
+            .encode_version(&mut out, MAX_FRAME_CAP, 2)
+            .unwrap_err();
+        assert_eq!(&out[..], b"kept", "{list:?}: output changed");
+        assert!(!err.is_fatal(), "{err}");
+        assert_eq!(err.request_id(), Some(3));
+    }
+}

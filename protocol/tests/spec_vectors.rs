@@ -14,6 +14,13 @@ struct Vector {
     tag: String,
     words: Vec<String>,
     bytes: Vec<u8>,
+    /// The connection's protocol version: 2 when the info string ends in `v2`.
+    version: u16,
+}
+
+/// Decodes a whole frame as a connection of `version` does.
+fn decode_v(bytes: &[u8], version: u16) -> Result<Option<(Frame, usize)>, ProtocolError> {
+    decode_frame_version(bytes, limits::DEFAULT_MAX_FRAME, version)
 }
 
 fn parse_hex(block: &str, name: &str) -> Vec<u8> {
@@ -47,7 +54,13 @@ fn vectors() -> Vec<Vector> {
         if tag != "hex-vector" && tag != "hex-invalid" {
             continue;
         }
-        let words: Vec<String> = words.collect();
+        let mut words: Vec<String> = words.collect();
+        let version = if words.last().is_some_and(|w| w == "v2") {
+            words.pop();
+            2
+        } else {
+            1
+        };
         let mut block = String::new();
         for l in lines.by_ref() {
             if l.starts_with("```") {
@@ -57,30 +70,35 @@ fn vectors() -> Vec<Vector> {
             block.push('\n');
         }
         let bytes = parse_hex(&block, &words.join(" "));
-        out.push(Vector { tag, words, bytes });
+        out.push(Vector {
+            tag,
+            words,
+            bytes,
+            version,
+        });
     }
     out
 }
 
-fn valid() -> Vec<(String, Vec<u8>)> {
+fn valid() -> Vec<(String, Vec<u8>, u16)> {
     vectors()
         .into_iter()
         .filter(|v| v.tag == "hex-vector")
-        .map(|v| (v.words[0].clone(), v.bytes))
+        .map(|v| (v.words[0].clone(), v.bytes, v.version))
         .collect()
 }
 
 fn vector(name: &str) -> Frame {
-    let (_, bytes) = valid()
+    let (_, bytes, version) = valid()
         .into_iter()
-        .find(|(n, _)| n == name)
+        .find(|(n, _, _)| n == name)
         .unwrap_or_else(|| panic!("no vector {name}"));
-    decode_frame(&bytes).unwrap().unwrap().0
+    decode_v(&bytes, version).unwrap().unwrap().0
 }
 
 #[test]
 fn the_spec_has_the_required_vectors() {
-    let names: Vec<String> = valid().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = valid().into_iter().map(|(n, _, _)| n).collect();
     for required in [
         "HELLO",
         "HELLO_OK",
@@ -90,6 +108,8 @@ fn the_spec_has_the_required_vectors() {
         "TOPUP",
         "BATCH",
         "ERROR",
+        "CCR_ATTRIBUTES",
+        "HELLO_V2",
     ] {
         assert!(
             names.iter().any(|n| n == required),
@@ -100,7 +120,7 @@ fn the_spec_has_the_required_vectors() {
     for kind in Kind::ALL {
         let covered = valid()
             .iter()
-            .any(|(_, b)| decode_frame(b).unwrap().unwrap().0.kind() == *kind);
+            .any(|(_, b, v)| decode_v(b, *v).unwrap().unwrap().0.kind() == *kind);
         assert!(covered, "no vector of kind {}", kind.name());
     }
 }
@@ -109,13 +129,22 @@ fn the_spec_has_the_required_vectors() {
 fn every_valid_vector_decodes_and_reencodes_byte_for_byte() {
     let all = valid();
     assert!(all.len() >= 20);
-    for (name, bytes) in all {
-        let (frame, used) = decode_frame(&bytes)
+    for (name, bytes, version) in all {
+        let (frame, used) = decode_v(&bytes, version)
             .unwrap_or_else(|e| panic!("vector {name}: {e}"))
             .unwrap_or_else(|| panic!("vector {name}: incomplete"));
         assert_eq!(used, bytes.len(), "vector {name}: length");
-        let again = frame.to_bytes().unwrap();
+        let mut again = bytes::BytesMut::new();
+        frame
+            .encode_version(&mut again, limits::MAX_FRAME_CAP, version)
+            .unwrap();
         assert_eq!(&again[..], &bytes[..], "vector {name}: re-encoding differs");
+        // Version 2 changes only the CCR: every other version-1 frame reads
+        // the same on a version-2 connection.
+        if version == 1 && frame.kind() != Kind::Ccr && !has_ccr(&frame.body) {
+            let (v2, _) = decode_v(&bytes, 2).unwrap().unwrap();
+            assert_eq!(v2, frame, "vector {name}: differs in version 2");
+        }
         // The kind name in the vector name matches the decoded kind.
         assert!(
             name.starts_with(frame.kind().name()),
@@ -125,12 +154,21 @@ fn every_valid_vector_decodes_and_reencodes_byte_for_byte() {
     }
 }
 
+/// Whether a message is a CCR or a batch holding one.
+fn has_ccr(m: &Message) -> bool {
+    match m {
+        Message::Ccr(_) => true,
+        Message::Batch(b) => b.entries.iter().any(has_ccr),
+        _ => false,
+    }
+}
+
 #[test]
 fn every_invalid_vector_is_refused_with_its_code() {
     let mut count = 0;
     for v in vectors().into_iter().filter(|v| v.tag == "hex-invalid") {
         let (name, code) = (&v.words[0], &v.words[1]);
-        let err = match decode_frame(&v.bytes) {
+        let err = match decode_v(&v.bytes, v.version) {
             Err(e) => e,
             Ok(r) => panic!("invalid vector {name} decoded: {r:?}"),
         };
@@ -141,6 +179,7 @@ fn every_invalid_vector_is_refused_with_its_code() {
         );
         // Through the codec too: same code, and the frame is skipped when not fatal.
         let mut codec = TolerantCodec::default();
+        codec.inner.set_version(v.version);
         let mut buf = bytes::BytesMut::from(&v.bytes[..]);
         use tokio_util::codec::Decoder;
         match codec.decode(&mut buf) {
@@ -166,7 +205,10 @@ fn invalid_vectors_map_to_their_error_variants() {
     let by_name: Vec<(String, ProtocolError)> = vectors()
         .into_iter()
         .filter(|v| v.tag == "hex-invalid")
-        .map(|v| (v.words[0].clone(), decode_frame(&v.bytes).unwrap_err()))
+        .map(|v| {
+            let e = decode_v(&v.bytes, v.version).unwrap_err();
+            (v.words[0].clone(), e)
+        })
         .collect();
     let get = |n: &str| &by_name.iter().find(|(name, _)| name == n).unwrap().1;
     assert!(matches!(
@@ -293,6 +335,49 @@ fn invalid_vectors_map_to_their_error_variants() {
         }
     ));
     assert!(matches!(
+        get("CCR_ATTRIBUTES_IN_V1"),
+        E::TrailingBytes {
+            request_id: 41,
+            field: "body",
+            extra: 21
+        }
+    ));
+    assert!(matches!(
+        get("ATTRIBUTES_TOO_MANY"),
+        E::CountTooLarge {
+            request_id: 42,
+            field: "attributes",
+            count: 9,
+            max: 8
+        }
+    ));
+    assert!(matches!(
+        get("ATTRIBUTE_KEY_TOO_LONG"),
+        E::StringTooLong {
+            request_id: 43,
+            field: "attribute key",
+            len: 33,
+            max: 32
+        }
+    ));
+    assert!(matches!(
+        get("ATTRIBUTE_VALUE_TOO_LONG"),
+        E::StringTooLong {
+            request_id: 44,
+            field: "attribute value",
+            len: 65,
+            max: 64
+        }
+    ));
+    assert!(matches!(
+        get("ATTRIBUTE_KEY_TWICE"),
+        E::InvalidValue {
+            request_id: 45,
+            field: "attributes",
+            ..
+        }
+    ));
+    assert!(matches!(
         get("BAD_HELLO_OK_MAX_FRAME"),
         E::InvalidValue {
             request_id: 36,
@@ -345,6 +430,41 @@ fn decoded_content_of_some_vectors() {
     );
     assert_eq!(ccr.services[1].service_id, 20);
     assert_eq!(ccr.services[1].requested[0].unit, Unit::GPU_SECONDS);
+
+    // Version 1 frames carry no attributes; version 2 ones as sent.
+    assert!(ccr.attributes.is_empty());
+    let Message::Ccr(attr) = vector("CCR_ATTRIBUTES").body else {
+        panic!()
+    };
+    assert_eq!(
+        attr.attributes,
+        vec![
+            ("model".to_string(), "gpt-4o-mini".to_string()),
+            ("region".to_string(), "eu".to_string())
+        ]
+    );
+    assert_eq!(attr.services[0].requested[1], ua("tokens_out", 256, 0));
+    // The same CCR cannot be written on a version-1 connection.
+    let err = Frame::new(40, Message::Ccr(attr)).to_bytes().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::InvalidValue {
+                request_id: 40,
+                field: "attributes",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let Message::Hello(h2) = vector("HELLO_V2").body else {
+        panic!()
+    };
+    assert_eq!((h2.min_version, h2.max_version), (1, 2));
+    let Message::HelloOk(ok2) = vector("HELLO_OK_V2").body else {
+        panic!()
+    };
+    assert_eq!(ok2.version, 2);
 
     let Message::Cca(cca) = vector("CCA_INITIAL").body else {
         panic!()

@@ -532,7 +532,10 @@ impl World {
                     return Err(self.fail("a log record beyond the WAL's limit"));
                 }
             }
-            self.disk.image.extend_from_slice(&batch.to_group_bytes());
+            // Compressed, as the journal writes it by default.
+            self.disk
+                .image
+                .extend_from_slice(&batch.to_group_bytes(true));
         }
         if may_fail && self.rng.chance(2) {
             // The power went (or fsync failed) while the group was being
@@ -903,6 +906,7 @@ impl World {
                     used: q(used),
                     report_only: false,
                 }],
+                attributes: Vec::new(),
             },
         )
     }

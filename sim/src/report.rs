@@ -779,6 +779,16 @@ pub fn summary(r: &Report) -> String {
                 human_bytes(*last)
             );
         }
+        let written: Vec<u64> = st.samples.iter().filter_map(|x| x.written_bytes).collect();
+        if let (Some(first), Some(last)) = (written.first(), written.last()) {
+            let bytes = last.saturating_sub(*first);
+            let _ = writeln!(
+                out,
+                "server wrote {} to storage during the load: {} per request",
+                human_bytes(bytes),
+                human_bytes(bytes / r.requests.max(1))
+            );
+        }
         let cores: Vec<f64> = st.samples.iter().filter_map(|x| x.server_cores).collect();
         if !cores.is_empty() {
             let _ = writeln!(

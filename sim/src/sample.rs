@@ -88,6 +88,21 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     }
 }
 
+/// Bytes a process has caused to be written to storage (`write_bytes` in
+/// `/proc/PID/io`).
+pub fn written_bytes(pid: u32) -> io::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/io has no write_bytes line"),
+            )
+        })
+}
+
 /// A process's CPU time (user + system, from `/proc/PID/stat`).
 pub fn process_cpu_of(pid: u32) -> io::Result<Duration> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -259,6 +274,10 @@ pub struct Sample {
     pub rss_bytes: Option<u64>,
     /// The data directory's size on disk, bytes.
     pub disk_bytes: Option<u64>,
+    /// Bytes the server has sent to storage since it started
+    /// (`write_bytes` of `/proc/PID/io`: pages dirtied, so a page rewritten
+    /// after each fdatasync counts each time).
+    pub written_bytes: Option<u64>,
     /// Cores the server used since the previous sample.
     pub server_cores: Option<f64>,
     /// Cores this generator used since the previous sample.
@@ -365,6 +384,7 @@ impl Probe {
         let t = self.start.elapsed().as_secs_f64();
         let dt = (t - self.last_t).max(1e-6);
         let rss = self.config.server_pid.and_then(|p| rss_bytes(p).ok());
+        let written = self.config.server_pid.and_then(|p| written_bytes(p).ok());
         let disk = self
             .config
             .data_dir
@@ -392,6 +412,7 @@ impl Probe {
             t_s: (t * 10.0).round() / 10.0,
             rss_bytes: rss,
             disk_bytes: disk,
+            written_bytes: written,
             server_cores: server_cores.map(|c| (c * 100.0).round() / 100.0),
             generator_cores: (generator_cores * 100.0).round() / 100.0,
         }

@@ -321,6 +321,7 @@ pub fn ccr(
             requested: amounts(requested),
             used: amounts(used),
         }],
+        attributes: Vec::new(),
     })
 }
 

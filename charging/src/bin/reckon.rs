@@ -324,6 +324,9 @@ struct CcrArgs {
     /// Units used, UNIT=QTY (repeatable).
     #[arg(long = "used")]
     used: Vec<String>,
+    /// A usage attribute rate-card rules match, KEY=VALUE (repeatable), e.g. model=large.
+    #[arg(long = "attr")]
+    attributes: Vec<String>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -596,6 +599,15 @@ fn ccr(
             requested: quantities(&args.requested)?,
             used: quantities(&args.used)?,
         }],
+        attributes: args
+            .attributes
+            .iter()
+            .map(|item| {
+                item.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| format!("{item:?}: expected KEY=VALUE"))
+            })
+            .collect::<Result<_, _>>()?,
     }))
 }
 
@@ -879,7 +891,7 @@ async fn backup(conn: &Conn, to: &std::path::Path) -> Result<(), String> {
 /// Connects offering protocol version 2, which the admin commands need.
 async fn connect_v2(conn: &Conn) -> Result<Client, String> {
     let token = token(conn)?;
-    let client = Client::connect_version(&conn.server, &token, reckon_protocol::PROTOCOL_VERSION)
+    let client = Client::connect(&conn.server, &token)
         .await
         .map_err(|e| format!("{}: {e}", conn.server))?;
     if client.hello.version < 2 {

@@ -407,6 +407,7 @@ pub fn request(
             // one past the engine's window is refused, not applied again.
             timestamp_ms: ccr.event_timestamp.map_or(0, ntp_to_unix_ms),
             services,
+            attributes: Vec::new(),
         },
         AnswerShape {
             mscc,

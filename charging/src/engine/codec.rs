@@ -10,6 +10,9 @@ pub(super) const REC_LEDGER: u8 = 2;
 pub(super) const REC_SUPERVISE: u8 = 3;
 pub(super) const REC_CONFIG: u8 = 4;
 pub(super) const REC_RATECARD: u8 = 5;
+/// Set in a logged CCR's request-type byte when attributes follow its
+/// services: records without attributes (and their digests) stay as they were.
+const CCR_HAS_ATTRIBUTES: u8 = 0x80;
 
 pub(super) fn encode_rate_file<S: Sink>(
     s: &mut S,
@@ -220,7 +223,12 @@ pub(super) fn encode_ccr<S: Sink>(s: &mut S, ccr: &CreditControlRequest) {
 /// request digest: a client resending a request may stamp it anew).
 pub(super) fn encode_ccr_with<S: Sink>(s: &mut S, ccr: &CreditControlRequest, timestamp: bool) {
     s.bytes16(ccr.session_id.as_bytes());
-    s.u8(ccr.request_type as u8);
+    let flag = if ccr.attributes.is_empty() {
+        0
+    } else {
+        CCR_HAS_ATTRIBUTES
+    };
+    s.u8(ccr.request_type as u8 | flag);
     s.u32(ccr.request_number);
     s.account(ccr.account);
     s.u8(ccr.event_action as u8);
@@ -234,12 +242,22 @@ pub(super) fn encode_ccr_with<S: Sink>(s: &mut S, ccr: &CreditControlRequest, ti
         encode_quantities(s, &service.used);
         s.bool(service.report_only);
     }
+    // In the digest too: attributes choose the price, so a retransmission
+    // with other attributes is another request (REQUEST_ID_REUSED).
+    if !ccr.attributes.is_empty() {
+        s.u8(ccr.attributes.len() as u8);
+        for (k, v) in &ccr.attributes {
+            s.bytes16(k.as_bytes());
+            s.bytes16(v.as_bytes());
+        }
+    }
 }
 
 pub(super) fn decode_ccr(r: &mut Reader<'_>) -> Result<CreditControlRequest, DecodeError> {
     let session_id = std::str::from_utf8(r.bytes16(SESSION_ID_LEN_MAX)?)
         .map_err(|_| DecodeError::Invalid("session id"))?;
-    let request_type = match r.u8()? {
+    let type_byte = r.u8()?;
+    let request_type = match type_byte & !CCR_HAS_ATTRIBUTES {
         1 => RequestType::Initial,
         2 => RequestType::Update,
         3 => RequestType::Terminate,
@@ -271,6 +289,21 @@ pub(super) fn decode_ccr(r: &mut Reader<'_>) -> Result<CreditControlRequest, Dec
             })
         })
         .collect::<Result<_, DecodeError>>()?;
+    let mut attributes = Vec::new();
+    if type_byte & CCR_HAS_ATTRIBUTES != 0 {
+        let n = r.u8()? as usize;
+        if n == 0 || n > REQUEST_ATTRIBUTES_MAX {
+            return Err(DecodeError::Invalid("attribute count"));
+        }
+        attributes.reserve_exact(n);
+        for _ in 0..n {
+            let k = std::str::from_utf8(r.bytes16(REQUEST_ATTRIBUTE_KEY_MAX)?)
+                .map_err(|_| DecodeError::Invalid("attribute"))?;
+            let v = std::str::from_utf8(r.bytes16(REQUEST_ATTRIBUTE_VALUE_MAX)?)
+                .map_err(|_| DecodeError::Invalid("attribute"))?;
+            attributes.push((k.to_string(), v.to_string()));
+        }
+    }
     Ok(CreditControlRequest {
         session_id: Arc::from(session_id),
         request_type,
@@ -279,6 +312,7 @@ pub(super) fn decode_ccr(r: &mut Reader<'_>) -> Result<CreditControlRequest, Dec
         event_action,
         timestamp_ms,
         services,
+        attributes,
     })
 }
 

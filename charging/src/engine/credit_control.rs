@@ -66,6 +66,9 @@ impl Engine {
                 return Err(INVALID_AVP_VALUE);
             }
         }
+        if !ccr.attributes.is_empty() {
+            self.validate_attributes(ccr)?;
+        }
         Ok(())
     }
 
@@ -86,6 +89,8 @@ impl Engine {
         if let Err(code) = self.validate(ccr) {
             return CreditControlAnswer::error(code);
         }
+        // Pricing reads them from here (no allocation when there are none).
+        self.request_attributes.clone_from(&ccr.attributes);
         let planted_lookup_first = self.planted == Some(PlantedBug::AnswersBeforeAuthorisation);
         let Some(org) = (if planted_lookup_first {
             self.ledger.ledger.root_of(ccr.account)

@@ -116,6 +116,9 @@ pub struct Engine {
     planted: Option<PlantedBug>,
     /// The request being handled, as its audit entries name it.
     cause: OpId,
+    /// The attributes of the credit-control request being handled, which
+    /// pricing matches on top of each service's configured ones.
+    request_attributes: Vec<(String, String)>,
 }
 
 /// How audit entries name the credit-control request that caused them: the
@@ -170,6 +173,7 @@ impl Engine {
             checkpoint_seq: 0,
             planted: None,
             cause: OpId::SERVER,
+            request_attributes: Vec::new(),
         };
         engine.refresh_units();
         engine

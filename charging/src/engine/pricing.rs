@@ -104,6 +104,55 @@ impl Engine {
             .map_or(&[], |(_, a)| a.as_slice())
     }
 
+    /// Checks a request's attributes (SPEC 6.4, 7.3): at most 8 distinct
+    /// keys of 1..=32 bytes, values of at most 64. A key the configuration
+    /// binds for one of the request's services may only repeat the bound
+    /// value: the operator's binding (service 11 is model "large") fixes
+    /// what the service costs, and a request must not be able to relabel
+    /// it as a cheaper product; a different value is refused rather than
+    /// ignored, so a misconfigured gateway is told instead of being billed
+    /// for a product other than the one it named.
+    pub(super) fn validate_attributes(&self, ccr: &CreditControlRequest) -> Result<(), u32> {
+        let attrs = &ccr.attributes;
+        if attrs.len() > REQUEST_ATTRIBUTES_MAX {
+            return Err(result_code::INVALID_AVP_VALUE);
+        }
+        for (i, (k, v)) in attrs.iter().enumerate() {
+            if k.is_empty()
+                || k.len() > REQUEST_ATTRIBUTE_KEY_MAX
+                || v.len() > REQUEST_ATTRIBUTE_VALUE_MAX
+                || attrs[..i].iter().any(|(o, _)| o == k)
+            {
+                return Err(result_code::INVALID_AVP_VALUE);
+            }
+            for s in &ccr.services {
+                if self
+                    .attributes_of(s.service)
+                    .iter()
+                    .any(|(bk, bv)| bk == k && bv != v)
+                {
+                    return Err(result_code::INVALID_AVP_VALUE);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The attributes a card prices a usage of `service` with: those the
+    /// configuration binds to it, then the request's other ones.
+    fn usage_attributes(&self, service: ServiceId) -> Vec<(&str, &str)> {
+        let bound = self.attributes_of(service);
+        bound
+            .iter()
+            .chain(
+                self.request_attributes
+                    .iter()
+                    .filter(|(k, _)| !bound.iter().any(|(b, _)| b == k)),
+            )
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
     /// Price of `units` at a rate, in ledger amounts.
     pub(super) fn cost(&self, rate: &Rate, units: Decimal) -> Result<Amount, u32> {
         match rate {
@@ -115,11 +164,7 @@ impl Engine {
                 at,
                 span_ms,
             } => {
-                let attributes = self.attributes_of(ServiceId(*service));
-                let pairs: Vec<(&str, &str)> = attributes
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
+                let pairs = self.usage_attributes(ServiceId(*service));
                 let usage = reckon_rating::Usage::new(*service, *unit, units, *at)
                     .with_attributes(&pairs)
                     .spanning(*span_ms);
@@ -143,11 +188,7 @@ impl Engine {
                 at,
                 ..
             } => {
-                let attributes = self.attributes_of(ServiceId(*service));
-                let pairs: Vec<(&str, &str)> = attributes
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
+                let pairs = self.usage_attributes(ServiceId(*service));
                 let usage = reckon_rating::Usage::new(*service, *unit, Decimal::ZERO, *at)
                     .with_attributes(&pairs);
                 let mut units = self

@@ -120,6 +120,12 @@ pub struct CreditControlRequest {
     pub timestamp_ms: u64,
     /// The services.
     pub services: Vec<ServiceRequest>,
+    /// Usage attributes (model, region, ...) rate-card conditions match, on
+    /// top of those the configuration binds to each service: at most
+    /// [`REQUEST_ATTRIBUTES_MAX`] distinct keys. A bound key wins: a request
+    /// naming it with another value is refused as `INVALID_AVP_VALUE`.
+    /// Empty (no allocation) for most requests.
+    pub attributes: Vec<(String, String)>,
 }
 
 /// One service's part of an answer.
@@ -469,6 +475,12 @@ pub type SessionKey = (AccountId, Arc<str>);
 
 /// Most sessions kept at once; more INITIALs get TOO_BUSY.
 pub const SESSIONS_MAX: usize = 10_000_000;
+/// Most attributes on one request (the protocol's limit).
+pub const REQUEST_ATTRIBUTES_MAX: usize = reckon_protocol::limits::ATTRIBUTES_MAX;
+/// Longest request attribute key, in bytes (the protocol's limit).
+pub const REQUEST_ATTRIBUTE_KEY_MAX: usize = reckon_protocol::limits::ATTRIBUTE_KEY_MAX;
+/// Longest request attribute value, in bytes (the protocol's limit).
+pub const REQUEST_ATTRIBUTE_VALUE_MAX: usize = reckon_protocol::limits::ATTRIBUTE_VALUE_MAX;
 /// Most services in one request (the protocol's limit).
 pub const SERVICES_MAX: usize = reckon_protocol::limits::SERVICES_MAX;
 /// Most unit kinds per service in one request (the protocol's limit).

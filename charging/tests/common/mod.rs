@@ -105,6 +105,7 @@ pub fn ccr(
             requested: q(requested),
             used: q(used),
         }],
+        attributes: Vec::new(),
     }
 }
 

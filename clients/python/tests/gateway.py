@@ -17,6 +17,8 @@ from reckon_server import free_port
 HERE = Path(__file__).resolve().parent
 MASTER_KEY = "sk-reckon-test-master"
 MODEL = "mock-gpt"
+MODELS_PRICED_BY_CARD = ("mock-small", "mock-large")
+"""Two more names for the mock model, which one service prices per model (rate card)."""
 
 
 def quiet_env(**extra: str) -> dict:
@@ -71,9 +73,9 @@ class Processes:
         """A LiteLLM config: one mock model, the hook when ``hook_config`` is given."""
         name = "with-hook" if hook_config else "no-hook"
         cfg = {
-            "model_list": [{"model_name": MODEL, "litellm_params": {
-                "model": f"openai/{MODEL}", "api_base": f"http://127.0.0.1:{upstream_port}/v1",
-                "api_key": "mock-upstream-key"}}],
+            "model_list": [{"model_name": name, "litellm_params": {
+                "model": f"openai/{name}", "api_base": f"http://127.0.0.1:{upstream_port}/v1",
+                "api_key": "mock-upstream-key"}} for name in (MODEL, *MODELS_PRICED_BY_CARD)],
             # A client that leaves cancels the upstream call, so the hook releases.
             "general_settings": {"master_key": MASTER_KEY, "cancel_on_disconnect": True},
             "litellm_settings": {"request_timeout": 30, "num_retries": 0},

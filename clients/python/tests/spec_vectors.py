@@ -14,13 +14,17 @@ def _bytes(text: str) -> bytes:
     return bytes.fromhex("".join(hex_digits.split()))
 
 
-def vectors() -> tuple[list[tuple[str, bytes]], list[tuple[str, str, bytes]]]:
-    """(valid: [(name, bytes)], invalid: [(name, code name, bytes)])."""
+def vectors() -> tuple[list[tuple[str, bytes, int]], list[tuple[str, str, bytes, int]]]:
+    """(valid: [(name, bytes, version)], invalid: [(name, code name, bytes, version)]);
+    a vector whose info string ends in ``v2`` is a frame of a version-2 connection."""
     valid, invalid = [], []
     for kind, info, body in _BLOCK.findall(SPEC.read_text(encoding="utf-8")):
         words = info.split()
+        version = 1
+        if words[-1] == "v2":
+            words, version = words[:-1], 2
         if kind == "hex-vector":
-            valid.append((words[0], _bytes(body)))
+            valid.append((words[0], _bytes(body), version))
         else:
-            invalid.append((words[0], words[1], _bytes(body)))
+            invalid.append((words[0], words[1], _bytes(body), version))
     return valid, invalid

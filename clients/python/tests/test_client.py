@@ -35,12 +35,42 @@ def admin(server, **kw) -> rc.Client:
 def test_handshake_names_org_and_role(server):
     async def go():
         async with admin(server) as c:
-            assert c.hello.is_admin and c.hello.org_id == 0 and c.hello.version == 1
+            assert c.hello.is_admin and c.hello.org_id == 0 and c.hello.version == 2
         async with rc.Client("127.0.0.1", server.port, ORG_TOKEN) as c:
             assert not c.hello.is_admin and c.hello.org_id == 7000
         with pytest.raises(rc.errors.AuthFailed) as e:
             await rc.Client("127.0.0.1", server.port, "wrong").connect()
         assert e.value.code == rc.ErrorCode.AUTH_FAILED and "AUTH_FAILED" in str(e.value)
+    run(go())
+
+
+def test_attributes_travel_in_version_2_and_a_version_1_client_cannot_send_them(server):
+    org = fresh_account()
+
+    async def go():
+        async with admin(server) as c:
+            await c.create_account(org)
+            await c.topup(org, "tokens_out", Decimal("100"))
+            cca = await c.event("attr-1", org, wire.EventAction.DIRECT_DEBIT, {1: {"tokens_out": 5}},
+                                attributes={"model": "gpt-4o", "region": "eu"})
+            assert cca.service(1).granted == [("tokens_out", Decimal(5))]
+            # The same ids with other attributes are another request: refused, nothing moved.
+            with pytest.raises(rc.errors.RequestIdReused) as e:
+                await c.event("attr-1", org, wire.EventAction.DIRECT_DEBIT,
+                              {1: {"tokens_out": 5}}, attributes={"model": "mini"})
+            assert e.value.code_name == "REQUEST_ID_REUSED"
+            # Beyond the limits: refused before anything is sent.
+            with pytest.raises(wire.EncodeError):
+                await c.event("attr-2", org, wire.EventAction.DIRECT_DEBIT,
+                              {1: {"tokens_out": 5}}, attributes={f"k{i}": "v" for i in range(9)})
+            assert (await c.balance(org)).total("tokens_out") == Decimal(95)
+        async with admin(server, max_version=1) as old:
+            assert old.hello.version == 1
+            with pytest.raises(wire.EncodeError):
+                await old.event("attr-3", org, wire.EventAction.DIRECT_DEBIT,
+                                {1: {"tokens_out": 5}}, attributes={"model": "mini"})
+            await old.event("attr-4", org, wire.EventAction.DIRECT_DEBIT, {1: {"tokens_out": 5}})
+            assert (await old.balance(org)).total("tokens_out") == Decimal(90)
     run(go())
 
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 import reckon_client as rc
-from gateway import MASTER_KEY, MODEL, Processes
+from gateway import MASTER_KEY, MODEL, MODELS_PRICED_BY_CARD, Processes
 from reckon_server import ADMIN_TOKEN, ReckonServer
 
 litellm = pytest.importorskip("litellm")  # ci.sh installs it; the codec tests need nothing
@@ -21,9 +21,26 @@ litellm = pytest.importorskip("litellm")  # ci.sh installs it; the codec tests n
 GATEWAY_TOKEN = "gateway-acme-token-0123456789abcdef01234567"
 ORG, DEPT, ALICE, BOB, CAROL, DAVE = 1000, 1100, 1101, 1102, 1103, 1104
 SERVICE = 10
+CARD_SERVICE = 20  # one service for several models, priced per model by a rate card
+SMALL, LARGE = MODELS_PRICED_BY_CARD
+CARD_PRICES = {SMALL: (Decimal("0.000001"), Decimal("0.000004")),
+               LARGE: (Decimal("0.00001"), Decimal("0.00003"))}
 PRICE_IN, PRICE_OUT = Decimal("0.000005"), Decimal("0.00002")
 MESSAGES = [{"role": "user", "content": "Summarise the quarterly GPU usage report."}]
 MAX_TOKENS = 20
+
+
+def per_model_card() -> str:
+    """A rate card pricing CARD_SERVICE by the model attribute the hook sends."""
+    text = ('card = "per-model"\n[[versions]]\nversion = 1\n'
+            'effective_from = 2020-01-01T00:00:00Z\ncurrency = "USD"\ndecimals = 9\n'
+            f'[[versions.services]]\nid = {CARD_SERVICE}\nname = "chat"\n')
+    for model, prices in CARD_PRICES.items():
+        for unit, price in zip(("tokens_in", "tokens_out"), prices):
+            text += (f'[[versions.services.rules]]\nunit = "{unit}"\n'
+                     f'when = {{ model = "{model}" }}\n'
+                     f'price = {{ model = "per_unit", price = "{price}", per = 1 }}\n')
+    return text
 
 
 def prompt_tokens(messages=MESSAGES) -> int:
@@ -51,8 +68,9 @@ def gateway():
         upstream = procs.mock_upstream()
         config = procs.proxy_config(upstream, {
             "server": f"127.0.0.1:{server.port}", "credential": GATEWAY_TOKEN,
-            "account_by": "end_user", "accounts": {"alice": ALICE, "bob": BOB, "carol": CAROL},
-            "models": {MODEL: SERVICE}, "max_output_tokens": 4096, "timeout_s": 10})
+            "account_by": "end_user", "accounts": {"alice": ALICE, "bob": BOB, "carol": CAROL, "dave": DAVE},
+            "models": {MODEL: SERVICE, SMALL: CARD_SERVICE, LARGE: CARD_SERVICE},
+            "max_output_tokens": 4096, "timeout_s": 10})
         ports = procs.proxies(config, 4)
 
         async def accounts():
@@ -61,6 +79,7 @@ def gateway():
                 await admin.create_account(ORG)
                 await admin.create_account(DEPT, parent=ORG, draws_on_parent=True)
                 await admin.topup(ORG, "USD", Decimal("1000.00"), reason="prepaid")
+                await admin.apply_ratecard("per-model.toml", per_model_card())
         asyncio.run(accounts())
         yield server, ports
     finally:
@@ -251,4 +270,32 @@ def test_errors_and_disconnects_release_and_streams_commit_at_end(gateway):
                 status, body = await chat(http, ports[0], {
                     "model": MODEL, "messages": MESSAGES, "user": "999999"})
                 assert status == 403 and "USER_UNKNOWN" in body["error"]["message"]
+    asyncio.run(go())
+
+
+def test_one_service_prices_each_model_by_the_attribute_the_hook_sends(gateway):
+    """Two models behind one Reckon service: the hook sends the request's model as an
+    attribute and the rate card's rule for that model prices it."""
+    server, ports = gateway
+
+    async def go():
+        async with rc.Client("127.0.0.1", server.port, ADMIN_TOKEN) as admin:
+            await admin.create_account(DAVE, parent=ORG)  # its own money only
+            await admin.topup(DAVE, "USD", Decimal("1.00"))
+            left = Decimal("1.00")
+            charged = {}
+            async with open_session() as http:
+                for i, model in enumerate((SMALL, LARGE, SMALL)):
+                    status, body = await chat(http, ports[i % 4], {
+                        "model": model, "messages": MESSAGES, "max_tokens": 25, "user": "dave"})
+                    assert status == 200, body
+                    assert body["usage"]["completion_tokens"] == 25
+                    price_in, price_out = CARD_PRICES[model]
+                    expected = body["usage"]["prompt_tokens"] * price_in + 25 * price_out
+                    bal = await admin.balance(DAVE)
+                    assert bal.total("USD", "held") == 0
+                    assert left - bal.total("USD") == expected, (model, left, bal)
+                    left = bal.total("USD")
+                    charged.setdefault(model, expected)
+            assert charged[LARGE] > charged[SMALL] > 0
     asyncio.run(go())

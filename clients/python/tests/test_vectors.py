@@ -16,25 +16,33 @@ VALID, INVALID = vectors()
 
 def test_the_spec_has_all_its_vectors():
     # Every kind of version 1 has a valid vector; the invalid ones cover SPEC 11.2.
-    kinds = {wire.decode_frame(raw)[0].message.KIND for _, raw in VALID}
+    kinds = {wire.decode_frame(raw, version=v)[0].message.KIND for _, raw, v in VALID}
     assert kinds == set(wire.Kind), set(wire.Kind) - kinds
     assert len(INVALID) >= 18
 
 
-@pytest.mark.parametrize("name,raw", VALID, ids=[n for n, _ in VALID])
-def test_valid_vector_round_trips(name, raw):
-    frame, used = wire.decode_frame(raw)
+@pytest.mark.parametrize("name,raw,version", VALID, ids=[n for n, _, _ in VALID])
+def test_valid_vector_round_trips(name, raw, version):
+    frame, used = wire.decode_frame(raw, version=version)
     assert used == len(raw)
-    assert wire.encode_frame(frame.request_id, frame.message) == raw
+    assert wire.encode_frame(frame.request_id, frame.message, version=version) == raw
     # Every proper prefix is "need more bytes", never an error.
     for cut in (0, 3, 4, 13, len(raw) - 1):
-        assert wire.decode_frame(raw[:cut]) is None
+        assert wire.decode_frame(raw[:cut], version=version) is None
+    # Version 2 changes only the CCR: other version-1 frames read the same in version 2.
+    if version == 1 and not _has_ccr(frame.message):
+        assert wire.decode_frame(raw, version=2)[0] == frame
 
 
-@pytest.mark.parametrize("name,code,raw", INVALID, ids=[n for n, _, _ in INVALID])
-def test_invalid_vector_is_refused_with_its_code(name, code, raw):
+def _has_ccr(message) -> bool:
+    return isinstance(message, wire.Ccr) or (
+        isinstance(message, wire.Batch) and any(map(_has_ccr, message.entries)))
+
+
+@pytest.mark.parametrize("name,code,raw,version", INVALID, ids=[n for n, _, _, _ in INVALID])
+def test_invalid_vector_is_refused_with_its_code(name, code, raw, version):
     with pytest.raises(wire.WireError) as caught:
-        wire.decode_frame(raw)
+        wire.decode_frame(raw, version=version)
     err = caught.value
     assert err.code == ErrorCode[code]
     if code == "FRAME_TOO_LARGE" or name == "TOO_SHORT":
@@ -45,7 +53,7 @@ def test_invalid_vector_is_refused_with_its_code(name, code, raw):
 
 
 def test_decoded_values_are_the_spec_comments():
-    frames = {n: wire.decode_frame(raw)[0] for n, raw in VALID}
+    frames = {n: wire.decode_frame(raw, version=v)[0] for n, raw, v in VALID}
     cca = frames["CCA_INITIAL"].message
     assert cca.result_code == 2001 and cca.session_id == "gw1;1700000000;42"
     assert cca.services[0].granted == [("tokens_out", Decimal(4096))]
@@ -63,6 +71,26 @@ def test_decoded_values_are_the_spec_comments():
     batch = frames["BATCH_RESULT"].message.entries
     assert isinstance(batch[0], wire.Balance) and batch[0].buckets[0].held == Decimal("0.50")
     assert isinstance(batch[1], wire.AdminResult)
+
+
+def test_version_2_vectors_carry_attributes():
+    frames = {n: wire.decode_frame(raw, version=v)[0] for n, raw, v in VALID}
+    ccr = frames["CCR_ATTRIBUTES"].message
+    assert ccr.attributes == [("model", "gpt-4o-mini"), ("region", "eu")]
+    assert frames["CCR_INITIAL"].message.attributes == []
+    assert frames["HELLO_V2"].message.max_version == 2
+    assert frames["HELLO_OK_V2"].message.version == 2
+    # A mapping encodes like the list; version 1 cannot carry attributes.
+    as_dict = wire.Ccr(**{**ccr.__dict__, "attributes": dict(ccr.attributes)})
+    raw = dict((n, r) for n, r, _ in VALID)["CCR_ATTRIBUTES"]
+    assert wire.encode_frame(40, as_dict, version=2) == raw
+    with pytest.raises(wire.EncodeError):
+        wire.encode_frame(40, ccr, version=1)
+    base = wire.Ccr("s", wire.RequestType.EVENT, 0, 1, wire.EventAction.DIRECT_DEBIT)
+    for bad in ([(f"k{i}", "v") for i in range(9)], [("k" * 33, "v")], [("model", "v" * 65)],
+                [("", "v")], [("model", "a"), ("model", "b")]):
+        with pytest.raises(wire.EncodeError):
+            wire.encode_frame(1, wire.Ccr(**{**base.__dict__, "attributes": bad}), version=2)
 
 
 def test_decimal_example_of_section_2_2():

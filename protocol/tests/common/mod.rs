@@ -64,6 +64,7 @@ pub fn samples() -> Vec<Message> {
                 used: vec![ua("gpu_seconds", 12345, 3)],
             },
         ],
+        attributes: Vec::new(),
     });
     let cca = Message::Cca(Cca {
         result_code: ResultCode::SUCCESS,
@@ -356,6 +357,7 @@ fn arb_ccr() -> impl Strategy<Value = Message> {
                     termination_cause,
                     timestamp_ms,
                     services,
+                    attributes: Vec::new(),
                 })
             },
         )

@@ -9,9 +9,11 @@ request (same op id, or same session id and request number), which the server
 applies at most once (SPEC 5.6). ``BUSY`` and ``TOO_BUSY`` are retried the
 same way.
 
-Optional parameters of every method are keyword-only, so new ones (e.g. the
-per-request attributes of a later protocol version) can be added without
-breaking callers.
+The client offers protocol versions 1 and 2 and speaks what the server
+chooses; version 2 carries per-request attributes (``attributes=`` on the
+credit-control methods: model, region, ... that rate-card rules match).
+Optional parameters of every method are keyword-only, so new ones can be
+added without breaking callers.
 """
 
 from __future__ import annotations
@@ -68,6 +70,17 @@ def _services(requested: Optional[Mapping[int, UnitAmounts]] = None,
                                 _amounts((used or {}).get(s), "used")) for s in ids]
 
 
+Attributes = Optional[Union[Mapping[str, str], Iterable[tuple[str, str]]]]
+
+
+def _attributes(value: Attributes) -> list:
+    """Request attributes as the wire's list of (key, value) pairs."""
+    if not value:
+        return []
+    items = value.items() if isinstance(value, Mapping) else value
+    return [(str(k), str(v)) for k, v in items]
+
+
 class _Connection:
     """One open, authenticated connection and its in-flight requests."""
 
@@ -75,6 +88,7 @@ class _Connection:
         self.reader, self.writer = reader, writer
         self.pending: dict[int, asyncio.Future] = {}
         self.max_frame = wire.DEFAULT_MAX_FRAME
+        self.version = wire.PROTOCOL_VERSION_MIN
         self.keepalive_s = 0
         self.hello: Optional[wire.HelloOk] = None
         self.closed = False
@@ -86,7 +100,7 @@ class _Connection:
         return not self.closed and not self.draining
 
     def send(self, request_id: int, message: Any) -> None:
-        self.writer.write(wire.encode_frame(request_id, message, self.max_frame))
+        self.writer.write(wire.encode_frame(request_id, message, self.max_frame, self.version))
 
     def fail(self, error: BaseException) -> None:
         """Closes the connection and fails what is in flight."""
@@ -108,7 +122,7 @@ class Client:
     def __init__(self, host: str = "127.0.0.1", port: int = 7878, credential: str = "", *,
                  client_name: str = CLIENT_NAME, timeout: float = 5.0,
                  connect_timeout: Optional[float] = None, retry: bool = True,
-                 max_in_flight: int = 1024) -> None:
+                 max_in_flight: int = 1024, max_version: int = wire.PROTOCOL_VERSION) -> None:
         self.host, self.port, self.credential = host, port, credential
         self.client_name = client_name
         self.timeout = timeout
@@ -118,6 +132,8 @@ class Client:
         self._connect_lock: Optional[asyncio.Lock] = None
         self._slots: Optional[asyncio.Semaphore] = None
         self._max_in_flight = max_in_flight
+        # The highest version offered in HELLO (1: behave as a version-1 client).
+        self.max_version = max_version
         self._next_id = 0
         self._closed = False
 
@@ -179,7 +195,7 @@ class Client:
         except OSError as e:
             raise ConnectionLost(f"connecting to {self.host}:{self.port}: {e}") from e
         conn = _Connection(reader, writer)
-        hello = wire.Hello(wire.PROTOCOL_VERSION, wire.PROTOCOL_VERSION, self.credential,
+        hello = wire.Hello(wire.PROTOCOL_VERSION_MIN, self.max_version, self.credential,
                            self.client_name)
         writer.write(wire.encode_frame(self._request_id(), hello))
         buf = b""
@@ -203,10 +219,13 @@ class Client:
         if isinstance(msg, wire.ErrorReply):
             writer.close()
             raise server_error(msg.code, msg.message)
-        if not isinstance(msg, wire.HelloOk) or msg.version != wire.PROTOCOL_VERSION:
+        if (not isinstance(msg, wire.HelloOk)
+                or not wire.PROTOCOL_VERSION_MIN <= msg.version <= self.max_version):
             writer.close()
-            raise ProtocolViolation(f"expected HELLO_OK for version 1, got {msg!r}")
+            raise ProtocolViolation(
+                f"expected HELLO_OK for a version in 1..={self.max_version}, got {msg!r}")
         conn.hello = msg
+        conn.version = msg.version
         conn.max_frame = msg.max_frame
         conn.keepalive_s = msg.keepalive_s
         conn.task = asyncio.get_running_loop().create_task(self._read_loop(conn, buf[used:]))
@@ -220,7 +239,7 @@ class Client:
             while True:
                 while True:
                     try:
-                        got = wire.decode_frame(buf, conn.max_frame)
+                        got = wire.decode_frame(buf, conn.max_frame, conn.version)
                     except wire.WireError as e:
                         # SPEC 3.2: a client receiving a malformed frame closes.
                         error = ProtocolViolation(f"malformed frame from the server: {e}")
@@ -398,45 +417,52 @@ class Client:
 
     async def initial(self, session_id: str, account: int,
                       requested: Mapping[int, UnitAmounts], *, timestamp_ms: int = 0,
-                      check: bool = True, timeout: Optional[float] = None) -> wire.Cca:
+                      attributes: Attributes = None, check: bool = True,
+                      timeout: Optional[float] = None) -> wire.Cca:
         """INITIAL: opens a session, reserving per service ``{service_id: {unit: amount}}``
-        (an empty amounts mapping asks for the service's default grant)."""
+        (an empty amounts mapping asks for the service's default grant). ``attributes``
+        (``{"model": "gpt-4o"}``) choose the rate-card rule; send the same ones on every
+        request of the session."""
         return await self.ccr(wire.Ccr(session_id, wire.RequestType.INITIAL, 0, account,
                                        timestamp_ms=timestamp_ms,
-                                       services=_services(requested=requested)),
+                                       services=_services(requested=requested),
+                                       attributes=_attributes(attributes)),
                               check=check, timeout=timeout)
 
     async def update(self, session_id: str, account: int, request_number: int, *,
                      used: Optional[Mapping[int, UnitAmounts]] = None,
                      requested: Optional[Mapping[int, UnitAmounts]] = None,
-                     timestamp_ms: int = 0, check: bool = True,
-                     timeout: Optional[float] = None) -> wire.Cca:
+                     timestamp_ms: int = 0, attributes: Attributes = None,
+                     check: bool = True, timeout: Optional[float] = None) -> wire.Cca:
         """UPDATE: reports usage since the last report and asks for a new grant."""
         return await self.ccr(wire.Ccr(session_id, wire.RequestType.UPDATE, request_number,
                                        account, timestamp_ms=timestamp_ms,
-                                       services=_services(requested, used)),
+                                       services=_services(requested, used),
+                                       attributes=_attributes(attributes)),
                               check=check, timeout=timeout)
 
     async def terminate(self, session_id: str, account: int, request_number: int,
                         used: Mapping[int, UnitAmounts], *,
                         cause: wire.TerminationCause = wire.TerminationCause.LOGOUT,
-                        timestamp_ms: int = 0, check: bool = True,
-                        timeout: Optional[float] = None) -> wire.Cca:
+                        timestamp_ms: int = 0, attributes: Attributes = None,
+                        check: bool = True, timeout: Optional[float] = None) -> wire.Cca:
         """TERMINATE: commits the final usage per service and releases the rest.
         ``used={service: {}}`` (nothing used) releases the whole grant."""
         return await self.ccr(wire.Ccr(session_id, wire.RequestType.TERMINATE, request_number,
                                        account, termination_cause=cause,
-                                       timestamp_ms=timestamp_ms, services=_services(used=used)),
+                                       timestamp_ms=timestamp_ms, services=_services(used=used),
+                                       attributes=_attributes(attributes)),
                               check=check, timeout=timeout)
 
     async def event(self, session_id: str, account: int, action: wire.EventAction,
                     requested: Optional[Mapping[int, UnitAmounts]] = None, *,
-                    timestamp_ms: int = 0, check: bool = True,
-                    timeout: Optional[float] = None) -> wire.Cca:
+                    timestamp_ms: int = 0, attributes: Attributes = None,
+                    check: bool = True, timeout: Optional[float] = None) -> wire.Cca:
         """EVENT: DIRECT_DEBIT, REFUND, CHECK_BALANCE or PRICE_ENQUIRY in one request."""
         return await self.ccr(wire.Ccr(session_id, wire.RequestType.EVENT, 0, account,
                                        event_action=action, timestamp_ms=timestamp_ms,
-                                       services=_services(requested=requested)),
+                                       services=_services(requested=requested),
+                                       attributes=_attributes(attributes)),
                               check=check, timeout=timeout)
 
     async def check_balance(self, session_id: str, account: int, *,
@@ -447,10 +473,10 @@ class Client:
         return dict(cca.balance)
 
     async def price(self, session_id: str, account: int, requested: Mapping[int, UnitAmounts],
-                    *, timeout: Optional[float] = None) -> dict:
-        """The price of ``requested`` per charge unit, changing nothing."""
+                    *, attributes: Attributes = None, timeout: Optional[float] = None) -> dict:
+        """The price of ``requested`` per charge unit (for these attributes), changing nothing."""
         cca = await self.event(session_id, account, wire.EventAction.PRICE_ENQUIRY, requested,
-                               timeout=timeout)
+                               attributes=attributes, timeout=timeout)
         return dict(cca.price)
 
     # ------------------------------------------------------------------ admin

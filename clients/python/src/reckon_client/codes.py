@@ -20,6 +20,9 @@ class ResultCode(enum.IntEnum):
     UNABLE_TO_COMPLY = 5012
     USER_UNKNOWN = 5030
     RATING_FAILED = 5031
+    REQUEST_ID_REUSED = 5040
+    REQUEST_TOO_OLD = 5041
+    REFUND_NOT_COVERED = 5042
 
 
 class AdminCode(enum.IntEnum):

@@ -79,9 +79,14 @@ class HookConfig:
     """Account for requests whose identity is missing or unmapped; None refuses them."""
     models: dict = field(default_factory=dict)
     """Model name (as clients send it) → Reckon service id (rating group); the server's
-    ``[[product]]`` config binds the service to model attributes for rate cards."""
+    ``[[product]]`` config may bind the service to model attributes for rate cards."""
     default_service: Optional[int] = None
-    """Service for models not listed; None refuses them."""
+    """Service for models not listed; None refuses them. With ``model_attribute`` set, one
+    service can price every model: its rate card has a rule per model."""
+    model_attribute: str = "model"
+    """Attribute the request's model is sent under on every Reckon request (protocol
+    version 2), for rate-card rules such as ``when = { model = "gpt-4o" }``; empty sends
+    none."""
     input_unit: str = "tokens_in"
     """Unit of prompt tokens; empty to charge output tokens only."""
     output_unit: str = "tokens_out"
@@ -161,6 +166,8 @@ class _Reservation:
     input_tokens: int
     granted_output: int
     stream: bool
+    attributes: list = field(default_factory=list)
+    """Sent on the TERMINATE too: each Reckon request is priced with its own attributes."""
     settled: bool = False
     opened: float = field(default_factory=time.monotonic)
 
@@ -263,6 +270,13 @@ class ReckonBudget(CustomLogger):
         service = self.service_of(model)
         if service is None:
             raise ReckonRefusal(400, "NO_SERVICE", f"model {model!r} is not mapped to a Reckon service")
+        attributes = []
+        if cfg.model_attribute and model:
+            if len(model.encode("utf-8")) > wire.ATTRIBUTE_VALUE_MAX:
+                raise ReckonRefusal(400, "MODEL_NAME_TOO_LONG",
+                                    f"model names sent to Reckon are at most "
+                                    f"{wire.ATTRIBUTE_VALUE_MAX} bytes")
+            attributes = [(cfg.model_attribute, model)]
         input_tokens = self._input_tokens(data) if cfg.input_unit else 0
         field_name = "max_completion_tokens" if data.get("max_completion_tokens") is not None \
             else "max_tokens"
@@ -274,7 +288,8 @@ class ReckonBudget(CustomLogger):
         try:
             asks = {cfg.input_unit: input_tokens} if cfg.input_unit else {}
             asks[cfg.output_unit] = want
-            cca = await self.client().initial(session_id, account, {service: asks}, check=False)
+            cca = await self.client().initial(session_id, account, {service: asks},
+                                              attributes=attributes, check=False)
         except ReckonError as e:
             raise ReckonRefusal(503, "RECKON_UNAVAILABLE", f"Reckon did not answer: {e}") from e
         answer = cca.service(service)
@@ -288,7 +303,7 @@ class ReckonBudget(CustomLogger):
         if code != ResultCode.SUCCESS:
             if cca.result_code == ResultCode.SUCCESS:
                 await self._release(_Reservation(session_id, account, service, input_tokens,
-                                                 granted_out, False))
+                                                 granted_out, False, attributes))
             raise ReckonRefusal(_STATUS.get(code, 400), result_name(code),
                                 f"Reckon refused account {account}, service {service} "
                                 f"({input_tokens} input + {want} output tokens asked; "
@@ -308,7 +323,7 @@ class ReckonBudget(CustomLogger):
         if len(self._open) >= _OPEN_MAX:
             self._forget_stale()
         self._open[session_id] = _Reservation(session_id, account, service, input_tokens,
-                                              granted_out, stream)
+                                              granted_out, stream, attributes)
         return data
 
     def _forget_stale(self) -> None:
@@ -329,7 +344,8 @@ class ReckonBudget(CustomLogger):
         self._open.pop(r.session_id, None)
         usage = {r.service: {u: int(n) for u, n in used.items() if n and u}}
         try:
-            await self.client().terminate(r.session_id, r.account, 1, usage, cause=cause)
+            await self.client().terminate(r.session_id, r.account, 1, usage, cause=cause,
+                                          attributes=r.attributes)
             return
         except ReckonError as e:
             log.warning("reckon: settling %s failed (%s); retrying in the background",
@@ -340,7 +356,8 @@ class ReckonBudget(CustomLogger):
         deadline = time.monotonic() + self.config.commit_retry_s
         while time.monotonic() < deadline:
             try:
-                await self.client().terminate(r.session_id, r.account, 1, usage, cause=cause)
+                await self.client().terminate(r.session_id, r.account, 1, usage, cause=cause,
+                                              attributes=r.attributes)
                 return
             except ReckonError as e:
                 log.warning("reckon: settling %s failed again: %s", r.session_id, e)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar, Optional
@@ -52,8 +53,13 @@ RATECARD_VERSIONS_MAX = 1024
 NEVER = (1 << 64) - 1
 """The timestamp meaning "never" (``u64::MAX``)."""
 
-PROTOCOL_VERSION = 1
-"""The protocol version this package speaks (the only one so far)."""
+PROTOCOL_VERSION = 2
+"""The highest protocol version this package speaks: 2 is 1 plus ``Ccr.attributes``."""
+PROTOCOL_VERSION_MIN = 1
+"""The lowest protocol version this package speaks."""
+ATTRIBUTES_MAX = 8
+ATTRIBUTE_KEY_MAX = 32
+ATTRIBUTE_VALUE_MAX = 64
 
 _UNIT_RE = re.compile(r"[A-Za-z0-9_]{1,16}\Z")
 
@@ -175,10 +181,11 @@ class CreditKind(enum.IntEnum):
 class _Reader:
     """A cursor over one frame's body; running past the end is malformed."""
 
-    __slots__ = ("buf", "pos", "end", "rid")
+    __slots__ = ("buf", "pos", "end", "rid", "version")
 
-    def __init__(self, buf: bytes, pos: int, end: int, rid: int) -> None:
+    def __init__(self, buf: bytes, pos: int, end: int, rid: int, version: int = 1) -> None:
         self.buf, self.pos, self.end, self.rid = buf, pos, end, rid
+        self.version = version
 
     def take(self, n: int, what: str) -> bytes:
         if self.end - self.pos < n:
@@ -189,6 +196,12 @@ class _Reader:
 
     def bad(self, message: str, code: ErrorCode = ErrorCode.MALFORMED_FRAME) -> WireError:
         return WireError(code, message, self.rid)
+
+
+class _Out(bytearray):
+    """The bytes being written, and the connection's protocol version (which fields exist)."""
+
+    version = 1
 
 
 class _Type:
@@ -416,6 +429,42 @@ class _Pair(_Type):
         return (_UNIT.decode(r, f"{name}.unit"), _DEC.decode(r, f"{name}.amount"))
 
 
+class _Attrs(_Type):
+    """Version 2's CCR attributes: ``u8`` count, then (key, value) strings; keys 1..=32 bytes
+    and distinct, values at most 64. Given as a list of pairs or a mapping, read as a list."""
+
+    def encode(self, out: bytearray, v: Any, name: str) -> None:
+        items = list(v.items()) if isinstance(v, Mapping) else list(v)
+        if len(items) > ATTRIBUTES_MAX:
+            raise EncodeError(f"{name}: {len(items)} items, above its limit of {ATTRIBUTES_MAX}")
+        _U8.encode(out, len(items), name)
+        seen = set()
+        for i, item in enumerate(items):
+            try:
+                key, value = item
+            except (TypeError, ValueError):
+                raise EncodeError(f"{name}[{i}]: {item!r} is not a (key, value) pair") from None
+            if not isinstance(key, str) or not key or key in seen:
+                raise EncodeError(f"{name}[{i}]: key {key!r} is empty, repeated or not a string")
+            seen.add(key)
+            _ATTR_KEY.encode(out, key, f"{name}[{i}].key")
+            _ATTR_VALUE.encode(out, value, f"{name}[{i}].value")
+
+    def decode(self, r: _Reader, name: str) -> list:
+        n = _U8.decode(r, f"{name} count")
+        if n > ATTRIBUTES_MAX:
+            raise r.bad(f"{name}: count {n} above its limit of {ATTRIBUTES_MAX}")
+        out, seen = [], set()
+        for i in range(n):
+            key = _ATTR_KEY.decode(r, f"{name}[{i}].key")
+            value = _ATTR_VALUE.decode(r, f"{name}[{i}].value")
+            if not key or key in seen:
+                raise r.bad(f"{name}[{i}]: key {key!r} is empty or repeated")
+            seen.add(key)
+            out.append((key, value))
+        return out
+
+
 class _Rec(_Type):
     """A nested record: a dataclass with its own schema."""
 
@@ -441,6 +490,8 @@ _BOOL = _Bool()
 _DEC = _Dec()
 _UNIT = _UnitT()
 _PAIR = _Pair()
+_ATTR_KEY = _Str(ATTRIBUTE_KEY_MAX)
+_ATTR_VALUE = _Str(ATTRIBUTE_VALUE_MAX)
 
 
 def _pairs(max_items: int) -> _List:
@@ -448,12 +499,22 @@ def _pairs(max_items: int) -> _List:
 
 
 def _encode_fields(out: bytearray, obj: Any) -> None:
-    for name, t in obj._schema:
-        t.encode(out, getattr(obj, name), name)
+    # A schema entry may name the version that added it (SPEC 12): the field
+    # does not exist on an older connection, so a value for it cannot be sent.
+    version = getattr(out, "version", 1)
+    for name, t, *since in obj._schema:
+        v = getattr(obj, name)
+        if since and since[0] > version:
+            if v:
+                raise EncodeError(f"{name} needs protocol version {since[0]}; "
+                                  f"the connection speaks {version}")
+            continue
+        t.encode(out, v, name)
 
 
 def _decode_fields(cls: type, r: _Reader) -> Any:
-    return cls(**{name: t.decode(r, name) for name, t in cls._schema})
+    return cls(**{name: t.decode(r, name) for name, t, *since in cls._schema
+                  if not since or since[0] <= r.version})
 
 
 # --------------------------------------------------------------------------
@@ -541,13 +602,15 @@ class Ccr:
     termination_cause: TerminationCause = TerminationCause.NONE
     timestamp_ms: int = 0
     services: list = field(default_factory=list)  # list[ServiceRequest]
+    attributes: list = field(default_factory=list)  # [(key, value)] or a mapping; version 2
     KIND: ClassVar[Kind] = Kind.CCR
     _schema: ClassVar = [("session_id", _Str(SESSION_ID_MAX)), ("request_type", _Enum(RequestType)),
                          ("request_number", _U32), ("account", _U64),
                          ("event_action", _Enum(EventAction)),
                          ("termination_cause", _Enum(TerminationCause)),
                          ("timestamp_ms", _U64),
-                         ("services", _List(_U8, SERVICES_MAX, _Rec(ServiceRequest), 6))]
+                         ("services", _List(_U8, SERVICES_MAX, _Rec(ServiceRequest), 6)),
+                         ("attributes", _Attrs(), 2)]
 
 
 @dataclass
@@ -951,7 +1014,7 @@ class _Entries(_Type):
                 raise r.bad(f"{name}[{i}]: unknown kind 0x{kind_byte:02x}", ErrorCode.UNKNOWN_KIND)
             if cls.KIND not in self.allowed:
                 raise r.bad(f"{name}[{i}]: kind {cls.KIND.name} may not be a batch entry here")
-            sub = _Reader(r.buf, r.pos + 1, end, r.rid)
+            sub = _Reader(r.buf, r.pos + 1, end, r.rid, r.version)
             out.append(_decode_fields(cls, sub))
             if sub.pos != end:
                 raise r.bad(f"{name}[{i}]: {end - sub.pos} bytes left over in the entry")
@@ -996,12 +1059,15 @@ class Frame:
     message: Any
 
 
-def encode_frame(request_id: int, message: Any, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
-    """The frame's bytes; refuses anything a SPEC decoder would refuse."""
+def encode_frame(request_id: int, message: Any, max_frame: int = DEFAULT_MAX_FRAME,
+                 version: int = 1) -> bytes:
+    """The frame's bytes as ``version`` lays them out; refuses anything a SPEC decoder would
+    refuse (e.g. CCR attributes in version 1)."""
     kind = getattr(message, "KIND", None)
     if kind is None or MESSAGE_CLASSES.get(kind) is not type(message):
         raise EncodeError(f"{message!r} is not a protocol message")
-    out = bytearray(b"\0\0\0\0")
+    out = _Out(b"\0\0\0\0")
+    out.version = version
     out.append(kind)
     out.append(1 if kind == Kind.ERROR else 0)
     _U64.encode(out, request_id, "request_id")
@@ -1013,8 +1079,9 @@ def encode_frame(request_id: int, message: Any, max_frame: int = DEFAULT_MAX_FRA
     return bytes(out)
 
 
-def decode_frame(buf: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Optional[tuple[Frame, int]]:
-    """Decodes the first frame in ``buf`` (SPEC 3.1).
+def decode_frame(buf: bytes, max_frame: int = DEFAULT_MAX_FRAME,
+                 version: int = 1) -> Optional[tuple[Frame, int]]:
+    """Decodes the first frame in ``buf`` (SPEC 3.1) as a connection of ``version`` reads it.
 
     Returns ``(frame, bytes consumed)``, or None when more bytes are needed.
     Raises WireError for malformed input; ``fatal`` tells whether the frame
@@ -1041,7 +1108,7 @@ def decode_frame(buf: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Optional[tup
     if flags != want:
         raise WireError(ErrorCode.MALFORMED_FRAME,
                         f"flags {flags} on {cls.KIND.name}, expected {want}", rid, skip=total)
-    r = _Reader(bytes(buf[:total]), LENGTH_PREFIX_LEN + HEADER_LEN, total, rid)
+    r = _Reader(bytes(buf[:total]), LENGTH_PREFIX_LEN + HEADER_LEN, total, rid, version)
     try:
         message = _decode_fields(cls, r)
     except WireError as e:
@@ -1069,4 +1136,5 @@ __all__ = [
     "LimitSet", "BalanceQuery", "ReservationList", "AdminResult", "Balance", "BucketInfo",
     "Reservations", "ReservationInfo", "RateCardApply", "RateCardShow", "RateCardResult",
     "RateCards", "RateCardInfo", "RateCardVersionInfo", "ErrorReply", "NEVER", "PROTOCOL_VERSION",
+    "PROTOCOL_VERSION_MIN", "ATTRIBUTES_MAX", "ATTRIBUTE_KEY_MAX", "ATTRIBUTE_VALUE_MAX",
 ]
