@@ -270,13 +270,14 @@ impl Ops {
         elapsed: std::time::Duration,
     ) {
         self.answered(kind, answer);
-        let get = |t: &[AtomicU64]| {
-            t.get(org.min(ORG_OTHER))
-                .map(|c| c.fetch_add(1, Ordering::Relaxed))
+        let bump = |table: &[AtomicU64]| {
+            if let Some(c) = table.get(org.min(ORG_OTHER)) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
         };
-        get(&self.org_requests);
+        bump(&self.org_requests);
         if is_denial(answer) {
-            get(&self.org_denials);
+            bump(&self.org_denials);
         }
         let row = kind.map_or(KIND_MALFORMED, kind_index);
         if let Some(h) = self.latency.get(row) {
