@@ -472,6 +472,24 @@ async fn bad_peers_are_dropped_alone_and_errors_follow_the_rfc() {
     assert_eq!(Cca::decode(&first).unwrap().status.result_code, 2001);
     assert_eq!(seconds(&c, 1).await, Decimal::from(93));
 
+    // A direct debit beyond the balance: DIAMETER_CREDIT_LIMIT_REACHED
+    // (4012), nothing debited.
+    let beyond = ccr_of("good;5", 17, 4, Some(0), |w| {
+        w.group(&d::MULTIPLE_SERVICES_CREDIT_CONTROL, |w| {
+            w.group(&d::REQUESTED_SERVICE_UNIT, |w| w.u32(&d::CC_TIME, 5000));
+            w.u32(&d::RATING_GROUP, 10);
+        })
+    });
+    good.send(&beyond).await;
+    let answer = good.recv().await.unwrap();
+    let cca = Cca::decode(&answer).unwrap();
+    let codes: Vec<u32> = std::iter::once(cca.status.result_code)
+        .chain(cca.mscc.iter().filter_map(|m| m.result_code))
+        .collect();
+    assert!(codes.contains(&result::CREDIT_LIMIT_REACHED), "{codes:?}");
+    assert!(cca.mscc.iter().all(|m| m.granted.is_none()));
+    assert_eq!(seconds(&c, 1).await, Decimal::from(93));
+
     // A DWR is answered.
     let mut dwr = BytesMut::new();
     Dwr {
