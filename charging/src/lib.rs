@@ -7,8 +7,10 @@
 //! writer; the async client ([`client`]); the mapping between protocol
 //! messages and engine requests ([`wire`]); the server's configuration
 //! ([`config`]); the Diameter Credit-Control front end ([`diameter`]); the
-//! admin HTTP listener and metrics ([`ops`]); and
-//! the `reckon` binary. Only `sim` and `benches` may
+//! admin HTTP listener, metrics and status page ([`ops`]); backups taken
+//! by the running server and their restore ([`backup`]); the accounts file
+//! of `reckon export` / `import` ([`accounts_file`]); and the `reckon`
+//! binary. Only `sim` and `benches` may
 //! depend on it. The engine itself never reads a clock or a socket.
 
 pub mod accounts_file;
