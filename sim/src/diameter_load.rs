@@ -380,7 +380,7 @@ pub struct DiameterArgs {
     #[arg(long, default_value_t = 900_000_000)]
     pub org: u64,
     /// Subscriber accounts are account_base + 1 ..= account_base + accounts
-    /// (MSISDN 99<n> → account_base + n).
+    /// (MSISDN `99<n>` → `account_base + n`).
     #[arg(long, default_value_t = 900_000_000)]
     pub account_base: u64,
     /// Subscribers.

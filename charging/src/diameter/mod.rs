@@ -3,7 +3,7 @@
 //! A listener of its own (default `127.0.0.1:3868`, off unless the
 //! configuration has a `[diameter]` section or `reckon serve --diameter`)
 //! accepts gateways (PGW/SMF, OCF clients, Diameter routing agents). Each
-//! connection runs the peer state machine of [`peer`]: CER/CEA (advertising
+//! connection runs the peer state machine of `peer`: CER/CEA (advertising
 //! Auth-Application-Id 4), DWR/DWA both ways, DPR/DPA, Origin-State-Id; a
 //! peer that never completes CER, sends garbage or goes silent is dropped
 //! alone. Every peer is bound by configuration (its Origin-Host) to one
