@@ -90,6 +90,9 @@
 //! * Any damage in a segment that is not the last one is [`WalError::Corrupt`].
 //! * A group whose checksum holds but whose records do not parse, or whose
 //!   LSNs do not follow, is corruption (or [`WalError::Gap`]).
+//!   [`open`] and [`inspect`] check a compressed group by its checksum,
+//!   its chunk framing and its count without decompressing it; its
+//!   records are checked by the [`replay`] that follows every open.
 //! * Lengths read from disk are bounded by `record_bytes_max`, the group
 //!   limit and the bytes present; nothing is allocated from an untrusted
 //!   length.
@@ -1251,11 +1254,32 @@ fn read_ahead(
             let records = group_records(&buf, &group, &mut scratch, &mut chunks)
                 .map_err(|why| corrupt(&seg.path, off as u64, why.into()))?;
             check_group_start(&seg.path, off, &group, expected, records.len())?;
+            let misplaced = || {
+                corrupt(
+                    &seg.path,
+                    off as u64,
+                    "a chunk of the compressed group does not begin at its records".into(),
+                )
+            };
             let mut at = 0;
+            let mut chunk = 0;
             while at < records.len() {
                 let rec = parse_record(records, at, cfg.record_bytes_max).map_err(|bad| {
                     record_error(&seg.path, file_offset(&group, off, at), bad, cfg)
                 })?;
+                // Chunk k of a compressed group begins at its record 32 k:
+                // readers by LSN start there, and the open's check did not
+                // decompress to see it.
+                match chunks.get(chunk) {
+                    Some(&(first, _)) if first == at => {
+                        if rec.lsn != group.first_lsn + chunk as u64 * READ_INDEX_STRIDE {
+                            return Err(misplaced());
+                        }
+                        chunk += 1;
+                    }
+                    Some(&(first, _)) if first < at => return Err(misplaced()),
+                    _ => {}
+                }
                 if rec.lsn != expected {
                     return Err(WalError::Gap {
                         at: seg.path.clone(),
@@ -1270,6 +1294,9 @@ fn read_ahead(
                 }
                 expected = next_lsn_after(&seg.path, file_offset(&group, off, at), rec.lsn)?;
                 at = rec.end;
+            }
+            if chunk != chunks.len() {
+                return Err(misplaced());
             }
             off = group.end;
             if !send(&mut piece, false) {
@@ -1459,6 +1486,27 @@ fn group_records<'a>(
         return Ok(&buf[group.start..group.end]);
     }
     scratch.clear();
+    for_each_chunk(buf, group, |header, raw, src| {
+        chunks.push((scratch.len(), header));
+        let at = scratch.len();
+        scratch.resize(at + raw, 0);
+        match lz4_flex::block::decompress_into(src, &mut scratch[at..]) {
+            Ok(n) if n == raw => Ok(()),
+            _ => Err("chunk does not decompress to its length"),
+        }
+    })?;
+    Ok(&scratch[..])
+}
+
+/// Walks the chunks of a checked compressed group: `f(header offset,
+/// records length, LZ4 block)` for each, in order; returns the length of
+/// all its records. Chunks must tile the body exactly.
+fn for_each_chunk<'a>(
+    buf: &'a [u8],
+    group: &Group,
+    mut f: impl FnMut(usize, usize, &'a [u8]) -> Result<(), &'static str>,
+) -> Result<usize, &'static str> {
+    let mut total = 0usize;
     let mut p = group.start;
     while p < group.end {
         let h = buf
@@ -1467,7 +1515,7 @@ fn group_records<'a>(
             .ok_or("truncated chunk header")?;
         let raw = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
         let stored = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
-        if raw == 0 || scratch.len() + raw > GROUP_BYTES_MAX {
+        if raw == 0 || total + raw > GROUP_BYTES_MAX {
             return Err("chunk length beyond the limit");
         }
         let from = p + CHUNK_HEADER_LEN;
@@ -1476,16 +1524,11 @@ fn group_records<'a>(
             .filter(|end| *end <= group.end)
             .and_then(|end| buf.get(from..end))
             .ok_or("truncated chunk")?;
-        chunks.push((scratch.len(), p));
-        let at = scratch.len();
-        scratch.resize(at + raw, 0);
-        match lz4_flex::block::decompress_into(src, &mut scratch[at..]) {
-            Ok(n) if n == raw => {}
-            _ => return Err("chunk does not decompress to its length"),
-        }
+        f(p, raw, src)?;
+        total += raw;
         p = from + stored;
     }
-    Ok(&scratch[..])
+    Ok(total)
 }
 
 /// A group that checks must start where the log is and hold what it says
@@ -1737,30 +1780,46 @@ fn check_segment_indexing(
         };
         // The checksum holds: anything wrong inside is corruption, not a
         // torn write.
+        if group.compressed {
+            // Checked by its checksum and its chunks' framing without
+            // decompressing: a replay follows every open and checks each
+            // record as it decompresses (decompressing here too cost
+            // recovery a second pass over the log).
+            let mut headers = Vec::new();
+            let records = for_each_chunk(buf, &group, |header, _, _| {
+                headers.push(header);
+                Ok(())
+            })
+            .map_err(|why| corrupt(path, off as u64, why.into()))?;
+            check_group_start(path, off, &group, expected, records)?;
+            if headers.len() as u64 != (group.count as u64).div_ceil(READ_INDEX_STRIDE) {
+                return Err(corrupt(
+                    path,
+                    off as u64,
+                    format!(
+                        "compressed group of {} records in {} chunks",
+                        group.count,
+                        headers.len()
+                    ),
+                ));
+            }
+            for (i, header) in headers.into_iter().enumerate() {
+                points.push((
+                    expected + i as u64 * READ_INDEX_STRIDE,
+                    header as u64 | CHUNK_POINT,
+                ));
+            }
+            expected += group.count as u64;
+            off = group.end;
+            continue;
+        }
         let records = group_records(buf, &group, &mut scratch, &mut chunks)
             .map_err(|why| corrupt(path, off as u64, why.into()))?;
         check_group_start(path, off, &group, expected, records.len())?;
         let mut at = 0;
         let mut count = 0u32;
-        let mut chunk = chunks.iter().peekable();
         while at < records.len() {
-            if group.compressed {
-                // Each chunk must begin at a record: readers start there.
-                match chunk.peek() {
-                    Some(&&(first, header)) if first == at => {
-                        points.push((expected, header as u64 | CHUNK_POINT));
-                        chunk.next();
-                    }
-                    Some(&&(first, _)) if first < at => {
-                        return Err(corrupt(
-                            path,
-                            off as u64,
-                            "a chunk of the compressed group does not begin at a record".into(),
-                        ));
-                    }
-                    _ => {}
-                }
-            } else if (count as u64).is_multiple_of(READ_INDEX_STRIDE) {
+            if (count as u64).is_multiple_of(READ_INDEX_STRIDE) {
                 points.push((expected, (group.start + at) as u64));
             }
             let rec_off = file_offset(&group, off, at);
@@ -1790,13 +1849,6 @@ fn check_segment_indexing(
                     ));
                 }
             }
-        }
-        if chunk.next().is_some() {
-            return Err(corrupt(
-                path,
-                off as u64,
-                "a chunk of the compressed group does not begin at a record".into(),
-            ));
         }
         if count != group.count {
             return Err(corrupt(
@@ -1977,6 +2029,70 @@ mod tests {
             check_header(&with_version(4), 7),
             HeaderCheck::Unsupported(4)
         ));
+    }
+
+    /// Opening checks a compressed group by its checksum and chunk
+    /// framing only; damage inside a chunk that the checksum does not see
+    /// (a writer bug) is found by the replay every open is followed by,
+    /// which refuses rather than hand out wrong records.
+    #[test]
+    fn damage_inside_a_compressed_group_is_refused_by_the_replay() {
+        let mut b = WalBatch::new(Lsn(1));
+        for i in 0..40u64 {
+            b.push(format!("credit-control {i:04} tokens_in tokens_out").as_bytes())
+                .unwrap();
+        }
+        let intact = b.to_group_bytes(true);
+        assert_eq!(&intact[..4], &GROUP_MAGIC_LZ4);
+        let cfg = WalConfig::new(tempfile::tempdir().unwrap().keep());
+        std::fs::create_dir_all(&cfg.dir).unwrap();
+        let path = segment_path(&cfg.dir, Lsn(1));
+        let mut refused = 0;
+        for at in GROUP_HEADER_LEN + CHUNK_HEADER_LEN..intact.len() {
+            let mut group = intact.clone();
+            group[at] ^= 0x20;
+            let crc = group_crc(&group[..20], &group[GROUP_HEADER_LEN..]);
+            group[20..24].copy_from_slice(&crc.to_le_bytes());
+            let mut bytes = segment_header(Lsn(1)).to_vec();
+            bytes.extend_from_slice(&group);
+            // A later chunk's framing is checked at open already.
+            match check_segment(&path, &bytes, 1, DEFAULT_RECORD_BYTES_MAX, true) {
+                Err(WalError::Corrupt { .. }) => {
+                    refused += 1;
+                    continue;
+                }
+                Err(e) => panic!("flip at {at}: {e}"),
+                Ok(checked) => assert_eq!(checked.valid_len, bytes.len(), "flip at {at}"),
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let mut seen = Vec::new();
+            match replay(&cfg, Lsn(0), |lsn, p| -> Result<(), ()> {
+                seen.push((lsn, p.to_vec()));
+                Ok(())
+            }) {
+                Err(ReplayError::Wal(WalError::Corrupt { .. })) => refused += 1,
+                // A byte LZ4 does not read (e.g. the tail of a match
+                // offset it never uses) changes nothing: every record is
+                // as written.
+                Ok(_) => {
+                    let mut again = WalBatch::new(Lsn(1));
+                    for (_, p) in &seen {
+                        again.push(p).unwrap();
+                    }
+                    assert_eq!(
+                        again.as_bytes(),
+                        b.as_bytes(),
+                        "flip at {at} changed records"
+                    );
+                }
+                Err(e) => panic!("flip at {at}: {e:?}"),
+            }
+        }
+        assert!(
+            refused > (intact.len() - GROUP_HEADER_LEN) / 2,
+            "{refused} refused"
+        );
+        std::fs::remove_dir_all(&cfg.dir).unwrap();
     }
 
     #[test]
