@@ -120,50 +120,32 @@ fn sync_dir(dir: &Path) -> Result<(), BackupError> {
     wal::sync_dir(dir).map_err(|e| BackupError::Failed(format!("fsync {}: {e}", dir.display())))
 }
 
-/// The first log position of the log in `dir` (its oldest segment's).
-fn first_segment_lsn(dir: &Path) -> Result<Option<u64>, BackupError> {
-    let entries = std::fs::read_dir(dir).map_err(failed(format!("reading {}", dir.display())))?;
-    Ok(entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            let name = name.to_str()?;
-            name.strip_prefix("wal-")?
-                .strip_suffix(".log")?
-                .parse()
-                .ok()
-        })
-        .min())
-}
-
 /// Writes the records `after+1 ..= upto` of the log in `from` as a new log
-/// in `to`; the first record written (0: none) and the bytes. Fails when
-/// `from` no longer holds `after+1` (removed meanwhile: the caller retries).
+/// in `to` (through the log's own writer: its format, groups and fsyncs);
+/// the first record written (0: none) and the bytes. Fails when `from` no
+/// longer holds `after+1` (removed meanwhile: the caller retries).
 fn copy_log(from: &Path, to: &Path, after: u64, upto: u64) -> Result<(u64, u64), BackupError> {
-    std::fs::create_dir_all(to).map_err(failed(format!("creating {}", to.display())))?;
+    let cfg = WalConfig::new(to);
+    let log_err = |what: &str| {
+        let what = what.to_string();
+        move |e: wal::WalError| BackupError::Failed(format!("{what}: {e}"))
+    };
+    let mut writer = wal::open(&cfg)
+        .map_err(log_err("opening the backup's log"))?
+        .writer;
     if upto <= after {
-        sync_dir(to)?;
         return Ok((0, 0));
     }
     let first = after + 1;
-    let path = to.join(format!("wal-{first:020}.log"));
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&path).map_err(failed(format!("creating {}", path.display())))?,
-    );
-    use std::io::Write;
-    out.write_all(&WalBatch::segment_header(Lsn(first)))
-        .map_err(failed(format!("writing {}", path.display())))?;
     let mut batch = WalBatch::new(Lsn(first));
     let mut write_error = None;
-    let mut flush = |batch: &mut WalBatch, out: &mut std::io::BufWriter<std::fs::File>| {
-        if !batch.is_empty() {
-            if let Err(e) = out.write_all(&batch.to_group_bytes(true)) {
-                write_error.get_or_insert(e);
+    let mut flush = |batch: &mut WalBatch| {
+        if !batch.is_empty() && write_error.is_none() {
+            if let Err(e) = writer.write_and_sync(&batch.take()) {
+                write_error = Some(e);
             }
-            batch.take();
         }
     };
-    let mut pushed = 0u64;
     let replayed = wal::replay_upto(
         &WalConfig::new(from),
         Lsn(after),
@@ -172,42 +154,34 @@ fn copy_log(from: &Path, to: &Path, after: u64, upto: u64) -> Result<(u64, u64),
             if lsn.0 > upto {
                 return Ok(());
             }
-            if lsn.0 != first + pushed {
+            if lsn != batch.next_lsn() {
                 return Err(format!(
                     "record {} where {} was expected",
                     lsn.0,
-                    first + pushed
+                    batch.next_lsn().0
                 ));
             }
             batch.push(record).map_err(|e| e.to_string())?;
-            pushed += 1;
             if batch.len_bytes() >= GROUP_BYTES {
-                flush(&mut batch, &mut out);
+                flush(&mut batch);
             }
             Ok(())
         },
     );
-    flush(&mut batch, &mut out);
+    flush(&mut batch);
     replayed.map_err(|e| BackupError::Failed(format!("reading the log: {e}")))?;
     if let Some(e) = write_error {
+        return Err(log_err("writing the backup's log")(e));
+    }
+    let copied = batch.next_lsn().0 - first;
+    if copied != upto - after {
         return Err(BackupError::Failed(format!(
-            "writing {}: {e}",
-            path.display()
+            "the log held {copied} of the records {first}..={upto}"
         )));
     }
-    if pushed != upto - after {
-        return Err(BackupError::Failed(format!(
-            "the log held {pushed} of the records {first}..={upto}"
-        )));
-    }
-    let file = out
-        .into_inner()
-        .map_err(|e| BackupError::Failed(format!("writing {}: {e}", path.display())))?;
-    file.sync_all()
-        .map_err(failed(format!("fsync {}", path.display())))?;
-    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    drop(file);
-    sync_dir(to)?;
+    let bytes = wal::inspect(&cfg)
+        .map_err(log_err("checking the backup's log"))?
+        .bytes;
     Ok((first, bytes))
 }
 
@@ -265,8 +239,9 @@ fn write_backup(
     let wal_dir = data_dir.join("wal");
     let mut attempt = 0;
     let (first_lsn, log_bytes) = loop {
-        let first = first_segment_lsn(&wal_dir)?
-            .unwrap_or(snapshot_lsn + 1)
+        let first = wal::first_segment_lsn(&wal_dir)
+            .map_err(|e| BackupError::Failed(format!("reading the log: {e}")))?
+            .map_or(snapshot_lsn + 1, |l| l.0)
             .min(snapshot_lsn + 1);
         let _ = std::fs::remove_dir_all(target.join("wal"));
         match copy_log(&wal_dir, &target.join("wal"), first.saturating_sub(1), lsn) {

@@ -120,6 +120,13 @@ async fn a_backup_taken_under_load_restores_to_the_live_state_at_its_position() 
         "{forbidden:?}"
     );
     assert!(!dir.path().join("org").exists());
+    // Nor may a tenant read the server's status (every tenant's sessions
+    // and reservations, disk use).
+    let status = org_v2.call(Message::Status).await.unwrap();
+    assert!(
+        matches!(&status, Message::Error(e) if e.code == ErrorCode::FORBIDDEN),
+        "{status:?}"
+    );
 
     // The backup, through the CLI, while the load goes on.
     let before = sent.load(Ordering::Relaxed);
