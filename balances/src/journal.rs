@@ -171,6 +171,9 @@ pub struct JournalConfig {
     pub checkpoint_on_shutdown: bool,
 }
 
+/// Bytes of history kept by default (1 GiB).
+pub const HISTORY_BYTES_MAX_DEFAULT: u64 = 1 << 30;
+
 impl JournalConfig {
     /// Defaults for a data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -188,7 +191,7 @@ impl JournalConfig {
             checkpoint_records: 1_000_000,
             tick_ms: 100,
             segment_bytes_max: 64 << 20,
-            history_bytes_max: 1 << 30,
+            history_bytes_max: HISTORY_BYTES_MAX_DEFAULT,
             checkpoint_on_shutdown: true,
         }
     }
@@ -602,7 +605,7 @@ impl<M: Machine> Journal<M> {
         lock: std::fs::File,
     ) -> Result<Journal<M>, JournalError> {
         let history = crate::snapstore::HistoryStore::open(
-            &config.data_dir.join("history"),
+            &config.data_dir.join(crate::snapstore::HISTORY_DIR),
             config.history_bytes_max,
         )?;
         let (queue_tx, queue_rx) = bounded::<Submission<M>>(config.queue_capacity);

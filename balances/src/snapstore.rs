@@ -334,9 +334,16 @@ pub struct HistoryStore {
     retention_bytes: u64,
 }
 
+/// Largest history segment: the store holds its retention plus at most the
+/// segment being written.
+pub const HISTORY_SEGMENT_BYTES_MAX: u64 = 64 << 20;
+
+/// The history directory inside a data directory.
+pub const HISTORY_DIR: &str = "history";
+
 fn history_config(dir: &Path, retention_bytes: u64) -> WalConfig {
     let mut cfg = WalConfig::new(dir);
-    cfg.segment_bytes_max = (retention_bytes / 8).clamp(1 << 20, 64 << 20);
+    cfg.segment_bytes_max = (retention_bytes / 8).clamp(1 << 20, HISTORY_SEGMENT_BYTES_MAX);
     cfg.record_bytes_max = 64 << 20;
     cfg
 }

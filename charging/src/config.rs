@@ -136,6 +136,9 @@ fn default_final_action() -> String {
 fn default_window() -> u64 {
     crate::engine::ANSWER_WINDOW_MS_DEFAULT / 1000
 }
+fn default_history_retention_mb() -> u64 {
+    reckon_balances::journal::HISTORY_BYTES_MAX_DEFAULT >> 20
+}
 fn default_answers_max() -> u64 {
     crate::engine::ANSWERS_MAX_DEFAULT as u64
 }
@@ -207,6 +210,11 @@ pub struct Config {
     /// request stamped before the newest one forgotten is refused.
     #[serde(default = "default_answers_max")]
     pub retransmission_entries_max: u64,
+    /// Mebibytes of history (the audit trail) kept in `DATA_DIR/history`:
+    /// past it the oldest segments are removed, so the data directory
+    /// stops growing once this much history has accumulated.
+    #[serde(default = "default_history_retention_mb")]
+    pub history_retention_mb: u64,
     /// The Diameter Credit-Control listener; off unless present (or
     /// `reckon serve --diameter`).
     #[serde(default)]
@@ -340,6 +348,11 @@ impl Config {
         if !(1..=7 * 24 * 3600).contains(&self.retransmission_window_s) {
             return Err(ServerError::Config(
                 "retransmission_window_s: must be between 1 and 604800 (7 days)".into(),
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.history_retention_mb) {
+            return Err(ServerError::Config(
+                "history_retention_mb: must be between 1 and 1048576 (1 TiB)".into(),
             ));
         }
         config.answer_window_ms = self.retransmission_window_s * 1000;

@@ -155,6 +155,7 @@ pub async fn start_with(
     let credentials = config.credentials()?;
     let mut journal_config = JournalConfig::new(&config.data_dir);
     journal_config.queue_capacity = config.queue_capacity;
+    journal_config.history_bytes_max = config.history_retention_mb.saturating_mul(1 << 20);
     let engine_config: EngineConfig = config.engine_config()?;
     let opened =
         tokio::task::spawn_blocking(move || Journal::<Engine>::open(journal_config, clock))

@@ -395,6 +395,18 @@ fn the_example_configuration_loads_and_bad_ones_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("retransmission_window_s"), "{err}");
+    for bad_retention in [
+        "history_retention_mb = 0\n",
+        "history_retention_mb = 1048577\n",
+    ] {
+        std::fs::write(&bad, bad_retention).unwrap();
+        let err = Config::load(&bad)
+            .unwrap()
+            .engine_config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("history_retention_mb"), "{err}");
+    }
     std::fs::write(&bad, "retransmission_window_s = 30\n").unwrap();
     assert_eq!(
         Config::load(&bad)

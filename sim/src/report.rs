@@ -208,8 +208,25 @@ pub struct SteadyState {
     pub samples: Vec<Sample>,
     /// Whether RSS stayed flat after `flat_after`.
     pub rss: Option<Flatness>,
-    /// Whether the data directory stayed flat after `flat_after`.
+    /// Whether the data directory stayed flat after `flat_after` (outside
+    /// the history store, when that was sampled: it is judged against its
+    /// retention instead).
     pub disk: Option<Flatness>,
+    /// The history store: its retention and largest size sampled, and
+    /// whether it stayed within the retention plus one segment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryBound>,
+}
+
+/// The retention-capped history store over a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryBound {
+    /// The configured retention, bytes.
+    pub retention_bytes: u64,
+    /// Largest size sampled, bytes.
+    pub max_bytes: u64,
+    /// Whether `max_bytes` ≤ retention + one segment being written.
+    pub within: bool,
 }
 
 /// Everything a run measured.
@@ -461,8 +478,12 @@ fn throughput(i: &Inputs<'_>) -> Throughput {
 }
 
 fn steady_state(i: &Inputs<'_>) -> Option<SteadyState> {
-    let samples = i.samples.clone()?;
-    let s = &i.config.sampling;
+    Some(judge_samples(i.samples.clone()?, &i.config.sampling))
+}
+
+/// Judges a run's samples: RSS and the data directory outside its history
+/// for flatness, the history store against its retention.
+fn judge_samples(samples: Vec<Sample>, s: &sample::SamplingConfig) -> SteadyState {
     let after = s.flat_after.as_secs_f64();
     let tol = s.tolerance_pct;
     let series = |f: fn(&Sample) -> Option<u64>| -> Vec<(f64, u64)> {
@@ -471,19 +492,36 @@ fn steady_state(i: &Inputs<'_>) -> Option<SteadyState> {
             .filter_map(|x| f(x).map(|v| (x.t_s, v)))
             .collect()
     };
-    Some(SteadyState {
+    SteadyState {
         every_s: s.every.as_secs_f64(),
         server_pid: s.server_pid,
         data_dir: s.data_dir.as_ref().map(|d| d.display().to_string()),
         rss: s
             .server_pid
             .map(|_| sample::flatness(&series(|x| x.rss_bytes), after, tol)),
-        disk: s
-            .data_dir
-            .as_ref()
-            .map(|_| sample::flatness(&series(|x| x.disk_bytes), after, tol)),
+        disk: s.data_dir.as_ref().map(|_| {
+            sample::flatness(
+                &series(|x| {
+                    x.disk_bytes
+                        .map(|d| d.saturating_sub(x.history_bytes.unwrap_or(0)))
+                }),
+                after,
+                tol,
+            )
+        }),
+        history: samples
+            .iter()
+            .filter_map(|x| x.history_bytes)
+            .max()
+            .map(|max_bytes| HistoryBound {
+                retention_bytes: s.history_retention_bytes,
+                max_bytes,
+                within: max_bytes
+                    <= s.history_retention_bytes
+                        + reckon_balances::snapstore::HISTORY_SEGMENT_BYTES_MAX,
+            }),
         samples,
-    })
+    }
 }
 
 /// Assembles the report of a run.
@@ -738,11 +776,16 @@ pub fn summary(r: &Report) -> String {
     if let Some(st) = &r.steady_state {
         type Get = fn(&Sample) -> Option<u64>;
         let rss: Get = |x| x.rss_bytes;
-        let disk: Get = |x| x.disk_bytes;
-        for (what, f, get) in [
-            ("server RSS", &st.rss, rss),
-            ("data directory", &st.disk, disk),
-        ] {
+        let disk: Get = |x| {
+            x.disk_bytes
+                .map(|d| d.saturating_sub(x.history_bytes.unwrap_or(0)))
+        };
+        let disk_name = if st.history.is_some() {
+            "data directory outside its history"
+        } else {
+            "data directory"
+        };
+        for (what, f, get) in [("server RSS", &st.rss, rss), (disk_name, &st.disk, disk)] {
             let Some(f) = f else { continue };
             let values: Vec<u64> = st.samples.iter().filter_map(get).collect();
             let (Some(first), Some(last)) = (values.first(), values.last()) else {
@@ -777,6 +820,15 @@ pub fn summary(r: &Report) -> String {
                 "{what}: {} at the start, {} at the end; {judged}",
                 human_bytes(*first),
                 human_bytes(*last)
+            );
+        }
+        if let Some(h) = &st.history {
+            let _ = writeln!(
+                out,
+                "history store: at most {} against a retention of {} (+ the segment being written): {}",
+                human_bytes(h.max_bytes),
+                human_bytes(h.retention_bytes),
+                if h.within { "WITHIN" } else { "BEYOND ITS RETENTION" }
             );
         }
         let written: Vec<u64> = st.samples.iter().filter_map(|x| x.written_bytes).collect();
@@ -822,6 +874,12 @@ pub fn steady_failures(r: &Report, min_last_vs_first_pct: f64) -> Vec<String> {
                         why.push(format!("{what}: {}", f.verdict));
                     }
                 }
+            }
+            if let Some(h) = st.history.as_ref().filter(|h| !h.within) {
+                why.push(format!(
+                    "history store: {} bytes, beyond its retention of {}",
+                    h.max_bytes, h.retention_bytes
+                ));
             }
         }
     }
@@ -1474,9 +1532,16 @@ fn steady_panel(s: &mut String, r: &Report, st: &SteadyState, top: f64) {
             "#2ca02c",
         ),
         (
-            "data directory",
+            if st.history.is_some() {
+                "data dir outside history"
+            } else {
+                "data directory"
+            },
             &st.disk,
-            |x: &Sample| x.disk_bytes,
+            |x: &Sample| {
+                x.disk_bytes
+                    .map(|d| d.saturating_sub(x.history_bytes.unwrap_or(0)))
+            },
             "#9467bd",
         ),
     ] {
@@ -1498,6 +1563,45 @@ fn steady_panel(s: &mut String, r: &Report, st: &SteadyState, top: f64) {
                 f.after_s,
                 human_bytes(f.min),
                 human_bytes(f.max)
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                r##"<text x="{lx}" y="{:.1}" font-size="13" fill="{color}">{}</text>"##,
+                y0 + 14.0 + 20.0 * k as f64,
+                escape(&line)
+            );
+            k += 1;
+        }
+    }
+    if let Some(h) = &st.history {
+        let color = "#8c564b";
+        let pts: String = st
+            .samples
+            .iter()
+            .filter_map(|x| {
+                x.history_bytes
+                    .map(|v| format!("{:.1},{:.1} ", px(x.t_s), py(v as f64)))
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2" stroke-dasharray="4 3"/>"#,
+            pts.trim_end()
+        );
+        for line in [
+            format!(
+                "history store: {}",
+                if h.within {
+                    "within retention"
+                } else {
+                    "beyond retention"
+                }
+            ),
+            format!(
+                "max {} of {}",
+                human_bytes(h.max_bytes),
+                human_bytes(h.retention_bytes)
             ),
         ] {
             let _ = writeln!(
@@ -1643,6 +1747,46 @@ mod tests {
             .unwrap()
             .contains("NOTE: the runs differ"));
         assert!(compare(&serde_json::json!({}), &other).is_err());
+    }
+
+    #[test]
+    fn history_is_judged_against_its_retention_and_the_rest_for_flatness() {
+        let config = sample::SamplingConfig {
+            server_pid: None,
+            data_dir: Some("/nonexistent".into()),
+            every: Duration::from_secs(10),
+            flat_after: Duration::from_secs(120),
+            tolerance_pct: 10,
+            history_retention_bytes: 1000 << 20,
+        };
+        // History fills to its retention over 400 s while the rest
+        // of the data directory holds at 500 MiB.
+        let run = |history_cap: u64, rest_growth: u64| -> SteadyState {
+            let samples = (0..=60u64)
+                .map(|i| {
+                    let history = (i * (25 << 20)).min(history_cap);
+                    Sample {
+                        t_s: i as f64 * 10.0,
+                        disk_bytes: Some((500 << 20) + i * rest_growth + history),
+                        history_bytes: Some(history),
+                        ..Sample::default()
+                    }
+                })
+                .collect();
+            judge_samples(samples, &config)
+        };
+        let held = run(1000 << 20, 0);
+        assert!(held.disk.as_ref().unwrap().is_flat(), "{:?}", held.disk);
+        assert!(held.history.as_ref().unwrap().within);
+        // Growth outside the history is a leak, whatever the retention.
+        let leak = run(1000 << 20, 4 << 20);
+        assert!(!leak.disk.as_ref().unwrap().is_flat());
+        // History past its retention plus one segment is refused.
+        let over = run(1100 << 20, 0);
+        let h = over.history.as_ref().unwrap();
+        assert!(!h.within && h.max_bytes == 1100 << 20, "{h:?}");
+        // Just within: retention + the segment being written.
+        assert!(run(1064 << 20, 0).history.unwrap().within);
     }
 
     #[test]

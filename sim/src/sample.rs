@@ -244,6 +244,10 @@ pub struct SamplingConfig {
     pub flat_after: Duration,
     /// Largest spread, max over min − 1, in percent, still called flat.
     pub tolerance_pct: u32,
+    /// The server's history retention (`history_retention_mb`), bytes: the
+    /// data directory's `history` store may grow to this (plus the segment
+    /// being written) and is judged against it rather than for flatness.
+    pub history_retention_bytes: u64,
 }
 
 impl Default for SamplingConfig {
@@ -254,6 +258,7 @@ impl Default for SamplingConfig {
             every: Duration::from_secs(10),
             flat_after: Duration::from_secs(120),
             tolerance_pct: 10,
+            history_retention_bytes: reckon_balances::journal::HISTORY_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -274,6 +279,9 @@ pub struct Sample {
     pub rss_bytes: Option<u64>,
     /// The data directory's size on disk, bytes.
     pub disk_bytes: Option<u64>,
+    /// Of which the retention-capped history store (`DATA_DIR/history`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_bytes: Option<u64>,
     /// Bytes the server has sent to storage since it started
     /// (`write_bytes` of `/proc/PID/io`: pages dirtied, so a page rewritten
     /// after each fdatasync counts each time).
@@ -390,6 +398,11 @@ impl Probe {
             .data_dir
             .as_deref()
             .and_then(|d| dir_bytes(d).ok());
+        let history = self
+            .config
+            .data_dir
+            .as_deref()
+            .and_then(|d| dir_bytes(&d.join(reckon_balances::snapstore::HISTORY_DIR)).ok());
         let server_cpu = self.config.server_pid.and_then(|p| process_cpu_of(p).ok());
         // Rates over less than 50 ms (the first sample) say nothing.
         let long_enough = t - self.last_t >= 0.05;
@@ -412,6 +425,7 @@ impl Probe {
             t_s: (t * 10.0).round() / 10.0,
             rss_bytes: rss,
             disk_bytes: disk,
+            history_bytes: history,
             written_bytes: written,
             server_cores: server_cores.map(|c| (c * 100.0).round() / 100.0),
             generator_cores: (generator_cores * 100.0).round() / 100.0,
@@ -426,6 +440,9 @@ fn print_sample(s: &Sample) {
     }
     if let Some(d) = s.disk_bytes {
         line.push_str(&format!(", data dir {}", human_bytes(d)));
+        if let Some(h) = s.history_bytes {
+            line.push_str(&format!(" (history {})", human_bytes(h)));
+        }
     }
     if let Some(c) = s.server_cores {
         line.push_str(&format!(", server {c:.2} cores"));

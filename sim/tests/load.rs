@@ -496,7 +496,11 @@ async fn batched_threads_conserve_money_and_the_cli_samples_the_server() {
         "generator:",
         "generator verdict:",
         "server RSS: ",
-        "data directory: ",
+        // The history store is judged against its retention, the rest of
+        // the data directory for flatness.
+        "data directory outside its history: ",
+        "history store: at most",
+        "WITHIN",
         "from 0 s on",
         "FLAT",
     ] {
@@ -511,7 +515,12 @@ async fn batched_threads_conserve_money_and_the_cli_samples_the_server() {
     for s in samples {
         assert!(s["rss_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
         assert!(s["disk_bytes"].as_u64().unwrap() > 0, "{s}");
+        assert!(
+            s["history_bytes"].as_u64().unwrap() <= s["disk_bytes"].as_u64().unwrap(),
+            "{s}"
+        );
     }
+    assert_eq!(json["steady_state"]["history"]["within"], true);
     assert_eq!(
         json["steady_state"]["server_pid"].as_u64(),
         Some(std::process::id() as u64)
@@ -531,7 +540,11 @@ async fn batched_threads_conserve_money_and_the_cli_samples_the_server() {
         .descendants()
         .filter(|n| n.has_tag_name("polyline"))
         .count();
-    assert_eq!(lines, 5, "throughput, p99, p50, RSS, disk");
+    assert_eq!(
+        lines, 6,
+        "throughput, p99, p50, RSS, disk outside history, history"
+    );
     assert!(svg.contains("throughput and latency over time") && svg.contains("server RSS"));
+    assert!(svg.contains("history store: within retention"));
     running.shutdown().await.unwrap();
 }

@@ -166,6 +166,9 @@ struct RunArgs {
     /// Largest spread (max over min, in %) still called flat.
     #[arg(long, default_value_t = 10)]
     flat_tolerance: u32,
+    /// The server's history_retention_mb: its history store is judged against this rather than for flatness.
+    #[arg(long, default_value_t = reckon_balances::journal::HISTORY_BYTES_MAX_DEFAULT >> 20)]
+    history_retention_mb: u64,
     /// Exit 1 unless RSS and disk were flat and the last minute's throughput was at least --min-last-vs-first % of the first's.
     #[arg(long)]
     require_steady: bool,
@@ -320,6 +323,7 @@ fn base_config(
         every: Duration::from_secs(run.sample_every),
         flat_after: Duration::from_secs(run.flat_after),
         tolerance_pct: run.flat_tolerance,
+        history_retention_bytes: run.history_retention_mb.saturating_mul(1 << 20),
     };
     Ok(LoadConfig {
         server,
