@@ -2,6 +2,7 @@
 
 use crate::amount::Amount;
 use crate::codec::{DecodeError, Reader, Sink};
+use crate::period::Period;
 use crate::types::{
     AccountId, AccountStatus, BucketId, OpId, ReservationId, ServiceId, Timestamp, Unit,
 };
@@ -83,8 +84,10 @@ pub enum Command {
         /// Its new status; closing is final.
         status: AccountStatus,
     },
-    /// Sets (or with `None` removes) a cap on what the account's whole
-    /// subtree may hold plus spend in a unit.
+    /// Sets (or with `None` removes) a spend control: a cap on what the
+    /// account's whole subtree may hold plus spend in a unit, per period.
+    /// An account has at most one control per unit and period kind
+    /// ([`Period::kind`]); setting one of the same kind replaces its terms.
     SetLimit {
         /// The account whose subtree is capped.
         account: AccountId,
@@ -92,6 +95,11 @@ pub enum Command {
         unit: Unit,
         /// The cap, or `None` to remove it.
         cap: Option<Amount>,
+        /// When the count starts over ([`Period::Lifetime`]: never).
+        period: Period,
+        /// A soft cap never refuses: it is only reported (alerts); a hard
+        /// cap refuses what would pass it.
+        soft: bool,
     },
     /// Adds a bucket with its own terms (promo credits, a committed pool).
     GrantBucket {
@@ -287,13 +295,17 @@ pub enum LedgerError {
         /// What could have been reserved.
         available: Amount,
     },
-    /// A cap on the account or an ancestor would be exceeded.
-    #[error("limit on account {account:?} leaves {headroom} of headroom")]
+    /// A hard spend control on the account or an ancestor would be
+    /// exceeded.
+    #[error("limit on account {account:?} (period kind {period}) leaves {headroom} of headroom")]
     LimitExceeded {
         /// The capped account.
         account: AccountId,
         /// What the cap still allows.
         headroom: Amount,
+        /// Which of the account's controls in the unit refused
+        /// ([`Period::kind`]: 0 the lifetime cap, 1 monthly, 12 yearly, ...).
+        period: u8,
     },
     /// No such reservation, or it was already committed, released or expired.
     #[error("reservation {0:?} not found or already resolved")]
@@ -350,6 +362,12 @@ pub enum InvalidInput {
     CloseWithOpenReservations = 16,
     /// An idempotency window of 0 ms.
     WindowZero = 17,
+    /// A spend control's period is out of range (months 1..=12, offset
+    /// within ±18:00, a fixed length from a minute to ten years).
+    Period = 18,
+    /// The account already has [`crate::ledger::LIMITS_PER_ACCOUNT_MAX`]
+    /// spend controls.
+    TooManyLimits = 19,
 }
 
 impl InvalidInput {
@@ -373,6 +391,8 @@ impl InvalidInput {
             15 => SweepOpId,
             16 => CloseWithOpenReservations,
             17 => WindowZero,
+            18 => Period,
+            19 => TooManyLimits,
             _ => return None,
         })
     }
@@ -396,6 +416,8 @@ impl std::fmt::Display for InvalidInput {
             OwnParent => "account cannot be its own parent",
             ClosingIsFinal => "a closed account cannot change status",
             WindowTooLong => "idempotency window must be at most 7 days",
+            TooManyLimits => "the account has the maximum number of spend controls",
+            Period => "period out of range: 1 to 12 months, a UTC offset within ±18:00, or a fixed length from one minute to ten years",
             SweepOpId => "sweeps use op id 0 and client operations a non-zero id",
             // An op recorded in the same millisecond as a window of 0
             // forgot everything up to it could not be told apart, on
@@ -423,6 +445,7 @@ impl Command {
     const TAG_RELEASE: u8 = 9;
     const TAG_SWEEP: u8 = 10;
     const TAG_WINDOW: u8 = 11;
+    const TAG_CONTROL: u8 = 12;
 
     /// Writes the canonical encoding.
     pub fn encode<S: Sink>(&self, s: &mut S) {
@@ -443,12 +466,29 @@ impl Command {
                 s.account(*account);
                 s.u8(status.code());
             }
-            Command::SetLimit { account, unit, cap } => {
-                s.u8(Self::TAG_LIMIT);
+            Command::SetLimit {
+                account,
+                unit,
+                cap,
+                period,
+                soft,
+            } => {
+                // The lifetime hard cap keeps its original encoding, so
+                // logs written before periods existed read the same.
+                let plain = *period == Period::Lifetime && !soft;
+                s.u8(if plain {
+                    Self::TAG_LIMIT
+                } else {
+                    Self::TAG_CONTROL
+                });
                 s.account(*account);
                 s.unit(*unit);
                 s.bool(cap.is_some());
                 s.amount(cap.unwrap_or_default());
+                if !plain {
+                    encode_period(s, period);
+                    s.bool(*soft);
+                }
             }
             Command::GrantBucket { account, spec } => {
                 s.u8(Self::TAG_GRANT);
@@ -561,15 +601,22 @@ impl Command {
                 account: r.account()?,
                 status: AccountStatus::from_code(r.u8()?).ok_or(DecodeError::Invalid("status"))?,
             },
-            Self::TAG_LIMIT => {
+            tag @ (Self::TAG_LIMIT | Self::TAG_CONTROL) => {
                 let account = r.account()?;
                 let unit = r.unit()?;
                 let has_cap = r.bool()?;
                 let cap = r.amount()?;
+                let (period, soft) = if tag == Self::TAG_CONTROL {
+                    (decode_period(r)?, r.bool()?)
+                } else {
+                    (Period::Lifetime, false)
+                };
                 Command::SetLimit {
                     account,
                     unit,
                     cap: has_cap.then_some(cap),
+                    period,
+                    soft,
                 }
             }
             Self::TAG_GRANT => {
@@ -657,6 +704,45 @@ impl Command {
             _ => return Err(DecodeError::Invalid("command tag")),
         })
     }
+}
+
+/// Writes a period: kind 0 lifetime, 1..=12 months (anchor, offset), 13
+/// fixed (anchor, length).
+pub(crate) fn encode_period<S: Sink>(s: &mut S, p: &Period) {
+    s.u8(p.kind());
+    match *p {
+        Period::Lifetime => {}
+        Period::Months {
+            anchor, offset_min, ..
+        } => {
+            s.time(anchor);
+            s.u16(offset_min as u16);
+        }
+        Period::Fixed { anchor, length_ms } => {
+            s.time(anchor);
+            s.u64(length_ms);
+        }
+    }
+}
+
+/// Reads what [`encode_period`] wrote, refusing a period out of range.
+pub(crate) fn decode_period(r: &mut Reader<'_>) -> Result<Period, DecodeError> {
+    let p = match r.u8()? {
+        0 => Period::Lifetime,
+        months @ 1..=12 => Period::Months {
+            months,
+            anchor: r.time()?,
+            offset_min: r.u16()? as i16,
+        },
+        crate::period::PERIOD_KIND_FIXED => Period::Fixed {
+            anchor: r.time()?,
+            length_ms: r.u64()?,
+        },
+        _ => return Err(DecodeError::Invalid("period kind")),
+    };
+    p.validate()
+        .map_err(|_| DecodeError::Invalid("period out of range"))?;
+    Ok(p)
 }
 
 fn decode_reason(r: &mut Reader<'_>) -> Result<Arc<str>, DecodeError> {
@@ -803,10 +889,19 @@ pub(crate) fn encode_result<S: Sink>(s: &mut S, result: &OpResult) {
                     s.u8(11);
                     s.amount(*available);
                 }
-                LedgerError::LimitExceeded { account, headroom } => {
-                    s.u8(12);
+                LedgerError::LimitExceeded {
+                    account,
+                    headroom,
+                    period,
+                } => {
+                    // Code 12 is the lifetime cap's, as stored before
+                    // periods existed.
+                    s.u8(if *period == 0 { 12 } else { 17 });
                     s.account(*account);
                     s.amount(*headroom);
+                    if *period != 0 {
+                        s.u8(*period);
+                    }
                 }
                 LedgerError::ReservationNotFound(r) => {
                     s.u8(13);
@@ -886,6 +981,12 @@ pub(crate) fn decode_result(r: &mut Reader<'_>) -> Result<OpResult, DecodeError>
             12 => LedgerError::LimitExceeded {
                 account: r.account()?,
                 headroom: r.amount()?,
+                period: 0,
+            },
+            17 => LedgerError::LimitExceeded {
+                account: r.account()?,
+                headroom: r.amount()?,
+                period: r.u8()?,
             },
             13 => LedgerError::ReservationNotFound(r.reservation()?),
             14 => LedgerError::ReservationExpired(r.reservation()?),

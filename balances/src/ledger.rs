@@ -15,6 +15,7 @@ use crate::command::{
     BucketSpec, Command, CreditKind, Hold, Holds, InvalidInput, LedgerError, OpResult, Operation,
     Outcome, BUCKET_SERVICES_MAX, REASON_LEN_MAX,
 };
+use crate::period::Period;
 use crate::types::{
     AccountId, AccountStatus, BucketId, OpId, ReservationId, ServiceId, Timestamp, Unit,
 };
@@ -27,6 +28,8 @@ use std::sync::Arc;
 pub const DEPTH_MAX: usize = 8;
 /// Most buckets one account may hold.
 pub const BUCKETS_PER_ACCOUNT_MAX: usize = 64;
+/// Most spend controls one account may hold (units × period kinds).
+pub const LIMITS_PER_ACCOUNT_MAX: usize = 64;
 /// Most holds one reservation may have (every bucket on every level).
 pub const HOLDS_MAX: usize = DEPTH_MAX * BUCKETS_PER_ACCOUNT_MAX;
 /// Most items one sweep expires, so one operation's work stays bounded.
@@ -150,19 +153,49 @@ struct DrawKey {
     id: BucketId,
 }
 
-/// A cap on what an account's subtree may hold plus spend in one unit.
+/// A spend control: a cap on what an account's subtree may hold plus
+/// spend in one unit, per period.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Limit {
     pub unit: Unit,
     pub cap: Amount,
+    /// Debited in the subtree during the period from `period_start`.
     pub used: Amount,
+    /// Held by the open reservations that count against it: the same for
+    /// every control of one account and unit.
     pub held: Amount,
+    pub period: Period,
+    /// Soft: reported, never refusing.
+    pub soft: bool,
+    /// The period `used` counts: rolled into the current one lazily, by
+    /// the first operation at or after `period_end` that touches it.
+    pub period_start: Timestamp,
+    pub period_end: Timestamp,
 }
 
 impl Limit {
-    fn headroom(&self) -> Amount {
-        let left = self.cap.nanos() - self.used.nanos() - self.held.nanos();
+    /// Debited in the period that contains `now`.
+    fn used_at(&self, now: Timestamp) -> Amount {
+        if now >= self.period_end {
+            Amount::ZERO
+        } else {
+            self.used
+        }
+    }
+    fn headroom_at(&self, now: Timestamp) -> Amount {
+        let left = self.cap.nanos() - self.used_at(now).nanos() - self.held.nanos();
         Amount::from_nanos(left.max(0))
+    }
+    /// Starts the period that contains `now` if the stored one has ended:
+    /// usage committed from then on counts in the new period, whenever its
+    /// reservation was made.
+    fn roll(&mut self, now: Timestamp) {
+        if now >= self.period_end {
+            let (start, end) = self.period.bounds(now);
+            self.used = Amount::ZERO;
+            self.period_start = start;
+            self.period_end = end;
+        }
     }
 }
 
@@ -199,8 +232,12 @@ impl Account {
     pub(crate) fn limits(&self) -> &[Limit] {
         self.limits.as_deref().map_or(&[], |v| v.as_slice())
     }
-    fn limit_mut(&mut self, unit: Unit) -> Option<&mut Limit> {
-        self.limits.as_mut()?.iter_mut().find(|l| l.unit == unit)
+    /// Every control of the account in `unit`.
+    fn limits_mut(&mut self, unit: Unit) -> impl Iterator<Item = &mut Limit> {
+        self.limits
+            .iter_mut()
+            .flat_map(|v| v.iter_mut())
+            .filter(move |l| l.unit == unit)
     }
 }
 
@@ -298,17 +335,36 @@ pub struct BucketView {
     pub expired: bool,
 }
 
-/// A cap as a client sees it.
+/// A spend control as a client sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitView {
     /// Unit capped.
     pub unit: Unit,
     /// The cap.
     pub cap: Amount,
-    /// Debited in the subtree since the cap was set.
+    /// Debited in the subtree in the current period (since the cap was
+    /// set, for a lifetime cap).
     pub used: Amount,
     /// Held by open reservations in the subtree.
     pub held: Amount,
+    /// When the count starts over.
+    pub period: Period,
+    /// Soft: reported, never refusing.
+    pub soft: bool,
+    /// The current period: start (inclusive) and end (exclusive).
+    pub period_start: Timestamp,
+    /// See `period_start`.
+    pub period_end: Timestamp,
+}
+
+/// What a reservation could get, and what bounds it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Availability {
+    /// What could be reserved.
+    pub amount: Amount,
+    /// The hard spend control (its account and [`Period::kind`]) that
+    /// bounds `amount` below the credit, if one does.
+    pub bound_by: Option<(AccountId, u8)>,
 }
 
 /// An account as a client sees it.
@@ -511,7 +567,8 @@ impl Default for Ledger {
 /// Where a reservation would draw from, before anything changes.
 struct DrawPlan {
     total_free: Amount,
-    headroom: Option<(AccountId, Amount)>,
+    /// The tightest hard control: its account, headroom and period kind.
+    headroom: Option<(AccountId, Amount, u8)>,
     limit_accounts: Vec<AccountId>,
 }
 
@@ -649,7 +706,13 @@ impl Ledger {
                 draws_on_parent,
             } => self.create_account(*account, *parent, *draws_on_parent),
             Command::SetStatus { account, status } => self.set_status(*account, *status),
-            Command::SetLimit { account, unit, cap } => self.set_limit(*account, *unit, *cap),
+            Command::SetLimit {
+                account,
+                unit,
+                cap,
+                period,
+                soft,
+            } => self.set_limit(now, *account, *unit, *cap, *period, *soft),
             Command::GrantBucket { account, spec } => self.grant_bucket(now, op, *account, spec),
             Command::Credit {
                 account,
@@ -804,26 +867,64 @@ impl Ledger {
         false
     }
 
-    fn set_limit(&mut self, id: AccountId, unit: Unit, cap: Option<Amount>) -> OpResult {
+    fn set_limit(
+        &mut self,
+        now: Timestamp,
+        id: AccountId,
+        unit: Unit,
+        cap: Option<Amount>,
+        period: Period,
+        soft: bool,
+    ) -> OpResult {
         self.account_ref(id)?;
         if cap.is_some_and(|c| c.is_negative()) {
             return Err(LedgerError::Invalid(InvalidInput::CapNegative));
         }
+        period.validate().map_err(LedgerError::Invalid)?;
         let account = self.account_mut(id)?;
-        match (cap, account.limit_mut(unit)) {
-            (Some(cap), Some(limit)) => limit.cap = cap,
-            (Some(cap), None) => account
-                .limits
-                .get_or_insert_with(Default::default)
-                .push(Limit {
+        let kind = period.kind();
+        let (start, end) = period.bounds(now);
+        // Every control of an account and unit counts the same open
+        // reservations, so a new one starts with what its siblings hold.
+        let held = account
+            .limits()
+            .iter()
+            .find(|l| l.unit == unit)
+            .map_or(Amount::ZERO, |l| l.held);
+        let same = account.limits_mut(unit).find(|l| l.period.kind() == kind);
+        match (cap, same) {
+            (Some(cap), Some(limit)) => {
+                limit.roll(now);
+                // New terms for the same period keep what it has counted
+                // (a budget raised mid-month); another period starts over.
+                if (limit.period_start, limit.period_end) != (start, end) {
+                    limit.used = Amount::ZERO;
+                }
+                limit.cap = cap;
+                limit.period = period;
+                limit.soft = soft;
+                limit.period_start = start;
+                limit.period_end = end;
+            }
+            (Some(cap), None) => {
+                let limits = account.limits.get_or_insert_with(Default::default);
+                if limits.len() >= LIMITS_PER_ACCOUNT_MAX {
+                    return Err(LedgerError::Invalid(InvalidInput::TooManyLimits));
+                }
+                limits.push(Limit {
                     unit,
                     cap,
                     used: Amount::ZERO,
-                    held: Amount::ZERO,
-                }),
+                    held,
+                    period,
+                    soft,
+                    period_start: start,
+                    period_end: end,
+                })
+            }
             (None, _) => {
                 if let Some(limits) = account.limits.as_mut() {
-                    limits.retain(|l| l.unit != unit);
+                    limits.retain(|l| !(l.unit == unit && l.period.kind() == kind));
                 }
                 if account.limits.as_ref().is_some_and(|l| l.is_empty()) {
                     account.limits = None;
@@ -1112,13 +1213,18 @@ impl Ledger {
                         status: account.status,
                     });
                 }
-                for limit in account.limits() {
-                    if limit.unit == unit {
+                let mut counted = false;
+                for limit in account.limits().iter().filter(|l| l.unit == unit) {
+                    if !counted {
                         plan.limit_accounts.push(acct_id);
-                        let headroom = limit.headroom();
-                        if plan.headroom.is_none_or(|(_, h)| headroom < h) {
-                            plan.headroom = Some((acct_id, headroom));
-                        }
+                        counted = true;
+                    }
+                    if limit.soft {
+                        continue;
+                    }
+                    let headroom = limit.headroom_at(now);
+                    if plan.headroom.is_none_or(|(_, h, _)| headroom < h) {
+                        plan.headroom = Some((acct_id, headroom, limit.period.kind()));
                     }
                 }
                 if drawing {
@@ -1164,11 +1270,12 @@ impl Ledger {
         }
         let plan = self.plan(now, id, unit, service, true)?;
         let mut grant = amount.min(plan.total_free);
-        if let Some((capped, headroom)) = plan.headroom {
+        if let Some((capped, headroom, period)) = plan.headroom {
             if headroom < min_amount && headroom < plan.total_free {
                 return Err(LedgerError::LimitExceeded {
                     account: capped,
                     headroom,
+                    period,
                 });
             }
             grant = grant.min(headroom);
@@ -1202,10 +1309,10 @@ impl Ledger {
         self.scratch = scratch;
         debug_assert!(left.is_zero(), "plan promised more than the buckets hold");
         for capped in &plan.limit_accounts {
-            if let Some(limit) =
-                touch(&mut self.accounts, &mut self.dirty, capped).and_then(|a| a.limit_mut(unit))
-            {
-                limit.held = Amount::from_nanos(limit.held.nanos() + grant.nanos());
+            if let Some(account) = touch(&mut self.accounts, &mut self.dirty, capped) {
+                for limit in account.limits_mut(unit) {
+                    limit.held = Amount::from_nanos(limit.held.nanos() + grant.nanos());
+                }
             }
         }
         self.reservations.insert(
@@ -1318,12 +1425,13 @@ impl Ledger {
             reservation.remaining = Amount::ZERO;
         }
         for capped in &reservation.limit_accounts {
-            if let Some(limit) = touch(&mut self.accounts, &mut self.dirty, capped)
-                .and_then(|a| a.limit_mut(reservation.unit))
-            {
-                let freed = used.nanos() + released.nanos();
-                limit.held = Amount::from_nanos((limit.held.nanos() - freed).max(0));
-                limit.used = Amount::from_nanos(limit.used.nanos() + used.nanos());
+            if let Some(account) = touch(&mut self.accounts, &mut self.dirty, capped) {
+                for limit in account.limits_mut(reservation.unit) {
+                    limit.roll(now);
+                    let freed = used.nanos() + released.nanos();
+                    limit.held = Amount::from_nanos((limit.held.nanos() - freed).max(0));
+                    limit.used = Amount::from_nanos(limit.used.nanos() + used.nanos());
+                }
             }
         }
         let remaining = reservation.remaining;
@@ -1417,11 +1525,12 @@ impl Ledger {
             self.unhold(now, hold.account, hold.bucket, hold.amount);
         }
         for capped in &reservation.limit_accounts {
-            if let Some(limit) = touch(&mut self.accounts, &mut self.dirty, capped)
-                .and_then(|a| a.limit_mut(reservation.unit))
-            {
-                limit.held =
-                    Amount::from_nanos((limit.held.nanos() - reservation.remaining.nanos()).max(0));
+            if let Some(account) = touch(&mut self.accounts, &mut self.dirty, capped) {
+                for limit in account.limits_mut(reservation.unit) {
+                    limit.held = Amount::from_nanos(
+                        (limit.held.nanos() - reservation.remaining.nanos()).max(0),
+                    );
+                }
             }
         }
         reservation.remaining
@@ -1532,8 +1641,15 @@ impl Ledger {
             .collect()
     }
 
-    /// An account with its buckets and caps.
+    /// An account with its buckets and caps, as the last operation that
+    /// touched it left them (see [`Ledger::account_at`]).
     pub fn account(&self, id: AccountId) -> Option<AccountView> {
+        self.account_at(id, Timestamp(0))
+    }
+
+    /// An account with its buckets and caps at `now`: a control whose
+    /// period has ended shows the current period, with nothing used yet.
+    pub fn account_at(&self, id: AccountId, now: Timestamp) -> Option<AccountView> {
         let a = self.accounts.get(&id)?;
         Some(AccountView {
             id,
@@ -1564,11 +1680,19 @@ impl Ledger {
             limits: a
                 .limits()
                 .iter()
-                .map(|l| LimitView {
-                    unit: l.unit,
-                    cap: l.cap,
-                    used: l.used,
-                    held: l.held,
+                .map(|l| {
+                    let mut l = l.clone();
+                    l.roll(now);
+                    LimitView {
+                        unit: l.unit,
+                        cap: l.cap,
+                        used: l.used,
+                        held: l.held,
+                        period: l.period,
+                        soft: l.soft,
+                        period_start: l.period_start,
+                        period_end: l.period_end,
+                    }
                 })
                 .collect(),
         })
@@ -1585,12 +1709,33 @@ impl Ledger {
         unit: Unit,
         service: Option<ServiceId>,
     ) -> Result<Amount, LedgerError> {
+        self.availability(now, id, unit, service).map(|a| a.amount)
+    }
+
+    /// [`Ledger::available`], and the spend control that bounds it when a
+    /// hard control, not the credit, is what limits it.
+    pub fn availability(
+        &mut self,
+        now: Timestamp,
+        id: AccountId,
+        unit: Unit,
+        service: Option<ServiceId>,
+    ) -> Result<Availability, LedgerError> {
         match self.plan(now, id, unit, service, true) {
             Ok(plan) => Ok(match plan.headroom {
-                Some((_, h)) => h.min(plan.total_free),
-                None => plan.total_free,
+                Some((account, h, period)) if h < plan.total_free => Availability {
+                    amount: h,
+                    bound_by: Some((account, period)),
+                },
+                _ => Availability {
+                    amount: plan.total_free,
+                    bound_by: None,
+                },
             }),
-            Err(LedgerError::AccountNotActive { .. }) => Ok(Amount::ZERO),
+            Err(LedgerError::AccountNotActive { .. }) => Ok(Availability {
+                amount: Amount::ZERO,
+                bound_by: None,
+            }),
             Err(e) => Err(e),
         }
     }

@@ -19,6 +19,7 @@ pub mod command;
 pub mod journal;
 pub mod ledger;
 pub mod machine;
+pub mod period;
 pub mod snapshot;
 pub mod snapstore;
 pub mod types;
@@ -30,8 +31,10 @@ pub use command::{
     Outcome,
 };
 pub use ledger::{
-    AccountView, AuditEntry, AuditKind, BucketView, Ledger, LimitView, ReservationView,
+    AccountView, AuditEntry, AuditKind, Availability, BucketView, Ledger, LimitView,
+    ReservationView,
 };
+pub use period::Period;
 pub use types::{
     AccountId, AccountStatus, BucketId, OpId, ReservationId, ServiceId, Timestamp, Unit,
 };

@@ -153,7 +153,7 @@ impl Machine for LedgerMachine {
     ) -> LedgerResponse {
         match request {
             LedgerRequest::Apply(op) => LedgerResponse::Applied(self.apply_op(now, &op, log)),
-            LedgerRequest::Account(id) => LedgerResponse::Account(self.ledger.account(id)),
+            LedgerRequest::Account(id) => LedgerResponse::Account(self.ledger.account_at(id, now)),
             LedgerRequest::Available {
                 account,
                 unit,

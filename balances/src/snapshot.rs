@@ -18,10 +18,11 @@
 
 use crate::codec::{DecodeError, Reader, Sink};
 use crate::command::Hold;
-use crate::command::{decode_result, encode_result};
+use crate::command::{decode_period, decode_result, encode_period, encode_result};
 use crate::ledger::{
     Account, AuditEntry, AuditKind, Bucket, Ledger, Limit, OpEntry, Reservation, Terms,
 };
+use crate::period::Period;
 use crate::types::{AccountId, AccountStatus, OpId, ReservationId, Timestamp};
 use std::sync::Arc;
 
@@ -170,6 +171,9 @@ impl PendingCheckpoint {
     }
 }
 
+/// Top bit of an account's control count: the controls carry periods.
+const LIMITS_PERIODIC: u16 = 0x8000;
+
 fn encode_account<S: Sink>(s: &mut S, a: &Account) {
     s.bool(a.parent.is_some());
     s.u64(a.parent.map_or(0, |p| p.0));
@@ -198,12 +202,24 @@ fn encode_account<S: Sink>(s: &mut S, a: &Account) {
             }
         }
     }
-    s.u16(a.limits().len() as u16);
+    // The count's top bit says the controls carry periods: a snapshot
+    // without any reads as written before periods existed.
+    let periodic = a
+        .limits()
+        .iter()
+        .any(|l| l.period != Period::Lifetime || l.soft);
+    s.u16(a.limits().len() as u16 | if periodic { LIMITS_PERIODIC } else { 0 });
     for l in a.limits() {
         s.unit(l.unit);
         s.amount(l.cap);
         s.amount(l.used);
         s.amount(l.held);
+        if periodic {
+            encode_period(s, &l.period);
+            s.bool(l.soft);
+            s.time(l.period_start);
+            s.time(l.period_end);
+        }
     }
 }
 
@@ -253,17 +269,29 @@ fn decode_account(r: &mut Reader<'_>) -> Result<Account, DecodeError> {
             terms,
         });
     }
-    let n = r.u16()? as usize;
-    if n > 64 {
+    let count = r.u16()?;
+    let periodic = count & LIMITS_PERIODIC != 0;
+    let n = (count & !LIMITS_PERIODIC) as usize;
+    if n > crate::ledger::LIMITS_PER_ACCOUNT_MAX {
         return Err(DecodeError::Invalid("too many limits"));
     }
     let mut limits = Vec::with_capacity(n);
     for _ in 0..n {
+        let (unit, cap, used, held) = (r.unit()?, r.amount()?, r.amount()?, r.amount()?);
+        let (period, soft, period_start, period_end) = if periodic {
+            (decode_period(r)?, r.bool()?, r.time()?, r.time()?)
+        } else {
+            (Period::Lifetime, false, Timestamp(0), Timestamp::NEVER)
+        };
         limits.push(Limit {
-            unit: r.unit()?,
-            cap: r.amount()?,
-            used: r.amount()?,
-            held: r.amount()?,
+            unit,
+            cap,
+            used,
+            held,
+            period,
+            soft,
+            period_start,
+            period_end,
         });
     }
     Ok(Account {

@@ -33,7 +33,7 @@ use reckon_balances::snapshot::{CheckpointState, SnapshotWrite};
 use reckon_balances::{
     AccountId, AccountStatus, Amount, AuditEntry, AuditKind, BucketId, BucketSpec, Command,
     CreditKind, Hold, InvalidInput, Ledger, LedgerError, OpId, OpResult, Operation, Outcome,
-    ReservationId, ServiceId, Timestamp, Unit,
+    Period, ReservationId, ServiceId, Timestamp, Unit,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -75,6 +75,28 @@ struct MLimit {
     cap: i128,
     used: i128,
     held: i128,
+    period: Period,
+    soft: bool,
+    start: Timestamp,
+    end: Timestamp,
+}
+
+impl MLimit {
+    /// The model's reading of a period: usage counts until the stored
+    /// period ends; the first commit after it starts the period of its time.
+    fn used_at(&self, now: Timestamp) -> i128 {
+        if now >= self.end {
+            0
+        } else {
+            self.used
+        }
+    }
+    fn roll(&mut self, now: Timestamp) {
+        if now >= self.end {
+            (self.start, self.end) = self.period.bounds(now);
+            self.used = 0;
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -271,7 +293,13 @@ impl Model {
                 a.status = *status;
                 Ok(Outcome::StatusSet)
             }
-            Command::SetLimit { account, unit, cap } => {
+            Command::SetLimit {
+                account,
+                unit,
+                cap,
+                period,
+                soft,
+            } => {
                 let a = self
                     .accounts
                     .get_mut(account)
@@ -280,17 +308,36 @@ impl Model {
                 if cap.is_some_and(|c| c < 0) {
                     return Err(LedgerError::Invalid(InvalidInput::CapNegative));
                 }
+                period.validate().map_err(LedgerError::Invalid)?;
+                let (start, end) = period.bounds(now);
+                let sibling_held = a
+                    .limits
+                    .iter()
+                    .find(|l| l.unit == *unit)
+                    .map_or(0, |l| l.held);
+                let same = |l: &MLimit| l.unit == *unit && l.period.kind() == period.kind();
                 match cap {
-                    Some(cap) => match a.limits.iter_mut().find(|l| l.unit == *unit) {
-                        Some(l) => l.cap = cap,
+                    Some(cap) => match a.limits.iter_mut().find(|l| same(l)) {
+                        Some(l) => {
+                            l.roll(now);
+                            if (l.start, l.end) != (start, end) {
+                                l.used = 0;
+                            }
+                            (l.cap, l.period, l.soft, l.start, l.end) =
+                                (cap, *period, *soft, start, end);
+                        }
                         None => a.limits.push(MLimit {
                             unit: *unit,
                             cap,
                             used: 0,
-                            held: 0,
+                            held: sibling_held,
+                            period: *period,
+                            soft: *soft,
+                            start,
+                            end,
                         }),
                     },
-                    None => a.limits.retain(|l| l.unit != *unit),
+                    None => a.limits.retain(|l| !same(l)),
                 }
                 Ok(Outcome::LimitSet)
             }
@@ -651,7 +698,7 @@ impl Model {
         // buckets of the levels reached through draws_on_parent pay, each
         // level's in its own draw order.
         let mut order: Vec<(AccountId, BucketId, i128)> = Vec::new();
-        let mut headroom: Option<(AccountId, i128)> = None;
+        let mut headroom: Option<(AccountId, i128, u8)> = None;
         let mut limit_accounts = Vec::new();
         let mut drawing = true;
         let mut current = Some(id);
@@ -666,11 +713,14 @@ impl Model {
                     status: a.status,
                 });
             }
-            if let Some(l) = a.limits.iter().find(|l| l.unit == unit) {
+            if a.limits.iter().any(|l| l.unit == unit) {
                 limit_accounts.push(acct_id);
-                let h = (l.cap - l.used - l.held).max(0);
-                if headroom.is_none_or(|(_, best)| h < best) {
-                    headroom = Some((acct_id, h));
+            }
+            // Soft controls never refuse; the tightest hard one bounds.
+            for l in a.limits.iter().filter(|l| l.unit == unit && !l.soft) {
+                let h = (l.cap - l.used_at(now) - l.held).max(0);
+                if headroom.is_none_or(|(_, best, _)| h < best) {
+                    headroom = Some((acct_id, h, l.period.kind()));
                 }
             }
             if drawing {
@@ -699,11 +749,12 @@ impl Model {
         }
         let total: i128 = order.iter().map(|o| o.2).sum();
         let mut grant = amount.min(total);
-        if let Some((capped, h)) = headroom {
+        if let Some((capped, h, period)) = headroom {
             if h < min_amount && h < total {
                 return Err(LedgerError::LimitExceeded {
                     account: capped,
                     headroom: amt(h),
+                    period,
                 });
             }
             grant = grant.min(h);
@@ -730,7 +781,9 @@ impl Model {
         }
         assert_eq!(left, 0, "model: plan promised more than the buckets hold");
         for a in &limit_accounts {
-            self.limit_mut(*a, unit).held += grant;
+            for l in self.limits_mut(*a, unit) {
+                l.held += grant;
+            }
         }
         let rid = ReservationId(self.next_reservation);
         self.next_reservation += 1;
@@ -762,11 +815,13 @@ impl Model {
             .expect("model: held bucket exists")
     }
 
-    fn limit_mut(&mut self, owner: AccountId, unit: Unit) -> &mut MLimit {
+    /// Every control of `owner` in `unit`.
+    fn limits_mut(&mut self, owner: AccountId, unit: Unit) -> impl Iterator<Item = &mut MLimit> {
         self.accounts
             .get_mut(&owner)
-            .and_then(|a| a.limits.iter_mut().find(|l| l.unit == unit))
-            .expect("model: limit exists")
+            .into_iter()
+            .flat_map(|a| a.limits.iter_mut())
+            .filter(move |l| l.unit == unit)
     }
 
     fn commit(
@@ -852,11 +907,8 @@ impl Model {
             r.remaining = 0;
         }
         for a in r.limit_accounts.clone() {
-            if let Some(l) = self
-                .accounts
-                .get_mut(&a)
-                .and_then(|x| x.limits.iter_mut().find(|l| l.unit == r.unit))
-            {
+            for l in self.limits_mut(a, r.unit) {
+                l.roll(now);
                 l.held = (l.held - used - released).max(0);
                 l.used += used;
             }
@@ -921,11 +973,7 @@ impl Model {
             self.unhold(now, h.account, h.bucket, h.amount.nanos());
         }
         for a in &r.limit_accounts {
-            if let Some(l) = self
-                .accounts
-                .get_mut(a)
-                .and_then(|x| x.limits.iter_mut().find(|l| l.unit == r.unit))
-            {
+            for l in self.limits_mut(*a, r.unit) {
                 l.held = (l.held - r.remaining).max(0);
             }
         }
@@ -1033,12 +1081,22 @@ fn compare_state(ledger: &Ledger, model: &Model) -> Result<(), TestCaseError> {
         let got: Vec<_> = v
             .limits
             .iter()
-            .map(|l| (l.unit, l.cap.nanos(), l.used.nanos(), l.held.nanos()))
+            .map(|l| {
+                (
+                    (l.unit, l.cap.nanos(), l.used.nanos(), l.held.nanos()),
+                    (l.period, l.soft, l.period_start, l.period_end),
+                )
+            })
             .collect();
         let want: Vec<_> = m
             .limits
             .iter()
-            .map(|l| (l.unit, l.cap, l.used, l.held))
+            .map(|l| {
+                (
+                    (l.unit, l.cap, l.used, l.held),
+                    (l.period, l.soft, l.start, l.end),
+                )
+            })
             .collect();
         prop_assert_eq!(got, want, "limits of {:?}", id);
     }
@@ -1145,6 +1203,10 @@ enum Step {
         account: Index,
         unit: usize,
         cap: Option<i128>,
+        /// 0 lifetime, 1 calendar month, 2 a fixed 1–3 minutes from now.
+        period: u8,
+        length_min: u8,
+        soft: bool,
     },
     Grant(GrantPlan),
     Window {
@@ -1251,8 +1313,11 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (any::<Index>(), prop_oneof![5 => Just(0u8), 4 => Just(1u8), 1 => Just(2u8)])
             .prop_map(|(account, status)| Step::Status { account, status }),
         2 => (any::<Index>(), 0..UNITS.len(),
-              prop::option::weighted(0.8, (0i128..=60_000).prop_map(|m| m * 1_000_000)))
-            .prop_map(|(account, unit, cap)| Step::Cap { account, unit, cap }),
+              prop::option::weighted(0.8, (0i128..=60_000).prop_map(|m| m * 1_000_000)),
+              0u8..3, 1u8..=3, prop::bool::weighted(0.2))
+            .prop_map(|(account, unit, cap, period, length_min, soft)| Step::Cap {
+                account, unit, cap, period, length_min, soft,
+            }),
         2 => grant_plan().prop_map(Step::Grant),
         1 => prop_oneof![0u64..=60_000, Just(WINDOW_MS_MAX + 1)].prop_map(|ms| Step::Window { ms }),
         3 => (0u8..3).prop_map(|mode| Step::Snapshot { mode }),
@@ -1563,6 +1628,8 @@ impl Run {
                 account: self.account(account),
                 unit: UNITS[*unit],
                 cap: Some(amt(*cap)),
+                period: Period::Lifetime,
+                soft: false,
             };
             prop_assert_eq!(self.client_result(cmd)?, Ok(Outcome::LimitSet));
         }
@@ -1722,11 +1789,28 @@ impl Run {
                     status,
                 })?;
             }
-            Step::Cap { account, unit, cap } => {
+            Step::Cap {
+                account,
+                unit,
+                cap,
+                period,
+                length_min,
+                soft,
+            } => {
+                let period = match period {
+                    0 => Period::Lifetime,
+                    1 => Period::calendar_month(0),
+                    _ => Period::Fixed {
+                        anchor: self.now,
+                        length_ms: *length_min as u64 * 60_000,
+                    },
+                };
                 self.client(Command::SetLimit {
                     account: self.account(account),
                     unit: UNITS[*unit],
                     cap: cap.map(amt),
+                    period,
+                    soft: *soft,
                 })?;
             }
             Step::Grant(g) => {

@@ -5,7 +5,7 @@ use reckon_balances::ledger::{BUCKETS_PER_ACCOUNT_MAX, DEPTH_MAX, SWEEP_ITEMS_MA
 use reckon_balances::{
     AccountId, AccountStatus, Amount, AmountError, AuditEntry, AuditKind, BucketId, BucketSpec,
     BucketView, Command, CreditKind, Hold, InvalidInput, Ledger, LedgerError, LimitView, OpId,
-    OpResult, Operation, Outcome, ReservationId, ServiceId, Timestamp, Unit,
+    OpResult, Operation, Outcome, Period, ReservationId, ServiceId, Timestamp, Unit,
 };
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -397,6 +397,8 @@ fn set_limit_sets_updates_and_removes() {
         account: ROOT,
         unit,
         cap,
+        period: Period::Lifetime,
+        soft: false,
     };
     assert_eq!(f.apply(limit(USD, Some(u(50)))), Ok(Outcome::LimitSet));
     assert_eq!(f.apply(limit(GPU, Some(u(7)))), Ok(Outcome::LimitSet));
@@ -408,13 +410,21 @@ fn set_limit_sets_updates_and_removes() {
                 unit: USD,
                 cap: u(60),
                 used: u(0),
-                held: u(0)
+                held: u(0),
+                period: Period::Lifetime,
+                soft: false,
+                period_start: Timestamp(0),
+                period_end: Timestamp::NEVER,
             },
             LimitView {
                 unit: GPU,
                 cap: u(7),
                 used: u(0),
-                held: u(0)
+                held: u(0),
+                period: Period::Lifetime,
+                soft: false,
+                period_start: Timestamp(0),
+                period_end: Timestamp::NEVER,
             },
         ]
     );
@@ -432,7 +442,9 @@ fn set_limit_sets_updates_and_removes() {
         f.apply(Command::SetLimit {
             account: AccountId(9),
             unit: USD,
-            cap: Some(u(1))
+            cap: Some(u(1)),
+            period: Period::Lifetime,
+            soft: false,
         }),
         Err(LedgerError::AccountNotFound(AccountId(9)))
     );
@@ -1273,6 +1285,8 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
         account: ROOT,
         unit: USD,
         cap: Some(u(30)),
+        period: Period::Lifetime,
+        soft: false,
     })
     .unwrap();
 
@@ -1285,7 +1299,11 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
             unit: USD,
             cap: u(30),
             used: u(0),
-            held: u(30)
+            held: u(30),
+            period: Period::Lifetime,
+            soft: false,
+            period_start: Timestamp(0),
+            period_end: Timestamp::NEVER,
         }
     );
     // The sibling shares the cap: nothing left, and the cap is the reason.
@@ -1293,7 +1311,8 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
         f.try_reserve(OTHER, USD, u(1), u(1), None),
         Err(LedgerError::LimitExceeded {
             account: ROOT,
-            headroom: u(0)
+            headroom: u(0),
+            period: 0,
         })
     );
     assert_eq!(f.ledger.available(f.now, OTHER, USD, None), Ok(u(0)));
@@ -1330,7 +1349,8 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
         f.try_reserve(OTHER, USD, u(20), u(16), None),
         Err(LedgerError::LimitExceeded {
             account: ROOT,
-            headroom: u(15)
+            headroom: u(15),
+            period: 0,
         })
     );
     let b = f.reserve(OTHER, USD, u(20), u(2), None);
@@ -1347,13 +1367,16 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
         account: CHILD,
         unit: USD,
         cap: Some(u(4)),
+        period: Period::Lifetime,
+        soft: false,
     })
     .unwrap();
     assert_eq!(
         f.try_reserve(CHILD, USD, u(10), u(5), None),
         Err(LedgerError::LimitExceeded {
             account: CHILD,
-            headroom: u(4)
+            headroom: u(4),
+            period: 0,
         })
     );
     let c = f.reserve(CHILD, USD, u(10), u(1), None);
@@ -1377,12 +1400,16 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
         account: ROOT,
         unit: USD,
         cap: Some(u(1_000)),
+        period: Period::Lifetime,
+        soft: false,
     })
     .unwrap();
     f.apply(Command::SetLimit {
         account: CHILD,
         unit: USD,
         cap: None,
+        period: Period::Lifetime,
+        soft: false,
     })
     .unwrap();
     assert_eq!(
@@ -2284,4 +2311,216 @@ fn grant_bucket_rejects_amounts_beyond_max() {
     );
     assert_eq!(f.reserve(ROOT, USD, u(1), u(1), None).granted, u(1));
     f.check();
+}
+
+/// Midnight UTC of a date, plus hours.
+fn at(y: i64, m: u32, d: u32, hours: u64) -> Timestamp {
+    let days = reckon_balances::period::days_from_civil(y, m, d) as u64;
+    Timestamp(days * 86_400_000 + hours * 3_600_000)
+}
+
+impl Fixture {
+    fn control(&mut self, account: AccountId, cap: Option<i64>, period: Period, soft: bool) {
+        let r = self.apply(Command::SetLimit {
+            account,
+            unit: USD,
+            cap: cap.map(u),
+            period,
+            soft,
+        });
+        assert_eq!(r, Ok(Outcome::LimitSet));
+    }
+
+    fn control_of(&self, account: AccountId, kind: u8) -> LimitView {
+        self.ledger
+            .account_at(account, self.now)
+            .expect("account exists")
+            .limits
+            .into_iter()
+            .find(|l| l.unit == USD && l.period.kind() == kind)
+            .unwrap_or_else(|| panic!("no control of kind {kind} on {account:?}"))
+    }
+
+    fn spend(&mut self, account: AccountId, amount: Amount) {
+        let r = self.reserve(account, USD, amount, amount, None);
+        self.commit(r.id, amount, true).expect("commit");
+    }
+}
+
+#[test]
+fn a_department_budget_denies_its_users_while_a_sibling_department_carries_on() {
+    let mut f = Fixture::new();
+    f.now = at(2026, 11, 10, 12);
+    f.create(ROOT, None, false);
+    f.topup(ROOT, USD, u(1000));
+    f.create(CHILD, Some(ROOT), true);
+    f.create(OTHER, Some(ROOT), true);
+    let (alice, bob) = (AccountId(10), AccountId(11));
+    f.create(alice, Some(CHILD), true);
+    f.create(bob, Some(OTHER), true);
+    // The department's budget: 50 USD per calendar month in UTC+01:00.
+    let monthly = Period::calendar_month(60);
+    f.control(CHILD, Some(50), monthly, false);
+    f.spend(alice, u(50));
+    assert_eq!(
+        f.try_reserve(alice, USD, u(1), u(1), None),
+        Err(LedgerError::LimitExceeded {
+            account: CHILD,
+            headroom: u(0),
+            period: 1,
+        })
+    );
+    assert_eq!(f.ledger.available(f.now, alice, USD, None), Ok(u(0)));
+    // The sibling department is not bound by it.
+    assert_eq!(f.reserve(bob, USD, u(100), u(100), None).granted, u(100));
+    // 23:00 UTC on 30 November is December in UTC+01:00: the budget
+    // starts over.
+    f.now = at(2026, 11, 30, 23);
+    let budget = f.control_of(CHILD, 1);
+    assert_eq!(
+        (budget.used, budget.period_start, budget.period_end),
+        (u(0), at(2026, 11, 30, 23), at(2026, 12, 31, 23))
+    );
+    assert_eq!(f.reserve(alice, USD, u(80), u(1), None).granted, u(50));
+    assert_eq!(f.control_of(CHILD, 1).held, u(50));
+    f.ledger.check_invariants().unwrap();
+}
+
+#[test]
+fn a_reservation_open_across_a_period_end_counts_where_it_is_committed() {
+    let mut f = Fixture::new();
+    f.now = Timestamp(at(2026, 12, 1, 0).0 - 30_000);
+    f.create(ROOT, None, false);
+    f.topup(ROOT, USD, u(1000));
+    f.control(ROOT, Some(100), Period::calendar_month(0), false);
+    let open = f.reserve(ROOT, USD, u(60), u(60), None);
+    f.commit(open.id, u(30), false).unwrap();
+    assert_eq!(
+        (f.control_of(ROOT, 1).used, f.control_of(ROOT, 1).held),
+        (u(30), u(30))
+    );
+    // Into December with 30 still held: November's usage no longer
+    // counts, the open hold does.
+    f.advance(40_000);
+    let december = f.control_of(ROOT, 1);
+    assert_eq!((december.used, december.held), (u(0), u(30)));
+    assert_eq!(december.period_start, at(2026, 12, 1, 0));
+    assert_eq!(f.reserve(ROOT, USD, u(100), u(1), None).granted, u(70));
+    // The rest of the November reservation is committed in December.
+    f.commit(open.id, u(30), true).unwrap();
+    let december = f.control_of(ROOT, 1);
+    assert_eq!((december.used, december.held), (u(30), u(70)));
+    f.ledger.check_invariants().unwrap();
+}
+
+#[test]
+fn a_soft_cap_never_refuses_but_counts() {
+    let (mut f, _) = Fixture::with_wallet();
+    f.control(ROOT, Some(10), Period::calendar_month(0), true);
+    assert_eq!(f.reserve(ROOT, USD, u(50), u(50), None).granted, u(50));
+    let soft = f.control_of(ROOT, 1);
+    assert!(soft.soft);
+    assert_eq!((soft.cap, soft.held), (u(10), u(50)));
+    assert_eq!(f.ledger.available(f.now, ROOT, USD, None), Ok(u(50)));
+}
+
+#[test]
+fn an_annual_cap_spans_monthly_periods() {
+    let mut f = Fixture::new();
+    f.now = at(2026, 1, 20, 9);
+    f.create(ROOT, None, false);
+    f.topup(ROOT, USD, u(1000));
+    f.create(CHILD, Some(ROOT), true);
+    f.control(CHILD, Some(100), Period::calendar_month(0), false);
+    let contract_year = Period::Months {
+        months: 12,
+        anchor: at(2026, 1, 15, 0),
+        offset_min: 0,
+    };
+    f.control(CHILD, Some(150), contract_year, false);
+    f.spend(CHILD, u(100));
+    // January: the monthly budget is the tighter one.
+    assert_eq!(
+        f.try_reserve(CHILD, USD, u(1), u(1), None),
+        Err(LedgerError::LimitExceeded {
+            account: CHILD,
+            headroom: u(0),
+            period: 1,
+        })
+    );
+    // February: 100 left this month, but only 50 this contract year.
+    f.now = at(2026, 2, 20, 9);
+    assert_eq!(f.reserve(CHILD, USD, u(80), u(1), None).granted, u(50));
+    assert_eq!(
+        f.try_reserve(CHILD, USD, u(1), u(1), None),
+        Err(LedgerError::LimitExceeded {
+            account: CHILD,
+            headroom: u(0),
+            period: 12,
+        })
+    );
+    // The next contract year starts over, the monthly budget with it.
+    f.now = at(2027, 1, 15, 0);
+    let year = f.control_of(CHILD, 12);
+    assert_eq!(year.period_start, at(2027, 1, 15, 0));
+    assert_eq!(year.used, u(0));
+    f.ledger.check_invariants().unwrap();
+}
+
+#[test]
+fn controls_are_kept_one_per_unit_and_period_kind() {
+    let (mut f, _) = Fixture::with_wallet();
+    f.now = at(2026, 5, 10, 0);
+    let monthly = Period::calendar_month(0);
+    f.control(ROOT, Some(40), monthly, false);
+    f.spend(ROOT, u(30));
+    // Raised mid-month: what the month used still counts.
+    f.control(ROOT, Some(60), monthly, false);
+    assert_eq!(
+        (f.control_of(ROOT, 1).cap, f.control_of(ROOT, 1).used),
+        (u(60), u(30))
+    );
+    // Moved to another month's boundary (another time zone): starts over.
+    f.control(ROOT, Some(60), Period::calendar_month(-300), false);
+    assert_eq!(f.control_of(ROOT, 1).used, u(0));
+    // A lifetime cap beside it, with what an open reservation holds.
+    let open = f.reserve(ROOT, USD, u(5), u(5), None);
+    f.control(ROOT, Some(1000), Period::Lifetime, false);
+    assert_eq!(f.control_of(ROOT, 0).held, u(5));
+    assert_eq!(f.control_of(ROOT, 1).held, u(5));
+    f.release(open.id).unwrap();
+    assert_eq!(
+        (f.control_of(ROOT, 0).held, f.control_of(ROOT, 1).held),
+        (u(0), u(0))
+    );
+    // Removing the monthly one leaves the lifetime cap.
+    f.control(ROOT, None, monthly, false);
+    let limits = f.ledger.account(ROOT).unwrap().limits;
+    assert_eq!(limits.len(), 1);
+    assert_eq!(limits[0].period, Period::Lifetime);
+    // A period out of range is refused and changes nothing.
+    for bad in [
+        Period::Months {
+            months: 13,
+            anchor: T0,
+            offset_min: 0,
+        },
+        Period::Fixed {
+            anchor: T0,
+            length_ms: 1_000,
+        },
+    ] {
+        assert_eq!(
+            f.apply(Command::SetLimit {
+                account: ROOT,
+                unit: USD,
+                cap: Some(u(1)),
+                period: bad,
+                soft: false,
+            }),
+            Err(LedgerError::Invalid(InvalidInput::Period))
+        );
+    }
+    assert_eq!(f.ledger.account(ROOT).unwrap().limits, limits);
+    f.ledger.check_invariants().unwrap();
 }

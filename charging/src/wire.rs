@@ -227,6 +227,8 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                     account: AccountId(m.account),
                     unit: unit(&m.unit),
                     cap,
+                    period: reckon_balances::Period::Lifetime,
+                    soft: false,
                 },
                 Some(m.cap.unwrap_or(Decimal::ZERO)),
             )
@@ -320,6 +322,8 @@ pub fn admin_code(e: &LedgerError) -> AdminCode {
             InvalidInput::SweepOpId => AdminCode::SWEEP_OP_ID,
             InvalidInput::CloseWithOpenReservations => AdminCode::CLOSE_WITH_OPEN_RESERVATIONS,
             InvalidInput::WindowZero => AdminCode::WINDOW_ZERO,
+            InvalidInput::Period => AdminCode::PERIOD_INVALID,
+            InvalidInput::TooManyLimits => AdminCode::TOO_MANY_LIMITS,
         },
     }
 }

@@ -180,6 +180,11 @@ code_table! {
         CLOSE_WITH_OPEN_RESERVATIONS = 116,
         /// An idempotency window of 0 ms.
         WINDOW_ZERO = 117,
+        /// A spend control's period is out of range (months 1 to 12, a UTC
+        /// offset within ±18:00, a fixed length from a minute to ten years).
+        PERIOD_INVALID = 118,
+        /// The account has the maximum number of spend controls (64).
+        TOO_MANY_LIMITS = 119,
     }
 }
 

@@ -32,7 +32,8 @@ use reckon_balances::codec::{Digest, Sink};
 use reckon_balances::journal::{Machine, WriterClock};
 use reckon_balances::machine::{LedgerMachine, LedgerRequest, LedgerResponse};
 use reckon_balances::{
-    AccountId, Amount, AuditKind, Command, CreditKind, OpId, Operation, ServiceId, Timestamp, Unit,
+    AccountId, Amount, AuditKind, Command, CreditKind, OpId, Operation, Period, ServiceId,
+    Timestamp, Unit,
 };
 use reckon_charging::engine::{
     request_ref, result_code, Caller, CreditControlRequest, Engine, EngineConfig, EngineRequest,
@@ -866,6 +867,8 @@ impl World {
                 account: AccountId(org + 2),
                 unit: Unit::USD,
                 cap: Some(Amount::from_nanos(200_000_000)),
+                period: Period::Lifetime,
+                soft: false,
             });
             self.send(e);
         }
@@ -1152,10 +1155,23 @@ impl World {
             1 => {
                 let org = ORGS[self.rng.below(ORGS.len() as u64) as usize];
                 let cap = self.rng.below(400_000_000) as i128;
+                // Budgets that start over every few seconds, so periods
+                // end under open reservations; a soft one now and then.
+                let period = match self.rng.below(4) {
+                    0 => Period::Lifetime,
+                    1 => Period::calendar_month(0),
+                    _ => Period::Fixed {
+                        anchor: self.now,
+                        length_ms: 60_000 + self.rng.below(60_000),
+                    },
+                };
+                let soft = self.rng.below(4) == 0;
                 let e = self.admin(Command::SetLimit {
                     account: AccountId(org + 2),
                     unit: Unit::USD,
                     cap: Some(Amount::from_nanos(cap)),
+                    period,
+                    soft,
                 });
                 self.send(e);
             }

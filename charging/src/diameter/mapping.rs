@@ -678,6 +678,7 @@ mod tests {
                 granted: vec![(Unit::SECONDS, Decimal::from(60))],
                 validity_time_s: 300,
                 final_unit_action: FinalUnitAction::None,
+                denial: None,
             }],
             balance: vec![],
             price: vec![],

@@ -316,6 +316,9 @@ pub(super) fn decode_ccr(r: &mut Reader<'_>) -> Result<CreditControlRequest, Dec
     })
 }
 
+/// Top bit of a stored service answer's final-unit byte: a denial follows.
+const DENIAL_FOLLOWS: u8 = 0x80;
+
 pub(super) fn encode_answer<S: Sink>(s: &mut S, a: &CreditControlAnswer) {
     s.u32(a.result_code);
     s.u8(a.services.len() as u8);
@@ -324,7 +327,22 @@ pub(super) fn encode_answer<S: Sink>(s: &mut S, a: &CreditControlAnswer) {
         s.u32(service.result_code);
         encode_quantities(s, &service.granted);
         s.u32(service.validity_time_s);
-        s.u8(service.final_unit_action as u8);
+        // The final-unit byte's top bit says a denial follows: answers
+        // stored before denials existed read the same.
+        match service.denial {
+            None => s.u8(service.final_unit_action as u8),
+            Some(d) => {
+                s.u8(service.final_unit_action as u8 | DENIAL_FOLLOWS);
+                match d {
+                    Denial::NoCredit => s.u8(1),
+                    Denial::SpendControl { account, period } => {
+                        s.u8(2);
+                        s.account(account);
+                        s.u8(period);
+                    }
+                }
+            }
+        }
     }
     encode_quantities(s, &a.balance);
     encode_quantities(s, &a.price);
@@ -338,18 +356,37 @@ pub(super) fn decode_answer(r: &mut Reader<'_>) -> Result<CreditControlAnswer, D
     }
     let services = (0..n)
         .map(|_| {
+            let service = r.service()?;
+            let result_code = r.u32()?;
+            let granted = decode_quantities(r)?;
+            let validity_time_s = r.u32()?;
+            let byte = r.u8()?;
+            let final_unit_action = match byte & !DENIAL_FOLLOWS {
+                0 => FinalUnitAction::None,
+                1 => FinalUnitAction::Terminate,
+                2 => FinalUnitAction::Redirect,
+                3 => FinalUnitAction::RestrictAccess,
+                _ => return Err(DecodeError::Invalid("final unit action")),
+            };
+            let denial = if byte & DENIAL_FOLLOWS != 0 {
+                Some(match r.u8()? {
+                    1 => Denial::NoCredit,
+                    2 => Denial::SpendControl {
+                        account: r.account()?,
+                        period: r.u8()?,
+                    },
+                    _ => return Err(DecodeError::Invalid("denial")),
+                })
+            } else {
+                None
+            };
             Ok(ServiceAnswer {
-                service: r.service()?,
-                result_code: r.u32()?,
-                granted: decode_quantities(r)?,
-                validity_time_s: r.u32()?,
-                final_unit_action: match r.u8()? {
-                    0 => FinalUnitAction::None,
-                    1 => FinalUnitAction::Terminate,
-                    2 => FinalUnitAction::Redirect,
-                    3 => FinalUnitAction::RestrictAccess,
-                    _ => return Err(DecodeError::Invalid("final unit action")),
-                },
+                service,
+                result_code,
+                granted,
+                validity_time_s,
+                final_unit_action,
+                denial,
             })
         })
         .collect::<Result<_, DecodeError>>()?;

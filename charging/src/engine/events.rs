@@ -122,11 +122,11 @@ impl Engine {
         }
         let mut total: Vec<(Unit, i128)> = Vec::new();
         for (unit, service, cost) in &need {
-            let available = self
+            let (available, bound_by) = self
                 .ledger
                 .ledger
-                .available(now, ccr.account, *unit, *service)
-                .unwrap_or(Amount::ZERO);
+                .availability(now, ccr.account, *unit, *service)
+                .map_or((Amount::ZERO, None), |a| (a.amount, a.bound_by));
             let sum = match total.iter_mut().find(|(u, _)| u == unit) {
                 Some((_, n)) => {
                     *n += cost.nanos();
@@ -138,7 +138,21 @@ impl Engine {
                 }
             };
             if *cost > available || sum > available.nanos() {
-                return CreditControlAnswer::error(result_code::CREDIT_LIMIT_REACHED);
+                // All or nothing: the request fails, and the service that
+                // could not be paid says why.
+                let mut answer = CreditControlAnswer::error(result_code::CREDIT_LIMIT_REACHED);
+                answer.services.extend(service.map(|service| ServiceAnswer {
+                    service,
+                    result_code: result_code::CREDIT_LIMIT_REACHED,
+                    granted: Vec::new(),
+                    validity_time_s: 0,
+                    final_unit_action: FinalUnitAction::None,
+                    denial: Some(match bound_by {
+                        Some((account, period)) => Denial::SpendControl { account, period },
+                        None => Denial::NoCredit,
+                    }),
+                }));
+                return answer;
             }
         }
         let mut services = Vec::new();
@@ -156,6 +170,7 @@ impl Engine {
                 granted: debit.used,
                 validity_time_s: 0,
                 final_unit_action: FinalUnitAction::None,
+                denial: None,
             });
         }
         let answer = self.finish_answer(services);
@@ -273,6 +288,7 @@ impl Engine {
                     granted: event_units(s).to_vec(),
                     validity_time_s: 0,
                     final_unit_action: FinalUnitAction::None,
+                    denial: None,
                 })
                 .collect(),
             balance: Vec::new(),
@@ -320,6 +336,7 @@ impl Engine {
                 granted: event_units(service).to_vec(),
                 validity_time_s: 0,
                 final_unit_action: FinalUnitAction::None,
+                denial: None,
             });
         }
         self.finish_answer(services)

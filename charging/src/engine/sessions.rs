@@ -159,6 +159,7 @@ impl Engine {
         };
         let mut granted = Vec::with_capacity(wanted.len());
         let mut result = result_code::SUCCESS;
+        let mut denial = None;
         let mut final_units = false;
         let mut validity = u32::MAX;
         for (unit, asked) in wanted {
@@ -179,14 +180,14 @@ impl Engine {
             }
             // Size the grant from what the account can spend now, so a low
             // balance yields a smaller grant rather than a refusal.
-            let available = match self.ledger.ledger.available(
+            let (available, bound_by) = match self.ledger.ledger.availability(
                 now,
                 ccr.account,
                 charge_unit,
                 Some(service.service),
             ) {
-                Ok(a) => a,
-                Err(_) => Amount::ZERO,
+                Ok(a) => (a.amount, a.bound_by),
+                Err(_) => (Amount::ZERO, None),
             };
             let units = self
                 .units_for(&per_unit, available.min(want_money))
@@ -198,6 +199,10 @@ impl Engine {
             if units.is_zero() || money.is_zero() {
                 if units.is_zero() && result == result_code::SUCCESS {
                     result = result_code::CREDIT_LIMIT_REACHED;
+                    denial = Some(match bound_by {
+                        Some((account, period)) => Denial::SpendControl { account, period },
+                        None => Denial::NoCredit,
+                    });
                 }
                 if units.is_zero() {
                     continue;
@@ -227,10 +232,13 @@ impl Engine {
                     });
                 }
                 Ok(_) => result = result_code::UNABLE_TO_COMPLY,
-                Err(LedgerError::InsufficientFunds { .. })
-                | Err(LedgerError::LimitExceeded { .. }) => {
+                Err(
+                    ref e @ (LedgerError::InsufficientFunds { .. }
+                    | LedgerError::LimitExceeded { .. }),
+                ) => {
                     if result == result_code::SUCCESS {
                         result = result_code::CREDIT_LIMIT_REACHED;
+                        denial = Denial::of(e);
                     }
                 }
                 Err(LedgerError::AccountNotActive { .. }) => {
@@ -256,6 +264,7 @@ impl Engine {
             } else {
                 FinalUnitAction::None
             },
+            denial: denial.filter(|_| result != result_code::SUCCESS),
         }
     }
 
@@ -468,6 +477,7 @@ impl Engine {
                     granted: Vec::new(),
                     validity_time_s: 0,
                     final_unit_action: FinalUnitAction::None,
+                    denial: None,
                 }
             } else {
                 self.grant(now, ccr, &mut session, service)
@@ -516,6 +526,7 @@ impl Engine {
                 granted: Vec::new(),
                 validity_time_s: 0,
                 final_unit_action: FinalUnitAction::None,
+                denial: None,
             });
         }
         self.release_grants(now, &mut session.grants);

@@ -141,6 +141,40 @@ pub struct ServiceAnswer {
     pub validity_time_s: u32,
     /// Set when this grant is the last one.
     pub final_unit_action: FinalUnitAction,
+    /// Why nothing was granted, when credit or a spend control refused.
+    pub denial: Option<Denial>,
+}
+
+/// Why a service got no credit: so a gateway can tell its user "department
+/// budget reached" rather than "no credit".
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// The account and what it draws on have no credit left.
+    NoCredit,
+    /// A hard spend control refused.
+    SpendControl {
+        /// The account the control is on (the user's or an ancestor's).
+        account: AccountId,
+        /// The control's period kind (`Period::kind`: 0 lifetime, 1
+        /// monthly, 12 yearly, 13 a fixed length).
+        period: u8,
+    },
+}
+
+impl Denial {
+    /// The denial a refused ledger reservation stands for, if it is one.
+    pub fn of(e: &LedgerError) -> Option<Denial> {
+        match e {
+            LedgerError::InsufficientFunds { .. } => Some(Denial::NoCredit),
+            LedgerError::LimitExceeded {
+                account, period, ..
+            } => Some(Denial::SpendControl {
+                account: *account,
+                period: *period,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// A credit-control answer (the native form of a Diameter CCA).
