@@ -100,6 +100,10 @@ pub enum Command {
         /// A soft cap never refuses: it is only reported (alerts); a hard
         /// cap refuses what would pass it.
         soft: bool,
+        /// Percentages of the cap (1..=250, increasing, at most
+        /// [`ALERTS_PER_LIMIT_MAX`]) whose crossing by the period's usage
+        /// raises an alert, once per period.
+        alerts: Vec<u8>,
     },
     /// Adds a bucket with its own terms (promo credits, a committed pool).
     GrantBucket {
@@ -368,6 +372,8 @@ pub enum InvalidInput {
     /// The account already has [`crate::ledger::LIMITS_PER_ACCOUNT_MAX`]
     /// spend controls.
     TooManyLimits = 19,
+    /// Alert thresholds out of range (1..=250 %, increasing, at most 8).
+    Thresholds = 20,
 }
 
 impl InvalidInput {
@@ -393,6 +399,7 @@ impl InvalidInput {
             17 => WindowZero,
             18 => Period,
             19 => TooManyLimits,
+            20 => Thresholds,
             _ => return None,
         })
     }
@@ -417,6 +424,7 @@ impl std::fmt::Display for InvalidInput {
             ClosingIsFinal => "a closed account cannot change status",
             WindowTooLong => "idempotency window must be at most 7 days",
             TooManyLimits => "the account has the maximum number of spend controls",
+            Thresholds => "alert thresholds must be 1 to 250 percent, increasing, at most 8",
             Period => "period out of range: 1 to 12 months, a UTC offset within ±18:00, or a fixed length from one minute to ten years",
             SweepOpId => "sweeps use op id 0 and client operations a non-zero id",
             // An op recorded in the same millisecond as a window of 0
@@ -472,10 +480,11 @@ impl Command {
                 cap,
                 period,
                 soft,
+                alerts,
             } => {
                 // The lifetime hard cap keeps its original encoding, so
                 // logs written before periods existed read the same.
-                let plain = *period == Period::Lifetime && !soft;
+                let plain = *period == Period::Lifetime && !soft && alerts.is_empty();
                 s.u8(if plain {
                     Self::TAG_LIMIT
                 } else {
@@ -488,6 +497,10 @@ impl Command {
                 if !plain {
                     encode_period(s, period);
                     s.bool(*soft);
+                    s.u8(alerts.len() as u8);
+                    for a in alerts {
+                        s.u8(*a);
+                    }
                 }
             }
             Command::GrantBucket { account, spec } => {
@@ -606,10 +619,10 @@ impl Command {
                 let unit = r.unit()?;
                 let has_cap = r.bool()?;
                 let cap = r.amount()?;
-                let (period, soft) = if tag == Self::TAG_CONTROL {
-                    (decode_period(r)?, r.bool()?)
+                let (period, soft, alerts) = if tag == Self::TAG_CONTROL {
+                    (decode_period(r)?, r.bool()?, decode_thresholds(r)?)
                 } else {
-                    (Period::Lifetime, false)
+                    (Period::Lifetime, false, Vec::new())
                 };
                 Command::SetLimit {
                     account,
@@ -617,6 +630,7 @@ impl Command {
                     cap: has_cap.then_some(cap),
                     period,
                     soft,
+                    alerts,
                 }
             }
             Self::TAG_GRANT => {
@@ -743,6 +757,32 @@ pub(crate) fn decode_period(r: &mut Reader<'_>) -> Result<Period, DecodeError> {
     p.validate()
         .map_err(|_| DecodeError::Invalid("period out of range"))?;
     Ok(p)
+}
+
+/// Most alert thresholds on one spend control.
+pub const ALERTS_PER_LIMIT_MAX: usize = 8;
+/// Highest alert threshold, percent of the cap (soft caps are passed).
+pub const ALERT_PCT_MAX: u8 = 250;
+
+/// Whether alert thresholds are in range: 1..=250 %, strictly increasing,
+/// at most [`ALERTS_PER_LIMIT_MAX`].
+pub fn thresholds_valid(alerts: &[u8]) -> bool {
+    alerts.len() <= ALERTS_PER_LIMIT_MAX
+        && alerts.iter().all(|a| (1..=ALERT_PCT_MAX).contains(a))
+        && alerts.windows(2).all(|w| w[0] < w[1])
+}
+
+/// Reads a count and that many alert thresholds, refusing any out of range.
+pub(crate) fn decode_thresholds(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let n = r.u8()? as usize;
+    if n > ALERTS_PER_LIMIT_MAX {
+        return Err(DecodeError::Invalid("too many alert thresholds"));
+    }
+    let alerts = (0..n).map(|_| r.u8()).collect::<Result<Vec<u8>, _>>()?;
+    if !thresholds_valid(&alerts) {
+        return Err(DecodeError::Invalid("alert thresholds"));
+    }
+    Ok(alerts)
 }
 
 fn decode_reason(r: &mut Reader<'_>) -> Result<Arc<str>, DecodeError> {

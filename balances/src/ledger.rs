@@ -171,6 +171,10 @@ pub(crate) struct Limit {
     /// the first operation at or after `period_end` that touches it.
     pub period_start: Timestamp,
     pub period_end: Timestamp,
+    /// Alert thresholds, percent of the cap, increasing.
+    pub alerts: Box<[u8]>,
+    /// Bit i set: `alerts[i]` has fired in this period.
+    pub fired: u8,
 }
 
 impl Limit {
@@ -195,7 +199,24 @@ impl Limit {
             self.used = Amount::ZERO;
             self.period_start = start;
             self.period_end = end;
+            self.fired = 0;
         }
+    }
+    /// Whether the period's usage has reached `pct` percent of the cap
+    /// (anything used reaches every threshold of a zero cap).
+    fn reached(&self, pct: u8) -> bool {
+        self.used.is_positive() && self.used.nanos() * 100 >= self.cap.nanos() * pct as i128
+    }
+    /// Marks and returns the thresholds newly reached.
+    fn newly_reached(&mut self) -> Vec<u8> {
+        let mut fresh = Vec::new();
+        for (i, pct) in self.alerts.iter().enumerate() {
+            if self.fired & (1 << i) == 0 && self.reached(*pct) {
+                self.fired |= 1 << i;
+                fresh.push(*pct);
+            }
+        }
+        fresh
     }
 }
 
@@ -335,6 +356,34 @@ pub struct BucketView {
     pub expired: bool,
 }
 
+/// Alerts kept for subscribers to read after a reconnect or a restart.
+pub const ALERTS_KEPT: usize = 4096;
+
+/// A spend control's usage crossed one of its alert thresholds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    /// Position in the ledger's alert sequence (1, 2, ...).
+    pub seq: u64,
+    /// When the commit that crossed it happened.
+    pub at: Timestamp,
+    /// The account the control is on.
+    pub account: AccountId,
+    /// The control's unit.
+    pub unit: Unit,
+    /// The control's period kind ([`Period::kind`]).
+    pub period: u8,
+    /// The period it was crossed in.
+    pub period_start: Timestamp,
+    /// The threshold crossed, percent of the cap.
+    pub threshold_pct: u8,
+    /// The period's usage after the commit.
+    pub used: Amount,
+    /// The cap.
+    pub cap: Amount,
+    /// Whether the control is soft (alerts only).
+    pub soft: bool,
+}
+
 /// A spend control as a client sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitView {
@@ -355,6 +404,8 @@ pub struct LimitView {
     pub period_start: Timestamp,
     /// See `period_start`.
     pub period_end: Timestamp,
+    /// Alert thresholds, percent of the cap.
+    pub alerts: Vec<u8>,
 }
 
 /// What a reservation could get, and what bounds it.
@@ -553,6 +604,10 @@ pub struct Ledger {
     /// Audit entries since the last drain, in chunks so that growing never
     /// copies what is already there (a replay may produce millions).
     pub(crate) audit: Vec<Vec<AuditEntry>>,
+    /// The most recent alerts, oldest first, at most [`ALERTS_KEPT`].
+    pub(crate) alerts: VecDeque<Alert>,
+    /// Sequence number of the next alert (1, 2, ...).
+    pub(crate) next_alert: u64,
     pub(crate) dirty: Dirty,
     scratch: Vec<(AccountId, usize, DrawKey)>,
     digest_buf: Vec<u8>,
@@ -589,6 +644,8 @@ impl Ledger {
             next_reservation: 1,
             audit_seq: 0,
             audit: Vec::new(),
+            alerts: VecDeque::new(),
+            next_alert: 1,
             dirty: Dirty::default(),
             scratch: Vec::new(),
             digest_buf: Vec::with_capacity(256),
@@ -712,7 +769,8 @@ impl Ledger {
                 cap,
                 period,
                 soft,
-            } => self.set_limit(now, *account, *unit, *cap, *period, *soft),
+                alerts,
+            } => self.set_limit(now, *account, *unit, *cap, (*period, *soft, alerts)),
             Command::GrantBucket { account, spec } => self.grant_bucket(now, op, *account, spec),
             Command::Credit {
                 account,
@@ -873,14 +931,16 @@ impl Ledger {
         id: AccountId,
         unit: Unit,
         cap: Option<Amount>,
-        period: Period,
-        soft: bool,
+        (period, soft, alerts): (Period, bool, &[u8]),
     ) -> OpResult {
         self.account_ref(id)?;
         if cap.is_some_and(|c| c.is_negative()) {
             return Err(LedgerError::Invalid(InvalidInput::CapNegative));
         }
         period.validate().map_err(LedgerError::Invalid)?;
+        if !crate::command::thresholds_valid(alerts) {
+            return Err(LedgerError::Invalid(InvalidInput::Thresholds));
+        }
         let account = self.account_mut(id)?;
         let kind = period.kind();
         let (start, end) = period.bounds(now);
@@ -905,6 +965,17 @@ impl Ledger {
                 limit.soft = soft;
                 limit.period_start = start;
                 limit.period_end = end;
+                // A threshold that fired this period and is still reached
+                // under the new terms does not fire again.
+                let mut fired = 0u8;
+                for (i, pct) in alerts.iter().enumerate() {
+                    let before = limit.alerts.iter().position(|p| p == pct);
+                    if before.is_some_and(|j| limit.fired & (1 << j) != 0) && limit.reached(*pct) {
+                        fired |= 1 << i;
+                    }
+                }
+                limit.alerts = alerts.into();
+                limit.fired = fired;
             }
             (Some(cap), None) => {
                 let limits = account.limits.get_or_insert_with(Default::default);
@@ -920,6 +991,8 @@ impl Ledger {
                     soft,
                     period_start: start,
                     period_end: end,
+                    alerts: alerts.into(),
+                    fired: 0,
                 })
             }
             (None, _) => {
@@ -932,6 +1005,38 @@ impl Ledger {
             }
         }
         Ok(Outcome::LimitSet)
+    }
+
+    fn raise_alert(&mut self, now: Timestamp, account: AccountId, pct: u8, limit: &Limit) {
+        if self.alerts.len() == ALERTS_KEPT {
+            self.alerts.pop_front();
+        }
+        self.alerts.push_back(Alert {
+            seq: self.next_alert,
+            at: now,
+            account,
+            unit: limit.unit,
+            period: limit.period.kind(),
+            period_start: limit.period_start,
+            threshold_pct: pct,
+            used: limit.used,
+            cap: limit.cap,
+            soft: limit.soft,
+        });
+        self.next_alert += 1;
+    }
+
+    /// Alerts with a sequence number above `after`, oldest first, at most
+    /// `max` (the last [`ALERTS_KEPT`] are kept).
+    pub fn alerts_after(&self, after: u64, max: usize) -> Vec<Alert> {
+        let first = self.alerts.front().map_or(self.next_alert, |a| a.seq);
+        let skip = after.saturating_add(1).saturating_sub(first) as usize;
+        self.alerts.iter().skip(skip).take(max).cloned().collect()
+    }
+
+    /// Sequence number of the newest alert (0: none yet).
+    pub fn last_alert(&self) -> u64 {
+        self.next_alert - 1
     }
 
     fn writable_account(&self, id: AccountId) -> Result<&Account, LedgerError> {
@@ -1424,6 +1529,7 @@ impl Ledger {
             }
             reservation.remaining = Amount::ZERO;
         }
+        let mut crossed = Vec::new();
         for capped in &reservation.limit_accounts {
             if let Some(account) = touch(&mut self.accounts, &mut self.dirty, capped) {
                 for limit in account.limits_mut(reservation.unit) {
@@ -1431,8 +1537,14 @@ impl Ledger {
                     let freed = used.nanos() + released.nanos();
                     limit.held = Amount::from_nanos((limit.held.nanos() - freed).max(0));
                     limit.used = Amount::from_nanos(limit.used.nanos() + used.nanos());
+                    for pct in limit.newly_reached() {
+                        crossed.push((*capped, pct, limit.clone()));
+                    }
                 }
             }
+        }
+        for (account, pct, limit) in crossed {
+            self.raise_alert(now, account, pct, &limit);
         }
         let remaining = reservation.remaining;
         if remaining.is_zero() {
@@ -1692,6 +1804,7 @@ impl Ledger {
                         soft: l.soft,
                         period_start: l.period_start,
                         period_end: l.period_end,
+                        alerts: l.alerts.to_vec(),
                     }
                 })
                 .collect(),

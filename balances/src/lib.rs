@@ -31,7 +31,7 @@ pub use command::{
     Outcome,
 };
 pub use ledger::{
-    AccountView, AuditEntry, AuditKind, Availability, BucketView, Ledger, LimitView,
+    AccountView, Alert, AuditEntry, AuditKind, Availability, BucketView, Ledger, LimitView,
     ReservationView,
 };
 pub use period::Period;

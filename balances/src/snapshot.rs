@@ -10,6 +10,7 @@
 //! | `L a <account id BE>` | one account with its buckets and caps |
 //! | `L r <reservation id BE>` | one open reservation |
 //! | `L o <checkpoint seq BE>` | the op ids (with results) remembered since the previous checkpoint |
+//! | `L l <alert seq BE>` | one of the last [`crate::ledger::ALERTS_KEPT`] alerts |
 //! | `L 0` | counters (next bucket and reservation ids, audit seq, window, ...) and map sizes; sorts first so the maps are sized before they fill |
 //!
 //! Op-id blobs are dropped once every entry in them is older than the
@@ -18,9 +19,11 @@
 
 use crate::codec::{DecodeError, Reader, Sink};
 use crate::command::Hold;
-use crate::command::{decode_period, decode_result, encode_period, encode_result};
+use crate::command::{
+    decode_period, decode_result, decode_thresholds, encode_period, encode_result,
+};
 use crate::ledger::{
-    Account, AuditEntry, AuditKind, Bucket, Ledger, Limit, OpEntry, Reservation, Terms,
+    Account, Alert, AuditEntry, AuditKind, Bucket, Ledger, Limit, OpEntry, Reservation, Terms,
 };
 use crate::period::Period;
 use crate::types::{AccountId, AccountStatus, OpId, ReservationId, Timestamp};
@@ -34,6 +37,7 @@ const K_ACCOUNT: u8 = b'a';
 const K_RESERVATION: u8 = b'r';
 const K_OPS: u8 = b'o';
 const K_AUDIT: u8 = b'u';
+const K_ALERT: u8 = b'l';
 const K_META: u8 = b'0'; // sorts before every other ledger key
 
 fn key(kind: u8, id: u64) -> Vec<u8> {
@@ -57,6 +61,10 @@ pub struct CheckpointState {
     pub seq: u64,
     /// (blob id, newest entry time) of each op blob in the snapshot.
     pub op_blobs: Vec<(u64, Timestamp)>,
+    /// Alerts in the snapshot: sequence numbers `alerts_from..alerts_to`.
+    pub alerts_from: u64,
+    /// See `alerts_from`.
+    pub alerts_to: u64,
 }
 
 /// A checkpoint begun and not yet fully encoded: what is left to encode,
@@ -174,6 +182,33 @@ impl PendingCheckpoint {
 /// Top bit of an account's control count: the controls carry periods.
 const LIMITS_PERIODIC: u16 = 0x8000;
 
+fn encode_alert<S: Sink>(s: &mut S, a: &Alert) {
+    s.time(a.at);
+    s.account(a.account);
+    s.unit(a.unit);
+    s.u8(a.period);
+    s.time(a.period_start);
+    s.u8(a.threshold_pct);
+    s.amount(a.used);
+    s.amount(a.cap);
+    s.bool(a.soft);
+}
+
+fn decode_alert(r: &mut Reader<'_>, seq: u64) -> Result<Alert, DecodeError> {
+    Ok(Alert {
+        seq,
+        at: r.time()?,
+        account: r.account()?,
+        unit: r.unit()?,
+        period: r.u8()?,
+        period_start: r.time()?,
+        threshold_pct: r.u8()?,
+        used: r.amount()?,
+        cap: r.amount()?,
+        soft: r.bool()?,
+    })
+}
+
 fn encode_account<S: Sink>(s: &mut S, a: &Account) {
     s.bool(a.parent.is_some());
     s.u64(a.parent.map_or(0, |p| p.0));
@@ -207,7 +242,7 @@ fn encode_account<S: Sink>(s: &mut S, a: &Account) {
     let periodic = a
         .limits()
         .iter()
-        .any(|l| l.period != Period::Lifetime || l.soft);
+        .any(|l| l.period != Period::Lifetime || l.soft || !l.alerts.is_empty());
     s.u16(a.limits().len() as u16 | if periodic { LIMITS_PERIODIC } else { 0 });
     for l in a.limits() {
         s.unit(l.unit);
@@ -219,6 +254,11 @@ fn encode_account<S: Sink>(s: &mut S, a: &Account) {
             s.bool(l.soft);
             s.time(l.period_start);
             s.time(l.period_end);
+            s.u8(l.alerts.len() as u8);
+            for a in l.alerts.iter() {
+                s.u8(*a);
+            }
+            s.u8(l.fired);
         }
     }
 }
@@ -278,10 +318,24 @@ fn decode_account(r: &mut Reader<'_>) -> Result<Account, DecodeError> {
     let mut limits = Vec::with_capacity(n);
     for _ in 0..n {
         let (unit, cap, used, held) = (r.unit()?, r.amount()?, r.amount()?, r.amount()?);
-        let (period, soft, period_start, period_end) = if periodic {
-            (decode_period(r)?, r.bool()?, r.time()?, r.time()?)
+        let (period, soft, period_start, period_end, alerts, fired) = if periodic {
+            (
+                decode_period(r)?,
+                r.bool()?,
+                r.time()?,
+                r.time()?,
+                decode_thresholds(r)?,
+                r.u8()?,
+            )
         } else {
-            (Period::Lifetime, false, Timestamp(0), Timestamp::NEVER)
+            (
+                Period::Lifetime,
+                false,
+                Timestamp(0),
+                Timestamp::NEVER,
+                Vec::new(),
+                0,
+            )
         };
         limits.push(Limit {
             unit,
@@ -292,6 +346,8 @@ fn decode_account(r: &mut Reader<'_>) -> Result<Account, DecodeError> {
             soft,
             period_start,
             period_end,
+            alerts: alerts.into(),
+            fired,
         });
     }
     Ok(Account {
@@ -537,6 +593,20 @@ impl Ledger {
             }
             keep
         });
+        // Alerts: the new ones written (they never change), those fallen
+        // out of the kept window deleted. Both are bounded by the window.
+        let kept_from = self.alerts.front().map_or(self.next_alert, |a| a.seq);
+        let written_to = state.alerts_to.max(kept_from);
+        for a in self.alerts.iter().filter(|a| a.seq >= written_to) {
+            let mut v = Vec::with_capacity(64);
+            encode_alert(&mut v, a);
+            writes.push((key(K_ALERT, a.seq), Some(v)));
+        }
+        for seq in state.alerts_from..state.alerts_to.min(kept_from) {
+            writes.push((key(K_ALERT, seq), None));
+        }
+        state.alerts_from = kept_from;
+        state.alerts_to = self.next_alert;
         let mut meta = Vec::new();
         meta.u64(self.next_bucket);
         meta.u64(self.next_reservation);
@@ -546,6 +616,7 @@ impl Ledger {
         meta.time(self.ops_forgotten_below);
         meta.u64(self.accounts.len() as u64);
         meta.u64(self.reservations.len() as u64);
+        meta.u64(self.next_alert);
         writes.push((vec![NS, K_META], Some(meta)));
         state.seq += 1;
         let changed: Vec<ReservationId> = dirty.reservations.iter().copied().collect();
@@ -728,6 +799,11 @@ impl Ledger {
                     state.op_blobs.push((seq, newest));
                 }
                 K_AUDIT => {}
+                K_ALERT => {
+                    let a = decode_alert(&mut r, id()?)?;
+                    r.finish()?;
+                    ledger.alerts.push_back(a);
+                }
                 K_META => {
                     ledger.next_bucket = r.u64()?;
                     ledger.next_reservation = r.u64()?;
@@ -740,6 +816,10 @@ impl Ledger {
                     let reservations = r.u64()?.min(1 << 32) as usize;
                     ledger.accounts.reserve(accounts);
                     ledger.reservations.reserve(reservations);
+                    // Absent from snapshots written before alerts existed.
+                    if !r.is_empty() {
+                        ledger.next_alert = r.u64()?.max(1);
+                    }
                     r.finish()?;
                 }
                 _ => return Err(DecodeError::Invalid("snapshot key kind")),
@@ -767,6 +847,12 @@ impl Ledger {
             }
         }
         state.op_blobs.sort_unstable();
+        ledger
+            .alerts
+            .make_contiguous()
+            .sort_unstable_by_key(|a| a.seq);
+        state.alerts_from = ledger.alerts.front().map_or(ledger.next_alert, |a| a.seq);
+        state.alerts_to = ledger.next_alert;
         ledger.dirty.fresh_reservations_from = ledger.next_reservation;
         Ok((ledger, state))
     }
@@ -811,6 +897,11 @@ impl Ledger {
         d.u64(self.next_reservation);
         d.u64(self.audit_seq);
         d.u64(self.window_ms);
+        d.u64(self.next_alert);
+        for a in &self.alerts {
+            d.u64(a.seq);
+            encode_alert(&mut d, a);
+        }
         d.finish()
     }
 }

@@ -27,7 +27,7 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 use reckon_balances::ledger::{
-    BUCKETS_PER_ACCOUNT_MAX, DEPTH_MAX, WINDOW_MS_DEFAULT, WINDOW_MS_MAX,
+    ALERTS_KEPT, BUCKETS_PER_ACCOUNT_MAX, DEPTH_MAX, WINDOW_MS_DEFAULT, WINDOW_MS_MAX,
 };
 use reckon_balances::snapshot::{CheckpointState, SnapshotWrite};
 use reckon_balances::{
@@ -79,6 +79,9 @@ struct MLimit {
     soft: bool,
     start: Timestamp,
     end: Timestamp,
+    alerts: Vec<u8>,
+    /// Thresholds that fired this period.
+    fired: Vec<u8>,
 }
 
 impl MLimit {
@@ -95,7 +98,11 @@ impl MLimit {
         if now >= self.end {
             (self.start, self.end) = self.period.bounds(now);
             self.used = 0;
+            self.fired.clear();
         }
+    }
+    fn reached(&self, pct: u8) -> bool {
+        self.used > 0 && self.used * 100 >= self.cap * pct as i128
     }
 }
 
@@ -153,6 +160,8 @@ struct Model {
     audit: Vec<AuditEntry>,
     audit_seq: u64,
     flows: BTreeMap<Unit, Flows>,
+    /// Every alert raised: (account, unit, period kind, threshold, used, cap).
+    alerts: Vec<(AccountId, Unit, u8, u8, i128, i128)>,
 }
 
 fn amt(n: i128) -> Amount {
@@ -174,6 +183,7 @@ impl Model {
             audit: Vec::new(),
             audit_seq: 0,
             flows: BTreeMap::new(),
+            alerts: Vec::new(),
         }
     }
 
@@ -299,6 +309,7 @@ impl Model {
                 cap,
                 period,
                 soft,
+                alerts,
             } => {
                 let a = self
                     .accounts
@@ -309,6 +320,12 @@ impl Model {
                     return Err(LedgerError::Invalid(InvalidInput::CapNegative));
                 }
                 period.validate().map_err(LedgerError::Invalid)?;
+                let valid = alerts.len() <= 8
+                    && alerts.iter().all(|a| (1..=250).contains(a))
+                    && alerts.windows(2).all(|w| w[0] < w[1]);
+                if !valid {
+                    return Err(LedgerError::Invalid(InvalidInput::Thresholds));
+                }
                 let (start, end) = period.bounds(now);
                 let sibling_held = a
                     .limits
@@ -325,6 +342,13 @@ impl Model {
                             }
                             (l.cap, l.period, l.soft, l.start, l.end) =
                                 (cap, *period, *soft, start, end);
+                            let fired = std::mem::take(&mut l.fired);
+                            l.fired = alerts
+                                .iter()
+                                .copied()
+                                .filter(|p| fired.contains(p) && l.reached(*p))
+                                .collect();
+                            l.alerts = alerts.clone();
                         }
                         None => a.limits.push(MLimit {
                             unit: *unit,
@@ -335,6 +359,8 @@ impl Model {
                             soft: *soft,
                             start,
                             end,
+                            alerts: alerts.clone(),
+                            fired: Vec::new(),
                         }),
                     },
                     None => a.limits.retain(|l| !same(l)),
@@ -906,13 +932,21 @@ impl Model {
             }
             r.remaining = 0;
         }
+        let mut raised = Vec::new();
         for a in r.limit_accounts.clone() {
             for l in self.limits_mut(a, r.unit) {
                 l.roll(now);
                 l.held = (l.held - used - released).max(0);
                 l.used += used;
+                for pct in l.alerts.clone() {
+                    if !l.fired.contains(&pct) && l.reached(pct) {
+                        l.fired.push(pct);
+                        raised.push((a, l.unit, l.period.kind(), pct, l.used, l.cap));
+                    }
+                }
             }
         }
+        self.alerts.extend(raised);
         let remaining = r.remaining;
         if remaining == 0 {
             self.closed_reservations.insert(id, r);
@@ -1084,7 +1118,13 @@ fn compare_state(ledger: &Ledger, model: &Model) -> Result<(), TestCaseError> {
             .map(|l| {
                 (
                     (l.unit, l.cap.nanos(), l.used.nanos(), l.held.nanos()),
-                    (l.period, l.soft, l.period_start, l.period_end),
+                    (
+                        l.period,
+                        l.soft,
+                        l.period_start,
+                        l.period_end,
+                        l.alerts.clone(),
+                    ),
                 )
             })
             .collect();
@@ -1094,12 +1134,30 @@ fn compare_state(ledger: &Ledger, model: &Model) -> Result<(), TestCaseError> {
             .map(|l| {
                 (
                     (l.unit, l.cap, l.used, l.held),
-                    (l.period, l.soft, l.start, l.end),
+                    (l.period, l.soft, l.start, l.end, l.alerts.clone()),
                 )
             })
             .collect();
         prop_assert_eq!(got, want, "limits of {:?}", id);
     }
+    // Alerts: the same crossings, in the same order, the last ones kept.
+    let got: Vec<_> = ledger
+        .alerts_after(0, usize::MAX)
+        .iter()
+        .map(|a| {
+            (
+                a.account,
+                a.unit,
+                a.period,
+                a.threshold_pct,
+                a.used.nanos(),
+                a.cap.nanos(),
+            )
+        })
+        .collect();
+    let kept = model.alerts.len().saturating_sub(ALERTS_KEPT);
+    prop_assert_eq!(&got[..], &model.alerts[kept..]);
+    prop_assert_eq!(ledger.last_alert(), model.alerts.len() as u64);
     prop_assert_eq!(ledger.reservation_count(), model.reservations.len());
     for (id, r) in &model.reservations {
         let v = ledger
@@ -1207,6 +1265,7 @@ enum Step {
         period: u8,
         length_min: u8,
         soft: bool,
+        alerts: Vec<u8>,
     },
     Grant(GrantPlan),
     Window {
@@ -1314,9 +1373,12 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(account, status)| Step::Status { account, status }),
         2 => (any::<Index>(), 0..UNITS.len(),
               prop::option::weighted(0.8, (0i128..=60_000).prop_map(|m| m * 1_000_000)),
-              0u8..3, 1u8..=3, prop::bool::weighted(0.2))
-            .prop_map(|(account, unit, cap, period, length_min, soft)| Step::Cap {
-                account, unit, cap, period, length_min, soft,
+              0u8..3, 1u8..=3, prop::bool::weighted(0.2),
+              // Mostly valid thresholds; now and then out of order or zero.
+              prop_oneof![4 => prop::sample::subsequence(vec![25u8, 50, 80, 100, 150], 0..=5),
+                          1 => prop::collection::vec(0u8..=255, 0..=9)])
+            .prop_map(|(account, unit, cap, period, length_min, soft, alerts)| Step::Cap {
+                account, unit, cap, period, length_min, soft, alerts,
             }),
         2 => grant_plan().prop_map(Step::Grant),
         1 => prop_oneof![0u64..=60_000, Just(WINDOW_MS_MAX + 1)].prop_map(|ms| Step::Window { ms }),
@@ -1630,6 +1692,7 @@ impl Run {
                 cap: Some(amt(*cap)),
                 period: Period::Lifetime,
                 soft: false,
+                alerts: Vec::new(),
             };
             prop_assert_eq!(self.client_result(cmd)?, Ok(Outcome::LimitSet));
         }
@@ -1796,6 +1859,7 @@ impl Run {
                 period,
                 length_min,
                 soft,
+                alerts,
             } => {
                 let period = match period {
                     0 => Period::Lifetime,
@@ -1811,6 +1875,7 @@ impl Run {
                     cap: cap.map(amt),
                     period,
                     soft: *soft,
+                    alerts: alerts.clone(),
                 })?;
             }
             Step::Grant(g) => {

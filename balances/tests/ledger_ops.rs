@@ -399,6 +399,7 @@ fn set_limit_sets_updates_and_removes() {
         cap,
         period: Period::Lifetime,
         soft: false,
+        alerts: Vec::new(),
     };
     assert_eq!(f.apply(limit(USD, Some(u(50)))), Ok(Outcome::LimitSet));
     assert_eq!(f.apply(limit(GPU, Some(u(7)))), Ok(Outcome::LimitSet));
@@ -415,6 +416,7 @@ fn set_limit_sets_updates_and_removes() {
                 soft: false,
                 period_start: Timestamp(0),
                 period_end: Timestamp::NEVER,
+                alerts: Vec::new(),
             },
             LimitView {
                 unit: GPU,
@@ -425,6 +427,7 @@ fn set_limit_sets_updates_and_removes() {
                 soft: false,
                 period_start: Timestamp(0),
                 period_end: Timestamp::NEVER,
+                alerts: Vec::new(),
             },
         ]
     );
@@ -445,6 +448,7 @@ fn set_limit_sets_updates_and_removes() {
             cap: Some(u(1)),
             period: Period::Lifetime,
             soft: false,
+            alerts: Vec::new(),
         }),
         Err(LedgerError::AccountNotFound(AccountId(9)))
     );
@@ -1287,6 +1291,7 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
         cap: Some(u(30)),
         period: Period::Lifetime,
         soft: false,
+        alerts: Vec::new(),
     })
     .unwrap();
 
@@ -1304,6 +1309,7 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
             soft: false,
             period_start: Timestamp(0),
             period_end: Timestamp::NEVER,
+            alerts: Vec::new(),
         }
     );
     // The sibling shares the cap: nothing left, and the cap is the reason.
@@ -1369,6 +1375,7 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
         cap: Some(u(4)),
         period: Period::Lifetime,
         soft: false,
+        alerts: Vec::new(),
     })
     .unwrap();
     assert_eq!(
@@ -1402,6 +1409,7 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
         cap: Some(u(1_000)),
         period: Period::Lifetime,
         soft: false,
+        alerts: Vec::new(),
     })
     .unwrap();
     f.apply(Command::SetLimit {
@@ -1410,6 +1418,7 @@ fn caps_on_an_ancestor_bound_the_subtree_and_are_freed_on_settle() {
         cap: None,
         period: Period::Lifetime,
         soft: false,
+        alerts: Vec::new(),
     })
     .unwrap();
     assert_eq!(
@@ -2327,6 +2336,7 @@ impl Fixture {
             cap: cap.map(u),
             period,
             soft,
+            alerts: Vec::new(),
         });
         assert_eq!(r, Ok(Outcome::LimitSet));
     }
@@ -2517,10 +2527,94 @@ fn controls_are_kept_one_per_unit_and_period_kind() {
                 cap: Some(u(1)),
                 period: bad,
                 soft: false,
+                alerts: Vec::new(),
             }),
             Err(LedgerError::Invalid(InvalidInput::Period))
         );
     }
     assert_eq!(f.ledger.account(ROOT).unwrap().limits, limits);
     f.ledger.check_invariants().unwrap();
+}
+
+#[test]
+fn alert_thresholds_fire_once_per_period() {
+    let mut f = Fixture::new();
+    f.now = at(2026, 11, 3, 9);
+    f.create(ROOT, None, false);
+    f.topup(ROOT, USD, u(1000));
+    f.create(CHILD, Some(ROOT), true);
+    let r = f.apply(Command::SetLimit {
+        account: CHILD,
+        unit: USD,
+        cap: Some(u(100)),
+        period: Period::calendar_month(0),
+        soft: true,
+        alerts: vec![50, 80, 100],
+    });
+    assert_eq!(r, Ok(Outcome::LimitSet));
+    let fired = |f: &Fixture| -> Vec<u8> {
+        f.ledger
+            .alerts_after(0, 100)
+            .iter()
+            .map(|a| a.threshold_pct)
+            .collect()
+    };
+    f.spend(CHILD, u(49));
+    assert!(fired(&f).is_empty());
+    // One commit across two thresholds raises both, in order.
+    f.spend(CHILD, u(32));
+    assert_eq!(fired(&f), [50, 80]);
+    f.spend(CHILD, u(1));
+    assert_eq!(fired(&f), [50, 80]);
+    // A soft cap passed: the alert, and no refusal.
+    f.spend(CHILD, u(40));
+    assert_eq!(fired(&f), [50, 80, 100]);
+    let last = f.ledger.alerts_after(2, 100);
+    assert_eq!(last.len(), 1);
+    let a = &last[0];
+    assert_eq!(
+        (a.seq, a.account, a.period, a.used, a.cap, a.soft),
+        (3, CHILD, 1, u(122), u(100), true)
+    );
+    assert_eq!(a.period_start, at(2026, 11, 1, 0));
+    // Sending the same terms again does not fire them again.
+    f.apply(Command::SetLimit {
+        account: CHILD,
+        unit: USD,
+        cap: Some(u(100)),
+        period: Period::calendar_month(0),
+        soft: true,
+        alerts: vec![50, 80, 100],
+    })
+    .unwrap();
+    f.spend(CHILD, u(1));
+    assert_eq!(f.ledger.last_alert(), 3);
+    // December: each fires again.
+    f.now = at(2026, 12, 2, 0);
+    f.spend(CHILD, u(60));
+    assert_eq!(fired(&f), [50, 80, 100, 50]);
+    assert_eq!(
+        f.ledger.alerts_after(3, 100)[0].period_start,
+        at(2026, 12, 1, 0)
+    );
+    // Thresholds out of range are refused and change nothing.
+    for bad in [
+        vec![0],
+        vec![80, 50],
+        vec![251],
+        (1..=9).collect::<Vec<u8>>(),
+    ] {
+        assert_eq!(
+            f.apply(Command::SetLimit {
+                account: CHILD,
+                unit: USD,
+                cap: Some(u(1)),
+                period: Period::calendar_month(0),
+                soft: false,
+                alerts: bad,
+            }),
+            Err(LedgerError::Invalid(InvalidInput::Thresholds))
+        );
+    }
+    assert_eq!(f.control_of(CHILD, 1).cap, u(100));
 }

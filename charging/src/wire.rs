@@ -229,6 +229,7 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                     cap,
                     period: reckon_balances::Period::Lifetime,
                     soft: false,
+                    alerts: Vec::new(),
                 },
                 Some(m.cap.unwrap_or(Decimal::ZERO)),
             )
@@ -324,6 +325,7 @@ pub fn admin_code(e: &LedgerError) -> AdminCode {
             InvalidInput::WindowZero => AdminCode::WINDOW_ZERO,
             InvalidInput::Period => AdminCode::PERIOD_INVALID,
             InvalidInput::TooManyLimits => AdminCode::TOO_MANY_LIMITS,
+            InvalidInput::Thresholds => AdminCode::THRESHOLDS_INVALID,
         },
     }
 }

@@ -185,6 +185,9 @@ code_table! {
         PERIOD_INVALID = 118,
         /// The account has the maximum number of spend controls (64).
         TOO_MANY_LIMITS = 119,
+        /// Alert thresholds out of range: 1 to 250 percent, increasing, at
+        /// most 8.
+        THRESHOLDS_INVALID = 120,
     }
 }
 

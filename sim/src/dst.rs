@@ -869,6 +869,7 @@ impl World {
                 cap: Some(Amount::from_nanos(200_000_000)),
                 period: Period::Lifetime,
                 soft: false,
+                alerts: Vec::new(),
             });
             self.send(e);
         }
@@ -1172,6 +1173,7 @@ impl World {
                     cap: Some(Amount::from_nanos(cap)),
                     period,
                     soft,
+                    alerts: Vec::new(),
                 });
                 self.send(e);
             }
