@@ -359,6 +359,7 @@ fn cca(shape_session: String, request_number: u32, a: CreditControlAnswer) -> Me
                     }
                 },
                 redirect: String::new(),
+                denial: None,
             })
             .collect(),
         balance: wire_quantities(&a.balance),
@@ -510,6 +511,7 @@ pub fn render(shape: &ReplyShape, response: EngineResponse) -> Message {
                             services: b.services.iter().map(|s| s.0).collect(),
                         })
                         .collect(),
+                    limits: Vec::new(),
                 }),
             }
         }

@@ -95,7 +95,11 @@ async fn start(dir: &std::path::Path) -> (server::RunningServer, Client, Client)
     let addr = running.addr.to_string();
     let admin = Client::connect(&addr, ADMIN).await.unwrap();
     let acme = Client::connect(&addr, ACME).await.unwrap();
-    assert_eq!(acme.hello.version, 2, "a current client speaks version 2");
+    assert_eq!(
+        acme.hello.version,
+        reckon_protocol::PROTOCOL_VERSION,
+        "a current client speaks the newest version"
+    );
     ok(&admin.call(create(&admin, ACME_ORG, None)).await.unwrap());
     ok(&admin
         .call(create(&admin, ACME_KEY, Some(ACME_ORG)))
@@ -324,7 +328,7 @@ async fn version_1_clients_are_unchanged_and_oversized_lists_change_nothing() {
     let (_, refused) = Raw::connect(&addr, ACME, 0).await;
     assert!(
         matches!(&refused, Message::Error(e) if e.code == ErrorCode::UNSUPPORTED_VERSION
-            && e.message.contains("1..=2")),
+            && e.message.contains(&format!("1..={}", reckon_protocol::PROTOCOL_VERSION))),
         "{refused:?}"
     );
 

@@ -317,6 +317,8 @@ async fn accounts_export_and_import_round_trip() {
             account: 1000,
             unit: Unit::TOKENS_OUT,
             cap: Some(d("500")),
+            period: reckon_protocol::LimitPeriod::Lifetime,
+            soft: false,
         }))
         .await
         .unwrap());

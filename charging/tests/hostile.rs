@@ -847,6 +847,8 @@ async fn careless_requests_get_clear_answers_and_change_nothing() {
             account: ACME_KEY,
             unit: TOKENS,
             cap: Some(d("500")),
+            period: reckon_protocol::LimitPeriod::Lifetime,
+            soft: false,
         }))
         .await
         .unwrap();

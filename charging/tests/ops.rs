@@ -547,7 +547,7 @@ async fn status_over_the_native_protocol_version_2_for_an_admin_only() {
         .unwrap());
 
     let org = Client::connect(&server.addr, ACME).await.unwrap();
-    assert_eq!(org.hello.version, 2);
+    assert_eq!(org.hello.version, reckon_protocol::PROTOCOL_VERSION);
     match org.call(Message::Status).await.unwrap() {
         Message::Error(e) => assert_eq!(e.code, ErrorCode::FORBIDDEN),
         other => panic!("{other:?}"),

@@ -44,19 +44,21 @@ pub use frame::{
 pub use message::{
     AccountCreate, AccountStatusChange, Adjust, AdminResult, Backup, BackupResult, Balance,
     BalanceQuery, Batch, BatchResult, BucketGrant, BucketInfo, Cca, Ccr, ErrorReply, Hello,
-    HelloOk, LimitSet, Message, RateCardApply, RateCardInfo, RateCardResult, RateCardShow,
-    RateCardVersionInfo, RateCards, ReservationInfo, ReservationList, Reservations, ServiceAnswer,
-    ServiceRequest, StatusResult, TopUp,
+    HelloOk, LimitInfo, LimitSet, Message, RateCardApply, RateCardInfo, RateCardResult,
+    RateCardShow, RateCardVersionInfo, RateCards, ReservationInfo, ReservationList, Reservations,
+    ServiceAnswer, ServiceRequest, StatusResult, TopUp,
 };
 pub use types::{
-    AccountStatus, CreditKind, EventAction, FinalUnitAction, InvalidUnitName, RequestType,
-    TerminationCause, Unit, UnitAmount,
+    AccountStatus, CreditKind, Denial, EventAction, FinalUnitAction, InvalidUnitName, LimitPeriod,
+    RequestType, TerminationCause, Unit, UnitAmount,
 };
 
 /// The highest protocol version this crate speaks (SPEC 5.1, 12): version 2
 /// is version 1 plus `CCR.attributes`, `STATUS` / `STATUS_RESULT` and
-/// `BACKUP` / `BACKUP_RESULT`; version 1 never changes. Which kinds a
-/// version has: [`Kind::since_version`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// `BACKUP` / `BACKUP_RESULT`; version 3 is version 2 plus spend controls
+/// (`LIMIT_SET.period` / `soft`, `BALANCE.limits`) and the CCA service
+/// `denial`. Published versions never change. Which kinds a version has:
+/// [`Kind::since_version`].
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The lowest protocol version this crate speaks; it never changes.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;

@@ -74,3 +74,14 @@ pub const RATECARD_MESSAGE_MAX: usize = 8192;
 pub const RATECARDS_MAX: usize = 64;
 /// Most versions per card in `RATECARDS`.
 pub const RATECARD_VERSIONS_MAX: usize = 1024;
+/// Most spend controls in a `BALANCE` answer (protocol version 3).
+pub const LIMITS_MAX: usize = 64;
+/// Most months in a calendar spend-control period (12: a contract year).
+pub const PERIOD_MONTHS_MAX: u8 = 12;
+/// Largest |UTC offset| of a calendar period's local time, in minutes:
+/// ±18 h, the widest offset ISO 8601 tools accept.
+pub const PERIOD_OFFSET_MIN_MAX: i16 = 1080;
+/// Shortest fixed-length spend-control period: one minute.
+pub const PERIOD_LENGTH_MIN_MS: u64 = 60_000;
+/// Longest fixed-length spend-control period: 3653 days (ten years).
+pub const PERIOD_LENGTH_MAX_MS: u64 = 3653 * 86_400_000;

@@ -7,8 +7,9 @@ use crate::frame::Kind;
 use crate::limits::*;
 use crate::types::*;
 use crate::wire::{
-    bounded_capacity, check_count, fail, into_error, put_attributes, put_decimal, put_opt_decimal,
-    put_opt_u64, put_service_ids, put_string, put_unit, put_unit_amounts, Cx, PResult,
+    bounded_capacity, check_count, fail, into_error, put_attributes, put_decimal, put_denial,
+    put_limit_period, put_opt_decimal, put_opt_u64, put_service_ids, put_string, put_unit,
+    put_unit_amounts, Cx, PResult,
 };
 use bytes::{BufMut, BytesMut};
 use rust_decimal::Decimal;
@@ -107,6 +108,9 @@ pub struct ServiceAnswer {
     pub final_unit_action: Option<FinalUnitAction>,
     /// Where to redirect for [`FinalUnitAction::Redirect`], else empty; at most 256 bytes.
     pub redirect: String,
+    /// Which control refused the service (protocol version 3; `None` in
+    /// versions 1 and 2, where `result_code` 4012 alone says it was refused).
+    pub denial: Option<Denial>,
 }
 
 /// A credit-control answer (CCA).
@@ -207,7 +211,7 @@ pub struct BucketGrant {
     pub services: Vec<u32>,
 }
 
-/// Admin: sets or removes a cap on an account subtree in a unit.
+/// Admin: sets or removes a spend control (a cap) on an account subtree in a unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitSet {
     /// Idempotency key (non-zero).
@@ -218,6 +222,12 @@ pub struct LimitSet {
     pub unit: Unit,
     /// The cap, or `None` to remove it.
     pub cap: Option<Decimal>,
+    /// When the count starts again (protocol version 3; anything but
+    /// [`LimitPeriod::Lifetime`] cannot be encoded in versions 1 and 2).
+    pub period: LimitPeriod,
+    /// A soft cap is reported (in `BALANCE`) but never refuses (protocol
+    /// version 3; `true` cannot be encoded in versions 1 and 2).
+    pub soft: bool,
 }
 
 /// Query: an account's status and buckets.
@@ -277,6 +287,27 @@ pub struct BucketInfo {
     pub services: Vec<u32>,
 }
 
+/// One spend control in a [`Balance`] (protocol version 3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitInfo {
+    /// The unit capped.
+    pub unit: Unit,
+    /// The cap.
+    pub cap: Decimal,
+    /// What the subtree has been debited in the current period.
+    pub used: Decimal,
+    /// What open reservations in the subtree hold against it.
+    pub held: Decimal,
+    /// When the count starts again.
+    pub period: LimitPeriod,
+    /// Whether it only reports (soft) rather than refuses (hard).
+    pub soft: bool,
+    /// Start of the current period, ms since the epoch (0 for a lifetime control).
+    pub period_start_ms: u64,
+    /// End of the current period, ms since the epoch (`u64::MAX`: never).
+    pub period_end_ms: u64,
+}
+
 /// The answer to [`BalanceQuery`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Balance {
@@ -290,6 +321,9 @@ pub struct Balance {
     pub draws_on_parent: bool,
     /// Its buckets (at most 1024).
     pub buckets: Vec<BucketInfo>,
+    /// The spend controls set on it (at most 64; protocol version 3, empty
+    /// in versions 1 and 2, which do not carry them).
+    pub limits: Vec<LimitInfo>,
 }
 
 /// One reservation in [`Reservations`].
@@ -555,7 +589,9 @@ impl Message {
     }
 
     /// Appends the message's body as `version` lays it out (SPEC 12): a CCR
-    /// with attributes needs version 2. Refuses like [`Message::encode`].
+    /// with attributes needs version 2, a `LIMIT_SET` with a period or a
+    /// soft cap version 3; below version 3 a CCA's denials and a
+    /// `BALANCE`'s spend controls are left out. Refuses like [`Message::encode`].
     pub fn encode_version(&self, dst: &mut BytesMut, version: u16) -> Result<(), ProtocolError> {
         let start = dst.len();
         let result = self.encode_body_version(dst, version);
@@ -654,6 +690,10 @@ impl Message {
                     dst.put_u32_le(s.validity_time_s);
                     dst.put_u8(s.final_unit_action.map_or(0, FinalUnitAction::code));
                     put_string(dst, &s.redirect, "redirect", REDIRECT_MAX)?;
+                    // Version 3: older versions only see the result code.
+                    if version >= 3 {
+                        put_denial(dst, s.denial.as_ref())?;
+                    }
                 }
                 put_unit_amounts(dst, &m.balance, "balance", BALANCE_ENTRIES_MAX)?;
                 put_unit_amounts(dst, &m.price, "price", UNIT_AMOUNTS_MAX)?;
@@ -701,6 +741,18 @@ impl Message {
                 dst.put_u64_le(m.account);
                 put_unit(dst, &m.unit);
                 put_opt_decimal(dst, m.cap.as_ref());
+                if version >= 3 {
+                    put_limit_period(dst, &m.period)?;
+                    dst.put_u8(m.soft as u8);
+                } else if m.period != LimitPeriod::Lifetime || m.soft {
+                    // A cap that resets or only reports must not become a
+                    // hard lifetime cap on an older connection.
+                    return Err(ProtocolError::InvalidValue {
+                        request_id: 0,
+                        field: if m.soft { "soft" } else { "period" },
+                        reason: "need protocol version 3",
+                    });
+                }
             }
             Message::BalanceQuery(m) => dst.put_u64_le(m.account),
             Message::ReservationList(m) => {
@@ -732,6 +784,21 @@ impl Message {
                     dst.put_i16_le(b.priority);
                     dst.put_u8(b.expired as u8);
                     put_service_ids(dst, &b.services, "bucket services", BUCKET_SERVICES_MAX)?;
+                }
+                // Version 3; an older connection's answer leaves them out.
+                if version >= 3 {
+                    check_count("limits", m.limits.len(), LIMITS_MAX)?;
+                    dst.put_u8(m.limits.len() as u8);
+                    for l in &m.limits {
+                        put_unit(dst, &l.unit);
+                        put_decimal(dst, &l.cap);
+                        put_decimal(dst, &l.used);
+                        put_decimal(dst, &l.held);
+                        put_limit_period(dst, &l.period)?;
+                        dst.put_u8(l.soft as u8);
+                        dst.put_u64_le(l.period_start_ms);
+                        dst.put_u64_le(l.period_end_ms);
+                    }
                 }
             }
             Message::Reservations(m) => {
@@ -963,6 +1030,11 @@ impl Message {
                     let (r, final_unit_action) =
                         cx.opt_enumeration(r, "final_unit_action", FinalUnitAction::from_code)?;
                     let (r, redirect) = cx.string(r, "redirect", REDIRECT_MAX)?;
+                    let (r, denial) = if cx.version >= 3 {
+                        cx.denial(r)?
+                    } else {
+                        (r, None)
+                    };
                     services.push(ServiceAnswer {
                         service_id,
                         result_code: ResultCode(code),
@@ -970,6 +1042,7 @@ impl Message {
                         validity_time_s,
                         final_unit_action,
                         redirect,
+                        denial,
                     });
                     i = r;
                 }
@@ -1071,11 +1144,20 @@ impl Message {
                 let (i, account) = cx.u64(i, "account")?;
                 let (i, unit) = cx.unit(i, "unit")?;
                 let (i, cap) = cx.opt_decimal(i, "has_cap", "cap")?;
+                let (i, period, soft) = if cx.version >= 3 {
+                    let (i, period) = cx.limit_period(i)?;
+                    let (i, soft) = cx.bool(i, "soft")?;
+                    (i, period, soft)
+                } else {
+                    (i, LimitPeriod::Lifetime, false)
+                };
                 let m = LimitSet {
                     op_id,
                     account,
                     unit,
                     cap,
+                    period,
+                    soft,
                 };
                 (i, Message::LimitSet(m))
             }
@@ -1141,12 +1223,42 @@ impl Message {
                     });
                     i = r;
                 }
+                let (i, limits) = if cx.version >= 3 {
+                    let (mut i, n) = cx.count_u8(i, "limits", LIMITS_MAX)?;
+                    // Smallest limit: 3 + 3 * 17 + 1 + 1 + 8 + 8.
+                    let mut limits = Vec::with_capacity(bounded_capacity(n, i.len(), 72));
+                    for _ in 0..n {
+                        let (r, unit) = cx.unit(i, "limit unit")?;
+                        let (r, cap) = cx.decimal(r, "limit cap")?;
+                        let (r, used) = cx.decimal(r, "limit used")?;
+                        let (r, held) = cx.decimal(r, "limit held")?;
+                        let (r, period) = cx.limit_period(r)?;
+                        let (r, soft) = cx.bool(r, "soft")?;
+                        let (r, period_start_ms) = cx.u64(r, "period_start_ms")?;
+                        let (r, period_end_ms) = cx.u64(r, "period_end_ms")?;
+                        limits.push(LimitInfo {
+                            unit,
+                            cap,
+                            used,
+                            held,
+                            period,
+                            soft,
+                            period_start_ms,
+                            period_end_ms,
+                        });
+                        i = r;
+                    }
+                    (i, limits)
+                } else {
+                    (i, Vec::new())
+                };
                 let m = Balance {
                     account,
                     parent,
                     status,
                     draws_on_parent,
                     buckets,
+                    limits,
                 };
                 (i, Message::Balance(m))
             }

@@ -1,7 +1,10 @@
 //! The protocol's small value types: units, (unit, amount) pairs and the
 //! one-byte enumerations.
 
-use crate::limits::{UNIT_LEN_MAX, UNIT_LEN_MIN};
+use crate::limits::{
+    PERIOD_LENGTH_MAX_MS, PERIOD_LENGTH_MIN_MS, PERIOD_MONTHS_MAX, PERIOD_OFFSET_MIN_MAX,
+    UNIT_LEN_MAX, UNIT_LEN_MIN,
+};
 use rust_decimal::Decimal;
 use std::fmt;
 use std::str::FromStr;
@@ -244,5 +247,105 @@ wire_enum! {
         TopUp = 0,
         /// Money returned, e.g. for a failed service.
         Refund = 1,
+    }
+}
+
+/// How often a spend control's count starts again (protocol version 3,
+/// `LIMIT_SET.period`, SPEC 6.5).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LimitPeriod {
+    /// Never resets: the count runs for the account's whole life (kind 0;
+    /// what every version-1 and -2 cap is).
+    Lifetime,
+    /// Calendar periods of `months` months (kind 1..=12), counted in the
+    /// local time `offset_min` minutes east of UTC.
+    Months {
+        /// Months per period, 1 ..= 12 (1: a month, 3: a quarter, 12: a year).
+        months: u8,
+        /// The start of one period, ms since the epoch; the others begin
+        /// a whole number of periods before or after it.
+        anchor_ms: u64,
+        /// The local time's UTC offset in minutes, −1080 ..= 1080.
+        offset_min: i16,
+    },
+    /// Periods of a fixed length (kind 13).
+    Fixed {
+        /// The start of one period, ms since the epoch.
+        anchor_ms: u64,
+        /// The length of every period in ms, one minute ..= 3653 days.
+        length_ms: u64,
+    },
+}
+
+impl LimitPeriod {
+    /// The wire kind of [`LimitPeriod::Lifetime`].
+    pub const KIND_LIFETIME: u8 = 0;
+    /// The wire kind of [`LimitPeriod::Fixed`]; 1 ..= 12 are months.
+    pub const KIND_FIXED: u8 = 13;
+
+    /// The wire kind byte: 0 lifetime, 1 ..= 12 months, 13 fixed length.
+    pub fn kind(&self) -> u8 {
+        match self {
+            LimitPeriod::Lifetime => LimitPeriod::KIND_LIFETIME,
+            LimitPeriod::Months { months, .. } => *months,
+            LimitPeriod::Fixed { .. } => LimitPeriod::KIND_FIXED,
+        }
+    }
+
+    /// Whether `kind` is a defined period kind (0 ..= 13).
+    pub fn is_kind(kind: u8) -> bool {
+        kind <= LimitPeriod::KIND_FIXED
+    }
+
+    /// Checks the ranges a decoder enforces; `Err` says which is broken.
+    pub fn check(&self) -> Result<(), &'static str> {
+        match *self {
+            LimitPeriod::Lifetime => Ok(()),
+            LimitPeriod::Months {
+                months, offset_min, ..
+            } => {
+                if !(1..=PERIOD_MONTHS_MAX).contains(&months) {
+                    Err("months must be 1 ..= 12")
+                } else if offset_min.unsigned_abs() > PERIOD_OFFSET_MIN_MAX as u16 {
+                    Err("offset_min must be -1080 ..= 1080")
+                } else {
+                    Ok(())
+                }
+            }
+            LimitPeriod::Fixed { length_ms, .. } => {
+                if (PERIOD_LENGTH_MIN_MS..=PERIOD_LENGTH_MAX_MS).contains(&length_ms) {
+                    Ok(())
+                } else {
+                    Err("length_ms must be 60000 ..= 315619200000 (one minute ..= 3653 days)")
+                }
+            }
+        }
+    }
+}
+
+/// Why a CCA service was refused for lack of credit (protocol version 3,
+/// service `denial`, SPEC 6.4): which control said no, so a gateway can
+/// tell its user "department budget reached" rather than "no credit".
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Denial {
+    /// The account and the accounts it draws on have no credit left (reason 1).
+    NoCredit,
+    /// A hard spend control refused (reason 2).
+    SpendControl {
+        /// The account the control is set on (the charged account or an ancestor).
+        account: u64,
+        /// The control's period kind ([`LimitPeriod::kind`]: 0 lifetime,
+        /// 1 ..= 12 months, 13 fixed length).
+        period_kind: u8,
+    },
+}
+
+impl Denial {
+    /// The wire reason byte: 1 `NO_CREDIT`, 2 `SPEND_CONTROL` (0 is none).
+    pub fn reason(&self) -> u8 {
+        match self {
+            Denial::NoCredit => 1,
+            Denial::SpendControl { .. } => 2,
+        }
     }
 }

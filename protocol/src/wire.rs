@@ -9,7 +9,7 @@ use crate::error::ProtocolError;
 use crate::limits::{
     ATTRIBUTES_MAX, ATTRIBUTE_KEY_MAX, ATTRIBUTE_VALUE_MAX, DECIMAL_MANTISSA_MAX, DECIMAL_SCALE_MAX,
 };
-use crate::types::{Unit, UnitAmount};
+use crate::types::{Denial, LimitPeriod, Unit, UnitAmount};
 use bytes::{BufMut, BytesMut};
 use nom::bytes::complete::take;
 use nom::number::complete as num;
@@ -341,6 +341,98 @@ impl Cx {
         }
         Ok((i, None))
     }
+
+    /// Reads a spend-control period (version 3): `u8 kind`, then for
+    /// kinds 1 ..= 12 `u64 anchor_ms | i16 offset_min`, for kind 13
+    /// `u64 anchor_ms | u64 length_ms`, for kind 0 nothing; refuses a
+    /// kind above 13 and values out of range.
+    pub(crate) fn limit_period<'a>(self, i: &'a [u8]) -> PResult<'a, LimitPeriod> {
+        let (i, kind) = self.u8(i, "period kind")?;
+        let (i, period) = match kind {
+            LimitPeriod::KIND_LIFETIME => (i, LimitPeriod::Lifetime),
+            LimitPeriod::KIND_FIXED => {
+                let (i, anchor_ms) = self.u64(i, "anchor_ms")?;
+                let (i, length_ms) = self.u64(i, "length_ms")?;
+                (
+                    i,
+                    LimitPeriod::Fixed {
+                        anchor_ms,
+                        length_ms,
+                    },
+                )
+            }
+            months if LimitPeriod::is_kind(months) => {
+                let (i, anchor_ms) = self.u64(i, "anchor_ms")?;
+                let (i, offset_min) = self.i16(i, "offset_min")?;
+                (
+                    i,
+                    LimitPeriod::Months {
+                        months,
+                        anchor_ms,
+                        offset_min,
+                    },
+                )
+            }
+            value => {
+                return fail(ProtocolError::InvalidEnum {
+                    request_id: self.rid,
+                    field: "period kind",
+                    value,
+                })
+            }
+        };
+        match period.check() {
+            Ok(()) => Ok((i, period)),
+            Err(reason) => fail(ProtocolError::InvalidValue {
+                request_id: self.rid,
+                field: "period",
+                reason,
+            }),
+        }
+    }
+
+    /// Reads a CCA service's denial (version 3): `u8 reason | u64
+    /// control_account | u8 control_period`, the last two zero unless the
+    /// reason is 2 (`SPEND_CONTROL`).
+    pub(crate) fn denial<'a>(self, i: &'a [u8]) -> PResult<'a, Option<Denial>> {
+        let (i, reason) = self.u8(i, "denial reason")?;
+        if reason > 2 {
+            return fail(ProtocolError::InvalidEnum {
+                request_id: self.rid,
+                field: "denial reason",
+                value: reason,
+            });
+        }
+        let (i, account) = self.u64(i, "control_account")?;
+        let (i, period_kind) = self.u8(i, "control_period")?;
+        if reason == 2 {
+            if !LimitPeriod::is_kind(period_kind) {
+                return fail(ProtocolError::InvalidEnum {
+                    request_id: self.rid,
+                    field: "control_period",
+                    value: period_kind,
+                });
+            }
+            return Ok((
+                i,
+                Some(Denial::SpendControl {
+                    account,
+                    period_kind,
+                }),
+            ));
+        }
+        if account != 0 || period_kind != 0 {
+            return fail(ProtocolError::NonCanonical {
+                request_id: self.rid,
+                field: if account != 0 {
+                    "control_account"
+                } else {
+                    "control_period"
+                },
+            });
+        }
+        Ok((i, (reason == 1).then_some(Denial::NoCredit)))
+    }
 }
 
 /// Writes a string with its u16 length, refusing one longer than `max`.
@@ -470,4 +562,58 @@ pub(crate) fn put_opt_decimal(dst: &mut BytesMut, v: Option<&Decimal>) {
         Some(d) => put_decimal(dst, d),
         None => dst.put_bytes(0, 17),
     }
+}
+
+/// Writes a spend-control period, refusing one a decoder would refuse.
+pub(crate) fn put_limit_period(dst: &mut BytesMut, p: &LimitPeriod) -> Result<(), ProtocolError> {
+    if let Err(reason) = p.check() {
+        return Err(ProtocolError::InvalidValue {
+            request_id: 0,
+            field: "period",
+            reason,
+        });
+    }
+    dst.put_u8(p.kind());
+    match *p {
+        LimitPeriod::Lifetime => {}
+        LimitPeriod::Months {
+            anchor_ms,
+            offset_min,
+            ..
+        } => {
+            dst.put_u64_le(anchor_ms);
+            dst.put_i16_le(offset_min);
+        }
+        LimitPeriod::Fixed {
+            anchor_ms,
+            length_ms,
+        } => {
+            dst.put_u64_le(anchor_ms);
+            dst.put_u64_le(length_ms);
+        }
+    }
+    Ok(())
+}
+
+/// Writes a CCA service's denial (all zero when there is none), refusing
+/// a period kind a decoder would refuse.
+pub(crate) fn put_denial(dst: &mut BytesMut, d: Option<&Denial>) -> Result<(), ProtocolError> {
+    let (account, period_kind) = match d {
+        Some(&Denial::SpendControl {
+            account,
+            period_kind,
+        }) => (account, period_kind),
+        None | Some(Denial::NoCredit) => (0, 0),
+    };
+    if !LimitPeriod::is_kind(period_kind) {
+        return Err(ProtocolError::InvalidValue {
+            request_id: 0,
+            field: "control_period",
+            reason: "must be a period kind, 0 ..= 13",
+        });
+    }
+    dst.put_u8(d.map_or(0, Denial::reason));
+    dst.put_u64_le(account);
+    dst.put_u8(period_kind);
+    Ok(())
 }

@@ -188,3 +188,39 @@ fn a_version_2_ccr_without_attributes_allocates_as_in_version_1() {
     assert!(result.is_ok());
     assert!(peak <= bound(wire.len()), "{peak}");
 }
+
+#[test]
+fn version_3_spend_controls_decode_within_the_bound() {
+    let mut runner = TestRunner::new(Config::default());
+    let check_v3 = |bytes: &[u8]| {
+        let (peak, result) = peak_of(|| decode_frame_version(bytes, MAX_FRAME_CAP, 3));
+        assert!(
+            peak <= bound(bytes.len()),
+            "decoding {} bytes held {peak} bytes ({result:?})",
+            bytes.len()
+        );
+        result.is_ok()
+    };
+    // Valid frames with every version-3 field, the fullest BALANCE included.
+    for m in samples_v3() {
+        let mut wire = BytesMut::new();
+        Frame::new(1, m)
+            .encode_version(&mut wire, MAX_FRAME_CAP, 3)
+            .unwrap();
+        assert!(check_v3(&wire));
+    }
+    for _ in 0..200 {
+        let frame = arb_frame_v3().new_tree(&mut runner).unwrap().current();
+        let mut wire = BytesMut::new();
+        frame.encode_version(&mut wire, MAX_FRAME_CAP, 3).unwrap();
+        assert!(check_v3(&wire));
+    }
+    // A BALANCE claiming 64 spend controls backed by a few bytes.
+    let mut body = vec![0u8; 8 + 9 + 1 + 1];
+    body.extend_from_slice(&[0, 0, LIMITS_MAX as u8]);
+    body.extend_from_slice(&[0u8; 40]);
+    let mut v = (10 + body.len() as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(&[0xa1, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+    v.extend_from_slice(&body);
+    assert!(!check_v3(&v));
+}

@@ -28,17 +28,23 @@ fn check_decode(bytes: &[u8], max: u32) {
     }
 }
 
-/// [`check_decode`] on a version-2 connection: same rules, v2 encoding.
-fn check_decode_v2(bytes: &[u8]) {
-    match decode_frame_version(bytes, MAX_FRAME_CAP, 2) {
+/// [`check_decode`] on a connection of `version`: same rules, that version's encoding.
+fn check_decode_version(bytes: &[u8], version: u16) {
+    match decode_frame_version(bytes, MAX_FRAME_CAP, version) {
         Ok(None) => {}
         Ok(Some((frame, used))) => {
             let mut again = BytesMut::new();
-            frame.encode_version(&mut again, MAX_FRAME_CAP, 2).unwrap();
+            frame
+                .encode_version(&mut again, MAX_FRAME_CAP, version)
+                .unwrap();
             assert_eq!(&again[..], &bytes[..used]);
         }
         Err(e) => assert_eq!(e.is_fatal(), e.request_id().is_none()),
     }
+}
+
+fn check_decode_v2(bytes: &[u8]) {
+    check_decode_version(bytes, 2);
 }
 
 /// Distinct attribute keys of 1..=32 bytes and values of at most 64.
@@ -53,7 +59,16 @@ fn arb_attributes() -> impl Strategy<Value = Vec<(String, String)>> {
 
 /// A frame whose CCRs (alone or in a BATCH) carry arbitrary attributes.
 fn arb_frame_v2() -> impl Strategy<Value = Frame> {
-    (arb_frame(), arb_attributes()).prop_map(|(mut f, attrs)| {
+    with_attributes(arb_frame())
+}
+
+/// A frame with every version-3 field and CCR attributes arbitrary.
+fn arb_frame_v3_full() -> impl Strategy<Value = Frame> {
+    with_attributes(arb_frame_v3())
+}
+
+fn with_attributes(frames: impl Strategy<Value = Frame>) -> impl Strategy<Value = Frame> {
+    (frames, arb_attributes()).prop_map(|(mut f, attrs)| {
         match &mut f.body {
             Message::Ccr(c) => c.attributes = attrs,
             Message::Batch(b) => {
@@ -67,6 +82,27 @@ fn arb_frame_v2() -> impl Strategy<Value = Frame> {
         }
         f
     })
+}
+
+/// `m` as version 2 carries it: CCA denials and `BALANCE` limits left out.
+fn strip_v3(m: &Message) -> Message {
+    let mut m = m.clone();
+    match &mut m {
+        Message::Cca(c) => c.services.iter_mut().for_each(|s| s.denial = None),
+        Message::Balance(b) => b.limits.clear(),
+        Message::BatchResult(b) => b.entries = b.entries.iter().map(strip_v3).collect(),
+        _ => {}
+    }
+    m
+}
+
+/// Whether `m` holds a `LIMIT_SET` with a period or a soft cap.
+fn needs_v3(m: &Message) -> bool {
+    match m {
+        Message::LimitSet(l) => l.period != LimitPeriod::Lifetime || l.soft,
+        Message::Batch(b) => b.entries.iter().any(needs_v3),
+        _ => false,
+    }
 }
 
 fn frame_with(kind: u8, flags: u8, rid: u64, body: &[u8]) -> Vec<u8> {
@@ -113,6 +149,48 @@ proptest! {
     }
 
     #[test]
+    fn version_3_frames_round_trip_and_survive_corruption(
+        frame in arb_frame_v3_full(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        let mut bytes = BytesMut::new();
+        frame.encode_version(&mut bytes, MAX_FRAME_CAP, 3).unwrap();
+        let (decoded, used) = decode_frame_version(&bytes, MAX_FRAME_CAP, 3).unwrap().unwrap();
+        prop_assert_eq!(used, bytes.len());
+        prop_assert_eq!(&decoded, &frame);
+        let mut bytes = bytes.to_vec();
+        for (at, value) in &edits {
+            let i = at.index(bytes.len());
+            if i >= 4 {
+                bytes[i] = *value;
+            }
+        }
+        for version in 1..=3 {
+            check_decode_version(&bytes, version);
+        }
+    }
+
+    #[test]
+    fn version_3_fields_are_dropped_or_refused_below_version_3(frame in arb_frame_v3()) {
+        let mut v2 = BytesMut::new();
+        match frame.encode_version(&mut v2, MAX_FRAME_CAP, 2) {
+            Ok(()) => {
+                let (back, _) = decode_frame_version(&v2, MAX_FRAME_CAP, 2).unwrap().unwrap();
+                prop_assert_eq!(back.body, strip_v3(&frame.body));
+            }
+            Err(e) => {
+                prop_assert!(v2.is_empty());
+                let is_version_error = matches!(
+                    e,
+                    ProtocolError::InvalidValue { reason: "need protocol version 3", .. }
+                );
+                prop_assert!(is_version_error, "{}", e);
+                prop_assert!(needs_v3(&frame.body));
+            }
+        }
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         check_decode(&bytes, DEFAULT_MAX_FRAME);
         check_decode(&bytes, 64);
@@ -127,6 +205,7 @@ proptest! {
     ) {
         check_decode(&frame_with(kind, flags, rid, &body), DEFAULT_MAX_FRAME);
         check_decode_v2(&frame_with(kind, flags, rid, &body));
+        check_decode_version(&frame_with(kind, flags, rid, &body), 3);
     }
 
     #[test]

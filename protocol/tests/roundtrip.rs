@@ -679,3 +679,510 @@ fn the_encoder_refuses_attributes_a_decoder_would_refuse() {
         assert_eq!(err.request_id(), Some(3));
     }
 }
+
+/// `m` as a version-1 or -2 connection carries it: no CCA denials, no
+/// `BALANCE` limits (a `LIMIT_SET` cannot lose its period: it is refused).
+fn without_v3_fields(m: &Message) -> Message {
+    match m {
+        Message::Cca(c) => {
+            let mut c = c.clone();
+            for s in &mut c.services {
+                s.denial = None;
+            }
+            Message::Cca(c)
+        }
+        Message::Balance(b) => Message::Balance(Balance {
+            limits: Vec::new(),
+            ..b.clone()
+        }),
+        Message::BatchResult(b) => Message::BatchResult(BatchResult {
+            entries: b.entries.iter().map(without_v3_fields).collect(),
+        }),
+        other => other.clone(),
+    }
+}
+
+/// Whether `m` is (or a batch holds) a `LIMIT_SET` only version 3 can carry.
+fn has_v3_limit_set(m: &Message) -> bool {
+    match m {
+        Message::LimitSet(l) => l.period != LimitPeriod::Lifetime || l.soft,
+        Message::Batch(b) => b.entries.iter().any(has_v3_limit_set),
+        _ => false,
+    }
+}
+
+fn encode_v(frame: &Frame, version: u16) -> Result<BytesMut, ProtocolError> {
+    let mut out = BytesMut::from(&b"kept"[..]);
+    match frame.encode_version(&mut out, MAX_FRAME_CAP, version) {
+        Ok(()) => Ok(out.split_off(4)),
+        Err(e) => {
+            assert_eq!(
+                &out[..],
+                b"kept",
+                "a refused frame leaves the buffer unchanged"
+            );
+            Err(e)
+        }
+    }
+}
+
+fn decode_v(bytes: &[u8], version: u16) -> Result<Frame, ProtocolError> {
+    let (frame, used) = decode_frame_version(bytes, MAX_FRAME_CAP, version)?.unwrap();
+    assert_eq!(used, bytes.len());
+    Ok(frame)
+}
+
+#[test]
+fn version_3_carries_spend_controls_and_denials() {
+    for (i, m) in samples_v3().into_iter().enumerate() {
+        let frame = Frame::new(i as u64 + 1, m);
+        let v3 = encode_v(&frame, 3).unwrap();
+        assert_eq!(decode_v(&v3, 3).unwrap(), frame);
+        // Through a codec switched to version 3 as well.
+        let mut codec = ReckonCodec::new();
+        codec.set_version(3);
+        let mut out = BytesMut::new();
+        codec.encode(&frame, &mut out).unwrap();
+        assert_eq!(out, v3);
+        assert_eq!(codec.decode(&mut out).unwrap(), Some(frame.clone()));
+        // Version 3 bytes are not a version-2 frame of the same kind.
+        assert!(decode_v(&v3, 2).map_or(true, |f| f != frame));
+
+        for older in [1, 2] {
+            match encode_v(&frame, older) {
+                Ok(bytes) => {
+                    assert!(!has_v3_limit_set(&frame.body), "{:?}", frame.body);
+                    let back = decode_v(&bytes, older).unwrap();
+                    assert_eq!(back.body, without_v3_fields(&frame.body));
+                    assert!(bytes.len() < v3.len());
+                }
+                Err(e) => {
+                    assert!(has_v3_limit_set(&frame.body), "{e}");
+                    assert!(
+                        matches!(
+                            e,
+                            ProtocolError::InvalidValue {
+                                field: "period" | "soft",
+                                reason: "need protocol version 3",
+                                ..
+                            }
+                        ),
+                        "{e}"
+                    );
+                    assert_eq!(e.request_id(), Some(i as u64 + 1));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn older_versions_drop_denials_and_refuse_periodic_limits() {
+    let samples = samples_v3();
+    // A CCA with a spend-control denial, written on a version-2 connection:
+    // the client sees 4012 and no denial.
+    let cca = samples.iter().find(|m| m.kind() == Kind::Cca).unwrap();
+    let Message::Cca(back) = decode_v(&encode_v(&Frame::new(1, cca.clone()), 2).unwrap(), 2)
+        .unwrap()
+        .body
+    else {
+        panic!()
+    };
+    assert_eq!(
+        back.services[0].result_code,
+        ResultCode::CREDIT_LIMIT_REACHED
+    );
+    assert!(back.services.iter().all(|s| s.denial.is_none()));
+
+    // A monthly LIMIT_SET cannot be written in version 2 (it would become a
+    // hard lifetime cap), nor a soft lifetime one.
+    let monthly = LimitSet {
+        op_id: 1,
+        account: 7,
+        unit: Unit::USD,
+        cap: Some(dec(100, 0)),
+        period: monthly(),
+        soft: false,
+    };
+    for (m, field) in [
+        (monthly.clone(), "period"),
+        (
+            LimitSet {
+                period: LimitPeriod::Lifetime,
+                soft: true,
+                ..monthly.clone()
+            },
+            "soft",
+        ),
+    ] {
+        let err = encode_v(&Frame::new(2, Message::LimitSet(m)), 2).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::InvalidValue { request_id: 2, field: f, .. } if f == field),
+            "{err}"
+        );
+    }
+    // A lifetime, hard LIMIT_SET is version 1's: two bytes shorter.
+    let plain = Frame::new(
+        3,
+        Message::LimitSet(LimitSet {
+            period: LimitPeriod::Lifetime,
+            ..monthly
+        }),
+    );
+    let (v2, v3) = (encode_v(&plain, 2).unwrap(), encode_v(&plain, 3).unwrap());
+    assert_eq!(v2.len() + 2, v3.len());
+    assert_eq!(&v3[v3.len() - 2..], &[0, 0], "kind 0 (lifetime), soft 0");
+    assert_eq!(decode_v(&v2, 2).unwrap(), plain);
+    assert_eq!(decode_v(&v3, 3).unwrap(), plain);
+    // Read in the wrong version, the layouts do not line up.
+    assert!(matches!(
+        decode_v(&v3, 2),
+        Err(ProtocolError::TrailingBytes { extra: 2, .. })
+    ));
+    assert!(matches!(
+        decode_v(&v2, 3),
+        Err(ProtocolError::Truncated {
+            field: "period kind",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn version_1_messages_mean_the_same_in_version_3() {
+    for (i, m) in samples().into_iter().enumerate() {
+        let frame = Frame::new(i as u64 + 1, m);
+        let v3 = encode_v(&frame, 3).unwrap();
+        assert_eq!(decode_v(&v3, 3).unwrap(), frame);
+        let v2 = encode_v(&frame, 2).unwrap();
+        // Only LIMIT_SET, BALANCE and CCA (alone or in batches) grow.
+        let grows = |m: &Message| {
+            matches!(
+                m.kind(),
+                Kind::LimitSet | Kind::Balance | Kind::Cca | Kind::Batch | Kind::BatchResult
+            )
+        };
+        if !grows(&frame.body) {
+            assert_eq!(v2, v3, "{}", frame.kind().name());
+        }
+    }
+}
+
+#[test]
+fn limit_period_kinds() {
+    assert_eq!(LimitPeriod::Lifetime.kind(), 0);
+    assert_eq!(monthly().kind(), 1);
+    let year = LimitPeriod::Months {
+        months: 12,
+        anchor_ms: 0,
+        offset_min: 0,
+    };
+    assert_eq!(year.kind(), 12);
+    let fixed = LimitPeriod::Fixed {
+        anchor_ms: 0,
+        length_ms: 86_400_000,
+    };
+    assert_eq!(fixed.kind(), LimitPeriod::KIND_FIXED);
+    assert!((0..=13).all(LimitPeriod::is_kind));
+    assert!((14..=255).all(|k| !LimitPeriod::is_kind(k)));
+    assert_eq!(Denial::NoCredit.reason(), 1);
+    let control = Denial::SpendControl {
+        account: 7,
+        period_kind: 1,
+    };
+    assert_eq!(control.reason(), 2);
+}
+
+/// A version-3 LIMIT_SET body: op_id 1, account 7, unit USD, no cap, then `tail`.
+fn limit_set_body(tail: &[u8]) -> Vec<u8> {
+    let mut b = 1u128.to_le_bytes().to_vec();
+    b.extend_from_slice(&7u64.to_le_bytes());
+    b.extend_from_slice(&[3, 0, b'U', b'S', b'D', 0]);
+    b.extend_from_slice(&[0u8; 17]);
+    b.extend_from_slice(tail);
+    b
+}
+
+/// A version-3 CCA body with one service answer ending in `denial`.
+fn cca_body(denial: &[u8]) -> Vec<u8> {
+    let mut b = 2001u32.to_le_bytes().to_vec();
+    b.extend_from_slice(&[1, 0, b's']);
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.push(1);
+    b.extend_from_slice(&10u32.to_le_bytes());
+    b.extend_from_slice(&4012u32.to_le_bytes());
+    b.push(0);
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&[0, 0, 0]);
+    b.extend_from_slice(denial);
+    b.extend_from_slice(&[0, 0]);
+    b
+}
+
+fn months_tail(months: u8, offset_min: i16, soft: u8) -> Vec<u8> {
+    let mut t = vec![months];
+    t.extend_from_slice(&1_767_222_000_000u64.to_le_bytes());
+    t.extend_from_slice(&offset_min.to_le_bytes());
+    t.push(soft);
+    t
+}
+
+fn fixed_tail(length_ms: u64) -> Vec<u8> {
+    let mut t = vec![13];
+    t.extend_from_slice(&0u64.to_le_bytes());
+    t.extend_from_slice(&length_ms.to_le_bytes());
+    t.push(0);
+    t
+}
+
+fn denial_bytes(reason: u8, account: u64, period: u8) -> Vec<u8> {
+    let mut d = vec![reason];
+    d.extend_from_slice(&account.to_le_bytes());
+    d.push(period);
+    d
+}
+
+#[test]
+fn version_3_decoding_refuses_out_of_range_periods_and_denials() {
+    use ProtocolError as E;
+    let dec3 = |kind: u8, body: Vec<u8>| decode_v(&raw(kind, 0, 9, &body), 3);
+    let limit = |tail: Vec<u8>| dec3(0x25, limit_set_body(&tail));
+    let cca = |d: Vec<u8>| dec3(0x90, cca_body(&d));
+
+    // The edges are accepted.
+    for tail in [
+        vec![0, 0],
+        vec![0, 1],
+        months_tail(1, 1080, 0),
+        months_tail(12, -1080, 1),
+        fixed_tail(PERIOD_LENGTH_MIN_MS),
+        fixed_tail(PERIOD_LENGTH_MAX_MS),
+    ] {
+        limit(tail.clone()).unwrap_or_else(|e| panic!("{tail:?}: {e}"));
+    }
+    for d in [
+        denial_bytes(0, 0, 0),
+        denial_bytes(1, 0, 0),
+        denial_bytes(2, 0, 0),
+        denial_bytes(2, u64::MAX, 13),
+    ] {
+        cca(d.clone()).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+    }
+
+    let is_period = |r: Result<Frame, E>| {
+        matches!(
+            r,
+            Err(E::InvalidValue {
+                request_id: 9,
+                field: "period",
+                ..
+            })
+        )
+    };
+    assert!(matches!(
+        limit(vec![14, 0]),
+        Err(E::InvalidEnum {
+            request_id: 9,
+            field: "period kind",
+            value: 14
+        })
+    ));
+    assert!(matches!(
+        limit(vec![255]),
+        Err(E::InvalidEnum { value: 255, .. })
+    ));
+    assert!(is_period(limit(months_tail(1, 1081, 0))));
+    assert!(is_period(limit(months_tail(3, -1081, 0))));
+    assert!(is_period(limit(months_tail(1, i16::MIN, 0))));
+    assert!(is_period(limit(fixed_tail(PERIOD_LENGTH_MIN_MS - 1))));
+    assert!(is_period(limit(fixed_tail(PERIOD_LENGTH_MAX_MS + 1))));
+    assert!(is_period(limit(fixed_tail(0))));
+    assert!(matches!(
+        limit(months_tail(1, 60, 2)),
+        Err(E::InvalidBool {
+            field: "soft",
+            value: 2,
+            ..
+        })
+    ));
+    assert!(matches!(
+        limit(vec![0]),
+        Err(E::Truncated { field: "soft", .. })
+    ));
+    assert!(matches!(
+        limit(vec![1, 0, 0]),
+        Err(E::Truncated {
+            field: "anchor_ms",
+            ..
+        })
+    ));
+
+    assert!(matches!(
+        cca(denial_bytes(3, 0, 0)),
+        Err(E::InvalidEnum {
+            request_id: 9,
+            field: "denial reason",
+            value: 3
+        })
+    ));
+    assert!(matches!(
+        cca(denial_bytes(2, 7, 14)),
+        Err(E::InvalidEnum {
+            field: "control_period",
+            value: 14,
+            ..
+        })
+    ));
+    assert!(matches!(
+        cca(denial_bytes(0, 7, 0)),
+        Err(E::NonCanonical {
+            field: "control_account",
+            ..
+        })
+    ));
+    assert!(matches!(
+        cca(denial_bytes(1, 0, 1)),
+        Err(E::NonCanonical {
+            field: "control_period",
+            ..
+        })
+    ));
+
+    // A BALANCE with more spend controls than the limit.
+    let mut balance = 7u64.to_le_bytes().to_vec();
+    balance.extend_from_slice(&[0; 9]);
+    balance.extend_from_slice(&[0, 0, 0, 0]);
+    balance.push(LIMITS_MAX as u8 + 1);
+    assert!(matches!(
+        dec3(0xa1, balance),
+        Err(E::CountTooLarge {
+            field: "limits",
+            count: 65,
+            max: 64,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn version_3_encoding_refuses_what_a_decoder_would_refuse() {
+    let set = |period| {
+        Frame::new(
+            4,
+            Message::LimitSet(LimitSet {
+                op_id: 1,
+                account: 7,
+                unit: Unit::USD,
+                cap: None,
+                period,
+                soft: false,
+            }),
+        )
+    };
+    for period in [
+        LimitPeriod::Months {
+            months: 0,
+            anchor_ms: 0,
+            offset_min: 0,
+        },
+        LimitPeriod::Months {
+            months: 13,
+            anchor_ms: 0,
+            offset_min: 0,
+        },
+        LimitPeriod::Months {
+            months: 1,
+            anchor_ms: 0,
+            offset_min: 1081,
+        },
+        LimitPeriod::Fixed {
+            anchor_ms: 0,
+            length_ms: PERIOD_LENGTH_MIN_MS - 1,
+        },
+        LimitPeriod::Fixed {
+            anchor_ms: 0,
+            length_ms: PERIOD_LENGTH_MAX_MS + 1,
+        },
+    ] {
+        assert!(period.check().is_err(), "{period:?}");
+        let err = encode_v(&set(period), 3).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProtocolError::InvalidValue {
+                    request_id: 4,
+                    field: "period",
+                    ..
+                }
+            ),
+            "{period:?}: {err}"
+        );
+        // The same period inside a BALANCE's limits.
+        let balance = Frame::new(
+            5,
+            Message::Balance(Balance {
+                account: 7,
+                parent: None,
+                status: AccountStatus::Active,
+                draws_on_parent: false,
+                buckets: Vec::new(),
+                limits: vec![limit_info(period, false)],
+            }),
+        );
+        assert!(encode_v(&balance, 3).is_err());
+        // Older versions leave the limits out, so there is nothing to refuse.
+        assert!(encode_v(&balance, 2).is_ok());
+    }
+
+    let bad_denial = Frame::new(
+        6,
+        Message::Cca(Cca {
+            result_code: ResultCode::SUCCESS,
+            session_id: "s".into(),
+            request_number: 0,
+            services: vec![ServiceAnswer {
+                service_id: 1,
+                result_code: ResultCode::CREDIT_LIMIT_REACHED,
+                granted: Vec::new(),
+                validity_time_s: 0,
+                final_unit_action: None,
+                redirect: String::new(),
+                denial: Some(Denial::SpendControl {
+                    account: 7,
+                    period_kind: 14,
+                }),
+            }],
+            balance: Vec::new(),
+            price: Vec::new(),
+        }),
+    );
+    assert!(matches!(
+        encode_v(&bad_denial, 3).unwrap_err(),
+        ProtocolError::InvalidValue {
+            request_id: 6,
+            field: "control_period",
+            ..
+        }
+    ));
+
+    let too_many = Frame::new(
+        7,
+        Message::Balance(Balance {
+            account: 7,
+            parent: None,
+            status: AccountStatus::Active,
+            draws_on_parent: false,
+            buckets: Vec::new(),
+            limits: vec![limit_info(LimitPeriod::Lifetime, false); LIMITS_MAX + 1],
+        }),
+    );
+    assert!(matches!(
+        encode_v(&too_many, 3).unwrap_err(),
+        ProtocolError::CountTooLarge {
+            request_id: 7,
+            field: "limits",
+            count: 65,
+            max: 64
+        }
+    ));
+}

@@ -347,6 +347,7 @@ fn cca(code: ResultCode, granted: Vec<UnitAmount>) -> Message {
             validity_time_s: 0,
             final_unit_action: None,
             redirect: String::new(),
+            denial: None,
         }]
     } else {
         Vec::new()

@@ -35,6 +35,7 @@ pub fn answer(c: &Ccr) -> Message {
                 validity_time_s: 0,
                 final_unit_action: None,
                 redirect: String::new(),
+                denial: None,
             })
             .collect(),
         balance: Vec::new(),

@@ -89,6 +89,7 @@ fn answer(script: &Shared, c: &Ccr, in_batch: bool) -> Message {
             validity_time_s: 0,
             final_unit_action: None,
             redirect: String::new(),
+            denial: None,
         }],
         balance: Vec::new(),
         price: Vec::new(),

@@ -835,6 +835,8 @@ async fn import_accounts(file: &std::path::Path, conn: &Conn) -> Result<(), Stri
                 account: a.account,
                 unit: unit(&c.unit)?,
                 cap: Some(c.cap.parse().map_err(|_| "checked".to_string())?),
+                period: wt::LimitPeriod::Lifetime,
+                soft: false,
             });
             applied(l.line, call(m).await?)?;
         }
@@ -1063,6 +1065,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                     account,
                     unit: u,
                     cap,
+                    period: wt::LimitPeriod::Lifetime,
+                    soft: false,
                 }))
             })
             .await

@@ -77,6 +77,7 @@ pub fn samples() -> Vec<Message> {
             validity_time_s: 600,
             final_unit_action: Some(FinalUnitAction::Redirect),
             redirect: "https://pay.example/topup".into(),
+            denial: None,
         }],
         balance: vec![ua("USD", -15, 1)],
         price: vec![ua("credits", 123, 4)],
@@ -96,6 +97,7 @@ pub fn samples() -> Vec<Message> {
         status: AccountStatus::Suspended,
         draws_on_parent: true,
         buckets: vec![bucket_info(), bucket_info()],
+        limits: Vec::new(),
     });
     let admin_result = Message::AdminResult(AdminResult {
         code: AdminCode::INSUFFICIENT_FUNDS,
@@ -150,12 +152,16 @@ pub fn samples() -> Vec<Message> {
         account: 1000,
         unit: Unit::CREDITS,
         cap: Some(dec(0, 3)),
+        period: LimitPeriod::Lifetime,
+        soft: false,
     });
     let limit_none = Message::LimitSet(LimitSet {
         op_id: 6,
         account: 1000,
         unit: Unit::CREDITS,
         cap: None,
+        period: LimitPeriod::Lifetime,
+        soft: false,
     });
     let query = Message::BalanceQuery(BalanceQuery { account: 1001 });
     let list = Message::ReservationList(ReservationList {
@@ -276,6 +282,139 @@ pub fn samples() -> Vec<Message> {
     ]
 }
 
+/// A calendar-month period in UTC+01:00 from 2026-01-01T00:00 local.
+pub fn monthly() -> LimitPeriod {
+    LimitPeriod::Months {
+        months: 1,
+        anchor_ms: 1_767_222_000_000,
+        offset_min: 60,
+    }
+}
+
+/// A spend control as `BALANCE` reports it (version 3).
+pub fn limit_info(period: LimitPeriod, soft: bool) -> LimitInfo {
+    LimitInfo {
+        unit: Unit::USD,
+        cap: dec(50000, 2),
+        used: dec(48025, 2),
+        held: dec(1975, 2),
+        period,
+        soft,
+        period_start_ms: 1_772_319_600_000,
+        period_end_ms: 1_774_998_000_000,
+    }
+}
+
+/// Messages whose version-3 fields are set: spend-control periods, soft
+/// caps, `BALANCE` limits and CCA denials, alone and in batches. None of
+/// them can be written in version 1 or 2 without losing something.
+pub fn samples_v3() -> Vec<Message> {
+    let limit = |op_id, period, soft| {
+        Message::LimitSet(LimitSet {
+            op_id,
+            account: 1000,
+            unit: Unit::USD,
+            cap: Some(dec(50000, 2)),
+            period,
+            soft,
+        })
+    };
+    let answer = |service_id, denial| ServiceAnswer {
+        service_id,
+        result_code: ResultCode::CREDIT_LIMIT_REACHED,
+        granted: Vec::new(),
+        validity_time_s: 0,
+        final_unit_action: None,
+        redirect: String::new(),
+        denial,
+    };
+    let cca = Message::Cca(Cca {
+        result_code: ResultCode::SUCCESS,
+        session_id: "gw1;1700000000;43".into(),
+        request_number: 0,
+        services: vec![
+            answer(
+                10,
+                Some(Denial::SpendControl {
+                    account: 7,
+                    period_kind: 1,
+                }),
+            ),
+            answer(20, Some(Denial::NoCredit)),
+            answer(
+                30,
+                Some(Denial::SpendControl {
+                    account: u64::MAX,
+                    period_kind: LimitPeriod::KIND_FIXED,
+                }),
+            ),
+        ],
+        balance: Vec::new(),
+        price: Vec::new(),
+    });
+    let balance = Message::Balance(Balance {
+        account: 7,
+        parent: Some(1000),
+        status: AccountStatus::Active,
+        draws_on_parent: true,
+        buckets: vec![bucket_info()],
+        limits: vec![
+            limit_info(monthly(), false),
+            limit_info(LimitPeriod::Lifetime, true),
+            LimitInfo {
+                period_end_ms: u64::MAX,
+                ..limit_info(
+                    LimitPeriod::Fixed {
+                        anchor_ms: 0,
+                        length_ms: PERIOD_LENGTH_MAX_MS,
+                    },
+                    false,
+                )
+            },
+        ],
+    });
+    let many = Message::Balance(Balance {
+        account: 8,
+        parent: None,
+        status: AccountStatus::Suspended,
+        draws_on_parent: false,
+        buckets: Vec::new(),
+        limits: vec![limit_info(LimitPeriod::Lifetime, false); LIMITS_MAX],
+    });
+    let limits = vec![
+        limit(1, monthly(), false),
+        limit(
+            2,
+            LimitPeriod::Months {
+                months: 12,
+                anchor_ms: 0,
+                offset_min: -PERIOD_OFFSET_MIN_MAX,
+            },
+            true,
+        ),
+        limit(
+            3,
+            LimitPeriod::Fixed {
+                anchor_ms: u64::MAX,
+                length_ms: PERIOD_LENGTH_MIN_MS,
+            },
+            false,
+        ),
+        limit(4, LimitPeriod::Lifetime, true),
+    ];
+    let mut out = limits.clone();
+    out.extend([
+        cca.clone(),
+        balance.clone(),
+        many,
+        Message::Batch(Batch { entries: limits }),
+        Message::BatchResult(BatchResult {
+            entries: vec![cca, balance],
+        }),
+    ]);
+    out
+}
+
 // ---------------------------------------------------------------- strategies
 
 pub fn arb_unit() -> impl Strategy<Value = Unit> {
@@ -312,6 +451,90 @@ fn arb_services(max: usize) -> impl Strategy<Value = Vec<u32>> {
 
 fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
     proptest::sample::select(all)
+}
+
+/// Any valid spend-control period.
+pub fn arb_limit_period() -> impl Strategy<Value = LimitPeriod> {
+    prop_oneof![
+        Just(LimitPeriod::Lifetime),
+        (
+            1..=PERIOD_MONTHS_MAX,
+            any::<u64>(),
+            -PERIOD_OFFSET_MIN_MAX..=PERIOD_OFFSET_MIN_MAX
+        )
+            .prop_map(|(months, anchor_ms, offset_min)| LimitPeriod::Months {
+                months,
+                anchor_ms,
+                offset_min
+            }),
+        (any::<u64>(), PERIOD_LENGTH_MIN_MS..=PERIOD_LENGTH_MAX_MS).prop_map(
+            |(anchor_ms, length_ms)| LimitPeriod::Fixed {
+                anchor_ms,
+                length_ms
+            }
+        ),
+    ]
+}
+
+/// A `LIMIT_SET`'s period and softness: anything in version 3, else the
+/// only values older versions can carry.
+fn arb_period_soft(v3: bool) -> BoxedStrategy<(LimitPeriod, bool)> {
+    if v3 {
+        (arb_limit_period(), any::<bool>()).boxed()
+    } else {
+        Just((LimitPeriod::Lifetime, false)).boxed()
+    }
+}
+
+/// A CCA service's denial: any in version 3, else none.
+fn arb_denial(v3: bool) -> BoxedStrategy<Option<Denial>> {
+    if v3 {
+        proptest::option::of(prop_oneof![
+            Just(Denial::NoCredit),
+            (any::<u64>(), 0..=LimitPeriod::KIND_FIXED).prop_map(|(account, period_kind)| {
+                Denial::SpendControl {
+                    account,
+                    period_kind,
+                }
+            }),
+        ])
+        .boxed()
+    } else {
+        Just(None).boxed()
+    }
+}
+
+/// A `BALANCE`'s spend controls: up to 3 in version 3, else none.
+fn arb_limits(v3: bool) -> BoxedStrategy<Vec<LimitInfo>> {
+    if !v3 {
+        return Just(Vec::new()).boxed();
+    }
+    vec(
+        (
+            arb_unit(),
+            (arb_decimal(), arb_decimal(), arb_decimal()),
+            arb_limit_period(),
+            any::<bool>(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(unit, (cap, used, held), period, soft, period_start_ms, period_end_ms)| {
+                    LimitInfo {
+                        unit,
+                        cap,
+                        used,
+                        held,
+                        period,
+                        soft,
+                        period_start_ms,
+                        period_end_ms,
+                    }
+                },
+            ),
+        0..=3,
+    )
+    .boxed()
 }
 
 fn arb_ccr() -> impl Strategy<Value = Message> {
@@ -363,7 +586,7 @@ fn arb_ccr() -> impl Strategy<Value = Message> {
         )
 }
 
-fn arb_cca() -> impl Strategy<Value = Message> {
+fn arb_cca(v3: bool) -> impl Strategy<Value = Message> {
     (
         any::<u32>(),
         arb_string(SESSION_ID_MAX),
@@ -376,9 +599,18 @@ fn arb_cca() -> impl Strategy<Value = Message> {
                 any::<u32>(),
                 proptest::option::of(pick(FinalUnitAction::ALL)),
                 arb_string(REDIRECT_MAX),
+                arb_denial(v3),
             )
                 .prop_map(
-                    |(service_id, code, granted, validity_time_s, final_unit_action, redirect)| {
+                    |(
+                        service_id,
+                        code,
+                        granted,
+                        validity_time_s,
+                        final_unit_action,
+                        redirect,
+                        denial,
+                    )| {
                         ServiceAnswer {
                             service_id,
                             result_code: ResultCode(code),
@@ -386,6 +618,7 @@ fn arb_cca() -> impl Strategy<Value = Message> {
                             validity_time_s,
                             final_unit_action,
                             redirect,
+                            denial,
                         }
                     },
                 ),
@@ -445,8 +678,9 @@ fn arb_bucket_info() -> impl Strategy<Value = BucketInfo> {
         )
 }
 
-/// Any valid request that may be a `BATCH` entry.
-pub fn arb_batch_request() -> impl Strategy<Value = Message> {
+/// Any valid request that may be a `BATCH` entry, with version-3 fields
+/// set when `v3`.
+pub fn arb_batch_request(v3: bool) -> impl Strategy<Value = Message> {
     prop_oneof![
         arb_ccr(),
         (
@@ -548,14 +782,19 @@ pub fn arb_batch_request() -> impl Strategy<Value = Message> {
             any::<u128>(),
             any::<u64>(),
             arb_unit(),
-            proptest::option::of(arb_decimal())
+            proptest::option::of(arb_decimal()),
+            arb_period_soft(v3)
         )
-            .prop_map(|(op_id, account, unit, cap)| Message::LimitSet(LimitSet {
-                op_id,
-                account,
-                unit,
-                cap
-            })),
+            .prop_map(
+                |(op_id, account, unit, cap, (period, soft))| Message::LimitSet(LimitSet {
+                    op_id,
+                    account,
+                    unit,
+                    cap,
+                    period,
+                    soft
+                })
+            ),
         any::<u64>().prop_map(|account| Message::BalanceQuery(BalanceQuery { account })),
         (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(account, after, limit)| {
             Message::ReservationList(ReservationList {
@@ -567,10 +806,11 @@ pub fn arb_batch_request() -> impl Strategy<Value = Message> {
     ]
 }
 
-/// Any valid answer that may be a `BATCH_RESULT` entry.
-pub fn arb_batch_answer() -> impl Strategy<Value = Message> {
+/// Any valid answer that may be a `BATCH_RESULT` entry, with version-3
+/// fields set when `v3`.
+pub fn arb_batch_answer(v3: bool) -> impl Strategy<Value = Message> {
     prop_oneof![
-        arb_cca(),
+        arb_cca(v3),
         (any::<u32>(), any::<u64>(), arb_decimal()).prop_map(|(code, bucket, balance)| {
             Message::AdminResult(AdminResult {
                 code: AdminCode(code),
@@ -583,17 +823,21 @@ pub fn arb_batch_answer() -> impl Strategy<Value = Message> {
             proptest::option::of(any::<u64>()),
             pick(AccountStatus::ALL),
             any::<bool>(),
-            vec(arb_bucket_info(), 0..=3)
+            vec(arb_bucket_info(), 0..=3),
+            arb_limits(v3)
         )
-            .prop_map(|(account, parent, status, draws_on_parent, buckets)| {
-                Message::Balance(Balance {
-                    account,
-                    parent,
-                    status,
-                    draws_on_parent,
-                    buckets,
-                })
-            }),
+            .prop_map(
+                |(account, parent, status, draws_on_parent, buckets, limits)| {
+                    Message::Balance(Balance {
+                        account,
+                        parent,
+                        status,
+                        draws_on_parent,
+                        buckets,
+                        limits,
+                    })
+                }
+            ),
         (
             any::<bool>(),
             vec(
@@ -629,11 +873,11 @@ pub fn arb_batch_answer() -> impl Strategy<Value = Message> {
     ]
 }
 
-/// Any valid message of any kind.
-pub fn arb_message() -> impl Strategy<Value = Message> {
+/// Any valid message of any kind, with version-3 fields set when `v3`.
+pub fn arb_message(v3: bool) -> impl Strategy<Value = Message> {
     prop_oneof![
-        4 => arb_batch_request(),
-        4 => arb_batch_answer(),
+        4 => arb_batch_request(v3),
+        4 => arb_batch_answer(v3),
         1 => (any::<u16>(), any::<u16>(), arb_string(CREDENTIAL_MAX), arb_string(CLIENT_NAME_MAX)).prop_map(
             |(min_version, max_version, credential, client_name)| Message::Hello(Hello {
                 min_version,
@@ -660,14 +904,20 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
             })),
         1 => Just(Message::Ping),
         1 => Just(Message::Pong),
-        1 => vec(arb_batch_request(), 0..=4).prop_map(|entries| Message::Batch(Batch { entries })),
-        1 => vec(arb_batch_answer(), 0..=4).prop_map(|entries| Message::BatchResult(BatchResult { entries })),
+        1 => vec(arb_batch_request(v3), 0..=4).prop_map(|entries| Message::Batch(Batch { entries })),
+        1 => vec(arb_batch_answer(v3), 0..=4).prop_map(|entries| Message::BatchResult(BatchResult { entries })),
     ]
 }
 
-/// Any valid frame.
+/// Any valid version-1 frame.
 pub fn arb_frame() -> impl Strategy<Value = Frame> {
-    (any::<u64>(), arb_message()).prop_map(|(id, m)| Frame::new(id, m))
+    (any::<u64>(), arb_message(false)).prop_map(|(id, m)| Frame::new(id, m))
+}
+
+/// Any valid frame whose version-3 fields (spend-control periods and soft
+/// caps, `BALANCE` limits, CCA denials) may be set.
+pub fn arb_frame_v3() -> impl Strategy<Value = Frame> {
+    (any::<u64>(), arb_message(true)).prop_map(|(id, m)| Frame::new(id, m))
 }
 
 /// The frame's bytes.
