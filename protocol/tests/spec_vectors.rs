@@ -14,7 +14,8 @@ struct Vector {
     tag: String,
     words: Vec<String>,
     bytes: Vec<u8>,
-    /// The connection's protocol version: 2 when the info string ends in `v2`.
+    /// The connection's protocol version: N when the info string ends in
+    /// `vN` (2 or 3), else 1.
     version: u16,
 }
 
@@ -55,12 +56,14 @@ fn vectors() -> Vec<Vector> {
             continue;
         }
         let mut words: Vec<String> = words.collect();
-        let version = if words.last().is_some_and(|w| w == "v2") {
-            words.pop();
-            2
-        } else {
-            1
+        let version = match words.last().map(String::as_str) {
+            Some("v2") => 2,
+            Some("v3") => 3,
+            _ => 1,
         };
+        if version > 1 {
+            words.pop();
+        }
         let mut block = String::new();
         for l in lines.by_ref() {
             if l.starts_with("```") {
@@ -110,6 +113,9 @@ fn the_spec_has_the_required_vectors() {
         "ERROR",
         "CCR_ATTRIBUTES",
         "HELLO_V2",
+        "LIMIT_SET_MONTHLY",
+        "CCA_SPEND_CONTROL",
+        "BALANCE_LIMITS",
     ] {
         assert!(
             names.iter().any(|n| n == required),
@@ -140,10 +146,24 @@ fn every_valid_vector_decodes_and_reencodes_byte_for_byte() {
             .unwrap();
         assert_eq!(&again[..], &bytes[..], "vector {name}: re-encoding differs");
         // Version 2 changes only the CCR: every other version-1 frame reads
-        // the same on a version-2 connection.
-        if version == 1 && frame.kind() != Kind::Ccr && !has_ccr(&frame.body) {
+        // the same on a version-2 connection. Version 3 changes the CCA,
+        // LIMIT_SET and BALANCE too.
+        if version == 1 && !has(&frame.body, &[Kind::Ccr]) {
             let (v2, _) = decode_v(&bytes, 2).unwrap().unwrap();
             assert_eq!(v2, frame, "vector {name}: differs in version 2");
+            if !has(&frame.body, &[Kind::Cca, Kind::LimitSet, Kind::Balance]) {
+                let (v3, _) = decode_v(&bytes, 3).unwrap().unwrap();
+                assert_eq!(v3, frame, "vector {name}: differs in version 3");
+            }
+        }
+        // Every frame of an older version means the same in version 3.
+        if version < 3 {
+            let mut v3 = bytes::BytesMut::new();
+            frame
+                .encode_version(&mut v3, limits::MAX_FRAME_CAP, 3)
+                .unwrap();
+            let (back, _) = decode_v(&v3, 3).unwrap().unwrap();
+            assert_eq!(back, frame, "vector {name}: not the same in version 3");
         }
         // The kind name in the vector name matches the decoded kind.
         assert!(
@@ -154,12 +174,12 @@ fn every_valid_vector_decodes_and_reencodes_byte_for_byte() {
     }
 }
 
-/// Whether a message is a CCR or a batch holding one.
-fn has_ccr(m: &Message) -> bool {
+/// Whether a message is of one of `kinds` or a batch (result) holding one.
+fn has(m: &Message, kinds: &[Kind]) -> bool {
     match m {
-        Message::Ccr(_) => true,
-        Message::Batch(b) => b.entries.iter().any(has_ccr),
-        _ => false,
+        Message::Batch(b) => b.entries.iter().any(|e| has(e, kinds)),
+        Message::BatchResult(b) => b.entries.iter().any(|e| has(e, kinds)),
+        m => kinds.contains(&m.kind()),
     }
 }
 
@@ -378,6 +398,38 @@ fn invalid_vectors_map_to_their_error_variants() {
         }
     ));
     assert!(matches!(
+        get("LIMIT_PERIOD_KIND"),
+        E::InvalidEnum {
+            request_id: 46,
+            field: "period kind",
+            value: 14
+        }
+    ));
+    assert!(matches!(
+        get("LIMIT_PERIOD_OFFSET"),
+        E::InvalidValue {
+            request_id: 47,
+            field: "period",
+            ..
+        }
+    ));
+    assert!(matches!(
+        get("LIMIT_PERIOD_IN_V2"),
+        E::TrailingBytes {
+            request_id: 48,
+            field: "body",
+            extra: 12
+        }
+    ));
+    assert!(matches!(
+        get("DENIAL_REASON"),
+        E::InvalidEnum {
+            request_id: 49,
+            field: "denial reason",
+            value: 3
+        }
+    ));
+    assert!(matches!(
         get("BAD_HELLO_OK_MAX_FRAME"),
         E::InvalidValue {
             request_id: 36,
@@ -550,4 +602,101 @@ fn decoded_content_of_some_vectors() {
             message: "unknown kind 0x42".into(),
         })
     );
+}
+
+#[test]
+fn decoded_content_of_the_version_3_vectors() {
+    let monthly = LimitPeriod::Months {
+        months: 1,
+        anchor_ms: 1_767_222_000_000,
+        offset_min: 60,
+    };
+    let set = vector("LIMIT_SET_MONTHLY");
+    assert_eq!(set.request_id, 18);
+    assert_eq!(
+        set.body,
+        Message::LimitSet(LimitSet {
+            op_id: 8,
+            account: 1000,
+            unit: Unit::USD,
+            cap: Some(dec(50000, 2)),
+            period: monthly,
+            soft: false,
+        })
+    );
+    // The monthly cap cannot be written on an older connection.
+    for older in [1, 2] {
+        let err = set
+            .encode_version(&mut bytes::BytesMut::new(), limits::MAX_FRAME_CAP, older)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProtocolError::InvalidValue {
+                    request_id: 18,
+                    field: "period",
+                    reason: "need protocol version 3"
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    let cca = vector("CCA_SPEND_CONTROL");
+    let Message::Cca(ref answer) = cca.body else {
+        panic!()
+    };
+    assert_eq!(answer.result_code, ResultCode::SUCCESS);
+    assert_eq!(answer.services.len(), 1);
+    let service = &answer.services[0];
+    assert_eq!(service.result_code, ResultCode::CREDIT_LIMIT_REACHED);
+    assert_eq!(
+        service.denial,
+        Some(Denial::SpendControl {
+            account: 7,
+            period_kind: 1
+        })
+    );
+    // On a version-2 connection the same answer says only 4012.
+    let mut v2 = bytes::BytesMut::new();
+    cca.encode_version(&mut v2, limits::MAX_FRAME_CAP, 2)
+        .unwrap();
+    let Message::Cca(old) = decode_v(&v2, 2).unwrap().unwrap().0.body else {
+        panic!()
+    };
+    assert_eq!(
+        old.services[0].result_code,
+        ResultCode::CREDIT_LIMIT_REACHED
+    );
+    assert_eq!(old.services[0].denial, None);
+    assert_eq!(v2.len() + 10, valid_bytes("CCA_SPEND_CONTROL").len());
+
+    let Message::Balance(balance) = vector("BALANCE_LIMITS").body else {
+        panic!()
+    };
+    assert_eq!((balance.account, balance.parent), (7, Some(1000)));
+    assert!(balance.buckets.is_empty());
+    assert_eq!(
+        balance.limits,
+        vec![LimitInfo {
+            unit: Unit::USD,
+            cap: dec(50000, 2),
+            used: dec(48025, 2),
+            held: dec(1975, 2),
+            period: monthly,
+            soft: false,
+            period_start_ms: 1_772_319_600_000,
+            period_end_ms: 1_774_998_000_000,
+        }]
+    );
+    let limit = &balance.limits[0];
+    assert_eq!(limit.cap - limit.used - limit.held, dec(0, 2));
+}
+
+fn valid_bytes(name: &str) -> Vec<u8> {
+    valid()
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .unwrap_or_else(|| panic!("no vector {name}"))
+        .1
 }
