@@ -16,13 +16,14 @@ def _bytes(text: str) -> bytes:
 
 def vectors() -> tuple[list[tuple[str, bytes, int]], list[tuple[str, str, bytes, int]]]:
     """(valid: [(name, bytes, version)], invalid: [(name, code name, bytes, version)]);
-    a vector whose info string ends in ``v2`` is a frame of a version-2 connection."""
+    a vector whose info string ends in ``v2`` or ``v3`` is a frame of a connection of
+    that version."""
     valid, invalid = [], []
     for kind, info, body in _BLOCK.findall(SPEC.read_text(encoding="utf-8")):
         words = info.split()
         version = 1
-        if words[-1] == "v2":
-            words, version = words[:-1], 2
+        if words[-1] in ("v2", "v3"):
+            words, version = words[:-1], int(words[-1][1:])
         if kind == "hex-vector":
             valid.append((words[0], _bytes(body), version))
         else:

@@ -35,7 +35,8 @@ def admin(server, **kw) -> rc.Client:
 def test_handshake_names_org_and_role(server):
     async def go():
         async with admin(server) as c:
-            assert c.hello.is_admin and c.hello.org_id == 0 and c.hello.version == 2
+            assert c.hello.is_admin and c.hello.org_id == 0
+            assert c.hello.version == wire.PROTOCOL_VERSION == 3
         async with rc.Client("127.0.0.1", server.port, ORG_TOKEN) as c:
             assert not c.hello.is_admin and c.hello.org_id == 7000
         with pytest.raises(rc.errors.AuthFailed) as e:
@@ -71,6 +72,30 @@ def test_attributes_travel_in_version_2_and_a_version_1_client_cannot_send_them(
                                 {1: {"tokens_out": 5}}, attributes={"model": "mini"})
             await old.event("attr-4", org, wire.EventAction.DIRECT_DEBIT, {1: {"tokens_out": 5}})
             assert (await old.balance(org)).total("tokens_out") == Decimal(90)
+    run(go())
+
+
+def test_version_3_is_spoken_and_an_older_connection_cannot_send_a_period(server):
+    org = fresh_account()
+    monthly = wire.LimitPeriod.months(1, 1_767_222_000_000, offset_min=60)
+
+    async def go():
+        async with admin(server) as c:
+            assert c.hello.version == 3
+            await c.create_account(org)
+            r = await c.set_limit(org, "USD", Decimal("500.00"))
+            assert r.code == 0 and r.balance == Decimal("500.00")
+            bal = await c.balance(org)
+            assert bal.account == org and isinstance(bal.limits, list)
+        # A version-2 client refuses, before sending, what only version 3 can say.
+        async with admin(server, max_version=2) as old:
+            assert old.hello.version == 2
+            for kw in ({"period": monthly}, {"soft": True}):
+                with pytest.raises(wire.EncodeError, match="needs protocol version 3"):
+                    await old.set_limit(org, "USD", Decimal("100"), **kw)
+            assert (await old.balance(org)).limits == []
+            r = await old.set_limit(org, "USD", None)
+            assert r.code == 0 and r.balance == 0
     run(go())
 
 

@@ -91,3 +91,102 @@ def test_typed_errors_name_codes_and_unknown_codes_fall_back():
     assert credit_control_error(4999).code_name.startswith("UNKNOWN_4999(TRANSIENT")
     assert credit_control_error(4999).retryable
     assert server_error(99).code_name == "UNKNOWN_99(INTERNAL)"
+
+
+def _v3(message, rid=1):
+    raw = wire.encode_frame(rid, message, version=3)
+    frame, used = wire.decode_frame(raw, version=3)
+    assert used == len(raw) and frame.message == message
+    return raw
+
+
+def test_version_3_periods_round_trip_and_out_of_range_ones_are_refused():
+    ok = [wire.LimitPeriod.lifetime(), wire.LimitPeriod.months(12, 0, -1080),
+          wire.LimitPeriod.months(1, 1_767_222_000_000, 1080),
+          wire.LimitPeriod.fixed(0, wire.PERIOD_LENGTH_MIN_MS),
+          wire.LimitPeriod.fixed((1 << 64) - 1, wire.PERIOD_LENGTH_MAX_MS)]
+    for period in ok:
+        for soft in (False, True):
+            raw = _v3(wire.LimitSet(3, 7, "USD", Decimal(5), period, soft))
+            # Kind byte, then 0, 10 or 16 bytes, then soft.
+            tail = {0: 2, 13: 18}.get(period.kind, 12)
+            assert raw[-tail] == period.kind and raw[-1] == soft
+    bad = [wire.LimitPeriod(14), wire.LimitPeriod.months(0 + 13, 0),
+           wire.LimitPeriod.months(1, 0, 1081), wire.LimitPeriod.months(1, 0, -1081),
+           wire.LimitPeriod.fixed(0, wire.PERIOD_LENGTH_MIN_MS - 1),
+           wire.LimitPeriod.fixed(0, wire.PERIOD_LENGTH_MAX_MS + 1),
+           wire.LimitPeriod(0, anchor_ms=5), wire.LimitPeriod(1, 0, 0, length_ms=60_000)]
+    for period in bad:
+        with pytest.raises(wire.EncodeError, match="period"):
+            wire.encode_frame(1, wire.LimitSet(3, 7, "USD", None, period), version=3)
+
+    # Decoding refuses the same: patch the bytes of a valid monthly LIMIT_SET.
+    good = wire.encode_frame(4, wire.LimitSet(3, 7, "USD", None,
+                                              wire.LimitPeriod.months(1, 0, 60)), version=3)
+    kind_at = len(good) - 12
+    for patch in ({kind_at: 14}, {len(good) - 3: 0x39, len(good) - 2: 0x04},  # offset 1081
+                  {len(good) - 1: 2}):  # soft 2
+        raw = bytearray(good)
+        for at, value in patch.items():
+            raw[at] = value
+        with pytest.raises(wire.WireError) as e:
+            wire.decode_frame(bytes(raw), version=3)
+        assert e.value.code == ErrorCode.MALFORMED_FRAME and e.value.request_id == 4
+        assert not e.value.fatal and e.value.skip == len(raw)
+
+
+def _cca(*denials):
+    return wire.Cca(2001, "s", 0, [wire.ServiceAnswer(i, 4012, denial=d)
+                                   for i, d in enumerate(denials)])
+
+
+def test_version_3_denials_round_trip_drop_below_3_and_bad_ones_are_refused():
+    denials = [None, wire.Denial(wire.DenialReason.NO_CREDIT),
+               wire.Denial(wire.DenialReason.SPEND_CONTROL, 7, 1),
+               wire.Denial(wire.DenialReason.SPEND_CONTROL, (1 << 64) - 1, 13)]
+    cca = _cca(*denials)
+    raw = _v3(cca)
+    for older in (1, 2):
+        back = wire.decode_frame(wire.encode_frame(1, cca, version=older), version=older)[0]
+        assert [s.denial for s in back.message.services] == [None] * 4
+        assert [s.result_code for s in back.message.services] == [4012] * 4
+    # In a BATCH_RESULT too.
+    _v3(wire.BatchResult([cca, wire.Balance(1, None, wire.AccountStatus.ACTIVE, False)]))
+    for bad in (wire.Denial(wire.DenialReason.SPEND_CONTROL, 7, 14),
+                wire.Denial(wire.DenialReason.NO_CREDIT, 7), wire.Denial(3)):
+        with pytest.raises(wire.EncodeError, match="denial"):
+            wire.encode_frame(1, _cca(bad), version=3)
+    # A one-service CCA ends with the denial's 10 bytes, then the empty balance and price.
+    one = wire.encode_frame(1, _cca(None), version=3)
+    at = len(one) - 12
+    spend = bytearray(one)
+    spend[at] = 2
+    assert wire.decode_frame(bytes(spend), version=3)[0].message.services[0].denial == \
+        wire.Denial(wire.DenialReason.SPEND_CONTROL, 0, 0)
+    for patch in ({at: 3}, {at + 1: 7}, {at: 1, at + 9: 1}, {at: 2, at + 9: 14}):
+        broken = bytearray(one)
+        for i, v in patch.items():
+            broken[i] = v
+        with pytest.raises(wire.WireError) as e:
+            wire.decode_frame(bytes(broken), version=3)
+        assert e.value.code == ErrorCode.MALFORMED_FRAME
+
+
+def test_version_3_balance_limits_round_trip_and_are_bounded():
+    info = wire.LimitInfo("USD", Decimal("500.00"), Decimal("1.5"), Decimal(0),
+                          wire.LimitPeriod.fixed(0, 86_400_000), True, 0, wire.NEVER)
+    full = wire.Balance(7, 1000, wire.AccountStatus.ACTIVE, True, [], [info] * wire.LIMITS_MAX)
+    raw = _v3(full)
+    assert full.limit("USD") is info and info.headroom == Decimal("498.50")
+    with pytest.raises(wire.EncodeError, match="above its limit of 64"):
+        wire.encode_frame(1, wire.Balance(7, None, wire.AccountStatus.ACTIVE, False, [],
+                                          [info] * 65), version=3)
+    # A count above 64, or one the bytes left cannot hold, is refused before any item is read.
+    count_at = 4 + 10 + 8 + 9 + 1 + 1 + 2
+    assert raw[count_at] == wire.LIMITS_MAX
+    for count in (65, 3):
+        lying = bytearray(raw[:count_at + 1] + raw[count_at + 1:count_at + 100])
+        lying[0:4] = (len(lying) - 4).to_bytes(4, "little")
+        lying[count_at] = count
+        with pytest.raises(wire.WireError):
+            wire.decode_frame(bytes(lying), version=3)

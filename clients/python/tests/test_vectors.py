@@ -9,6 +9,7 @@ import pytest
 
 from reckon_client import wire
 from reckon_client.codes import ErrorCode
+from reckon_client.errors import credit_control_error
 from spec_vectors import vectors
 
 VALID, INVALID = vectors()
@@ -29,14 +30,22 @@ def test_valid_vector_round_trips(name, raw, version):
     # Every proper prefix is "need more bytes", never an error.
     for cut in (0, 3, 4, 13, len(raw) - 1):
         assert wire.decode_frame(raw[:cut], version=version) is None
-    # Version 2 changes only the CCR: other version-1 frames read the same in version 2.
-    if version == 1 and not _has_ccr(frame.message):
+    # Version 2 changes only the CCR: other version-1 frames read the same in version 2;
+    # version 3 also changes the CCA, LIMIT_SET and BALANCE.
+    if version == 1 and not _has(frame.message, wire.Ccr):
         assert wire.decode_frame(raw, version=2)[0] == frame
+        if not _has(frame.message, (wire.Cca, wire.LimitSet, wire.Balance)):
+            assert wire.decode_frame(raw, version=3)[0] == frame
+    # Every older frame means the same in version 3.
+    if version < 3:
+        again = wire.encode_frame(frame.request_id, frame.message, version=3)
+        assert wire.decode_frame(again, version=3)[0] == frame
 
 
-def _has_ccr(message) -> bool:
-    return isinstance(message, wire.Ccr) or (
-        isinstance(message, wire.Batch) and any(map(_has_ccr, message.entries)))
+def _has(message, classes) -> bool:
+    return isinstance(message, classes) or (
+        isinstance(message, (wire.Batch, wire.BatchResult))
+        and any(_has(e, classes) for e in message.entries))
 
 
 @pytest.mark.parametrize("name,code,raw,version", INVALID, ids=[n for n, _, _, _ in INVALID])
@@ -91,6 +100,49 @@ def test_version_2_vectors_carry_attributes():
                 [("", "v")], [("model", "a"), ("model", "b")]):
         with pytest.raises(wire.EncodeError):
             wire.encode_frame(1, wire.Ccr(**{**base.__dict__, "attributes": bad}), version=2)
+
+
+def test_version_3_vectors_carry_spend_controls_and_denials():
+    frames = {n: wire.decode_frame(raw, version=v)[0] for n, raw, v in VALID}
+    raws = {n: raw for n, raw, _ in VALID}
+    monthly = wire.LimitPeriod.months(1, 1_767_222_000_000, 60)
+    limit = frames["LIMIT_SET_MONTHLY"].message
+    assert limit == wire.LimitSet(8, 1000, "USD", Decimal("500.00"), monthly, False)
+    assert limit.period.kind == 1 and str(limit.cap) == "500.00"
+    # Built as a user would, it is the SPEC's bytes; no older version can carry it.
+    built = wire.LimitSet(8, 1000, "USD", Decimal("500.00"),
+                          period=wire.LimitPeriod.months(1, 1_767_222_000_000, offset_min=60))
+    assert wire.encode_frame(18, built, version=3) == raws["LIMIT_SET_MONTHLY"]
+    for older in (1, 2):
+        with pytest.raises(wire.EncodeError, match="needs protocol version 3"):
+            wire.encode_frame(18, built, version=older)
+        with pytest.raises(wire.EncodeError, match="needs protocol version 3"):
+            wire.encode_frame(18, wire.LimitSet(8, 1000, "USD", None, soft=True), version=older)
+
+    cca = frames["CCA_SPEND_CONTROL"].message
+    service = cca.service(10)
+    assert service.result_code == 4012
+    assert service.denial == wire.Denial(wire.DenialReason.SPEND_CONTROL, 7, 1)
+    assert service.denial.spend_control
+    # The same answer on a version-2 connection says only 4012.
+    v2 = wire.encode_frame(19, cca, version=2)
+    assert len(v2) + 10 == len(raws["CCA_SPEND_CONTROL"])
+    old = wire.decode_frame(v2, version=2)[0].message.service(10)
+    assert old.result_code == 4012 and old.denial is None
+    # A CreditLimitReached raised for the service names the control.
+    err = credit_control_error(4012, cca, 10)
+    assert err.denial.account == 7 and err.denial.period_kind == 1
+
+    balance = frames["BALANCE_LIMITS"].message
+    assert (balance.account, balance.parent, balance.buckets) == (7, 1000, [])
+    spent = balance.limit("USD")
+    assert spent == wire.LimitInfo("USD", Decimal("500.00"), Decimal("480.25"),
+                                   Decimal("19.75"), monthly, False, 1_772_319_600_000,
+                                   1_774_998_000_000)
+    assert spent.headroom == 0 and balance.limit("EUR") is None
+    # Version 2 leaves the limits out.
+    v2 = wire.encode_frame(20, balance, version=2)
+    assert wire.decode_frame(v2, version=2)[0].message.limits == []
 
 
 def test_decimal_example_of_section_2_2():

@@ -9,9 +9,12 @@ request (same op id, or same session id and request number), which the server
 applies at most once (SPEC 5.6). ``BUSY`` and ``TOO_BUSY`` are retried the
 same way.
 
-The client offers protocol versions 1 and 2 and speaks what the server
+The client offers protocol versions 1 to 3 and speaks what the server
 chooses; version 2 carries per-request attributes (``attributes=`` on the
-credit-control methods: model, region, ... that rate-card rules match).
+credit-control methods: model, region, ... that rate-card rules match);
+version 3 carries spend controls with periods and soft caps (``set_limit``,
+``Balance.limits``) and, on each refused CCA service, which control refused
+it (``ServiceAnswer.denial``).
 Optional parameters of every method are keyword-only, so new ones can be
 added without breaking callers.
 """
@@ -535,12 +538,17 @@ class Client:
                                                  list(services)), timeout=timeout)
 
     async def set_limit(self, account: int, unit: str, cap: Optional[Number], *,
+                        period: Optional[wire.LimitPeriod] = None, soft: bool = False,
                         op_id: Optional[int] = None,
                         timeout: Optional[float] = None) -> wire.AdminResult:
         """LIMIT_SET: caps what the account's subtree may hold plus spend in ``unit``
-        (``cap=None`` removes the cap)."""
+        (``cap=None`` removes the cap). ``period`` (e.g. ``wire.LimitPeriod.months(1,
+        anchor_ms, offset_min)``; default: lifetime) makes it a budget that starts again
+        each period, ``soft`` one that is reported but never refuses; both need protocol
+        version 3 (an older connection raises ``wire.EncodeError``)."""
         exact = None if cap is None else _amounts({unit: cap}, "cap")[0][1]
-        return await self.admin(wire.LimitSet(op_id or new_op_id(), account, unit, exact),
+        return await self.admin(wire.LimitSet(op_id or new_op_id(), account, unit, exact,
+                                              period or wire.LimitPeriod(), soft),
                                 timeout=timeout)
 
     async def balance(self, account: int, *, timeout: Optional[float] = None) -> wire.Balance:

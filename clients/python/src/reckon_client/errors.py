@@ -70,6 +70,15 @@ class CreditControlError(ReckonError):
         """Whether SPEC 9.1 says to retry later (3xxx and 4xxx codes)."""
         return self.result_code // 1000 in (3, 4)
 
+    @property
+    def denial(self) -> Any:
+        """Which control refused (protocol version 3, a ``wire.Denial``): that of the
+        service the error is about, else the first one the CCA's services carry; None."""
+        services = getattr(self.cca, "services", None) or []
+        if self.service_id is not None:
+            services = [s for s in services if s.service_id == self.service_id]
+        return next((s.denial for s in services if getattr(s, "denial", None)), None)
+
 
 class AdminError(ReckonError):
     """An ADMIN_RESULT (or RATECARD_RESULT) whose code is not OK (SPEC 9.2)."""

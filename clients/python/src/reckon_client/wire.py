@@ -1,11 +1,12 @@
-"""Reckon's native protocol, version 1, byte for byte as protocol/SPEC.md states it.
+"""Reckon's native protocol, versions 1 to 3, byte for byte as protocol/SPEC.md states it.
 
 Every message is a dataclass; its wire layout is its ``_schema`` (field name,
 wire type), in wire order, so encoding and decoding are one generic walk over
 the schema and cannot drift apart. Decoding checks every length and count
 before it reads or allocates, every enumeration, boolean, unit and decimal,
 and that a body is used to its last byte (SPEC 3.1); encoding refuses what a
-decoder would refuse (SPEC 13).
+decoder would refuse (SPEC 13). A schema entry may name the version that added
+the field: on an older connection it is not on the wire (SPEC 5.1).
 """
 
 from __future__ import annotations
@@ -53,13 +54,21 @@ RATECARD_VERSIONS_MAX = 1024
 NEVER = (1 << 64) - 1
 """The timestamp meaning "never" (``u64::MAX``)."""
 
-PROTOCOL_VERSION = 2
-"""The highest protocol version this package speaks: 2 is 1 plus ``Ccr.attributes``."""
+PROTOCOL_VERSION = 3
+"""The highest protocol version this package speaks: 2 is 1 plus ``Ccr.attributes``; 3 is 2
+plus spend-control periods and soft caps (``LimitSet.period`` / ``soft``), ``Balance.limits``
+and ``ServiceAnswer.denial`` (SPEC 5.1)."""
 PROTOCOL_VERSION_MIN = 1
 """The lowest protocol version this package speaks."""
 ATTRIBUTES_MAX = 8
 ATTRIBUTE_KEY_MAX = 32
 ATTRIBUTE_VALUE_MAX = 64
+LIMITS_MAX = 64
+PERIOD_MONTHS_MAX = 12
+PERIOD_KIND_FIXED = 13
+PERIOD_OFFSET_MIN_MAX = 1080
+PERIOD_LENGTH_MIN_MS = 60_000
+PERIOD_LENGTH_MAX_MS = 3653 * 86_400_000
 
 _UNIT_RE = re.compile(r"[A-Za-z0-9_]{1,16}\Z")
 
@@ -172,6 +181,13 @@ class CreditKind(enum.IntEnum):
 
     TOP_UP = 0
     REFUND = 1
+
+
+class DenialReason(enum.IntEnum):
+    """Why a CCA service was refused for lack of credit (version 3, SPEC 6.4)."""
+
+    NO_CREDIT = 1
+    SPEND_CONTROL = 2
 
 
 # --------------------------------------------------------------------------
@@ -480,6 +496,151 @@ class _Rec(_Type):
         return _decode_fields(self.cls, r)
 
 
+@dataclass(frozen=True)
+class LimitPeriod:
+    """When a spend control's count starts again (version 3, SPEC 6.5): ``kind`` 0 lifetime,
+    1..=12 calendar periods of that many months in a local time ``offset_min`` minutes east of
+    UTC, 13 fixed periods of ``length_ms``; ``anchor_ms`` is the start of one period. Build one
+    with ``lifetime()``, ``months()`` or ``fixed()``. A lifetime period is falsy: it is what
+    versions 1 and 2 carry."""
+
+    kind: int = 0
+    anchor_ms: int = 0
+    offset_min: int = 0
+    length_ms: int = 0
+
+    @staticmethod
+    def lifetime() -> "LimitPeriod":
+        """Never resets."""
+        return LimitPeriod()
+
+    @staticmethod
+    def months(months: int, anchor_ms: int, offset_min: int = 0) -> "LimitPeriod":
+        """Calendar periods of ``months`` months (1 a month, 12 a year) from ``anchor_ms``."""
+        return LimitPeriod(months, anchor_ms, offset_min)
+
+    @staticmethod
+    def fixed(anchor_ms: int, length_ms: int) -> "LimitPeriod":
+        """Periods of ``length_ms`` from ``anchor_ms``."""
+        return LimitPeriod(PERIOD_KIND_FIXED, anchor_ms, length_ms=length_ms)
+
+    def __bool__(self) -> bool:
+        return self.kind != 0
+
+    def problem(self) -> Optional[str]:
+        """What is out of range (None when the period is valid)."""
+        if not isinstance(self.kind, int) or not 0 <= self.kind <= PERIOD_KIND_FIXED:
+            return f"kind {self.kind!r} is not 0..=13"
+        if self.kind == 0 and (self.anchor_ms or self.offset_min or self.length_ms):
+            return "a lifetime period has no anchor, offset or length"
+        if 1 <= self.kind <= PERIOD_MONTHS_MAX:
+            if self.length_ms:
+                return "a calendar period has no length_ms"
+            if not isinstance(self.offset_min, int) or abs(self.offset_min) > PERIOD_OFFSET_MIN_MAX:
+                return f"offset_min {self.offset_min!r} is not -1080..=1080"
+        if self.kind == PERIOD_KIND_FIXED:
+            if self.offset_min:
+                return "a fixed period has no offset_min"
+            if not isinstance(self.length_ms, int) or not (
+                    PERIOD_LENGTH_MIN_MS <= self.length_ms <= PERIOD_LENGTH_MAX_MS):
+                return f"length_ms {self.length_ms!r} is not {PERIOD_LENGTH_MIN_MS}..=" \
+                       f"{PERIOD_LENGTH_MAX_MS}"
+        return None
+
+
+class _Period(_Type):
+    """``u8 kind``, then ``u64 anchor_ms | i16 offset_min`` (1..=12) or ``u64 anchor_ms |
+    u64 length_ms`` (13), nothing for 0 (SPEC 6.5)."""
+
+    zero = LimitPeriod()
+
+    def encode(self, out: bytearray, v: Any, name: str) -> None:
+        if not isinstance(v, LimitPeriod):
+            raise EncodeError(f"{name}: {v!r} is not a LimitPeriod")
+        problem = v.problem()
+        if problem:
+            raise EncodeError(f"{name}: {problem}")
+        out.append(v.kind)
+        if v.kind:
+            _U64.encode(out, v.anchor_ms, f"{name}.anchor_ms")
+        if 1 <= v.kind <= PERIOD_MONTHS_MAX:
+            _I16.encode(out, v.offset_min, f"{name}.offset_min")
+        elif v.kind == PERIOD_KIND_FIXED:
+            _U64.encode(out, v.length_ms, f"{name}.length_ms")
+
+    def decode(self, r: _Reader, name: str) -> LimitPeriod:
+        kind = r.take(1, f"{name} kind")[0]
+        if kind > PERIOD_KIND_FIXED:
+            raise r.bad(f"{name}: kind {kind} is not 0..=13")
+        if kind == 0:
+            return LimitPeriod()
+        anchor = _U64.decode(r, f"{name}.anchor_ms")
+        if kind == PERIOD_KIND_FIXED:
+            period = LimitPeriod.fixed(anchor, _U64.decode(r, f"{name}.length_ms"))
+        else:
+            period = LimitPeriod.months(kind, anchor, _I16.decode(r, f"{name}.offset_min"))
+        problem = period.problem()
+        if problem:
+            raise r.bad(f"{name}: {problem}")
+        return period
+
+
+@dataclass(frozen=True)
+class Denial:
+    """Which control refused a CCA service (version 3, SPEC 6.4): ``NO_CREDIT`` (a top-up
+    helps), or ``SPEND_CONTROL`` with the ``account`` the control is set on and its
+    ``period_kind`` (0 lifetime, 1..=12 months, 13 fixed)."""
+
+    reason: DenialReason
+    account: int = 0
+    period_kind: int = 0
+
+    @property
+    def spend_control(self) -> bool:
+        """True when a spend control (a budget or cap), not a lack of credit, refused."""
+        return self.reason == DenialReason.SPEND_CONTROL
+
+
+class _DenialT(_Type):
+    """``u8 reason | u64 control_account | u8 control_period``; reason 0 (None) and 1 carry
+    zeros (SPEC 6.4)."""
+
+    zero = None
+
+    def encode(self, out: bytearray, v: Any, name: str) -> None:
+        if v is None:
+            out += bytes(10)
+            return
+        if not isinstance(v, Denial):
+            raise EncodeError(f"{name}: {v!r} is not a Denial")
+        try:
+            reason = DenialReason(v.reason)
+        except ValueError:
+            raise EncodeError(f"{name}: reason {v.reason!r} is not a DenialReason") from None
+        if reason == DenialReason.NO_CREDIT and (v.account or v.period_kind):
+            raise EncodeError(f"{name}: NO_CREDIT carries no account or period")
+        if not isinstance(v.period_kind, int) or not 0 <= v.period_kind <= PERIOD_KIND_FIXED:
+            raise EncodeError(f"{name}: period_kind {v.period_kind!r} is not 0..=13")
+        out.append(reason)
+        _U64.encode(out, v.account, f"{name}.account")
+        out.append(v.period_kind)
+
+    def decode(self, r: _Reader, name: str) -> Optional[Denial]:
+        reason = r.take(1, f"{name} reason")[0]
+        if reason > DenialReason.SPEND_CONTROL:
+            raise r.bad(f"{name}: reason {reason} is not a defined DenialReason")
+        account = _U64.decode(r, f"{name}.account")
+        period = r.take(1, f"{name}.period_kind")[0]
+        if reason == DenialReason.SPEND_CONTROL:
+            if period > PERIOD_KIND_FIXED:
+                raise r.bad(f"{name}: period kind {period} is not 0..=13")
+            return Denial(DenialReason.SPEND_CONTROL, account, period)
+        if account or period:
+            raise r.bad(f"{name}: account and period must be 0 unless the reason is "
+                        "SPEND_CONTROL (non-canonical)")
+        return Denial(DenialReason.NO_CREDIT) if reason else None
+
+
 _U8 = _Int("<B", 0, 0xFF)
 _U16 = _Int("<H", 0, 0xFFFF)
 _U32 = _Int("<I", 0, 0xFFFFFFFF)
@@ -490,6 +651,7 @@ _BOOL = _Bool()
 _DEC = _Dec()
 _UNIT = _UnitT()
 _PAIR = _Pair()
+_PERIOD = _Period()
 _ATTR_KEY = _Str(ATTRIBUTE_KEY_MAX)
 _ATTR_VALUE = _Str(ATTRIBUTE_VALUE_MAX)
 
@@ -498,14 +660,20 @@ def _pairs(max_items: int) -> _List:
     return _List(_U8, max_items, _PAIR, 20)
 
 
+_DROP = "drop"
+"""Marks a schema field an older connection goes without (an answer's extra detail)."""
+
+
 def _encode_fields(out: bytearray, obj: Any) -> None:
     # A schema entry may name the version that added it (SPEC 12): the field
-    # does not exist on an older connection, so a value for it cannot be sent.
+    # does not exist on an older connection, so a value for it cannot be sent
+    # (a request would mean something else), unless it is marked _DROP (an
+    # answer's detail an older peer goes without).
     version = getattr(out, "version", 1)
     for name, t, *since in obj._schema:
         v = getattr(obj, name)
         if since and since[0] > version:
-            if v:
+            if v and _DROP not in since:
                 raise EncodeError(f"{name} needs protocol version {since[0]}; "
                                   f"the connection speaks {version}")
             continue
@@ -623,10 +791,11 @@ class ServiceAnswer:
     validity_time_s: int = 0
     final_unit_action: FinalUnitAction = FinalUnitAction.NONE
     redirect: str = ""
+    denial: Optional[Denial] = None  # version 3: which control refused it; None before
     _schema: ClassVar = [("service_id", _U32), ("result_code", _U32),
                          ("granted", _pairs(UNIT_AMOUNTS_MAX)), ("validity_time_s", _U32),
                          ("final_unit_action", _Enum(FinalUnitAction)),
-                         ("redirect", _Str(REDIRECT_MAX))]
+                         ("redirect", _Str(REDIRECT_MAX)), ("denial", _DenialT(), 3, _DROP)]
 
     def granted_of(self, unit: str) -> Decimal:
         """The amount granted in ``unit`` (0 when none)."""
@@ -731,14 +900,18 @@ class BucketGrant:
 
 @dataclass
 class LimitSet:
-    """LIMIT_SET: a cap on a subtree, or None to remove it (SPEC 6.5)."""
+    """LIMIT_SET: a spend control (a cap) on a subtree, or None to remove it (SPEC 6.5).
+    ``period`` and ``soft`` are version 3; an older connection cannot carry them."""
 
     op_id: int
     account: int
     unit: str
     cap: Optional[Decimal] = None
+    period: LimitPeriod = LimitPeriod()
+    soft: bool = False
     KIND: ClassVar[Kind] = Kind.LIMIT_SET
-    _schema: ClassVar = [("op_id", _U128T), ("account", _U64), ("unit", _UNIT), ("cap", _Opt(_DEC))]
+    _schema: ClassVar = [("op_id", _U128T), ("account", _U64), ("unit", _UNIT), ("cap", _Opt(_DEC)),
+                         ("period", _PERIOD, 3), ("soft", _BOOL, 3)]
 
 
 @dataclass
@@ -794,22 +967,52 @@ class BucketInfo:
 
 
 @dataclass
+class LimitInfo:
+    """One spend control of a BALANCE answer (version 3, SPEC 6.6): ``used`` in the current
+    period plus ``held`` counts against ``cap``; the period ends at ``period_end_ms``."""
+
+    unit: str
+    cap: Decimal
+    used: Decimal
+    held: Decimal
+    period: LimitPeriod
+    soft: bool
+    period_start_ms: int
+    period_end_ms: int
+    _schema: ClassVar = [("unit", _UNIT), ("cap", _DEC), ("used", _DEC), ("held", _DEC),
+                         ("period", _PERIOD), ("soft", _BOOL), ("period_start_ms", _U64),
+                         ("period_end_ms", _U64)]
+
+    @property
+    def headroom(self) -> Decimal:
+        """What the subtree may still reserve or spend under it this period (cap - used - held)."""
+        return self.cap - self.used - self.held
+
+
+@dataclass
 class Balance:
-    """BALANCE: an account's status and buckets in draw order (SPEC 6.6)."""
+    """BALANCE: an account's status, buckets in draw order and (version 3) spend controls
+    (SPEC 6.6)."""
 
     account: int
     parent: Optional[int]
     status: AccountStatus
     draws_on_parent: bool
     buckets: list = field(default_factory=list)  # list[BucketInfo]
+    limits: list = field(default_factory=list)  # list[LimitInfo]; version 3, else empty
     KIND: ClassVar[Kind] = Kind.BALANCE
     _schema: ClassVar = [("account", _U64), ("parent", _Opt(_U64)), ("status", _Enum(AccountStatus)),
                          ("draws_on_parent", _BOOL),
-                         ("buckets", _List(_U16, BUCKETS_MAX, _Rec(BucketInfo), 99))]
+                         ("buckets", _List(_U16, BUCKETS_MAX, _Rec(BucketInfo), 99)),
+                         ("limits", _List(_U8, LIMITS_MAX, _Rec(LimitInfo), 72), 3, _DROP)]
 
     def total(self, unit: str, what: str = "amount") -> Decimal:
         """Sum of one column (``amount``, ``held`` or ``available``) over the buckets of ``unit``."""
         return sum((getattr(b, what) for b in self.buckets if b.unit == unit), Decimal(0))
+
+    def limit(self, unit: str) -> Optional[LimitInfo]:
+        """The spend control on ``unit``, if the account has one (version 3)."""
+        return next((lim for lim in self.limits if lim.unit == unit), None)
 
 
 @dataclass
@@ -1129,7 +1332,7 @@ def encode_decimal(d: Decimal) -> bytes:
 
 __all__ = [
     "Kind", "RequestType", "EventAction", "TerminationCause", "FinalUnitAction", "AccountStatus",
-    "CreditKind", "WireError", "EncodeError", "Frame", "encode_frame", "decode_frame",
+    "CreditKind", "DenialReason", "Denial", "LimitPeriod", "LimitInfo", "WireError", "EncodeError", "Frame", "encode_frame", "decode_frame",
     "decimal_parts", "decimal_from_parts", "encode_decimal", "MESSAGE_CLASSES",
     "Hello", "HelloOk", "Ping", "Pong", "Batch", "BatchResult", "Ccr", "Cca", "ServiceRequest",
     "ServiceAnswer", "AccountCreate", "AccountStatusChange", "TopUp", "Adjust", "BucketGrant",
@@ -1137,4 +1340,5 @@ __all__ = [
     "Reservations", "ReservationInfo", "RateCardApply", "RateCardShow", "RateCardResult",
     "RateCards", "RateCardInfo", "RateCardVersionInfo", "ErrorReply", "NEVER", "PROTOCOL_VERSION",
     "PROTOCOL_VERSION_MIN", "ATTRIBUTES_MAX", "ATTRIBUTE_KEY_MAX", "ATTRIBUTE_VALUE_MAX",
+    "LIMITS_MAX",
 ]
