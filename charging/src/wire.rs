@@ -12,7 +12,8 @@ use crate::engine::{
 use reckon_balances::machine::{LedgerRequest, LedgerResponse};
 use reckon_balances::{
     AccountId, AccountStatus, Amount, AmountError, BucketId, BucketSpec, Command, CreditKind,
-    InvalidInput, LedgerError, OpId, Operation, Outcome, ReservationId, ServiceId, Timestamp, Unit,
+    InvalidInput, LedgerError, OpId, Operation, Outcome, Period, ReservationId, ServiceId,
+    Timestamp, Unit,
 };
 use reckon_protocol::codes::{AdminCode, ErrorCode, ResultCode};
 use reckon_protocol::message::{
@@ -227,8 +228,8 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                     account: AccountId(m.account),
                     unit: unit(&m.unit),
                     cap,
-                    period: reckon_balances::Period::Lifetime,
-                    soft: false,
+                    period: ledger_period(&m.period),
+                    soft: m.soft,
                     alerts: Vec::new(),
                 },
                 Some(m.cap.unwrap_or(Decimal::ZERO)),
@@ -337,6 +338,50 @@ fn forbidden() -> Message {
     })
 }
 
+/// The ledger's period for a protocol one (the codec checked its range;
+/// the ledger checks it again and refuses with PERIOD_INVALID).
+fn ledger_period(p: &wt::LimitPeriod) -> Period {
+    match *p {
+        wt::LimitPeriod::Lifetime => Period::Lifetime,
+        wt::LimitPeriod::Months {
+            months,
+            anchor_ms,
+            offset_min,
+        } => Period::Months {
+            months,
+            anchor: Timestamp(anchor_ms),
+            offset_min,
+        },
+        wt::LimitPeriod::Fixed {
+            anchor_ms,
+            length_ms,
+        } => Period::Fixed {
+            anchor: Timestamp(anchor_ms),
+            length_ms,
+        },
+    }
+}
+
+/// The protocol's period for a ledger one.
+fn wire_period(p: &Period) -> wt::LimitPeriod {
+    match *p {
+        Period::Lifetime => wt::LimitPeriod::Lifetime,
+        Period::Months {
+            months,
+            anchor,
+            offset_min,
+        } => wt::LimitPeriod::Months {
+            months,
+            anchor_ms: anchor.0,
+            offset_min,
+        },
+        Period::Fixed { anchor, length_ms } => wt::LimitPeriod::Fixed {
+            anchor_ms: anchor.0,
+            length_ms,
+        },
+    }
+}
+
 fn cca(shape_session: String, request_number: u32, a: CreditControlAnswer) -> Message {
     Message::Cca(msg::Cca {
         result_code: ResultCode(a.result_code),
@@ -359,7 +404,13 @@ fn cca(shape_session: String, request_number: u32, a: CreditControlAnswer) -> Me
                     }
                 },
                 redirect: String::new(),
-                denial: None,
+                denial: s.denial.map(|d| match d {
+                    engine::Denial::NoCredit => wt::Denial::NoCredit,
+                    engine::Denial::SpendControl { account, period } => wt::Denial::SpendControl {
+                        account: account.0,
+                        period_kind: period,
+                    },
+                }),
             })
             .collect(),
         balance: wire_quantities(&a.balance),
@@ -511,7 +562,20 @@ pub fn render(shape: &ReplyShape, response: EngineResponse) -> Message {
                             services: b.services.iter().map(|s| s.0).collect(),
                         })
                         .collect(),
-                    limits: Vec::new(),
+                    limits: v
+                        .limits
+                        .iter()
+                        .map(|l| msg::LimitInfo {
+                            unit: wire_unit(l.unit),
+                            cap: l.cap.to_decimal(),
+                            used: l.used.to_decimal(),
+                            held: l.held.to_decimal(),
+                            period: wire_period(&l.period),
+                            soft: l.soft,
+                            period_start_ms: l.period_start.0,
+                            period_end_ms: l.period_end.0,
+                        })
+                        .collect(),
                 }),
             }
         }

@@ -142,6 +142,11 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Budgets: spend controls with periods, hard or soft caps.
+    Budget {
+        #[command(subcommand)]
+        action: BudgetCmd,
+    },
     /// Show an account's buckets.
     Balance {
         /// Account id.
@@ -331,6 +336,165 @@ struct CcrArgs {
     conn: Conn,
 }
 
+/// The period of a budget on the command line.
+#[derive(clap::Args)]
+struct PeriodArgs {
+    /// month, quarter, year, lifetime, months:N (1..=12) or days:N.
+    #[arg(long, default_value = "month")]
+    period: String,
+    /// Start of one period, a local date or time (YYYY-MM-DD or
+    /// YYYY-MM-DDTHH:MM:SSZ, read in --utc-offset); for a contract year,
+    /// the contract's start. Default: 1 January 2000, local midnight.
+    #[arg(long)]
+    anchor: Option<String>,
+    /// The local time the periods follow, e.g. +01:00 or -05:00.
+    #[arg(long, default_value = "+00:00", allow_hyphen_values = true)]
+    utc_offset: String,
+}
+
+#[derive(Subcommand)]
+enum BudgetCmd {
+    /// Set a budget on an account's subtree (replaces one of the same unit and period kind).
+    Set {
+        /// Account id (an organisation, department or key).
+        #[arg(long)]
+        account: u64,
+        /// Unit budgeted (e.g. USD, gpu_hours).
+        #[arg(long)]
+        unit: String,
+        /// The cap per period.
+        #[arg(long)]
+        cap: Decimal,
+        #[command(flatten)]
+        period: PeriodArgs,
+        /// Soft: report (alerts) but never refuse.
+        #[arg(long)]
+        soft: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove the budget of a unit and period kind.
+    Remove {
+        /// Account id.
+        #[arg(long)]
+        account: u64,
+        /// Unit budgeted.
+        #[arg(long)]
+        unit: String,
+        #[command(flatten)]
+        period: PeriodArgs,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show an account's budgets (and buckets).
+    Show {
+        /// Account id.
+        #[arg(long)]
+        account: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Reads `+HH:MM` / `-HH:MM` as minutes east of UTC.
+fn utc_offset(text: &str) -> Result<i16, String> {
+    let bad = || format!("--utc-offset {text:?}: expected +HH:MM or -HH:MM");
+    let (sign, rest) = match text.as_bytes().first() {
+        Some(b'+') => (1, &text[1..]),
+        Some(b'-') => (-1, &text[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    let (h, m): (i16, i16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 18 || m > 59 || h * 60 + m > 18 * 60 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 60 + m))
+}
+
+/// A budget period from the command line.
+fn limit_period(args: &PeriodArgs) -> Result<wt::LimitPeriod, String> {
+    let offset_min = utc_offset(&args.utc_offset)?;
+    let anchor_ms = match &args.anchor {
+        // A local date or time: shifted by the offset to UTC.
+        Some(a) => {
+            let local =
+                reckon_charging::timefmt::parse_time(a).map_err(|e| format!("--anchor {e}"))?;
+            (local as i64 - offset_min as i64 * 60_000).max(0) as u64
+        }
+        None => (946_684_800_000i64 - offset_min as i64 * 60_000) as u64,
+    };
+    let months = |months: u8| wt::LimitPeriod::Months {
+        months,
+        anchor_ms,
+        offset_min,
+    };
+    let p = match args.period.as_str() {
+        "lifetime" => wt::LimitPeriod::Lifetime,
+        "month" => months(1),
+        "quarter" => months(3),
+        "year" => months(12),
+        other => match other.split_once(':') {
+            Some(("months", n)) => months(
+                n.parse()
+                    .map_err(|_| format!("--period {other:?}: months:N, N in 1..=12"))?,
+            ),
+            Some(("days", n)) => {
+                let days: u64 = n
+                    .parse()
+                    .map_err(|_| format!("--period {other:?}: days:N"))?;
+                wt::LimitPeriod::Fixed {
+                    anchor_ms,
+                    length_ms: days.saturating_mul(86_400_000),
+                }
+            }
+            _ => return Err(format!(
+                "--period {other:?}: expected month, quarter, year, lifetime, months:N or days:N"
+            )),
+        },
+    };
+    p.check()
+        .map_err(|e| format!("--period {}: {e}", args.period))?;
+    Ok(p)
+}
+
+/// A period as people read it.
+fn period_text(p: &wt::LimitPeriod) -> String {
+    let offset = |m: i16| {
+        format!(
+            "UTC{}{:02}:{:02}",
+            if m < 0 { '-' } else { '+' },
+            m.abs() / 60,
+            m.abs() % 60
+        )
+    };
+    match *p {
+        wt::LimitPeriod::Lifetime => "lifetime".into(),
+        wt::LimitPeriod::Months {
+            months: 1,
+            offset_min,
+            ..
+        } => format!("monthly ({})", offset(offset_min)),
+        wt::LimitPeriod::Months {
+            months: 12,
+            anchor_ms,
+            offset_min,
+        } => format!(
+            "yearly from {} ({})",
+            reckon_charging::timefmt::format_ms(
+                (anchor_ms as i64 + offset_min as i64 * 60_000).max(0) as u64
+            ),
+            offset(offset_min)
+        ),
+        wt::LimitPeriod::Months {
+            months, offset_min, ..
+        } => format!("every {months} months ({})", offset(offset_min)),
+        wt::LimitPeriod::Fixed { length_ms, .. } => {
+            format!("every {} days", length_ms as f64 / 86_400_000.0)
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum SessionCmd {
     /// INITIAL: open a session and get a first grant (request number 0).
@@ -430,6 +594,33 @@ fn show(message: &Message) -> Result<(), String> {
             if b.buckets.is_empty() {
                 println!("  no buckets");
             }
+            for l in &b.limits {
+                let spent = l.used + l.held;
+                let pct = if l.cap.is_zero() {
+                    String::new()
+                } else {
+                    format!(" ({}%)", (spent * Decimal::ONE_HUNDRED / l.cap).round_dp(1))
+                };
+                println!(
+                    "  budget {} {} {}: cap {}, used {} + held {}{}{}",
+                    l.unit.as_str(),
+                    period_text(&l.period),
+                    if l.soft { "soft" } else { "hard" },
+                    l.cap,
+                    l.used,
+                    l.held,
+                    pct,
+                    if l.period_end_ms == u64::MAX {
+                        String::new()
+                    } else {
+                        format!(
+                            ", period {} .. {}",
+                            reckon_charging::timefmt::format_ms(l.period_start_ms),
+                            reckon_charging::timefmt::format_ms(l.period_end_ms)
+                        )
+                    }
+                );
+            }
             for k in &b.buckets {
                 let validity = match (k.valid_from_ms, k.valid_until_ms) {
                     (0, u64::MAX) => String::new(),
@@ -506,6 +697,23 @@ fn show(message: &Message) -> Result<(), String> {
                         .map(|f| format!(", final units: {f:?}"))
                         .unwrap_or_default()
                 );
+                match s.denial {
+                    Some(wt::Denial::NoCredit) => println!("    denied: no credit left"),
+                    Some(wt::Denial::SpendControl {
+                        account,
+                        period_kind,
+                    }) => println!(
+                        "    denied: the {} budget of account {account} is reached",
+                        match period_kind {
+                            0 => "lifetime".to_string(),
+                            1 => "monthly".into(),
+                            12 => "yearly".into(),
+                            13 => "fixed-period".into(),
+                            n => format!("{n}-month"),
+                        }
+                    ),
+                    None => {}
+                }
             }
             for b in &a.balance {
                 println!("  available {} {}", b.amount, b.unit.as_str());
@@ -1095,6 +1303,54 @@ async fn run(cli: Cli) -> Result<(), String> {
                     Ok(Message::RateCardShow(
                         reckon_protocol::message::RateCardShow { card },
                     ))
+                })
+                .await
+            }
+        },
+        Cmd::Budget { action } => match action {
+            BudgetCmd::Set {
+                account,
+                unit: u,
+                cap,
+                period,
+                soft,
+                conn,
+            } => {
+                let (u, period) = (unit(&u)?, limit_period(&period)?);
+                send(&conn, |c| {
+                    Ok(Message::LimitSet(LimitSet {
+                        op_id: c.new_op_id(),
+                        account,
+                        unit: u,
+                        cap: Some(cap),
+                        period,
+                        soft,
+                    }))
+                })
+                .await
+            }
+            BudgetCmd::Remove {
+                account,
+                unit: u,
+                period,
+                conn,
+            } => {
+                let (u, period) = (unit(&u)?, limit_period(&period)?);
+                send(&conn, |c| {
+                    Ok(Message::LimitSet(LimitSet {
+                        op_id: c.new_op_id(),
+                        account,
+                        unit: u,
+                        cap: None,
+                        period,
+                        soft: false,
+                    }))
+                })
+                .await
+            }
+            BudgetCmd::Show { account, conn } => {
+                send(&conn, |_| {
+                    Ok(Message::BalanceQuery(BalanceQuery { account }))
                 })
                 .await
             }

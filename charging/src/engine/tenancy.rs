@@ -79,7 +79,18 @@ impl Engine {
             // Organisation credentials read their own subtree; changes need
             // an admin credential. Accounts outside the subtree look absent.
             let target = match &request {
-                LedgerRequest::Apply(_) | LedgerRequest::Totals | LedgerRequest::StateDigest => {
+                // An organisation budgets its own departments and keys,
+                // never its own root: a cap the operator set on the
+                // organisation is not the organisation's to lift.
+                LedgerRequest::Apply(op) => match &op.command {
+                    Command::SetLimit { account, .. }
+                        if *account != org && self.ledger.ledger.root_of(*account) == Some(org) =>
+                    {
+                        None
+                    }
+                    _ => return EngineResponse::Forbidden,
+                },
+                LedgerRequest::Totals | LedgerRequest::StateDigest => {
                     return EngineResponse::Forbidden
                 }
                 LedgerRequest::Account(a) => Some(*a),
@@ -89,8 +100,9 @@ impl Engine {
                 }
                 LedgerRequest::Reservations { account, .. } => Some(*account),
             };
-            match target {
-                Some(a) if self.ledger.ledger.root_of(a) == Some(org) => {}
+            match (&request, target) {
+                (LedgerRequest::Apply(_), _) => {}
+                (_, Some(a)) if self.ledger.ledger.root_of(a) == Some(org) => {}
                 _ => return EngineResponse::NotFound,
             }
         }
