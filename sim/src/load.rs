@@ -38,8 +38,8 @@ use crate::workload::Mix;
 use parking_lot::Mutex;
 use reckon_charging::client::Client;
 use reckon_protocol::codes::{AdminCode, ErrorCode};
-use reckon_protocol::message::{AccountCreate, BalanceQuery, Message, TopUp};
-use reckon_protocol::types::{CreditKind, Unit};
+use reckon_protocol::message::{AccountCreate, BalanceQuery, LimitSet, Message, TopUp};
+use reckon_protocol::types::{CreditKind, LimitPeriod, Unit};
 use rust_decimal::Decimal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -105,6 +105,9 @@ pub struct LoadConfig {
     pub skip_provision: bool,
     /// Read every balance before and after and check the ledger against the acknowledged debits.
     pub verify: bool,
+    /// Give every account a monthly and a yearly hard budget in each unit,
+    /// never reached: what enforcing spend controls costs per request.
+    pub budgets: bool,
     /// Print progress lines to stderr.
     pub progress: bool,
     /// Generator threads; 0: one per core, at most one per connection.
@@ -132,6 +135,7 @@ impl Default for LoadConfig {
             seed: 1,
             skip_provision: false,
             verify: false,
+            budgets: false,
             progress: true,
             threads: 0,
             batch: 1,
@@ -421,7 +425,9 @@ async fn provision(
         ));
     }
     let started = Instant::now();
-    let per_batch = (reckon_protocol::limits::BATCH_MAX / (1 + units.len())) as u64;
+    let controls = if config.budgets { 2 } else { 0 };
+    let per_batch =
+        (reckon_protocol::limits::BATCH_MAX / (1 + units.len() * (1 + controls))) as u64;
     let batches = config.accounts.div_ceil(per_batch);
     let next = Arc::new(AtomicU64::new(0));
     let created = Arc::new(AtomicU64::new(0));
@@ -441,6 +447,7 @@ async fn provision(
             let (next, created, existing) = (next.clone(), created.clone(), existing.clone());
             let units = units.to_vec();
             let (base, accounts, balance) = (config.account_base, config.accounts, config.balance);
+            let budgets = config.budgets;
             let stop = stop.clone();
             tasks.spawn(async move {
                 loop {
@@ -472,6 +479,22 @@ async fn provision(
                                 kind: CreditKind::TopUp,
                                 reason: "reckon-sim load".into(),
                             }));
+                            if budgets {
+                                for months in [1, 12] {
+                                    entries.push(Message::LimitSet(LimitSet {
+                                        op_id: client.new_op_id(),
+                                        account,
+                                        unit: *unit,
+                                        cap: Some(Decimal::from(balance) * Decimal::TEN),
+                                        period: LimitPeriod::Months {
+                                            months,
+                                            anchor_ms: 946_684_800_000,
+                                            offset_min: 0,
+                                        },
+                                        soft: false,
+                                    }));
+                                }
+                            }
                         }
                     }
                     let (c, e) = provision_batch(&client, entries).await?;

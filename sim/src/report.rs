@@ -54,6 +54,8 @@ pub struct RunConfig {
     pub threads: usize,
     /// Most requests per BATCH frame (1: no BATCH frames).
     pub batch: usize,
+    /// Every account had a monthly and a yearly hard budget per unit.
+    pub budgets: bool,
 }
 
 /// How the accounts were provisioned.
@@ -571,6 +573,7 @@ pub(crate) fn build(inputs: Inputs<'_>) -> Report {
             seed: c.seed,
             threads: inputs.threads,
             batch: c.batch,
+            budgets: c.budgets,
         },
         provisioning: inputs.provisioning,
         elapsed_s,

@@ -448,9 +448,11 @@ fn limit_period(args: &PeriodArgs) -> Result<wt::LimitPeriod, String> {
                     length_ms: days.saturating_mul(86_400_000),
                 }
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "--period {other:?}: expected month, quarter, year, lifetime, months:N or days:N"
-            )),
+            ))
+            }
         },
     };
     p.check()

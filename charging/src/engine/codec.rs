@@ -522,6 +522,8 @@ pub(super) fn encode_request(request: &EngineRequest, out: &mut Vec<u8>) -> bool
             encode_rate_file(out, Timestamp(0), *op, name, text);
             true
         }
-        EngineRequest::ShowRateCards(_) | EngineRequest::Gauges { .. } => false,
+        EngineRequest::ShowRateCards(_)
+        | EngineRequest::Gauges { .. }
+        | EngineRequest::Alerts { .. } => false,
     }
 }

@@ -274,6 +274,30 @@ impl Engine {
                 EngineResponse::RateCard(self.apply_rate_card(now, op, name, text))
             }
             EngineRequest::ShowRateCards(card) => EngineResponse::RateCards(self.rate_cards(&card)),
+            EngineRequest::Alerts { caller, after, max } => {
+                let ledger = &self.ledger.ledger;
+                let newest = ledger.last_alert();
+                let oldest = ledger
+                    .alerts_after(0, 1)
+                    .first()
+                    .map_or(newest + 1, |a| a.seq);
+                // Scans at most `max` of anyone's alerts: a tenant's read
+                // costs the same whoever raised the rest.
+                let scanned = ledger.alerts_after(after, max);
+                let resume_after = scanned.last().map_or(newest, |a| a.seq);
+                let alerts = scanned
+                    .into_iter()
+                    .filter(|a| match caller {
+                        Caller::Admin => true,
+                        Caller::Org(org) => ledger.root_of(a.account) == Some(org),
+                    })
+                    .collect();
+                EngineResponse::Alerts {
+                    alerts,
+                    oldest,
+                    resume_after,
+                }
+            }
             EngineRequest::Gauges { digest } => {
                 EngineResponse::Gauges(self.gauges(self.standalone_lsn, digest))
             }

@@ -236,6 +236,16 @@ pub enum EngineRequest {
     },
     /// Lists rate cards (one by id, or all when empty).
     ShowRateCards(String),
+    /// Reads the spend-control alerts after a sequence number (never
+    /// logged), those of the caller's organisation only.
+    Alerts {
+        /// Who asks.
+        caller: Caller,
+        /// Alerts with a sequence number above this.
+        after: u64,
+        /// At most this many.
+        max: usize,
+    },
     /// Reads the engine's gauges at its place in the order (never logged);
     /// with `digest`, also the state digest (walks the whole state).
     Gauges {
@@ -288,6 +298,17 @@ pub enum EngineResponse {
     UnknownUnit(Unit),
     /// The engine's gauges.
     Gauges(EngineGauges),
+    /// Alerts after the sequence number asked, oldest first.
+    Alerts {
+        /// The alerts (of the caller's organisation).
+        alerts: Vec<reckon_balances::Alert>,
+        /// The oldest sequence number still kept (a subscriber that asked
+        /// for less than it one missed alerts).
+        oldest: u64,
+        /// Where the next read resumes: the last sequence number scanned,
+        /// whosever alert it was (or the newest raised, when none was).
+        resume_after: u64,
+    },
 }
 
 /// The price of one unit of a service.

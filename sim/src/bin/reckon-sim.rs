@@ -154,6 +154,9 @@ struct RunArgs {
     /// Read every balance before and after and check the ledger against the acknowledged debits (at most 1,000,000 accounts).
     #[arg(long)]
     verify: bool,
+    /// Give every account a monthly and a yearly hard budget in each unit, never reached (what enforcing spend controls costs).
+    #[arg(long)]
+    budgets: bool,
     /// The server's process id (or `auto`: whoever listens on the server's port here), to sample its RSS and CPU.
     #[arg(long)]
     server_pid: Option<String>,
@@ -340,6 +343,7 @@ fn base_config(
         seed: run.seed,
         skip_provision: run.no_provision,
         verify: run.verify,
+        budgets: run.budgets,
         progress: !run.quiet,
         threads: run.threads,
         batch: 1,
