@@ -319,6 +319,7 @@ async fn accounts_export_and_import_round_trip() {
             cap: Some(d("500")),
             period: reckon_protocol::LimitPeriod::Lifetime,
             soft: false,
+            alerts: Vec::new(),
         }))
         .await
         .unwrap());

@@ -849,6 +849,7 @@ async fn careless_requests_get_clear_answers_and_change_nothing() {
             cap: Some(d("500")),
             period: reckon_protocol::LimitPeriod::Lifetime,
             soft: false,
+            alerts: Vec::new(),
         }))
         .await
         .unwrap();

@@ -85,3 +85,8 @@ pub const PERIOD_OFFSET_MIN_MAX: i16 = 1080;
 pub const PERIOD_LENGTH_MIN_MS: u64 = 60_000;
 /// Longest fixed-length spend-control period: 3653 days (ten years).
 pub const PERIOD_LENGTH_MAX_MS: u64 = 3653 * 86_400_000;
+/// Most alert thresholds on one spend control (protocol version 3).
+pub const ALERT_THRESHOLDS_MAX: usize = 8;
+/// Highest alert threshold, percent of the cap: a soft cap can be passed,
+/// so thresholds above 100 % are meaningful.
+pub const ALERT_PCT_MAX: u8 = 250;

@@ -8,8 +8,8 @@ use crate::limits::*;
 use crate::types::*;
 use crate::wire::{
     bounded_capacity, check_count, fail, into_error, put_attributes, put_decimal, put_denial,
-    put_limit_period, put_opt_decimal, put_opt_u64, put_service_ids, put_string, put_unit,
-    put_unit_amounts, Cx, PResult,
+    put_limit_period, put_opt_decimal, put_opt_u64, put_service_ids, put_string, put_thresholds,
+    put_unit, put_unit_amounts, Cx, PResult,
 };
 use bytes::{BufMut, BytesMut};
 use rust_decimal::Decimal;
@@ -228,6 +228,11 @@ pub struct LimitSet {
     /// A soft cap is reported (in `BALANCE`) but never refuses (protocol
     /// version 3; `true` cannot be encoded in versions 1 and 2).
     pub soft: bool,
+    /// Alert thresholds, percent of the cap: 1 ..= 250, strictly
+    /// increasing, at most 8; each raises an alert once per period when the
+    /// period's usage reaches it (protocol version 3; must be empty in
+    /// versions 1 and 2).
+    pub alerts: Vec<u8>,
 }
 
 /// Query: an account's status and buckets.
@@ -306,6 +311,8 @@ pub struct LimitInfo {
     pub period_start_ms: u64,
     /// End of the current period, ms since the epoch (`u64::MAX`: never).
     pub period_end_ms: u64,
+    /// Its alert thresholds, percent of the cap, increasing.
+    pub alerts: Vec<u8>,
 }
 
 /// The answer to [`BalanceQuery`].
@@ -589,9 +596,10 @@ impl Message {
     }
 
     /// Appends the message's body as `version` lays it out (SPEC 12): a CCR
-    /// with attributes needs version 2, a `LIMIT_SET` with a period or a
-    /// soft cap version 3; below version 3 a CCA's denials and a
-    /// `BALANCE`'s spend controls are left out. Refuses like [`Message::encode`].
+    /// with attributes needs version 2, a `LIMIT_SET` with a period, a
+    /// soft cap or alert thresholds version 3; below version 3 a CCA's
+    /// denials and a `BALANCE`'s spend controls are left out. Refuses like
+    /// [`Message::encode`].
     pub fn encode_version(&self, dst: &mut BytesMut, version: u16) -> Result<(), ProtocolError> {
         let start = dst.len();
         let result = self.encode_body_version(dst, version);
@@ -744,12 +752,19 @@ impl Message {
                 if version >= 3 {
                     put_limit_period(dst, &m.period)?;
                     dst.put_u8(m.soft as u8);
-                } else if m.period != LimitPeriod::Lifetime || m.soft {
-                    // A cap that resets or only reports must not become a
-                    // hard lifetime cap on an older connection.
+                    put_thresholds(dst, &m.alerts)?;
+                } else if m.period != LimitPeriod::Lifetime || m.soft || !m.alerts.is_empty() {
+                    // A cap that resets, only reports or alerts must not
+                    // become a silent hard lifetime cap on an older connection.
                     return Err(ProtocolError::InvalidValue {
                         request_id: 0,
-                        field: if m.soft { "soft" } else { "period" },
+                        field: if m.period != LimitPeriod::Lifetime {
+                            "period"
+                        } else if m.soft {
+                            "soft"
+                        } else {
+                            "alerts"
+                        },
                         reason: "need protocol version 3",
                     });
                 }
@@ -796,6 +811,7 @@ impl Message {
                         put_decimal(dst, &l.held);
                         put_limit_period(dst, &l.period)?;
                         dst.put_u8(l.soft as u8);
+                        put_thresholds(dst, &l.alerts)?;
                         dst.put_u64_le(l.period_start_ms);
                         dst.put_u64_le(l.period_end_ms);
                     }
@@ -1144,12 +1160,13 @@ impl Message {
                 let (i, account) = cx.u64(i, "account")?;
                 let (i, unit) = cx.unit(i, "unit")?;
                 let (i, cap) = cx.opt_decimal(i, "has_cap", "cap")?;
-                let (i, period, soft) = if cx.version >= 3 {
+                let (i, period, soft, alerts) = if cx.version >= 3 {
                     let (i, period) = cx.limit_period(i)?;
                     let (i, soft) = cx.bool(i, "soft")?;
-                    (i, period, soft)
+                    let (i, alerts) = cx.thresholds(i)?;
+                    (i, period, soft, alerts)
                 } else {
-                    (i, LimitPeriod::Lifetime, false)
+                    (i, LimitPeriod::Lifetime, false, Vec::new())
                 };
                 let m = LimitSet {
                     op_id,
@@ -1158,6 +1175,7 @@ impl Message {
                     cap,
                     period,
                     soft,
+                    alerts,
                 };
                 (i, Message::LimitSet(m))
             }
@@ -1225,8 +1243,8 @@ impl Message {
                 }
                 let (i, limits) = if cx.version >= 3 {
                     let (mut i, n) = cx.count_u8(i, "limits", LIMITS_MAX)?;
-                    // Smallest limit: 3 + 3 * 17 + 1 + 1 + 8 + 8.
-                    let mut limits = Vec::with_capacity(bounded_capacity(n, i.len(), 72));
+                    // Smallest limit: 3 + 3 * 17 + 1 + 1 + 1 + 8 + 8.
+                    let mut limits = Vec::with_capacity(bounded_capacity(n, i.len(), 73));
                     for _ in 0..n {
                         let (r, unit) = cx.unit(i, "limit unit")?;
                         let (r, cap) = cx.decimal(r, "limit cap")?;
@@ -1234,6 +1252,7 @@ impl Message {
                         let (r, held) = cx.decimal(r, "limit held")?;
                         let (r, period) = cx.limit_period(r)?;
                         let (r, soft) = cx.bool(r, "soft")?;
+                        let (r, alerts) = cx.thresholds(r)?;
                         let (r, period_start_ms) = cx.u64(r, "period_start_ms")?;
                         let (r, period_end_ms) = cx.u64(r, "period_end_ms")?;
                         limits.push(LimitInfo {
@@ -1245,6 +1264,7 @@ impl Message {
                             soft,
                             period_start_ms,
                             period_end_ms,
+                            alerts,
                         });
                         i = r;
                     }

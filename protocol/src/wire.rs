@@ -7,7 +7,8 @@
 
 use crate::error::ProtocolError;
 use crate::limits::{
-    ATTRIBUTES_MAX, ATTRIBUTE_KEY_MAX, ATTRIBUTE_VALUE_MAX, DECIMAL_MANTISSA_MAX, DECIMAL_SCALE_MAX,
+    ALERT_PCT_MAX, ALERT_THRESHOLDS_MAX, ATTRIBUTES_MAX, ATTRIBUTE_KEY_MAX, ATTRIBUTE_VALUE_MAX,
+    DECIMAL_MANTISSA_MAX, DECIMAL_SCALE_MAX,
 };
 use crate::types::{Denial, LimitPeriod, Unit, UnitAmount};
 use bytes::{BufMut, BytesMut};
@@ -391,6 +392,22 @@ impl Cx {
         }
     }
 
+    /// Reads a spend control's alert thresholds (version 3): `u8` count
+    /// (at most 8), then that many `u8` percents, 1 ..= 250 and strictly
+    /// increasing.
+    pub(crate) fn thresholds<'a>(self, i: &'a [u8]) -> PResult<'a, Vec<u8>> {
+        let (i, n) = self.count_u8(i, "alerts", ALERT_THRESHOLDS_MAX)?;
+        let (i, raw) = self.bytes(i, n, "alerts")?;
+        match check_thresholds(raw) {
+            Ok(()) => Ok((i, raw.to_vec())),
+            Err(reason) => fail(ProtocolError::InvalidValue {
+                request_id: self.rid,
+                field: "alerts",
+                reason,
+            }),
+        }
+    }
+
     /// Reads a CCA service's denial (version 3): `u8 reason | u64
     /// control_account | u8 control_period`, the last two zero unless the
     /// reason is 2 (`SPEND_CONTROL`).
@@ -592,6 +609,35 @@ pub(crate) fn put_limit_period(dst: &mut BytesMut, p: &LimitPeriod) -> Result<()
             dst.put_u64_le(length_ms);
         }
     }
+    Ok(())
+}
+
+/// Why alert thresholds are out of range, if they are: each 1 ..= 250,
+/// strictly increasing, at most 8.
+pub(crate) fn check_thresholds(alerts: &[u8]) -> Result<(), &'static str> {
+    if alerts.len() > ALERT_THRESHOLDS_MAX {
+        Err("at most 8 thresholds")
+    } else if alerts.iter().any(|p| !(1..=ALERT_PCT_MAX).contains(p)) {
+        Err("each threshold must be 1 ..= 250 percent")
+    } else if alerts.windows(2).any(|w| w[0] >= w[1]) {
+        Err("thresholds must be strictly increasing")
+    } else {
+        Ok(())
+    }
+}
+
+/// Writes alert thresholds with their u8 count, refusing what a decoder would refuse.
+pub(crate) fn put_thresholds(dst: &mut BytesMut, alerts: &[u8]) -> Result<(), ProtocolError> {
+    check_count("alerts", alerts.len(), ALERT_THRESHOLDS_MAX)?;
+    if let Err(reason) = check_thresholds(alerts) {
+        return Err(ProtocolError::InvalidValue {
+            request_id: 0,
+            field: "alerts",
+            reason,
+        });
+    }
+    dst.put_u8(alerts.len() as u8);
+    dst.put_slice(alerts);
     Ok(())
 }
 

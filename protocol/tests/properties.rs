@@ -96,10 +96,10 @@ fn strip_v3(m: &Message) -> Message {
     m
 }
 
-/// Whether `m` holds a `LIMIT_SET` with a period or a soft cap.
+/// Whether `m` holds a `LIMIT_SET` with a period, a soft cap or alert thresholds.
 fn needs_v3(m: &Message) -> bool {
     match m {
-        Message::LimitSet(l) => l.period != LimitPeriod::Lifetime || l.soft,
+        Message::LimitSet(l) => l.period != LimitPeriod::Lifetime || l.soft || !l.alerts.is_empty(),
         Message::Batch(b) => b.entries.iter().any(needs_v3),
         _ => false,
     }

@@ -705,7 +705,7 @@ fn without_v3_fields(m: &Message) -> Message {
 /// Whether `m` is (or a batch holds) a `LIMIT_SET` only version 3 can carry.
 fn has_v3_limit_set(m: &Message) -> bool {
     match m {
-        Message::LimitSet(l) => l.period != LimitPeriod::Lifetime || l.soft,
+        Message::LimitSet(l) => l.period != LimitPeriod::Lifetime || l.soft || !l.alerts.is_empty(),
         Message::Batch(b) => b.entries.iter().any(has_v3_limit_set),
         _ => false,
     }
@@ -762,7 +762,7 @@ fn version_3_carries_spend_controls_and_denials() {
                         matches!(
                             e,
                             ProtocolError::InvalidValue {
-                                field: "period" | "soft",
+                                field: "period" | "soft" | "alerts",
                                 reason: "need protocol version 3",
                                 ..
                             }
@@ -795,7 +795,7 @@ fn older_versions_drop_denials_and_refuse_periodic_limits() {
     assert!(back.services.iter().all(|s| s.denial.is_none()));
 
     // A monthly LIMIT_SET cannot be written in version 2 (it would become a
-    // hard lifetime cap), nor a soft lifetime one.
+    // hard lifetime cap), nor a soft lifetime one, nor one with alerts.
     let monthly = LimitSet {
         op_id: 1,
         account: 7,
@@ -803,6 +803,7 @@ fn older_versions_drop_denials_and_refuse_periodic_limits() {
         cap: Some(dec(100, 0)),
         period: monthly(),
         soft: false,
+        alerts: Vec::new(),
     };
     for (m, field) in [
         (monthly.clone(), "period"),
@@ -814,6 +815,14 @@ fn older_versions_drop_denials_and_refuse_periodic_limits() {
             },
             "soft",
         ),
+        (
+            LimitSet {
+                period: LimitPeriod::Lifetime,
+                alerts: vec![80, 100],
+                ..monthly.clone()
+            },
+            "alerts",
+        ),
     ] {
         let err = encode_v(&Frame::new(2, Message::LimitSet(m)), 2).unwrap_err();
         assert!(
@@ -821,7 +830,7 @@ fn older_versions_drop_denials_and_refuse_periodic_limits() {
             "{err}"
         );
     }
-    // A lifetime, hard LIMIT_SET is version 1's: two bytes shorter.
+    // A lifetime, hard LIMIT_SET without alerts is version 1's: three bytes shorter.
     let plain = Frame::new(
         3,
         Message::LimitSet(LimitSet {
@@ -830,14 +839,18 @@ fn older_versions_drop_denials_and_refuse_periodic_limits() {
         }),
     );
     let (v2, v3) = (encode_v(&plain, 2).unwrap(), encode_v(&plain, 3).unwrap());
-    assert_eq!(v2.len() + 2, v3.len());
-    assert_eq!(&v3[v3.len() - 2..], &[0, 0], "kind 0 (lifetime), soft 0");
+    assert_eq!(v2.len() + 3, v3.len());
+    assert_eq!(
+        &v3[v3.len() - 3..],
+        &[0, 0, 0],
+        "kind 0 (lifetime), soft 0, no alerts"
+    );
     assert_eq!(decode_v(&v2, 2).unwrap(), plain);
     assert_eq!(decode_v(&v3, 3).unwrap(), plain);
     // Read in the wrong version, the layouts do not line up.
     assert!(matches!(
         decode_v(&v3, 2),
-        Err(ProtocolError::TrailingBytes { extra: 2, .. })
+        Err(ProtocolError::TrailingBytes { extra: 3, .. })
     ));
     assert!(matches!(
         decode_v(&v2, 3),
@@ -919,19 +932,28 @@ fn cca_body(denial: &[u8]) -> Vec<u8> {
     b
 }
 
+/// A calendar period, `soft` and no alert thresholds.
 fn months_tail(months: u8, offset_min: i16, soft: u8) -> Vec<u8> {
     let mut t = vec![months];
     t.extend_from_slice(&1_767_222_000_000u64.to_le_bytes());
     t.extend_from_slice(&offset_min.to_le_bytes());
-    t.push(soft);
+    t.extend_from_slice(&[soft, 0]);
     t
 }
 
+/// A fixed-length period, hard, no alert thresholds.
 fn fixed_tail(length_ms: u64) -> Vec<u8> {
     let mut t = vec![13];
     t.extend_from_slice(&0u64.to_le_bytes());
     t.extend_from_slice(&length_ms.to_le_bytes());
-    t.push(0);
+    t.extend_from_slice(&[0, 0]);
+    t
+}
+
+/// A lifetime period, hard, then these alert bytes (count included).
+fn alerts_tail(alerts: &[u8]) -> Vec<u8> {
+    let mut t = vec![0, 0];
+    t.extend_from_slice(alerts);
     t
 }
 
@@ -951,8 +973,11 @@ fn version_3_decoding_refuses_out_of_range_periods_and_denials() {
 
     // The edges are accepted.
     for tail in [
-        vec![0, 0],
-        vec![0, 1],
+        vec![0, 0, 0],
+        vec![0, 1, 0],
+        alerts_tail(&[1, 1]),
+        alerts_tail(&[2, 80, 100]),
+        alerts_tail(&[8, 1, 2, 3, 4, 5, 6, 7, 250]),
         months_tail(1, 1080, 0),
         months_tail(12, -1080, 1),
         fixed_tail(PERIOD_LENGTH_MIN_MS),
@@ -980,7 +1005,7 @@ fn version_3_decoding_refuses_out_of_range_periods_and_denials() {
         )
     };
     assert!(matches!(
-        limit(vec![14, 0]),
+        limit(vec![14, 0, 0]),
         Err(E::InvalidEnum {
             request_id: 9,
             field: "period kind",
@@ -1016,6 +1041,50 @@ fn version_3_decoding_refuses_out_of_range_periods_and_denials() {
             ..
         })
     ));
+    // Alert thresholds: at most 8, each 1 ..= 250, strictly increasing.
+    assert!(matches!(
+        limit(vec![0, 0]),
+        Err(E::Truncated {
+            field: "alerts",
+            ..
+        })
+    ));
+    assert!(matches!(
+        limit(alerts_tail(&[2, 80])),
+        Err(E::Truncated {
+            field: "alerts",
+            ..
+        })
+    ));
+    assert!(matches!(
+        limit(alerts_tail(&[9, 1, 2, 3, 4, 5, 6, 7, 8, 9])),
+        Err(E::CountTooLarge {
+            request_id: 9,
+            field: "alerts",
+            count: 9,
+            max: 8
+        })
+    ));
+    for bad in [
+        &[1, 0][..],
+        &[1, 251],
+        &[1, 255],
+        &[2, 100, 80],
+        &[2, 80, 80],
+        &[3, 50, 100, 99],
+    ] {
+        assert!(
+            matches!(
+                limit(alerts_tail(bad)),
+                Err(E::InvalidValue {
+                    request_id: 9,
+                    field: "alerts",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+    }
 
     assert!(matches!(
         cca(denial_bytes(3, 0, 0)),
@@ -1076,6 +1145,7 @@ fn version_3_encoding_refuses_what_a_decoder_would_refuse() {
                 cap: None,
                 period,
                 soft: false,
+                alerts: Vec::new(),
             }),
         )
     };
@@ -1132,6 +1202,64 @@ fn version_3_encoding_refuses_what_a_decoder_would_refuse() {
         assert!(encode_v(&balance, 3).is_err());
         // Older versions leave the limits out, so there is nothing to refuse.
         assert!(encode_v(&balance, 2).is_ok());
+    }
+
+    // Alert thresholds a decoder would refuse, on a LIMIT_SET and in a BALANCE.
+    for bad in [
+        vec![0],
+        vec![251],
+        vec![100, 80],
+        vec![80, 80],
+        (1..=9).collect::<Vec<u8>>(),
+    ] {
+        let frame = Frame::new(
+            8,
+            Message::LimitSet(LimitSet {
+                op_id: 1,
+                account: 7,
+                unit: Unit::USD,
+                cap: Some(dec(1, 0)),
+                period: LimitPeriod::Lifetime,
+                soft: false,
+                alerts: bad.clone(),
+            }),
+        );
+        let err = encode_v(&frame, 3).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProtocolError::InvalidValue {
+                    request_id: 8,
+                    field: "alerts",
+                    ..
+                } | ProtocolError::CountTooLarge {
+                    request_id: 8,
+                    field: "alerts",
+                    count: 9,
+                    max: 8
+                }
+            ),
+            "{bad:?}: {err}"
+        );
+        let balance = Frame::new(
+            9,
+            Message::Balance(Balance {
+                account: 7,
+                parent: None,
+                status: AccountStatus::Active,
+                draws_on_parent: false,
+                buckets: Vec::new(),
+                limits: vec![LimitInfo {
+                    alerts: bad.clone(),
+                    ..limit_info(LimitPeriod::Lifetime, false)
+                }],
+            }),
+        );
+        assert_eq!(
+            encode_v(&balance, 3).unwrap_err().request_id(),
+            Some(9),
+            "{bad:?}"
+        );
     }
 
     let bad_denial = Frame::new(

@@ -418,7 +418,15 @@ fn invalid_vectors_map_to_their_error_variants() {
         E::TrailingBytes {
             request_id: 48,
             field: "body",
-            extra: 12
+            extra: 13
+        }
+    ));
+    assert!(matches!(
+        get("LIMIT_ALERTS_ORDER"),
+        E::InvalidValue {
+            request_id: 50,
+            field: "alerts",
+            ..
         }
     ));
     assert!(matches!(
@@ -617,12 +625,38 @@ fn decoded_content_of_the_version_3_vectors() {
         set.body,
         Message::LimitSet(LimitSet {
             op_id: 8,
-            account: 1000,
+            account: 7,
             unit: Unit::USD,
             cap: Some(dec(50000, 2)),
             period: monthly,
             soft: false,
+            alerts: vec![80, 100],
         })
+    );
+    // Its thresholds alone cannot be written on an older connection either.
+    let Message::LimitSet(ref monthly_set) = set.body else {
+        panic!()
+    };
+    let lifetime = Frame::new(
+        18,
+        Message::LimitSet(LimitSet {
+            period: LimitPeriod::Lifetime,
+            ..monthly_set.clone()
+        }),
+    );
+    let err = lifetime
+        .encode_version(&mut bytes::BytesMut::new(), limits::MAX_FRAME_CAP, 2)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::InvalidValue {
+                field: "alerts",
+                reason: "need protocol version 3",
+                ..
+            }
+        ),
+        "{err}"
     );
     // The monthly cap cannot be written on an older connection.
     for older in [1, 2] {
@@ -687,6 +721,7 @@ fn decoded_content_of_the_version_3_vectors() {
             soft: false,
             period_start_ms: 1_772_319_600_000,
             period_end_ms: 1_774_998_000_000,
+            alerts: vec![80, 100],
         }]
     );
     let limit = &balance.limits[0];

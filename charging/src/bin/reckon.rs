@@ -1047,6 +1047,7 @@ async fn import_accounts(file: &std::path::Path, conn: &Conn) -> Result<(), Stri
                 cap: Some(c.cap.parse().map_err(|_| "checked".to_string())?),
                 period: wt::LimitPeriod::Lifetime,
                 soft: false,
+                alerts: Vec::new(),
             });
             applied(l.line, call(m).await?)?;
         }
@@ -1277,6 +1278,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     cap,
                     period: wt::LimitPeriod::Lifetime,
                     soft: false,
+                    alerts: Vec::new(),
                 }))
             })
             .await

@@ -154,6 +154,7 @@ pub fn samples() -> Vec<Message> {
         cap: Some(dec(0, 3)),
         period: LimitPeriod::Lifetime,
         soft: false,
+        alerts: Vec::new(),
     });
     let limit_none = Message::LimitSet(LimitSet {
         op_id: 6,
@@ -162,6 +163,7 @@ pub fn samples() -> Vec<Message> {
         cap: None,
         period: LimitPeriod::Lifetime,
         soft: false,
+        alerts: Vec::new(),
     });
     let query = Message::BalanceQuery(BalanceQuery { account: 1001 });
     let list = Message::ReservationList(ReservationList {
@@ -291,7 +293,7 @@ pub fn monthly() -> LimitPeriod {
     }
 }
 
-/// A spend control as `BALANCE` reports it (version 3).
+/// A spend control as `BALANCE` reports it (version 3), alerting at 80 and 100 %.
 pub fn limit_info(period: LimitPeriod, soft: bool) -> LimitInfo {
     LimitInfo {
         unit: Unit::USD,
@@ -302,12 +304,14 @@ pub fn limit_info(period: LimitPeriod, soft: bool) -> LimitInfo {
         soft,
         period_start_ms: 1_772_319_600_000,
         period_end_ms: 1_774_998_000_000,
+        alerts: vec![80, 100],
     }
 }
 
 /// Messages whose version-3 fields are set: spend-control periods, soft
-/// caps, `BALANCE` limits and CCA denials, alone and in batches. None of
-/// them can be written in version 1 or 2 without losing something.
+/// caps, alert thresholds, `BALANCE` limits and CCA denials, alone and in
+/// batches. None of them can be written in version 1 or 2 without losing
+/// something.
 pub fn samples_v3() -> Vec<Message> {
     let limit = |op_id, period, soft| {
         Message::LimitSet(LimitSet {
@@ -317,8 +321,19 @@ pub fn samples_v3() -> Vec<Message> {
             cap: Some(dec(50000, 2)),
             period,
             soft,
+            alerts: Vec::new(),
         })
     };
+    // Thresholds alone make a LIMIT_SET version 3's: the widest list.
+    let alerting = Message::LimitSet(LimitSet {
+        op_id: 5,
+        account: 1000,
+        unit: Unit::USD,
+        cap: Some(dec(50000, 2)),
+        period: LimitPeriod::Lifetime,
+        soft: false,
+        alerts: vec![1, 50, 80, 90, 100, 120, 200, ALERT_PCT_MAX],
+    });
     let answer = |service_id, denial| ServiceAnswer {
         service_id,
         result_code: ResultCode::CREDIT_LIMIT_REACHED,
@@ -360,9 +375,13 @@ pub fn samples_v3() -> Vec<Message> {
         buckets: vec![bucket_info()],
         limits: vec![
             limit_info(monthly(), false),
-            limit_info(LimitPeriod::Lifetime, true),
+            LimitInfo {
+                alerts: Vec::new(),
+                ..limit_info(LimitPeriod::Lifetime, true)
+            },
             LimitInfo {
                 period_end_ms: u64::MAX,
+                alerts: vec![ALERT_PCT_MAX],
                 ..limit_info(
                     LimitPeriod::Fixed {
                         anchor_ms: 0,
@@ -401,6 +420,7 @@ pub fn samples_v3() -> Vec<Message> {
             false,
         ),
         limit(4, LimitPeriod::Lifetime, true),
+        alerting,
     ];
     let mut out = limits.clone();
     out.extend([
@@ -476,13 +496,19 @@ pub fn arb_limit_period() -> impl Strategy<Value = LimitPeriod> {
     ]
 }
 
-/// A `LIMIT_SET`'s period and softness: anything in version 3, else the
-/// only values older versions can carry.
-fn arb_period_soft(v3: bool) -> BoxedStrategy<(LimitPeriod, bool)> {
+/// Any valid alert thresholds: distinct percents 1 ..= 250, increasing, at most 8.
+pub fn arb_thresholds() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::btree_set(1..=ALERT_PCT_MAX, 0..=ALERT_THRESHOLDS_MAX)
+        .prop_map(|s| s.into_iter().collect())
+}
+
+/// A `LIMIT_SET`'s period, softness and thresholds: anything in version
+/// 3, else the only values older versions can carry.
+fn arb_period_soft(v3: bool) -> BoxedStrategy<(LimitPeriod, bool, Vec<u8>)> {
     if v3 {
-        (arb_limit_period(), any::<bool>()).boxed()
+        (arb_limit_period(), any::<bool>(), arb_thresholds()).boxed()
     } else {
-        Just((LimitPeriod::Lifetime, false)).boxed()
+        Just((LimitPeriod::Lifetime, false, Vec::new())).boxed()
     }
 }
 
@@ -514,12 +540,19 @@ fn arb_limits(v3: bool) -> BoxedStrategy<Vec<LimitInfo>> {
             arb_unit(),
             (arb_decimal(), arb_decimal(), arb_decimal()),
             arb_limit_period(),
-            any::<bool>(),
+            (any::<bool>(), arb_thresholds()),
             any::<u64>(),
             any::<u64>(),
         )
             .prop_map(
-                |(unit, (cap, used, held), period, soft, period_start_ms, period_end_ms)| {
+                |(
+                    unit,
+                    (cap, used, held),
+                    period,
+                    (soft, alerts),
+                    period_start_ms,
+                    period_end_ms,
+                )| {
                     LimitInfo {
                         unit,
                         cap,
@@ -529,6 +562,7 @@ fn arb_limits(v3: bool) -> BoxedStrategy<Vec<LimitInfo>> {
                         soft,
                         period_start_ms,
                         period_end_ms,
+                        alerts,
                     }
                 },
             ),
@@ -785,16 +819,17 @@ pub fn arb_batch_request(v3: bool) -> impl Strategy<Value = Message> {
             proptest::option::of(arb_decimal()),
             arb_period_soft(v3)
         )
-            .prop_map(
-                |(op_id, account, unit, cap, (period, soft))| Message::LimitSet(LimitSet {
+            .prop_map(|(op_id, account, unit, cap, (period, soft, alerts))| {
+                Message::LimitSet(LimitSet {
                     op_id,
                     account,
                     unit,
                     cap,
                     period,
-                    soft
+                    soft,
+                    alerts,
                 })
-            ),
+            }),
         any::<u64>().prop_map(|account| Message::BalanceQuery(BalanceQuery { account })),
         (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(account, after, limit)| {
             Message::ReservationList(ReservationList {
