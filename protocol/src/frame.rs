@@ -9,8 +9,8 @@ use bytes::{BufMut, BytesMut};
 
 /// The kind byte of a frame: which message its body holds.
 ///
-/// Requests (client to server) have bit 7 clear, responses bit 7 set;
-/// `PING`/`PONG` go either way.
+/// Requests (client to server) have bit 7 clear; what a server sends,
+/// answers and the pushed `ALERT`, has bit 7 set; `PING`/`PONG` go either way.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Kind {
@@ -46,6 +46,8 @@ pub enum Kind {
     Status = 0x2A,
     /// Admin (version 2): write a consistent backup into a directory.
     Backup = 0x2B,
+    /// Subscribe the connection to spend-control alerts (version 3).
+    AlertSubscribe = 0x2C,
     /// Accepts the connection.
     HelloOk = 0x81,
     /// Keepalive answer.
@@ -68,6 +70,11 @@ pub enum Kind {
     StatusResult = 0xA5,
     /// Answer to a backup (version 2).
     BackupResult = 0xA6,
+    /// Answer to an alert subscription (version 3).
+    AlertSubscribed = 0xA7,
+    /// A spend-control alert the server pushes to a subscriber (version 3;
+    /// request id 0, answers nothing).
+    Alert = 0xA8,
     /// Protocol-level failure.
     Error = 0xFF,
 }
@@ -91,6 +98,7 @@ impl Kind {
         Kind::RateCardShow,
         Kind::Status,
         Kind::Backup,
+        Kind::AlertSubscribe,
         Kind::HelloOk,
         Kind::Pong,
         Kind::BatchResult,
@@ -102,6 +110,8 @@ impl Kind {
         Kind::RateCards,
         Kind::StatusResult,
         Kind::BackupResult,
+        Kind::AlertSubscribed,
+        Kind::Alert,
         Kind::Error,
     ];
 
@@ -124,6 +134,7 @@ impl Kind {
             0x29 => Kind::RateCardShow,
             0x2A => Kind::Status,
             0x2B => Kind::Backup,
+            0x2C => Kind::AlertSubscribe,
             0x81 => Kind::HelloOk,
             0x82 => Kind::Pong,
             0x83 => Kind::BatchResult,
@@ -135,6 +146,8 @@ impl Kind {
             0xA4 => Kind::RateCards,
             0xA5 => Kind::StatusResult,
             0xA6 => Kind::BackupResult,
+            0xA7 => Kind::AlertSubscribed,
+            0xA8 => Kind::Alert,
             0xFF => Kind::Error,
             _ => return None,
         })
@@ -164,6 +177,7 @@ impl Kind {
             Kind::RateCardShow => "RATECARD_SHOW",
             Kind::Status => "STATUS",
             Kind::Backup => "BACKUP",
+            Kind::AlertSubscribe => "ALERT_SUBSCRIBE",
             Kind::HelloOk => "HELLO_OK",
             Kind::Pong => "PONG",
             Kind::BatchResult => "BATCH_RESULT",
@@ -175,11 +189,14 @@ impl Kind {
             Kind::RateCards => "RATECARDS",
             Kind::StatusResult => "STATUS_RESULT",
             Kind::BackupResult => "BACKUP_RESULT",
+            Kind::AlertSubscribed => "ALERT_SUBSCRIBED",
+            Kind::Alert => "ALERT",
             Kind::Error => "ERROR",
         }
     }
 
-    /// True for kinds a server sends (bit 7 set), including `PONG`.
+    /// True for kinds a server sends (bit 7 set), including `PONG` and the
+    /// pushed `ALERT`.
     pub fn is_response(self) -> bool {
         self as u8 & 0x80 != 0
     }
@@ -210,6 +227,7 @@ impl Kind {
     pub fn since_version(self) -> u16 {
         match self {
             Kind::Status | Kind::StatusResult | Kind::Backup | Kind::BackupResult => 2,
+            Kind::AlertSubscribe | Kind::AlertSubscribed | Kind::Alert => 3,
             _ => 1,
         }
     }

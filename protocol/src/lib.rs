@@ -42,11 +42,11 @@ pub use frame::{
     decode_frame, decode_frame_version, decode_frame_with_limit, frame_size, Frame, Kind,
 };
 pub use message::{
-    AccountCreate, AccountStatusChange, Adjust, AdminResult, Backup, BackupResult, Balance,
-    BalanceQuery, Batch, BatchResult, BucketGrant, BucketInfo, Cca, Ccr, ErrorReply, Hello,
-    HelloOk, LimitInfo, LimitSet, Message, RateCardApply, RateCardInfo, RateCardResult,
-    RateCardShow, RateCardVersionInfo, RateCards, ReservationInfo, ReservationList, Reservations,
-    ServiceAnswer, ServiceRequest, StatusResult, TopUp,
+    AccountCreate, AccountStatusChange, Adjust, AdminResult, Alert, AlertSubscribe,
+    AlertSubscribed, Backup, BackupResult, Balance, BalanceQuery, Batch, BatchResult, BucketGrant,
+    BucketInfo, Cca, Ccr, ErrorReply, Hello, HelloOk, LimitInfo, LimitSet, Message, RateCardApply,
+    RateCardInfo, RateCardResult, RateCardShow, RateCardVersionInfo, RateCards, ReservationInfo,
+    ReservationList, Reservations, ServiceAnswer, ServiceRequest, StatusResult, TopUp,
 };
 pub use types::{
     AccountStatus, CreditKind, Denial, EventAction, FinalUnitAction, InvalidUnitName, LimitPeriod,
@@ -56,9 +56,10 @@ pub use types::{
 /// The highest protocol version this crate speaks (SPEC 5.1, 12): version 2
 /// is version 1 plus `CCR.attributes`, `STATUS` / `STATUS_RESULT` and
 /// `BACKUP` / `BACKUP_RESULT`; version 3 is version 2 plus spend controls
-/// (`LIMIT_SET.period` / `soft`, `BALANCE.limits`) and the CCA service
-/// `denial`. Published versions never change. Which kinds a version has:
-/// [`Kind::since_version`].
+/// (`LIMIT_SET.period` / `soft` / `alerts`, `BALANCE.limits`), the CCA
+/// service `denial` and alerts (`ALERT_SUBSCRIBE` / `ALERT_SUBSCRIBED`, the
+/// pushed `ALERT`). Published versions never change. Which kinds a version
+/// has: [`Kind::since_version`].
 pub const PROTOCOL_VERSION: u16 = 3;
 /// The lowest protocol version this crate speaks; it never changes.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;

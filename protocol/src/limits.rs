@@ -90,3 +90,10 @@ pub const ALERT_THRESHOLDS_MAX: usize = 8;
 /// Highest alert threshold, percent of the cap: a soft cap can be passed,
 /// so thresholds above 100 % are meaningful.
 pub const ALERT_PCT_MAX: u8 = 250;
+/// Alerts a Reckon server keeps, the newest, for subscribers that resume
+/// (SPEC 6.11); the ledger keeps exactly this many.
+pub const ALERTS_KEPT: usize = 4096;
+/// Most alerts a server holds for one connection without having written
+/// them to its socket; a subscriber further behind is disconnected
+/// rather than buffered for without bound (SPEC 6.11).
+pub const ALERT_QUEUE_MAX: usize = 1024;

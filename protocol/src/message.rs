@@ -475,6 +475,88 @@ pub struct BackupResult {
     pub message: String,
 }
 
+/// Subscribes the connection to spend-control alerts (version 3); a
+/// second subscription on the connection replaces the first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertSubscribe {
+    /// Deliver every alert with a larger sequence number: the last one the
+    /// client has seen, or 0 for everything the server keeps.
+    pub after: u64,
+}
+
+/// The answer to [`AlertSubscribe`], written before any [`Alert`] of the
+/// subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertSubscribed {
+    /// Sequence number of the oldest alert the server keeps, or
+    /// `last_seq + 1` when it keeps none: alerts numbered above the
+    /// subscription's `after` and below this one are gone.
+    pub oldest_seq: u64,
+    /// Sequence number of the newest alert so far (0: none yet); alerts
+    /// up to it are the backlog, later ones arrive as they are raised.
+    pub last_seq: u64,
+}
+
+impl AlertSubscribed {
+    /// How many alerts numbered after `after` the server no longer has
+    /// (server-wide numbers: an organisation's share of them may be fewer).
+    pub fn missed(&self, after: u64) -> u64 {
+        self.oldest_seq.saturating_sub(after.saturating_add(1))
+    }
+
+    /// Checks the ranges a decoder enforces: 1 ≤ `oldest_seq` ≤ `last_seq` + 1.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.oldest_seq == 0 || self.oldest_seq - 1 > self.last_seq {
+            Err("oldest_seq must be 1 ..= last_seq + 1")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A spend-control alert the server pushes to a subscriber (version 3,
+/// request id 0): a control's period usage reached one of its thresholds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    /// Position in the server's alert sequence (1, 2, ...), server-wide.
+    pub seq: u64,
+    /// When the commit that reached the threshold happened, ms since the epoch.
+    pub at_ms: u64,
+    /// The account the control is set on.
+    pub account: u64,
+    /// The control's unit.
+    pub unit: Unit,
+    /// The control's period kind ([`LimitPeriod::kind`]: 0 lifetime,
+    /// 1 ..= 12 months, 13 fixed length).
+    pub period_kind: u8,
+    /// Start of the period the threshold was reached in, ms since the
+    /// epoch (0 for a lifetime control).
+    pub period_start_ms: u64,
+    /// The threshold reached, percent of the cap (1 ..= 250).
+    pub threshold_pct: u8,
+    /// The period's usage after the commit.
+    pub used: Decimal,
+    /// The control's cap.
+    pub cap: Decimal,
+    /// Whether the control is soft (reports only).
+    pub soft: bool,
+}
+
+impl Alert {
+    /// Checks the ranges a decoder enforces; `Err` names the field and why.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.seq == 0 {
+            Err(("seq", "must be at least 1"))
+        } else if !LimitPeriod::is_kind(self.period_kind) {
+            Err(("period_kind", "must be a period kind, 0 ..= 13"))
+        } else if !(1..=ALERT_PCT_MAX).contains(&self.threshold_pct) {
+            Err(("threshold_pct", "must be 1 ..= 250"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// A protocol-level failure (sent with flags = 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorReply {
@@ -541,6 +623,12 @@ pub enum Message {
     StatusResult(StatusResult),
     /// `BACKUP_RESULT` (0xA6, version 2).
     BackupResult(BackupResult),
+    /// `ALERT_SUBSCRIBE` (0x2C, version 3).
+    AlertSubscribe(AlertSubscribe),
+    /// `ALERT_SUBSCRIBED` (0xA7, version 3).
+    AlertSubscribed(AlertSubscribed),
+    /// `ALERT` (0xA8, version 3): pushed, request id 0.
+    Alert(Alert),
     /// `ERROR` (0xFF).
     Error(ErrorReply),
 }
@@ -576,6 +664,9 @@ impl Message {
             Message::StatusResult(_) => Kind::StatusResult,
             Message::Backup(_) => Kind::Backup,
             Message::BackupResult(_) => Kind::BackupResult,
+            Message::AlertSubscribe(_) => Kind::AlertSubscribe,
+            Message::AlertSubscribed(_) => Kind::AlertSubscribed,
+            Message::Alert(_) => Kind::Alert,
             Message::Error(_) => Kind::Error,
         }
     }
@@ -880,6 +971,37 @@ impl Message {
                 dst.put_u64_le(m.digest);
                 dst.put_u64_le(m.bytes);
                 put_string(dst, &m.message, "message", ERROR_MESSAGE_MAX)?;
+            }
+            Message::AlertSubscribe(m) => dst.put_u64_le(m.after),
+            Message::AlertSubscribed(m) => {
+                if let Err(reason) = m.check() {
+                    return Err(ProtocolError::InvalidValue {
+                        request_id: 0,
+                        field: "oldest_seq",
+                        reason,
+                    });
+                }
+                dst.put_u64_le(m.oldest_seq);
+                dst.put_u64_le(m.last_seq);
+            }
+            Message::Alert(m) => {
+                if let Err((field, reason)) = m.check() {
+                    return Err(ProtocolError::InvalidValue {
+                        request_id: 0,
+                        field,
+                        reason,
+                    });
+                }
+                dst.put_u64_le(m.seq);
+                dst.put_u64_le(m.at_ms);
+                dst.put_u64_le(m.account);
+                put_unit(dst, &m.unit);
+                dst.put_u8(m.period_kind);
+                dst.put_u64_le(m.period_start_ms);
+                dst.put_u8(m.threshold_pct);
+                put_decimal(dst, &m.used);
+                put_decimal(dst, &m.cap);
+                dst.put_u8(m.soft as u8);
             }
             Message::Error(m) => {
                 dst.put_u16_le(m.code.0);
@@ -1364,6 +1486,65 @@ impl Message {
                     i = r;
                 }
                 (i, Message::RateCards(RateCards { cards }))
+            }
+            Kind::AlertSubscribe => {
+                let (i, after) = cx.u64(i, "after")?;
+                (i, Message::AlertSubscribe(AlertSubscribe { after }))
+            }
+            Kind::AlertSubscribed => {
+                let (i, oldest_seq) = cx.u64(i, "oldest_seq")?;
+                let (i, last_seq) = cx.u64(i, "last_seq")?;
+                let m = AlertSubscribed {
+                    oldest_seq,
+                    last_seq,
+                };
+                if let Err(reason) = m.check() {
+                    return fail(ProtocolError::InvalidValue {
+                        request_id: cx.rid,
+                        field: "oldest_seq",
+                        reason,
+                    });
+                }
+                (i, Message::AlertSubscribed(m))
+            }
+            Kind::Alert => {
+                let (i, seq) = cx.u64(i, "seq")?;
+                let (i, at_ms) = cx.u64(i, "at_ms")?;
+                let (i, account) = cx.u64(i, "account")?;
+                let (i, unit) = cx.unit(i, "unit")?;
+                let (i, period_kind) = cx.u8(i, "period_kind")?;
+                if !LimitPeriod::is_kind(period_kind) {
+                    return fail(ProtocolError::InvalidEnum {
+                        request_id: cx.rid,
+                        field: "period_kind",
+                        value: period_kind,
+                    });
+                }
+                let (i, period_start_ms) = cx.u64(i, "period_start_ms")?;
+                let (i, threshold_pct) = cx.u8(i, "threshold_pct")?;
+                let (i, used) = cx.decimal(i, "used")?;
+                let (i, cap) = cx.decimal(i, "cap")?;
+                let (i, soft) = cx.bool(i, "soft")?;
+                let m = Alert {
+                    seq,
+                    at_ms,
+                    account,
+                    unit,
+                    period_kind,
+                    period_start_ms,
+                    threshold_pct,
+                    used,
+                    cap,
+                    soft,
+                };
+                if let Err((field, reason)) = m.check() {
+                    return fail(ProtocolError::InvalidValue {
+                        request_id: cx.rid,
+                        field,
+                        reason,
+                    });
+                }
+                (i, Message::Alert(m))
             }
             Kind::Error => {
                 let (i, code) = cx.u16(i, "code")?;

@@ -1314,3 +1314,248 @@ fn version_3_encoding_refuses_what_a_decoder_would_refuse() {
         }
     ));
 }
+
+/// An `ALERT` body: seq, at 1, account 7, unit USD, these period kind and
+/// threshold, period start 2, used 400.00, cap 500.00, then the soft byte.
+fn alert_body(seq: u64, period_kind: u8, threshold_pct: u8, soft: u8) -> Vec<u8> {
+    let mut b = seq.to_le_bytes().to_vec();
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.extend_from_slice(&7u64.to_le_bytes());
+    b.extend_from_slice(&[3, 0, b'U', b'S', b'D', period_kind]);
+    b.extend_from_slice(&2u64.to_le_bytes());
+    b.push(threshold_pct);
+    for mantissa in [40000i128, 50000] {
+        b.extend_from_slice(&mantissa.to_le_bytes());
+        b.push(2);
+    }
+    b.push(soft);
+    b
+}
+
+/// An `ALERT_SUBSCRIBED` body.
+fn subscribed_body(oldest_seq: u64, last_seq: u64) -> Vec<u8> {
+    [oldest_seq.to_le_bytes(), last_seq.to_le_bytes()].concat()
+}
+
+#[test]
+fn alert_kinds_are_version_3_and_travel_alone() {
+    for kind in [Kind::AlertSubscribe, Kind::AlertSubscribed, Kind::Alert] {
+        assert_eq!(kind.since_version(), 3, "{}", kind.name());
+        assert!(!kind.allowed_in_batch() && !kind.allowed_in_batch_result());
+        assert!(!kind.is_mutating_admin());
+    }
+    assert!(!Kind::AlertSubscribe.is_response());
+    assert!(Kind::AlertSubscribed.is_response() && Kind::Alert.is_response());
+    assert_eq!(
+        Kind::ALL.iter().filter(|k| k.since_version() == 3).count(),
+        3,
+        "version 3 adds exactly the alert kinds"
+    );
+    // Not a BATCH entry, nor a BATCH_RESULT one: both sides refuse.
+    let subscribe = Message::AlertSubscribe(AlertSubscribe { after: 0 });
+    let batch = Frame::new(
+        1,
+        Message::Batch(Batch {
+            entries: vec![subscribe],
+        }),
+    );
+    assert!(matches!(
+        encode_v(&batch, 3),
+        Err(ProtocolError::BatchEntryNotAllowed {
+            request_id: 1,
+            index: 0,
+            kind: 0x2c
+        })
+    ));
+    assert!(matches!(
+        decode_v(&raw_batch(1, &[(0x2c, &0u64.to_le_bytes())]), 3),
+        Err(ProtocolError::BatchEntryNotAllowed { kind: 0x2c, .. })
+    ));
+    let pushed = Message::Alert(common::alert());
+    let result = Frame::new(
+        2,
+        Message::BatchResult(BatchResult {
+            entries: vec![pushed.clone()],
+        }),
+    );
+    assert!(matches!(
+        encode_v(&result, 3),
+        Err(ProtocolError::BatchEntryNotAllowed { kind: 0xa8, .. })
+    ));
+    // A pushed alert carries request id 0 and round-trips.
+    let frame = Frame::new(0, pushed);
+    let bytes = encode_v(&frame, 3).unwrap();
+    assert_eq!(&bytes[6..14], &[0; 8]);
+    assert_eq!(decode_v(&bytes, 3).unwrap(), frame);
+}
+
+#[test]
+fn alert_decoding_refuses_out_of_range_values() {
+    use ProtocolError as E;
+    let alert = |body: Vec<u8>| decode_v(&raw(0xa8, 0, 9, &body), 3);
+    let subscribed = |o, l| decode_v(&raw(0xa7, 0, 9, &subscribed_body(o, l)), 3);
+
+    // The edges are accepted.
+    for (seq, kind, pct, soft) in [
+        (1, 0, 1, 0),
+        (u64::MAX, 13, ALERT_PCT_MAX, 1),
+        (2, 12, 100, 0),
+    ] {
+        let Message::Alert(a) = alert(alert_body(seq, kind, pct, soft)).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(
+            (a.seq, a.period_kind, a.threshold_pct, a.soft),
+            (seq, kind, pct, soft == 1)
+        );
+        assert_eq!((a.used, a.cap), (dec(40000, 2), dec(50000, 2)));
+    }
+    for (oldest, last) in [(1, 0), (1, 1), (4, 3), (4, 4096), (u64::MAX, u64::MAX)] {
+        subscribed(oldest, last).unwrap_or_else(|e| panic!("{oldest}, {last}: {e}"));
+    }
+
+    for kind in [14, 255] {
+        assert!(matches!(
+            alert(alert_body(1, kind, 80, 0)),
+            Err(E::InvalidEnum {
+                request_id: 9,
+                field: "period_kind",
+                value,
+            }) if value == kind
+        ));
+    }
+    for pct in [0, 251, 255] {
+        assert!(
+            matches!(
+                alert(alert_body(1, 1, pct, 0)),
+                Err(E::InvalidValue {
+                    request_id: 9,
+                    field: "threshold_pct",
+                    ..
+                })
+            ),
+            "{pct}"
+        );
+    }
+    assert!(matches!(
+        alert(alert_body(0, 1, 80, 0)),
+        Err(E::InvalidValue {
+            request_id: 9,
+            field: "seq",
+            ..
+        })
+    ));
+    assert!(matches!(
+        alert(alert_body(1, 1, 80, 2)),
+        Err(E::InvalidBool {
+            field: "soft",
+            value: 2,
+            ..
+        })
+    ));
+    let mut cut = alert_body(1, 1, 80, 0);
+    cut.pop();
+    assert!(matches!(
+        alert(cut),
+        Err(E::Truncated { field: "soft", .. })
+    ));
+    let mut long = alert_body(1, 1, 80, 0);
+    long.push(0);
+    assert!(matches!(
+        alert(long),
+        Err(E::TrailingBytes { extra: 1, .. })
+    ));
+
+    for (oldest, last) in [(0, 0), (0, 5), (2, 0), (5, 3), (u64::MAX, u64::MAX - 2)] {
+        assert!(
+            matches!(
+                subscribed(oldest, last),
+                Err(E::InvalidValue {
+                    request_id: 9,
+                    field: "oldest_seq",
+                    ..
+                })
+            ),
+            "{oldest}, {last}"
+        );
+    }
+    assert!(matches!(
+        decode_v(&raw(0x2c, 0, 9, &[0; 7]), 3),
+        Err(E::Truncated { field: "after", .. })
+    ));
+}
+
+#[test]
+fn alert_encoding_refuses_what_a_decoder_would_refuse() {
+    let base = common::alert();
+    for (bad, field) in [
+        (
+            Alert {
+                seq: 0,
+                ..base.clone()
+            },
+            "seq",
+        ),
+        (
+            Alert {
+                period_kind: 14,
+                ..base.clone()
+            },
+            "period_kind",
+        ),
+        (
+            Alert {
+                threshold_pct: 0,
+                ..base.clone()
+            },
+            "threshold_pct",
+        ),
+        (
+            Alert {
+                threshold_pct: 251,
+                ..base.clone()
+            },
+            "threshold_pct",
+        ),
+    ] {
+        let err = encode_v(&Frame::new(0, Message::Alert(bad)), 3).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::InvalidValue { field: f, .. } if f == field),
+            "{field}: {err}"
+        );
+    }
+    for (oldest_seq, last_seq) in [(0, 0), (3, 1)] {
+        let m = Message::AlertSubscribed(AlertSubscribed {
+            oldest_seq,
+            last_seq,
+        });
+        let err = encode_v(&Frame::new(3, m), 3).unwrap_err();
+        assert!(matches!(
+            err,
+            ProtocolError::InvalidValue {
+                request_id: 3,
+                field: "oldest_seq",
+                ..
+            }
+        ));
+    }
+}
+
+#[test]
+fn alert_subscribed_says_how_many_alerts_were_missed() {
+    let answer = |oldest_seq, last_seq| AlertSubscribed {
+        oldest_seq,
+        last_seq,
+    };
+    // Nothing raised yet, or everything after `after` still kept.
+    assert_eq!(answer(1, 0).missed(0), 0);
+    assert_eq!(answer(1, 4096).missed(0), 0);
+    assert_eq!(answer(50, 4145).missed(49), 0);
+    assert_eq!(answer(50, 4145).missed(4145), 0);
+    assert_eq!(answer(50, 4145).missed(u64::MAX), 0);
+    // Alerts 11 ..= 49 are gone.
+    assert_eq!(answer(50, 4145).missed(10), 39);
+    assert_eq!(answer(50, 4145).missed(0), 49);
+    // None kept at all: everything after `after` up to last_seq is gone.
+    assert_eq!(answer(101, 100).missed(60), 40);
+}

@@ -6,6 +6,7 @@ mod common;
 
 use common::{dec, ua};
 use reckon_protocol::*;
+use rust_decimal::Decimal;
 
 const SPEC: &str = include_str!("../SPEC.md");
 
@@ -116,6 +117,9 @@ fn the_spec_has_the_required_vectors() {
         "LIMIT_SET_MONTHLY",
         "CCA_SPEND_CONTROL",
         "BALANCE_LIMITS",
+        "ALERT_SUBSCRIBE",
+        "ALERT_SUBSCRIBED",
+        "ALERT",
     ] {
         assert!(
             names.iter().any(|n| n == required),
@@ -419,6 +423,30 @@ fn invalid_vectors_map_to_their_error_variants() {
             request_id: 48,
             field: "body",
             extra: 13
+        }
+    ));
+    assert!(matches!(
+        get("ALERT_THRESHOLD"),
+        E::InvalidValue {
+            request_id: 0,
+            field: "threshold_pct",
+            ..
+        }
+    ));
+    assert!(matches!(
+        get("ALERT_PERIOD_KIND"),
+        E::InvalidEnum {
+            request_id: 0,
+            field: "period_kind",
+            value: 14
+        }
+    ));
+    assert!(matches!(
+        get("ALERT_SUBSCRIBED_OLDEST"),
+        E::InvalidValue {
+            request_id: 52,
+            field: "oldest_seq",
+            ..
         }
     ));
     assert!(matches!(
@@ -734,4 +762,67 @@ fn valid_bytes(name: &str) -> Vec<u8> {
         .find(|(n, _, _)| n == name)
         .unwrap_or_else(|| panic!("no vector {name}"))
         .1
+}
+
+#[test]
+fn decoded_content_of_the_alert_vectors() {
+    let subscribe = vector("ALERT_SUBSCRIBE");
+    assert_eq!(subscribe.request_id, 51);
+    assert_eq!(
+        subscribe.body,
+        Message::AlertSubscribe(AlertSubscribe { after: 4000 })
+    );
+    let subscribed = vector("ALERT_SUBSCRIBED");
+    assert_eq!(subscribed.request_id, 51);
+    let Message::AlertSubscribed(answer) = subscribed.body else {
+        panic!()
+    };
+    assert_eq!((answer.oldest_seq, answer.last_seq), (4201, 8296));
+    // Kept: the newest 4096; missed: 4001 ..= 4200.
+    assert_eq!(
+        answer.last_seq - answer.oldest_seq + 1,
+        limits::ALERTS_KEPT as u64
+    );
+    assert_eq!(answer.missed(4000), 200);
+
+    let pushed = vector("ALERT");
+    assert_eq!(pushed.request_id, 0, "pushed, answering nothing");
+    assert_eq!(
+        pushed.body,
+        Message::Alert(Alert {
+            seq: 8297,
+            at_ms: 1_773_306_900_000,
+            account: 7,
+            unit: Unit::USD,
+            period_kind: 1,
+            period_start_ms: 1_772_319_600_000,
+            threshold_pct: 80,
+            used: dec(40025, 2),
+            cap: dec(50000, 2),
+            soft: false,
+        })
+    );
+    // The alert is of the control LIMIT_SET_MONTHLY sets and BALANCE_LIMITS
+    // shows: same account, unit, period kind and current period, and one of
+    // its thresholds, reached.
+    let Message::LimitSet(set) = vector("LIMIT_SET_MONTHLY").body else {
+        panic!()
+    };
+    let Message::Balance(balance) = vector("BALANCE_LIMITS").body else {
+        panic!()
+    };
+    let Message::Alert(alert) = pushed.body else {
+        panic!()
+    };
+    assert_eq!(
+        (alert.account, alert.unit, alert.period_kind),
+        (set.account, set.unit, set.period.kind())
+    );
+    assert_eq!(alert.period_start_ms, balance.limits[0].period_start_ms);
+    assert!(set.alerts.contains(&alert.threshold_pct));
+    assert!(alert.used * dec(100, 0) >= alert.cap * Decimal::from(alert.threshold_pct));
+    // Every alert kind is version 3's.
+    for name in ["ALERT_SUBSCRIBE", "ALERT_SUBSCRIBED", "ALERT"] {
+        assert_eq!(vector(name).kind().since_version(), 3, "{name}");
+    }
 }

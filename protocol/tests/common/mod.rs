@@ -281,6 +281,70 @@ pub fn samples() -> Vec<Message> {
                 }],
             }],
         }),
+        Message::AlertSubscribe(AlertSubscribe { after: 0 }),
+        Message::AlertSubscribed(AlertSubscribed {
+            oldest_seq: 1,
+            last_seq: 0,
+        }),
+        Message::Alert(alert()),
+    ]
+}
+
+/// An alert: department 7's monthly USD budget reached 80 % (400.00 of 500.00).
+pub fn alert() -> Alert {
+    Alert {
+        seq: 42,
+        at_ms: 1_772_900_000_000,
+        account: 7,
+        unit: Unit::USD,
+        period_kind: 1,
+        period_start_ms: 1_772_319_600_000,
+        threshold_pct: 80,
+        used: dec(40000, 2),
+        cap: dec(50000, 2),
+        soft: false,
+    }
+}
+
+/// Any valid `ALERT_SUBSCRIBE`, `ALERT_SUBSCRIBED` or `ALERT` (version 3).
+pub fn arb_alert_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        any::<u64>().prop_map(|after| Message::AlertSubscribe(AlertSubscribe { after })),
+        (any::<u64>(), any::<u64>()).prop_map(|(last_seq, pick)| {
+            // oldest_seq in 1 ..= last_seq + 1: `span` values (no more than u64 holds).
+            let span = last_seq.saturating_add(1);
+            Message::AlertSubscribed(AlertSubscribed {
+                oldest_seq: 1 + pick % span,
+                last_seq,
+            })
+        }),
+        (
+            (1..=u64::MAX, any::<u64>(), any::<u64>()),
+            arb_unit(),
+            (0..=LimitPeriod::KIND_FIXED, any::<u64>(), 1..=ALERT_PCT_MAX),
+            (arb_decimal(), arb_decimal(), any::<bool>()),
+        )
+            .prop_map(
+                |(
+                    (seq, at_ms, account),
+                    unit,
+                    (period_kind, period_start_ms, threshold_pct),
+                    (used, cap, soft),
+                )| {
+                    Message::Alert(Alert {
+                        seq,
+                        at_ms,
+                        account,
+                        unit,
+                        period_kind,
+                        period_start_ms,
+                        threshold_pct,
+                        used,
+                        cap,
+                        soft,
+                    })
+                },
+            ),
     ]
 }
 
@@ -908,9 +972,16 @@ pub fn arb_batch_answer(v3: bool) -> impl Strategy<Value = Message> {
     ]
 }
 
-/// Any valid message of any kind, with version-3 fields set when `v3`.
+/// Any valid message of any kind, with version-3 fields set (and version
+/// 3's alert kinds among them) when `v3`.
 pub fn arb_message(v3: bool) -> impl Strategy<Value = Message> {
+    let alerts = if v3 {
+        arb_alert_message().boxed()
+    } else {
+        Just(Message::Ping).boxed()
+    };
     prop_oneof![
+        1 => alerts,
         4 => arb_batch_request(v3),
         4 => arb_batch_answer(v3),
         1 => (any::<u16>(), any::<u16>(), arb_string(CREDENTIAL_MAX), arb_string(CLIENT_NAME_MAX)).prop_map(
