@@ -9,7 +9,9 @@ use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use reckon_protocol::codec::ReckonCodec;
 use reckon_protocol::frame::Frame;
-use reckon_protocol::message::{ErrorReply, Hello, HelloOk, Message};
+use reckon_protocol::message::{
+    Alert, AlertSubscribe, AlertSubscribed, ErrorReply, Hello, HelloOk, Message,
+};
 use reckon_protocol::ProtocolError;
 use reckon_protocol::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use std::collections::HashMap;
@@ -45,6 +47,8 @@ pub enum ClientError {
 pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>>;
+/// Where pushed alerts go, once subscribed.
+type AlertRoute = Arc<Mutex<Option<mpsc::UnboundedSender<Alert>>>>;
 
 /// A connection to a Reckon server.
 #[derive(Clone)]
@@ -56,6 +60,7 @@ pub struct Client {
     closed: Arc<std::sync::atomic::AtomicBool>,
     timeout: std::time::Duration,
     next_id: Arc<AtomicU64>,
+    alerts: AlertRoute,
     op_base: u128,
     op_counter: Arc<AtomicU64>,
     /// What the server said in the handshake.
@@ -188,6 +193,8 @@ impl Client {
             }
         });
         let routes = pending.clone();
+        let alerts: AlertRoute = Arc::new(Mutex::new(None));
+        let pushed = alerts.clone();
         // Weak: the reader must not keep the writer (and so the
         // connection) alive once every `Client` handle is dropped.
         let pong = out.downgrade();
@@ -201,6 +208,12 @@ impl Client {
                     }
                     continue;
                 }
+                if let (0, Message::Alert(a)) = (frame.request_id, &frame.body) {
+                    if let Some(route) = pushed.lock().as_ref() {
+                        let _ = route.send(a.clone());
+                    }
+                    continue;
+                }
                 if let Some(waiter) = routes.lock().remove(&frame.request_id) {
                     let _ = waiter.send(frame.body);
                 }
@@ -209,6 +222,7 @@ impl Client {
             // and later calls by the flag (set first, see `call`).
             reader_closed.store(true, Ordering::SeqCst);
             routes.lock().clear();
+            pushed.lock().take();
         });
         Ok(Client {
             out,
@@ -216,10 +230,39 @@ impl Client {
             closed,
             timeout,
             next_id: Arc::new(AtomicU64::new(2)),
+            alerts,
             op_base: random_u128() & !(u64::MAX as u128),
             op_counter: Arc::new(AtomicU64::new(1)),
             hello,
         })
+    }
+
+    /// Subscribes to spend-control alerts after `after` (protocol version
+    /// 3): the server's answer, and the alerts as they arrive (the backlog
+    /// first); the receiver ends when the connection does. A later
+    /// subscription replaces this one.
+    pub async fn subscribe_alerts(
+        &self,
+        after: u64,
+    ) -> Result<(AlertSubscribed, mpsc::UnboundedReceiver<Alert>), ClientError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Routed before asking: the server pushes right after its answer.
+        *self.alerts.lock() = Some(tx);
+        match self
+            .call(Message::AlertSubscribe(AlertSubscribe { after }))
+            .await?
+        {
+            Message::AlertSubscribed(s) => Ok((s, rx)),
+            Message::Error(e) => Err(ClientError::Protocol(format!(
+                "{}: {}",
+                e.code.name().unwrap_or("error"),
+                e.message
+            ))),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected {:?}",
+                other.kind()
+            ))),
+        }
     }
 
     /// A fresh operation id for an idempotent admin request; reuse the same

@@ -712,12 +712,16 @@ async fn serve(
     frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, TolerantCodec>,
     out: &Out,
     peer: SocketAddr,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     who: Caller,
     version: u16,
 ) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_CONNECTION));
     let mut shutdown = shared.shutdown.clone();
+    // The alert subscription's task, if any, and its way of saying the
+    // subscriber fell too far behind.
+    let mut feed: Option<tokio::task::JoinHandle<()>> = None;
+    let (overrun_tx, mut overrun) = watch::channel(false);
     let ping_after = Duration::from_secs(shared.keepalive_s.max(1) as u64);
     let idle = ping_after * 3;
     let mut silent_for = Duration::ZERO;
@@ -725,6 +729,10 @@ async fn serve(
         let next = tokio::select! {
             _ = shutdown.changed() => {
                 send(out, error_frame(0, ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"), None);
+                None
+            }
+            _ = overrun.changed() => {
+                tracing::info!(%peer, "alert subscriber more than {ALERTS_UNWRITTEN_MAX} alerts behind; closing");
                 None
             }
             next = tokio::time::timeout(ping_after, frames.next()) => match next {
@@ -845,6 +853,20 @@ async fn serve(
                     backup(shared, request_id, b.dir, out.clone(), permit);
                 }
             }
+            Message::AlertSubscribe(s) => {
+                if let Some(old) = feed.take() {
+                    old.abort();
+                }
+                feed = Some(tokio::spawn(alert_feed(
+                    shared.clone(),
+                    who,
+                    request_id,
+                    s.after,
+                    out.clone(),
+                    permit,
+                    overrun_tx.clone(),
+                )));
+            }
             Message::Ping => answer(
                 shared,
                 Some(Kind::Ping),
@@ -880,10 +902,134 @@ async fn serve(
             }
         }
     }
+    // The feed holds a sender of the connection's writer: it must end for
+    // the connection to close.
+    if let Some(f) = feed.take() {
+        f.abort();
+        let _ = f.await;
+    }
     // Wait for every in-flight request to be answered before closing.
     let _ = in_flight
         .acquire_many(IN_FLIGHT_PER_CONNECTION as u32)
         .await;
+}
+
+/// Most alerts pushed to one connection and not yet written to its socket
+/// (SPEC 6.11): a subscriber further behind is disconnected.
+const ALERTS_UNWRITTEN_MAX: usize = 1024;
+/// Alerts read from the engine at a time.
+const ALERTS_PER_READ: usize = 256;
+/// How often a caught-up subscription looks for new alerts.
+const ALERTS_POLL: Duration = Duration::from_millis(200);
+
+/// One read of the engine's alerts, in the writer's order (so after the
+/// operations that raised them are durable).
+async fn read_alerts(
+    shared: &Shared,
+    who: Caller,
+    after: u64,
+) -> Result<(Vec<reckon_balances::Alert>, u64, u64, u64), JournalError> {
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let request = EngineRequest::Alerts {
+            caller: who,
+            after,
+            max: ALERTS_PER_READ,
+        };
+        match shared.submitter.submit(
+            vec![request],
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        ) {
+            Ok(()) => {}
+            Err(JournalError::Busy) => {
+                // Credit control first: alerts wait for a free slot.
+                tokio::time::sleep(ALERTS_POLL).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        let reply = rx.await.map_err(|_| JournalError::Busy)?;
+        return match reply
+            .map_err(|e| JournalError::Stopped(e.to_string()))?
+            .pop()
+        {
+            Some(crate::engine::EngineResponse::Alerts {
+                alerts,
+                oldest,
+                resume_after,
+                last,
+            }) => Ok((alerts, oldest, resume_after, last)),
+            other => Err(JournalError::Stopped(format!(
+                "unexpected answer to an alert read: {other:?}"
+            ))),
+        };
+    }
+}
+
+/// Answers an ALERT_SUBSCRIBE, then pushes the alerts after `after` as
+/// they are kept and raised, until aborted (the connection closes or
+/// subscribes again).
+async fn alert_feed(
+    shared: Arc<Shared>,
+    who: Caller,
+    request_id: u64,
+    mut after: u64,
+    out: Out,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    overrun: watch::Sender<bool>,
+) {
+    let unwritten = Arc::new(Semaphore::new(ALERTS_UNWRITTEN_MAX));
+    let mut answered = Some(permit);
+    loop {
+        let (alerts, oldest, resume_after, last) = match read_alerts(&shared, who, after).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(permit) = answered.take() {
+                    let reply = error_frame(request_id, ErrorCode::SHUTTING_DOWN, e.to_string());
+                    answer(
+                        &shared,
+                        Some(Kind::AlertSubscribe),
+                        &out,
+                        reply,
+                        Some(permit),
+                    );
+                }
+                return;
+            }
+        };
+        if let Some(permit) = answered.take() {
+            let reply = Frame::new(
+                request_id,
+                Message::AlertSubscribed(msg::AlertSubscribed {
+                    oldest_seq: oldest,
+                    last_seq: last,
+                }),
+            );
+            answer(
+                &shared,
+                Some(Kind::AlertSubscribe),
+                &out,
+                reply,
+                Some(permit),
+            );
+        }
+        let caught_up = resume_after >= last;
+        for a in &alerts {
+            let Ok(slot) = unwritten.clone().try_acquire_owned() else {
+                let _ = overrun.send(true);
+                return;
+            };
+            send(&out, Frame::new(0, wire::wire_alert(a)), Some(slot));
+        }
+        // A client ahead of the server's sequence (restored from an older
+        // backup) keeps its place, as SPEC 6.11 says.
+        after = after.max(resume_after);
+        if caught_up {
+            tokio::time::sleep(ALERTS_POLL).await;
+        }
+    }
 }
 
 /// Writes a backup off the runtime and answers when it is done.

@@ -230,7 +230,7 @@ pub fn prepare(caller: Caller, message: Message) -> Prepared {
                     cap,
                     period: ledger_period(&m.period),
                     soft: m.soft,
-                    alerts: Vec::new(),
+                    alerts: m.alerts,
                 },
                 Some(m.cap.unwrap_or(Decimal::ZERO)),
             )
@@ -360,6 +360,22 @@ fn ledger_period(p: &wt::LimitPeriod) -> Period {
             length_ms,
         },
     }
+}
+
+/// A ledger alert as the protocol pushes it.
+pub fn wire_alert(a: &reckon_balances::Alert) -> Message {
+    Message::Alert(msg::Alert {
+        seq: a.seq,
+        at_ms: a.at.0,
+        account: a.account.0,
+        unit: wire_unit(a.unit),
+        period_kind: a.period,
+        period_start_ms: a.period_start.0,
+        threshold_pct: a.threshold_pct,
+        used: a.used.to_decimal(),
+        cap: a.cap.to_decimal(),
+        soft: a.soft,
+    })
 }
 
 /// The protocol's period for a ledger one.
@@ -574,6 +590,7 @@ pub fn render(shape: &ReplyShape, response: EngineResponse) -> Message {
                             soft: l.soft,
                             period_start_ms: l.period_start.0,
                             period_end_ms: l.period_end.0,
+                            alerts: l.alerts.clone(),
                         })
                         .collect(),
                 }),

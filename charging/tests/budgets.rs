@@ -33,6 +33,7 @@ fn budget(c: &Client, account: u64, cap: &str, period: LimitPeriod, soft: bool) 
         cap: Some(d(cap)),
         period,
         soft,
+        alerts: Vec::new(),
     })
 }
 
@@ -225,5 +226,139 @@ async fn department_budgets_deny_by_name_reset_by_period_and_survive_a_restart()
     // The next contract year starts over.
     let (running, _admin, acme) = restart(running, utc(2027, 11, 1, 0)).await;
     ok(&acme.call(spend(SALES_KEY, "s7", "1")).await.unwrap());
+    running.shutdown().await.unwrap();
+}
+
+fn budget_with_alerts(c: &Client, account: u64, cap: &str, alerts: Vec<u8>) -> Message {
+    Message::LimitSet(LimitSet {
+        op_id: c.new_op_id(),
+        account,
+        unit: TOKENS,
+        cap: Some(d(cap)),
+        period: month_cet(),
+        soft: false,
+        alerts,
+    })
+}
+
+async fn next_alert(
+    feed: &mut tokio::sync::mpsc::UnboundedReceiver<reckon_protocol::message::Alert>,
+) -> reckon_protocol::message::Alert {
+    tokio::time::timeout(std::time::Duration::from_secs(10), feed.recv())
+        .await
+        .expect("an alert within 10 s")
+        .expect("the feed is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_alerts_are_pushed_once_to_their_own_organisation_and_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(config(dir.path())).await.unwrap();
+    let addr = running.addr.to_string();
+    let admin = Client::connect(&addr, ADMIN).await.unwrap();
+    let acme = Client::connect(&addr, ACME).await.unwrap();
+    let globex = Client::connect(&addr, GLOBEX).await.unwrap();
+    two_tenants(&admin, "1000000").await;
+    ok(&admin
+        .call(create(&admin, SALES, Some(ACME_ORG)))
+        .await
+        .unwrap());
+    ok(&admin
+        .call(create(&admin, SALES_KEY, Some(SALES)))
+        .await
+        .unwrap());
+    ok(&admin
+        .call(create(&admin, 2100, Some(GLOBEX_ORG)))
+        .await
+        .unwrap());
+    // Subscribed before anything is raised: each sees its own only.
+    let (hello, mut acme_feed) = acme.subscribe_alerts(0).await.unwrap();
+    assert_eq!((hello.oldest_seq, hello.last_seq), (1, 0));
+    let (_, mut globex_feed) = globex.subscribe_alerts(0).await.unwrap();
+    let (_, mut admin_feed) = admin.subscribe_alerts(0).await.unwrap();
+    ok(&acme
+        .call(budget_with_alerts(&acme, SALES, "1000", vec![50, 80, 100]))
+        .await
+        .unwrap());
+    ok(&globex
+        .call(budget_with_alerts(&globex, 2100, "10", vec![100]))
+        .await
+        .unwrap());
+    // Thresholds out of order are refused and change nothing.
+    let bad = acme
+        .call(budget_with_alerts(&acme, SALES, "1", vec![80, 50]))
+        .await
+        .unwrap();
+    assert!(matches!(bad, Message::Error(_)), "{bad:?}");
+    assert_eq!(limits(&admin, SALES).await[0].alerts, vec![50, 80, 100]);
+
+    ok(&acme.call(spend(SALES_KEY, "a1", "600")).await.unwrap());
+    let first = next_alert(&mut acme_feed).await;
+    assert_eq!(
+        (
+            first.seq,
+            first.account,
+            first.threshold_pct,
+            first.used,
+            first.cap,
+            first.soft
+        ),
+        (1, SALES, 50, d("600"), d("1000"), false)
+    );
+    ok(&globex.call(spend(2100, "g1", "10")).await.unwrap());
+    ok(&acme.call(spend(SALES_KEY, "a2", "400")).await.unwrap());
+    let (second, third) = (
+        next_alert(&mut acme_feed).await,
+        next_alert(&mut acme_feed).await,
+    );
+    // Acme's sequence skips Globex's alert (seq 2): a gap that is not a loss.
+    assert_eq!(
+        (
+            second.seq,
+            second.threshold_pct,
+            third.seq,
+            third.threshold_pct
+        ),
+        (3, 80, 4, 100)
+    );
+    let theirs = next_alert(&mut globex_feed).await;
+    assert_eq!((theirs.seq, theirs.account), (2, 2100));
+    let seen: Vec<u64> = [
+        next_alert(&mut admin_feed).await,
+        next_alert(&mut admin_feed).await,
+        next_alert(&mut admin_feed).await,
+        next_alert(&mut admin_feed).await,
+    ]
+    .iter()
+    .map(|a| a.seq)
+    .collect();
+    assert_eq!(seen, [1, 2, 3, 4], "the admin sees every alert, in order");
+    // Nothing more for Globex, and each threshold fires once a period.
+    denial(&acme.call(spend(SALES_KEY, "a3", "1")).await.unwrap());
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(600), globex_feed.recv())
+            .await
+            .is_err(),
+        "no other organisation's alert reaches Globex"
+    );
+    assert!(acme_feed.try_recv().is_err());
+
+    // After a restart a subscriber resumes where it stopped, and a new one
+    // gets the backlog.
+    drop((admin, acme, globex, acme_feed, globex_feed, admin_feed));
+    running.shutdown().await.unwrap();
+    let running = server::start(config(dir.path())).await.unwrap();
+    let addr = running.addr.to_string();
+    let acme = Client::connect(&addr, ACME).await.unwrap();
+    let (hello, mut resumed) = acme.subscribe_alerts(3).await.unwrap();
+    assert_eq!((hello.oldest_seq, hello.last_seq), (1, 4));
+    assert_eq!(next_alert(&mut resumed).await.seq, 4);
+    let (_, mut backlog) = acme.subscribe_alerts(0).await.unwrap();
+    let seqs = [
+        next_alert(&mut backlog).await.seq,
+        next_alert(&mut backlog).await.seq,
+        next_alert(&mut backlog).await.seq,
+    ];
+    assert_eq!(seqs, [1, 3, 4]);
     running.shutdown().await.unwrap();
 }

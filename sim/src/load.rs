@@ -492,6 +492,9 @@ async fn provision(
                                             offset_min: 0,
                                         },
                                         soft: false,
+                                        // Checked on every commit, never
+                                        // reached: their cost is measured.
+                                        alerts: vec![50, 80, 100],
                                     }));
                                 }
                             }

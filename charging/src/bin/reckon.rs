@@ -147,6 +147,11 @@ enum Cmd {
         #[command(subcommand)]
         action: BudgetCmd,
     },
+    /// Spend-control alerts: print those kept, or follow them as they are raised.
+    Alerts {
+        #[command(subcommand)]
+        action: AlertsCmd,
+    },
     /// Show an account's buckets.
     Balance {
         /// Account id.
@@ -353,6 +358,27 @@ struct PeriodArgs {
 }
 
 #[derive(Subcommand)]
+enum AlertsCmd {
+    /// Print the alerts the server keeps after --after, then exit.
+    List {
+        /// Print alerts with a larger sequence number (0: all kept).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print alerts after --after, then each as it is raised, until
+    /// interrupted; reconnects and resumes after the last one printed.
+    Watch {
+        /// Print alerts with a larger sequence number (0: all kept).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
 enum BudgetCmd {
     /// Set a budget on an account's subtree (replaces one of the same unit and period kind).
     Set {
@@ -370,6 +396,10 @@ enum BudgetCmd {
         /// Soft: report (alerts) but never refuse.
         #[arg(long)]
         soft: bool,
+        /// Raise an alert when the period's usage reaches this percent of
+        /// the cap (repeat: --alert 80 --alert 100), once per period.
+        #[arg(long = "alert")]
+        alerts: Vec<u8>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -458,6 +488,69 @@ fn limit_period(args: &PeriodArgs) -> Result<wt::LimitPeriod, String> {
     p.check()
         .map_err(|e| format!("--period {}: {e}", args.period))?;
     Ok(p)
+}
+
+/// Prints alerts after `after`: those kept, then (following) each as it is
+/// raised, resubscribing after the last printed when the connection drops.
+async fn alerts(conn: &Conn, mut after: u64, follow: bool) -> Result<(), String> {
+    loop {
+        let client = connect(conn).await?;
+        let (subscribed, mut feed) = client
+            .subscribe_alerts(after)
+            .await
+            .map_err(|e| e.to_string())?;
+        let missed = subscribed.missed(after);
+        if missed > 0 {
+            println!("({missed} older alert(s) are no longer kept)");
+        }
+        if subscribed.last_seq < after {
+            // The server was restored from an earlier backup.
+            after = subscribed.last_seq;
+        }
+        let backlog_to = subscribed.last_seq;
+        if !follow && after >= backlog_to {
+            return Ok(());
+        }
+        while let Some(a) = feed.recv().await {
+            let pct = if a.cap.is_zero() {
+                String::new()
+            } else {
+                format!(
+                    " ({}%)",
+                    (a.used * Decimal::ONE_HUNDRED / a.cap).round_dp(1)
+                )
+            };
+            println!(
+                "alert {} at {}: account {} {} budget ({}) reached {}%: used {} of {}{}{}",
+                a.seq,
+                reckon_charging::timefmt::format_ms(a.at_ms),
+                a.account,
+                a.unit.as_str(),
+                match a.period_kind {
+                    0 => "lifetime".to_string(),
+                    1 => "monthly".into(),
+                    12 => "yearly".into(),
+                    13 => "fixed period".into(),
+                    n => format!("{n}-month"),
+                },
+                a.threshold_pct,
+                a.used,
+                a.cap,
+                pct,
+                if a.soft { ", soft" } else { "" }
+            );
+            after = a.seq;
+            if !follow && after >= backlog_to {
+                return Ok(());
+            }
+        }
+        if !follow {
+            // Every kept alert was another organisation's.
+            return Ok(());
+        }
+        eprintln!("reckon: connection lost; resubscribing after alert {after}");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// A period as people read it.
@@ -1318,9 +1411,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                 cap,
                 period,
                 soft,
+                mut alerts,
                 conn,
             } => {
                 let (u, period) = (unit(&u)?, limit_period(&period)?);
+                alerts.sort_unstable();
+                alerts.dedup();
                 send(&conn, |c| {
                     Ok(Message::LimitSet(LimitSet {
                         op_id: c.new_op_id(),
@@ -1329,6 +1425,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         cap: Some(cap),
                         period,
                         soft,
+                        alerts: alerts.clone(),
                     }))
                 })
                 .await
@@ -1348,6 +1445,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         cap: None,
                         period,
                         soft: false,
+                        alerts: Vec::new(),
                     }))
                 })
                 .await
@@ -1358,6 +1456,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 })
                 .await
             }
+        },
+        Cmd::Alerts { action } => match action {
+            AlertsCmd::List { after, conn } => alerts(&conn, after, false).await,
+            AlertsCmd::Watch { after, conn } => alerts(&conn, after, true).await,
         },
         Cmd::Balance { account, conn } => {
             send(&conn, |_| {

@@ -296,6 +296,7 @@ impl Engine {
                     alerts,
                     oldest,
                     resume_after,
+                    last: newest,
                 }
             }
             EngineRequest::Gauges { digest } => {

@@ -308,6 +308,8 @@ pub enum EngineResponse {
         /// Where the next read resumes: the last sequence number scanned,
         /// whosever alert it was (or the newest raised, when none was).
         resume_after: u64,
+        /// The newest sequence number raised (0: none yet).
+        last: u64,
     },
 }
 
