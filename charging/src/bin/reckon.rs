@@ -696,8 +696,14 @@ fn show(message: &Message) -> Result<(), String> {
                 } else {
                     format!(" ({}%)", (spent * Decimal::ONE_HUNDRED / l.cap).round_dp(1))
                 };
+                let alerts = if l.alerts.is_empty() {
+                    String::new()
+                } else {
+                    let pcts: Vec<String> = l.alerts.iter().map(u8::to_string).collect();
+                    format!(", alerts at {} %", pcts.join("/"))
+                };
                 println!(
-                    "  budget {} {} {}: cap {}, used {} + held {}{}{}",
+                    "  budget {} {} {}: cap {}, used {} + held {}{}{}{}",
                     l.unit.as_str(),
                     period_text(&l.period),
                     if l.soft { "soft" } else { "hard" },
@@ -713,7 +719,8 @@ fn show(message: &Message) -> Result<(), String> {
                             reckon_charging::timefmt::format_ms(l.period_start_ms),
                             reckon_charging::timefmt::format_ms(l.period_end_ms)
                         )
-                    }
+                    },
+                    alerts
                 );
             }
             for k in &b.buckets {
