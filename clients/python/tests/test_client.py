@@ -85,12 +85,16 @@ def test_version_3_is_spoken_and_an_older_connection_cannot_send_a_period(server
             await c.create_account(org)
             r = await c.set_limit(org, "USD", Decimal("500.00"))
             assert r.code == 0 and r.balance == Decimal("500.00")
+            r = await c.set_limit(org, "USD", Decimal("500.00"), alerts=[80, 100])
+            assert r.code == 0
+            with pytest.raises(wire.EncodeError, match="increasing"):
+                await c.set_limit(org, "USD", Decimal("500.00"), alerts=[100, 80])
             bal = await c.balance(org)
             assert bal.account == org and isinstance(bal.limits, list)
         # A version-2 client refuses, before sending, what only version 3 can say.
         async with admin(server, max_version=2) as old:
             assert old.hello.version == 2
-            for kw in ({"period": monthly}, {"soft": True}):
+            for kw in ({"period": monthly}, {"soft": True}, {"alerts": [80, 100]}):
                 with pytest.raises(wire.EncodeError, match="needs protocol version 3"):
                     await old.set_limit(org, "USD", Decimal("100"), **kw)
             assert (await old.balance(org)).limits == []

@@ -108,9 +108,9 @@ def test_version_3_periods_round_trip_and_out_of_range_ones_are_refused():
     for period in ok:
         for soft in (False, True):
             raw = _v3(wire.LimitSet(3, 7, "USD", Decimal(5), period, soft))
-            # Kind byte, then 0, 10 or 16 bytes, then soft.
-            tail = {0: 2, 13: 18}.get(period.kind, 12)
-            assert raw[-tail] == period.kind and raw[-1] == soft
+            # Kind byte, then 0, 10 or 16 bytes, then soft, then no alert thresholds.
+            tail = {0: 3, 13: 19}.get(period.kind, 13)
+            assert raw[-tail] == period.kind and raw[-2] == soft and raw[-1] == 0
     bad = [wire.LimitPeriod(14), wire.LimitPeriod.months(0 + 13, 0),
            wire.LimitPeriod.months(1, 0, 1081), wire.LimitPeriod.months(1, 0, -1081),
            wire.LimitPeriod.fixed(0, wire.PERIOD_LENGTH_MIN_MS - 1),
@@ -123,9 +123,9 @@ def test_version_3_periods_round_trip_and_out_of_range_ones_are_refused():
     # Decoding refuses the same: patch the bytes of a valid monthly LIMIT_SET.
     good = wire.encode_frame(4, wire.LimitSet(3, 7, "USD", None,
                                               wire.LimitPeriod.months(1, 0, 60)), version=3)
-    kind_at = len(good) - 12
-    for patch in ({kind_at: 14}, {len(good) - 3: 0x39, len(good) - 2: 0x04},  # offset 1081
-                  {len(good) - 1: 2}):  # soft 2
+    kind_at = len(good) - 13
+    for patch in ({kind_at: 14}, {len(good) - 4: 0x39, len(good) - 3: 0x04},  # offset 1081
+                  {len(good) - 2: 2}, {len(good) - 1: 9}):  # soft 2; 9 thresholds
         raw = bytearray(good)
         for at, value in patch.items():
             raw[at] = value

@@ -107,17 +107,18 @@ def test_version_3_vectors_carry_spend_controls_and_denials():
     raws = {n: raw for n, raw, _ in VALID}
     monthly = wire.LimitPeriod.months(1, 1_767_222_000_000, 60)
     limit = frames["LIMIT_SET_MONTHLY"].message
-    assert limit == wire.LimitSet(8, 1000, "USD", Decimal("500.00"), monthly, False)
+    assert limit == wire.LimitSet(8, 7, "USD", Decimal("500.00"), monthly, False, [80, 100])
     assert limit.period.kind == 1 and str(limit.cap) == "500.00"
     # Built as a user would, it is the SPEC's bytes; no older version can carry it.
-    built = wire.LimitSet(8, 1000, "USD", Decimal("500.00"),
-                          period=wire.LimitPeriod.months(1, 1_767_222_000_000, offset_min=60))
+    built = wire.LimitSet(8, 7, "USD", Decimal("500.00"),
+                          period=wire.LimitPeriod.months(1, 1_767_222_000_000, offset_min=60),
+                          alerts=(80, 100))
     assert wire.encode_frame(18, built, version=3) == raws["LIMIT_SET_MONTHLY"]
     for older in (1, 2):
-        with pytest.raises(wire.EncodeError, match="needs protocol version 3"):
-            wire.encode_frame(18, built, version=older)
-        with pytest.raises(wire.EncodeError, match="needs protocol version 3"):
-            wire.encode_frame(18, wire.LimitSet(8, 1000, "USD", None, soft=True), version=older)
+        for refused in (built, wire.LimitSet(8, 7, "USD", None, soft=True),
+                        wire.LimitSet(8, 7, "USD", Decimal(1), alerts=[80])):
+            with pytest.raises(wire.EncodeError, match="needs protocol version 3"):
+                wire.encode_frame(18, refused, version=older)
 
     cca = frames["CCA_SPEND_CONTROL"].message
     service = cca.service(10)
@@ -138,8 +139,9 @@ def test_version_3_vectors_carry_spend_controls_and_denials():
     spent = balance.limit("USD")
     assert spent == wire.LimitInfo("USD", Decimal("500.00"), Decimal("480.25"),
                                    Decimal("19.75"), monthly, False, 1_772_319_600_000,
-                                   1_774_998_000_000)
+                                   1_774_998_000_000, [80, 100])
     assert spent.headroom == 0 and balance.limit("EUR") is None
+    assert balance.limit("USD", 1) is spent and balance.limit("USD", 0) is None
     # Version 2 leaves the limits out.
     v2 = wire.encode_frame(20, balance, version=2)
     assert wire.decode_frame(v2, version=2)[0].message.limits == []
@@ -152,3 +154,54 @@ def test_decimal_example_of_section_2_2():
     assert wire.decimal_from_parts(*wire.decimal_parts(biggest)) == biggest
     assert wire.decimal_parts(Decimal("1E+3")) == (1000, 0)
     assert wire.decimal_parts(Decimal("-0")) == (0, 0)
+
+
+def test_alert_thresholds_are_checked_both_ways():
+    base = dict(op_id=8, account=7, unit="USD", cap=Decimal(1))
+    for ok in ([], [1], [80, 100], [1, 2, 3, 4, 5, 6, 7, wire.ALERT_PCT_MAX]):
+        raw = wire.encode_frame(1, wire.LimitSet(**base, alerts=ok), version=3)
+        assert wire.decode_frame(raw, version=3)[0].message.alerts == ok
+    for bad in ([0], [251], [100, 80], [80, 80], list(range(1, 10)), [True], ["80"]):
+        with pytest.raises(wire.EncodeError):
+            wire.encode_frame(1, wire.LimitSet(**base, alerts=bad), version=3)
+    # A decoder refuses the same, with MALFORMED_FRAME and the request id.
+    good = wire.encode_frame(9, wire.LimitSet(**base, alerts=[80, 100]), version=3)
+    for tail in (b"\x02\x64\x50", b"\x01\x00", b"\x01\xfb", b"\x09" + bytes(range(1, 10))):
+        raw = bytearray(good[:-3] + tail)
+        raw[0:4] = (len(raw) - 4).to_bytes(4, "little")
+        with pytest.raises(wire.WireError) as caught:
+            wire.decode_frame(bytes(raw), version=3)
+        assert caught.value.code == ErrorCode.MALFORMED_FRAME and caught.value.request_id == 9
+
+
+def test_alert_vectors():
+    frames = {n: wire.decode_frame(raw, version=v)[0] for n, raw, v in VALID}
+    assert frames["ALERT_SUBSCRIBE"].message == wire.AlertSubscribe(after=4000)
+    answer = frames["ALERT_SUBSCRIBED"]
+    assert answer.request_id == frames["ALERT_SUBSCRIBE"].request_id == 51
+    assert answer.message == wire.AlertSubscribed(4201, 8296)
+    assert answer.message.missed(4000) == 200 and answer.message.missed(4200) == 0
+    assert answer.message.last_seq - answer.message.oldest_seq + 1 == wire.ALERTS_KEPT
+    pushed = frames["ALERT"]
+    assert pushed.request_id == 0
+    assert pushed.message == wire.Alert(8297, 1_773_306_900_000, 7, "USD", 1, 1_772_319_600_000,
+                                        80, Decimal("400.25"), Decimal("500.00"), False)
+    assert str(pushed.message.used) == "400.25"
+    for kind in (wire.Kind.ALERT_SUBSCRIBE, wire.Kind.ALERT_SUBSCRIBED, wire.Kind.ALERT):
+        assert wire.KIND_SINCE[kind] == 3
+
+
+def test_alert_values_out_of_range_are_refused_both_ways():
+    good = wire.Alert(1, 0, 7, "USD", 13, 0, 250, Decimal(1), Decimal(1), True)
+    assert wire.decode_frame(wire.encode_frame(0, good, version=3), version=3)[0].message == good
+    for field, value in (("seq", 0), ("period_kind", 14), ("threshold_pct", 0),
+                         ("threshold_pct", 251)):
+        bad = wire.Alert(**{**good.__dict__, field: value})
+        with pytest.raises(wire.EncodeError):
+            wire.encode_frame(0, bad, version=3)
+    for oldest, last in ((0, 0), (3, 1), (8298, 8296)):
+        with pytest.raises(wire.EncodeError):
+            wire.encode_frame(1, wire.AlertSubscribed(oldest, last), version=3)
+    for oldest, last in ((1, 0), (4, 3), (1, 4096)):
+        raw = wire.encode_frame(1, wire.AlertSubscribed(oldest, last), version=3)
+        assert wire.decode_frame(raw, version=3)[0].message.missed(0) == oldest - 1

@@ -1,6 +1,7 @@
 """Python client for Reckon, the online charging server.
 
-- ``Client``: asyncio, pipelined, with BATCH, timeouts and reconnect;
+- ``Client``: asyncio, pipelined, with BATCH, timeouts and reconnect; its
+  ``alerts()`` streams the spend-control alerts the server pushes;
 - ``SyncClient``: the same calls, blocking;
 - ``wire``: the native protocol (protocol/SPEC.md) message by message;
 - ``errors``: one exception class per Reckon code (``CreditLimitReached``,
@@ -11,7 +12,7 @@ Money and quantities are ``decimal.Decimal`` (or ``int``), never floats.
 """
 
 from . import errors, wire
-from .client import Client, new_op_id
+from .client import AlertStream, Client, new_op_id
 from .codes import AdminCode, ErrorCode, ResultCode
 from .errors import *  # noqa: F401,F403  (the generated per-code classes)
 from .errors import (AdminError, ConnectionLost, CreditControlError, ProtocolViolation,
@@ -20,6 +21,6 @@ from .sync import SyncClient
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "SyncClient", "wire", "errors", "new_op_id", "ResultCode", "AdminCode",
+__all__ = ["Client", "AlertStream", "SyncClient", "wire", "errors", "new_op_id", "ResultCode", "AdminCode",
            "ErrorCode", "ReckonError", "ConnectionLost", "RequestTimeout", "ProtocolViolation",
            "ServerError", "CreditControlError", "AdminError"] + errors.__all__

@@ -12,9 +12,10 @@ same way.
 The client offers protocol versions 1 to 3 and speaks what the server
 chooses; version 2 carries per-request attributes (``attributes=`` on the
 credit-control methods: model, region, ... that rate-card rules match);
-version 3 carries spend controls with periods and soft caps (``set_limit``,
-``Balance.limits``) and, on each refused CCA service, which control refused
-it (``ServiceAnswer.denial``).
+version 3 carries spend controls with periods, soft caps and alert thresholds
+(``set_limit``, ``Balance.limits``), on each refused CCA service which control
+refused it (``ServiceAnswer.denial``), and the alerts the server pushes when a
+control's usage reaches a threshold (``async for alert in client.alerts()``).
 Optional parameters of every method are keyword-only, so new ones can be
 added without breaking callers.
 """
@@ -27,7 +28,7 @@ import random
 import time
 import uuid
 from decimal import Decimal
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from . import wire
 from .codes import AdminCode, ErrorCode, ResultCode
@@ -84,6 +85,34 @@ def _attributes(value: Attributes) -> list:
     return [(str(k), str(v)) for k, v in items]
 
 
+class _AlertSink:
+    """Where a connection's pushed ALERTs go: nowhere until the ALERT_SUBSCRIBED answering
+    request ``rid`` has been read (earlier ones belong to a replaced subscription, SPEC 6.11),
+    then into a queue of at most ``limit`` alerts; beyond it alerts are dropped and the stream
+    asks again from the last one it delivered, so memory stays bounded and nothing is lost
+    while the server keeps it."""
+
+    def __init__(self, rid: int, limit: int) -> None:
+        self.rid, self.limit = rid, limit
+        self.armed = False
+        self.overflow = False
+        self.lost: Optional[BaseException] = None
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def push(self, alert: Any) -> None:
+        if not self.armed or self.overflow or self.lost is not None:
+            return
+        if self.queue.qsize() >= self.limit:
+            self.overflow = True
+            return
+        self.queue.put_nowait(alert)
+
+    def close(self, error: BaseException) -> None:
+        if self.lost is None:
+            self.lost = error
+            self.queue.put_nowait(error)  # wakes the stream's reader
+
+
 class _Connection:
     """One open, authenticated connection and its in-flight requests."""
 
@@ -98,6 +127,7 @@ class _Connection:
         self.draining = False  # the server said SHUTTING_DOWN: send nothing new
         self.task: Optional[asyncio.Task] = None
         self.last_rx = time.monotonic()
+        self.alerts: Optional[_AlertSink] = None  # the connection's alert subscription
 
     def usable(self) -> bool:
         return not self.closed and not self.draining
@@ -117,6 +147,8 @@ class _Connection:
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(error)
+        if self.alerts is not None:
+            self.alerts.close(error)
 
 
 class Client:
@@ -139,6 +171,7 @@ class Client:
         self.max_version = max_version
         self._next_id = 0
         self._closed = False
+        self._alert_stream: Optional[AlertStream] = None  # the one that owns the subscription
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -288,12 +321,20 @@ class Client:
             conn.send(frame.request_id, wire.Pong())
             return
         if frame.request_id == 0:
+            if isinstance(msg, wire.Alert):
+                if conn.alerts is not None:
+                    conn.alerts.push(msg)
+                return
             if isinstance(msg, wire.ErrorReply) and msg.code == ErrorCode.SHUTTING_DOWN:
                 conn.draining = True  # pending answers still come; new calls reconnect
                 return
             if isinstance(msg, wire.ErrorReply):
                 conn.fail(server_error(msg.code, msg.message))
             return
+        if (isinstance(msg, wire.AlertSubscribed) and conn.alerts is not None
+                and conn.alerts.rid == frame.request_id):
+            # Armed here, in read order: every ALERT after this answer is the subscription's.
+            conn.alerts.armed = True
         fut = conn.pending.pop(frame.request_id, None)
         if fut is None or fut.done():
             return  # a late answer to a call that timed out, or our keepalive PONG
@@ -305,7 +346,8 @@ class Client:
     # ------------------------------------------------------------------ requests
 
     async def request(self, message: Any, *, timeout: Optional[float] = None,
-                      retry: Optional[bool] = None) -> Any:
+                      retry: Optional[bool] = None,
+                      _before_send: Optional[Callable[[_Connection, int], None]] = None) -> Any:
         """Sends one request frame and returns its answer message.
 
         ERROR answers raise a ``ServerError`` subclass. Every request of
@@ -321,7 +363,7 @@ class Client:
             if last is not None and time.monotonic() >= deadline:
                 raise RequestTimeout(f"no answer within {timeout} s (last: {last})") from last
             try:
-                answer = await self._once(message, deadline)
+                answer = await self._once(message, deadline, _before_send)
                 if (retry and isinstance(answer, wire.Cca)
                         and answer.result_code == ResultCode.TOO_BUSY):
                     raise credit_control_error(answer.result_code, answer)
@@ -341,7 +383,8 @@ class Client:
                 await asyncio.sleep(pause)
                 delay = min(delay * 2, _RETRY_MAX_S)
 
-    async def _once(self, message: Any, deadline: float) -> Any:
+    async def _once(self, message: Any, deadline: float,
+                    before_send: Optional[Callable[[_Connection, int], None]] = None) -> Any:
         left = deadline - time.monotonic()
         if left <= 0:
             raise RequestTimeout("timed out before sending")
@@ -359,6 +402,8 @@ class Client:
         try:
             if not conn.usable():
                 raise ConnectionLost("connection closed")
+            if before_send is not None:
+                before_send(conn, rid)
             conn.pending[rid] = fut
             conn.send(rid, message)
             try:
@@ -539,16 +584,19 @@ class Client:
 
     async def set_limit(self, account: int, unit: str, cap: Optional[Number], *,
                         period: Optional[wire.LimitPeriod] = None, soft: bool = False,
-                        op_id: Optional[int] = None,
+                        alerts: Sequence[int] = (), op_id: Optional[int] = None,
                         timeout: Optional[float] = None) -> wire.AdminResult:
-        """LIMIT_SET: caps what the account's subtree may hold plus spend in ``unit``
-        (``cap=None`` removes the cap). ``period`` (e.g. ``wire.LimitPeriod.months(1,
-        anchor_ms, offset_min)``; default: lifetime) makes it a budget that starts again
-        each period, ``soft`` one that is reported but never refuses; both need protocol
-        version 3 (an older connection raises ``wire.EncodeError``)."""
+        """LIMIT_SET: caps what the account's subtree may hold plus spend in ``unit``; an
+        account has one such control per unit and period kind, and ``cap=None`` removes the
+        one of ``period``'s kind. ``period`` (e.g. ``wire.LimitPeriod.months(1, anchor_ms,
+        offset_min)``; default: lifetime) makes it a budget that starts again each period,
+        ``soft`` one that is reported but never refuses, and ``alerts`` (percents of the cap,
+        e.g. ``[80, 100]``) raise an alert when the period's usage reaches them (see
+        ``alerts()``); all three need protocol version 3 (an older connection raises
+        ``wire.EncodeError``)."""
         exact = None if cap is None else _amounts({unit: cap}, "cap")[0][1]
         return await self.admin(wire.LimitSet(op_id or new_op_id(), account, unit, exact,
-                                              period or wire.LimitPeriod(), soft),
+                                              period or wire.LimitPeriod(), soft, list(alerts)),
                                 timeout=timeout)
 
     async def balance(self, account: int, *, timeout: Optional[float] = None) -> wire.Balance:
@@ -576,3 +624,114 @@ class Client:
                         timeout: Optional[float] = None) -> wire.RateCards:
         """RATECARD_SHOW: the rate cards and their versions."""
         return await self.admin(wire.RateCardShow(card), timeout=timeout)
+
+    # ------------------------------------------------------------------ alerts
+
+    def alerts(self, after: int = 0, *, max_queued: int = wire.ALERT_QUEUE_MAX,
+               timeout: Optional[float] = None) -> "AlertStream":
+        """The spend-control alerts the server raises (version 3, SPEC 6.11), as an async
+        iterator: ``async for alert in client.alerts(after=last_seen): ...``.
+
+        It yields every alert with ``seq`` > ``after`` that the server still keeps, then each
+        new one as it is raised, in ``seq`` order and each once. When the connection drops it
+        reconnects and subscribes again from the last alert it yielded (``stream.after``); keep
+        that number to resume after a restart. Alerts the server no longer kept are counted in
+        ``stream.missed``. At most ``max_queued`` alerts wait unread in memory; beyond that the
+        stream asks the server again from the last one read. An admin credential gets every
+        alert, an organisation's only those on its own accounts. The subscription belongs to
+        the connection, so a client has one stream at a time: a new one ends the previous one.
+        If the server stays unreachable for ``timeout`` the iteration raises
+        ``RequestTimeout``; resume with ``client.alerts(after=stream.after)``."""
+        return AlertStream(self, after, max_queued, timeout)
+
+
+class AlertStream:
+    """An async iterator over pushed alerts: see ``Client.alerts``."""
+
+    def __init__(self, client: Client, after: int, max_queued: int,
+                 timeout: Optional[float]) -> None:
+        if not isinstance(after, int) or not 0 <= after < 1 << 64:
+            raise ValueError(f"after: {after!r} is not a u64")
+        if max_queued < 1:
+            raise ValueError("max_queued must be at least 1")
+        self.after = after
+        """The ``seq`` of the last alert yielded (or the ``after`` it started from)."""
+        self.missed = 0
+        """Alerts the server no longer kept when this stream (re)subscribed, by server-wide
+        ``seq`` (an organisation's share of them may be fewer)."""
+        self.subscribed: Optional[wire.AlertSubscribed] = None
+        """The last ALERT_SUBSCRIBED: what the server kept then."""
+        self._client, self._max_queued, self._timeout = client, max_queued, timeout
+        self._sink: Optional[_AlertSink] = None
+        self._closed = False
+
+    def __aiter__(self) -> "AlertStream":
+        return self
+
+    async def __anext__(self) -> wire.Alert:
+        while True:
+            if self._closed or self._client._closed:
+                raise StopAsyncIteration
+            sink = self._sink
+            if sink is None or (sink.overflow and sink.queue.empty()):
+                await self._subscribe()
+                continue
+            item = await sink.queue.get()
+            if isinstance(item, BaseException):
+                self._sink = None  # the connection dropped: subscribe again on a new one
+                continue
+            if item.seq <= self.after:
+                continue  # sent again after a resubscription: already yielded
+            self.after = item.seq
+            return item
+
+    async def _subscribe(self) -> None:
+        client = self._client
+
+        def attach(conn: _Connection, rid: int) -> None:
+            need = wire.KIND_SINCE[wire.Kind.ALERT_SUBSCRIBE]
+            if conn.version < need:
+                raise wire.EncodeError(f"ALERT_SUBSCRIBE needs protocol version {need}; "
+                                       f"the connection speaks {conn.version}")
+            previous = client._alert_stream
+            if previous is not None and previous is not self:
+                previous._end()  # the server replaces the subscription: the old stream ends
+            client._alert_stream = self
+            sink = _AlertSink(rid, self._max_queued)
+            conn.alerts = sink
+            self._sink = sink
+
+        while True:
+            answer = await client.request(wire.AlertSubscribe(self.after), timeout=self._timeout,
+                                          _before_send=attach)
+            if not isinstance(answer, wire.AlertSubscribed):
+                raise ProtocolViolation(f"ALERT_SUBSCRIBE answered by {answer!r}")
+            self.subscribed = answer
+            if answer.last_seq < self.after:
+                # The server's sequence went back (restored from a backup): numbers up to
+                # `after` will be reused, so start again from its newest (SPEC 6.11).
+                log.warning("alert sequence went back from %d to %d; resubscribing",
+                            self.after, answer.last_seq)
+                self.after = answer.last_seq
+                continue
+            missed = answer.missed(self.after)
+            if missed:
+                log.warning("alerts %d..=%d are no longer kept by the server",
+                            self.after + 1, answer.oldest_seq - 1)
+                self.missed += missed
+            return
+
+    async def aclose(self) -> None:
+        """Stops the stream; alerts the server still pushes on the connection are dropped."""
+        self._end()
+
+    def _end(self) -> None:
+        self._closed = True
+        if self._client._alert_stream is self:
+            self._client._alert_stream = None
+        sink, self._sink = self._sink, None
+        conn = self._client._conn
+        if sink is not None and conn is not None and conn.alerts is sink:
+            conn.alerts = None
+        if sink is not None:
+            sink.close(ConnectionLost("alert stream closed"))  # wakes a reader waiting on it

@@ -56,8 +56,9 @@ NEVER = (1 << 64) - 1
 
 PROTOCOL_VERSION = 3
 """The highest protocol version this package speaks: 2 is 1 plus ``Ccr.attributes``; 3 is 2
-plus spend-control periods and soft caps (``LimitSet.period`` / ``soft``), ``Balance.limits``
-and ``ServiceAnswer.denial`` (SPEC 5.1)."""
+plus spend-control periods, soft caps and alert thresholds (``LimitSet.period`` / ``soft`` /
+``alerts``), ``Balance.limits``, ``ServiceAnswer.denial`` and alerts pushed to subscribers
+(``AlertSubscribe``, ``AlertSubscribed``, ``Alert``; SPEC 5.1, 6.11)."""
 PROTOCOL_VERSION_MIN = 1
 """The lowest protocol version this package speaks."""
 ATTRIBUTES_MAX = 8
@@ -69,6 +70,12 @@ PERIOD_KIND_FIXED = 13
 PERIOD_OFFSET_MIN_MAX = 1080
 PERIOD_LENGTH_MIN_MS = 60_000
 PERIOD_LENGTH_MAX_MS = 3653 * 86_400_000
+ALERT_THRESHOLDS_MAX = 8
+ALERT_PCT_MAX = 250
+ALERTS_KEPT = 4096
+"""Alerts a server keeps, the newest, for subscribers that resume (SPEC 6.11)."""
+ALERT_QUEUE_MAX = 1024
+"""Most alerts a server holds unwritten for one connection before it closes it (SPEC 6.11)."""
 
 _UNIT_RE = re.compile(r"[A-Za-z0-9_]{1,16}\Z")
 
@@ -112,6 +119,7 @@ class Kind(enum.IntEnum):
     RATECARD_SHOW = 0x29
     STATUS = 0x2A
     BACKUP = 0x2B
+    ALERT_SUBSCRIBE = 0x2C
     HELLO_OK = 0x81
     PONG = 0x82
     BATCH_RESULT = 0x83
@@ -123,6 +131,8 @@ class Kind(enum.IntEnum):
     RATECARDS = 0xA4
     STATUS_RESULT = 0xA5
     BACKUP_RESULT = 0xA6
+    ALERT_SUBSCRIBED = 0xA7
+    ALERT = 0xA8
     ERROR = 0xFF
 
 
@@ -641,6 +651,53 @@ class _DenialT(_Type):
         return Denial(DenialReason.NO_CREDIT) if reason else None
 
 
+class _Thresholds(_Type):
+    """Alert thresholds (version 3): ``u8`` count <= 8, then ``u8`` percents, each 1..=250 and
+    strictly increasing (SPEC 6.5)."""
+
+    def __init__(self) -> None:
+        self.zero = []
+
+    @staticmethod
+    def problem(v: list) -> Optional[str]:
+        if len(v) > ALERT_THRESHOLDS_MAX:
+            return f"{len(v)} thresholds, above its limit of {ALERT_THRESHOLDS_MAX}"
+        if any(not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= ALERT_PCT_MAX
+               for p in v):
+            return f"{v!r}: each threshold must be an int percent in 1..={ALERT_PCT_MAX}"
+        if any(a >= b for a, b in zip(v, v[1:])):
+            return f"{v!r}: thresholds must be strictly increasing"
+        return None
+
+    def encode(self, out: bytearray, v: Any, name: str) -> None:
+        items = list(v)
+        problem = self.problem(items)
+        if problem:
+            raise EncodeError(f"{name}: {problem}")
+        out.append(len(items))
+        out += bytes(items)
+
+    def decode(self, r: _Reader, name: str) -> list:
+        n = r.take(1, f"{name} count")[0]
+        if n > ALERT_THRESHOLDS_MAX:
+            raise r.bad(f"{name}: count {n} above its limit of {ALERT_THRESHOLDS_MAX}")
+        v = list(r.take(n, name))
+        problem = self.problem(v)
+        if problem:
+            raise r.bad(f"{name}: {problem}")
+        return v
+
+
+class _Ranged(_Int):
+    """An integer whose decoded value must be in ``lo..=hi`` too (refused as malformed)."""
+
+    def decode(self, r: _Reader, name: str) -> int:
+        v = super().decode(r, name)
+        if not self.lo <= v <= self.hi:
+            raise r.bad(f"{name}: {v} is not in {self.lo}..={self.hi}")
+        return v
+
+
 _U8 = _Int("<B", 0, 0xFF)
 _U16 = _Int("<H", 0, 0xFFFF)
 _U32 = _Int("<I", 0, 0xFFFFFFFF)
@@ -652,6 +709,7 @@ _DEC = _Dec()
 _UNIT = _UnitT()
 _PAIR = _Pair()
 _PERIOD = _Period()
+_THRESHOLDS = _Thresholds()
 _ATTR_KEY = _Str(ATTRIBUTE_KEY_MAX)
 _ATTR_VALUE = _Str(ATTRIBUTE_VALUE_MAX)
 
@@ -670,6 +728,9 @@ def _encode_fields(out: bytearray, obj: Any) -> None:
     # (a request would mean something else), unless it is marked _DROP (an
     # answer's detail an older peer goes without).
     version = getattr(out, "version", 1)
+    problem = getattr(obj, "_problem", None)
+    if problem is not None and problem():
+        raise EncodeError(f"{type(obj).__name__}: {problem()}")
     for name, t, *since in obj._schema:
         v = getattr(obj, name)
         if since and since[0] > version:
@@ -681,8 +742,13 @@ def _encode_fields(out: bytearray, obj: Any) -> None:
 
 
 def _decode_fields(cls: type, r: _Reader) -> Any:
-    return cls(**{name: t.decode(r, name) for name, t, *since in cls._schema
-                  if not since or since[0] <= r.version})
+    obj = cls(**{name: t.decode(r, name) for name, t, *since in cls._schema
+                 if not since or since[0] <= r.version})
+    # A rule across fields (SPEC: "other values are malformed").
+    problem = getattr(obj, "_problem", None)
+    if problem is not None and problem():
+        raise r.bad(f"{cls.__name__}: {problem()}")
+    return obj
 
 
 # --------------------------------------------------------------------------
@@ -900,8 +966,10 @@ class BucketGrant:
 
 @dataclass
 class LimitSet:
-    """LIMIT_SET: a spend control (a cap) on a subtree, or None to remove it (SPEC 6.5).
-    ``period`` and ``soft`` are version 3; an older connection cannot carry them."""
+    """LIMIT_SET: the spend control (a cap) of a unit and period kind on a subtree, or
+    ``cap=None`` to remove that control (SPEC 6.5). ``period``, ``soft`` and ``alerts``
+    (thresholds in percent of the cap, e.g. ``[80, 100]``) are version 3; an older connection
+    cannot carry them."""
 
     op_id: int
     account: int
@@ -909,9 +977,10 @@ class LimitSet:
     cap: Optional[Decimal] = None
     period: LimitPeriod = LimitPeriod()
     soft: bool = False
+    alerts: list = field(default_factory=list)  # list[int], percents 1..=250, increasing
     KIND: ClassVar[Kind] = Kind.LIMIT_SET
     _schema: ClassVar = [("op_id", _U128T), ("account", _U64), ("unit", _UNIT), ("cap", _Opt(_DEC)),
-                         ("period", _PERIOD, 3), ("soft", _BOOL, 3)]
+                         ("period", _PERIOD, 3), ("soft", _BOOL, 3), ("alerts", _THRESHOLDS, 3)]
 
 
 @dataclass
@@ -979,9 +1048,10 @@ class LimitInfo:
     soft: bool
     period_start_ms: int
     period_end_ms: int
+    alerts: list = field(default_factory=list)  # list[int]: thresholds, percent of the cap
     _schema: ClassVar = [("unit", _UNIT), ("cap", _DEC), ("used", _DEC), ("held", _DEC),
-                         ("period", _PERIOD), ("soft", _BOOL), ("period_start_ms", _U64),
-                         ("period_end_ms", _U64)]
+                         ("period", _PERIOD), ("soft", _BOOL), ("alerts", _THRESHOLDS),
+                         ("period_start_ms", _U64), ("period_end_ms", _U64)]
 
     @property
     def headroom(self) -> Decimal:
@@ -1004,15 +1074,18 @@ class Balance:
     _schema: ClassVar = [("account", _U64), ("parent", _Opt(_U64)), ("status", _Enum(AccountStatus)),
                          ("draws_on_parent", _BOOL),
                          ("buckets", _List(_U16, BUCKETS_MAX, _Rec(BucketInfo), 99)),
-                         ("limits", _List(_U8, LIMITS_MAX, _Rec(LimitInfo), 72), 3, _DROP)]
+                         ("limits", _List(_U8, LIMITS_MAX, _Rec(LimitInfo), 73), 3, _DROP)]
 
     def total(self, unit: str, what: str = "amount") -> Decimal:
         """Sum of one column (``amount``, ``held`` or ``available``) over the buckets of ``unit``."""
         return sum((getattr(b, what) for b in self.buckets if b.unit == unit), Decimal(0))
 
-    def limit(self, unit: str) -> Optional[LimitInfo]:
-        """The spend control on ``unit``, if the account has one (version 3)."""
-        return next((lim for lim in self.limits if lim.unit == unit), None)
+    def limit(self, unit: str, period_kind: Optional[int] = None) -> Optional[LimitInfo]:
+        """The spend control on ``unit`` (of ``period_kind``: 0 lifetime, 1..=12 months, 13
+        fixed), if the account has one (version 3); without ``period_kind``, the first one of
+        the unit. An account may hold one control per unit and period kind."""
+        return next((lim for lim in self.limits if lim.unit == unit
+                     and (period_kind is None or lim.period.kind == period_kind)), None)
 
 
 @dataclass
@@ -1163,6 +1236,63 @@ class BackupResult:
 
 
 @dataclass
+class AlertSubscribe:
+    """ALERT_SUBSCRIBE (version 3): deliver every alert with ``seq`` > ``after`` (0: every
+    alert the server keeps), then each new one; replaces the connection's subscription
+    (SPEC 6.11)."""
+
+    after: int = 0
+    KIND: ClassVar[Kind] = Kind.ALERT_SUBSCRIBE
+    _schema: ClassVar = [("after", _U64)]
+
+
+@dataclass
+class AlertSubscribed:
+    """ALERT_SUBSCRIBED (version 3): the oldest ``seq`` the server keeps (``last_seq + 1`` when
+    none) and the newest raised (0: none yet), SPEC 6.11."""
+
+    oldest_seq: int
+    last_seq: int
+    KIND: ClassVar[Kind] = Kind.ALERT_SUBSCRIBED
+    _schema: ClassVar = [("oldest_seq", _U64), ("last_seq", _U64)]
+
+    def missed(self, after: int) -> int:
+        """How many alerts numbered after ``after`` the server no longer keeps (server-wide
+        numbers: an organisation's share of them may be fewer)."""
+        return max(self.oldest_seq - after - 1, 0)
+
+    def _problem(self) -> Optional[str]:
+        if not 1 <= self.oldest_seq <= self.last_seq + 1:
+            return f"oldest_seq {self.oldest_seq} is not in 1..=last_seq + 1 ({self.last_seq + 1})"
+        return None
+
+
+@dataclass
+class Alert:
+    """ALERT (version 3), pushed with request id 0: the control of ``(account, unit,
+    period_kind)`` reached ``threshold_pct`` percent of ``cap`` in the period starting at
+    ``period_start_ms`` (SPEC 6.11). ``seq`` numbers alerts server-wide."""
+
+    seq: int
+    at_ms: int
+    account: int
+    unit: str
+    period_kind: int
+    period_start_ms: int
+    threshold_pct: int
+    used: Decimal
+    cap: Decimal
+    soft: bool = False
+    KIND: ClassVar[Kind] = Kind.ALERT
+    _schema: ClassVar = [("seq", _Ranged("<Q", 1, (1 << 64) - 1)), ("at_ms", _U64),
+                         ("account", _U64), ("unit", _UNIT),
+                         ("period_kind", _Ranged("<B", 0, PERIOD_KIND_FIXED)),
+                         ("period_start_ms", _U64),
+                         ("threshold_pct", _Ranged("<B", 1, ALERT_PCT_MAX)), ("used", _DEC),
+                         ("cap", _DEC), ("soft", _BOOL)]
+
+
+@dataclass
 class ErrorReply:
     """ERROR: a protocol-level failure (SPEC 6.7); ``code`` is a raw u16."""
 
@@ -1249,9 +1379,16 @@ MESSAGE_CLASSES: dict[int, type] = {
                 AccountStatusChange, TopUp, Adjust, BucketGrant, LimitSet, BalanceQuery,
                 ReservationList, AdminResult, Balance, Reservations, RateCardApply, RateCardShow,
                 RateCardResult, RateCards, Status, StatusResult, Backup, BackupResult,
-                ErrorReply)
+                AlertSubscribe, AlertSubscribed, Alert, ErrorReply)
 }
-"""Kind byte → message class: every kind (STATUS, BACKUP and their answers are version 2)."""
+"""Kind byte → message class: every kind (STATUS, BACKUP and their answers are version 2; the
+alert kinds version 3)."""
+
+KIND_SINCE: dict[Kind, int] = {Kind.STATUS: 2, Kind.STATUS_RESULT: 2, Kind.BACKUP: 2,
+                               Kind.BACKUP_RESULT: 2, Kind.ALERT_SUBSCRIBE: 3,
+                               Kind.ALERT_SUBSCRIBED: 3, Kind.ALERT: 3}
+"""The protocol version that added a kind (absent: version 1); an older connection does not
+have it (SPEC 4)."""
 
 
 @dataclass
@@ -1340,5 +1477,6 @@ __all__ = [
     "Reservations", "ReservationInfo", "RateCardApply", "RateCardShow", "RateCardResult",
     "RateCards", "RateCardInfo", "RateCardVersionInfo", "ErrorReply", "NEVER", "PROTOCOL_VERSION",
     "PROTOCOL_VERSION_MIN", "ATTRIBUTES_MAX", "ATTRIBUTE_KEY_MAX", "ATTRIBUTE_VALUE_MAX",
-    "LIMITS_MAX",
+    "LIMITS_MAX", "AlertSubscribe", "AlertSubscribed", "Alert", "KIND_SINCE",
+    "ALERT_THRESHOLDS_MAX", "ALERT_PCT_MAX", "ALERTS_KEPT", "ALERT_QUEUE_MAX",
 ]
