@@ -103,6 +103,69 @@ def test_version_3_is_spoken_and_an_older_connection_cannot_send_a_period(server
     run(go())
 
 
+def test_alerts_are_pushed_by_the_server_in_order_per_organisation_and_resumed(server):
+    other = fresh_account()  # an organisation of its own
+    dept = fresh_account()  # a department of organisation 7000, ORG_TOKEN's
+
+    async def spend(c, account, n):
+        # 250,000 output tokens at 0.00002 USD: 5.00 USD, half the 10 USD budget.
+        await c.event(f"alert;{account};{n}", account, wire.EventAction.DIRECT_DEBIT,
+                      {10: {"tokens_out": 250_000}})
+
+    async def of(stream, account, n):
+        """The next n alerts on ``account``; returns them and every alert read."""
+        mine, seen = [], []
+        while len(mine) < n:
+            a = await asyncio.wait_for(stream.__anext__(), 10)
+            seen.append(a)
+            if a.account == account:
+                mine.append(a)
+        return mine, seen
+
+    async def go():
+        async with admin(server) as c:
+            try:
+                await c.create_account(7000)
+            except rc.errors.AccountExists:
+                pass
+            await c.create_account(other)
+            await c.create_account(dept, parent=7000)
+            for account in (other, dept):
+                await c.topup(account, "USD", Decimal(100))
+                await c.set_limit(account, "USD", Decimal(10), alerts=[50, 100])
+            assert (await c.balance(other)).limit("USD", 0).alerts == [50, 100]
+            await spend(c, other, 1)
+            await spend(c, other, 2)
+            await spend(c, dept, 1)
+
+            async with admin(server) as watcher:
+                stream = watcher.alerts()  # after 0: the backlog first
+                (half, full), _ = await of(stream, other, 2)
+                assert (half.threshold_pct, half.used, half.cap) == (50, Decimal(5), Decimal(10))
+                assert (full.threshold_pct, full.used) == (100, Decimal(10))
+                assert half.seq < full.seq and half.unit == "USD"
+                assert half.period_kind == 0 and half.period_start_ms == 0 and not half.soft
+                assert stream.subscribed.last_seq >= full.seq and stream.missed == 0
+                # Live: the department's second crossing arrives as it happens.
+                (dept_half,), _ = await of(stream, dept, 1)
+                await spend(c, dept, 2)
+                (dept_full,), _ = await of(stream, dept, 1)
+                assert (dept_half.threshold_pct, dept_full.threshold_pct) == (50, 100)
+                assert dept_full.seq > dept_half.seq > full.seq
+
+            # Resumed after the last one processed: the next one comes again, nothing before.
+            async with admin(server) as again:
+                (repeat,), _ = await of(again.alerts(after=half.seq), other, 1)
+                assert repeat == full
+
+            # An organisation gets the alerts on its own accounts only.
+            async with rc.Client("127.0.0.1", server.port, ORG_TOKEN) as tenant:
+                mine, seen = await of(tenant.alerts(), dept, 2)
+                assert [a.seq for a in mine] == [dept_half.seq, dept_full.seq]
+                assert all(a.account != other for a in seen)
+    run(go())
+
+
 def test_admin_operations_and_typed_admin_errors(server):
     org = fresh_account()
 
