@@ -207,15 +207,16 @@ impl Limit {
     fn reached(&self, pct: u8) -> bool {
         self.used.is_positive() && self.used.nanos() * 100 >= self.cap.nanos() * pct as i128
     }
-    /// Marks and returns the thresholds newly reached.
-    fn newly_reached(&mut self) -> Vec<u8> {
-        let mut fresh = Vec::new();
+    /// Marks the thresholds newly reached and returns them as a bit set
+    /// over `alerts` (no allocation: this runs on every commit).
+    fn newly_reached(&mut self) -> u8 {
+        let mut fresh = 0u8;
         for (i, pct) in self.alerts.iter().enumerate() {
             if self.fired & (1 << i) == 0 && self.reached(*pct) {
-                self.fired |= 1 << i;
-                fresh.push(*pct);
+                fresh |= 1 << i;
             }
         }
+        self.fired |= fresh;
         fresh
     }
 }
@@ -1537,8 +1538,13 @@ impl Ledger {
                     let freed = used.nanos() + released.nanos();
                     limit.held = Amount::from_nanos((limit.held.nanos() - freed).max(0));
                     limit.used = Amount::from_nanos(limit.used.nanos() + used.nanos());
-                    for pct in limit.newly_reached() {
-                        crossed.push((*capped, pct, limit.clone()));
+                    let fresh = limit.newly_reached();
+                    if fresh != 0 {
+                        for (i, pct) in limit.alerts.iter().enumerate() {
+                            if fresh & (1 << i) != 0 {
+                                crossed.push((*capped, *pct, limit.clone()));
+                            }
+                        }
                     }
                 }
             }
