@@ -1030,9 +1030,14 @@ impl Ledger {
     /// Alerts with a sequence number above `after`, oldest first, at most
     /// `max` (the last [`ALERTS_KEPT`] are kept).
     pub fn alerts_after(&self, after: u64, max: usize) -> Vec<Alert> {
-        let first = self.alerts.front().map_or(self.next_alert, |a| a.seq);
-        let skip = after.saturating_add(1).saturating_sub(first) as usize;
+        let skip = after.saturating_add(1).saturating_sub(self.oldest_alert()) as usize;
         self.alerts.iter().skip(skip).take(max).cloned().collect()
+    }
+
+    /// Sequence number of the oldest alert kept (the next one's when none
+    /// is kept).
+    pub fn oldest_alert(&self) -> u64 {
+        self.alerts.front().map_or(self.next_alert, |a| a.seq)
     }
 
     /// Sequence number of the newest alert (0: none yet).

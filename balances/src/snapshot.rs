@@ -595,7 +595,7 @@ impl Ledger {
         });
         // Alerts: the new ones written (they never change), those fallen
         // out of the kept window deleted. Both are bounded by the window.
-        let kept_from = self.alerts.front().map_or(self.next_alert, |a| a.seq);
+        let kept_from = self.oldest_alert();
         let written_to = state.alerts_to.max(kept_from);
         for a in self.alerts.iter().filter(|a| a.seq >= written_to) {
             let mut v = Vec::with_capacity(64);
@@ -851,7 +851,7 @@ impl Ledger {
             .alerts
             .make_contiguous()
             .sort_unstable_by_key(|a| a.seq);
-        state.alerts_from = ledger.alerts.front().map_or(ledger.next_alert, |a| a.seq);
+        state.alerts_from = ledger.oldest_alert();
         state.alerts_to = ledger.next_alert;
         ledger.dirty.fresh_reservations_from = ledger.next_reservation;
         Ok((ledger, state))

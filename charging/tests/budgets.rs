@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use reckon_charging::client::Client;
 use reckon_charging::server;
-use reckon_protocol::codes::{ErrorCode, ResultCode};
+use reckon_protocol::codes::{AdminCode, ErrorCode, ResultCode};
 use reckon_protocol::message::{Balance, BalanceQuery, LimitInfo, LimitSet, Message};
 use reckon_protocol::types::{Denial, EventAction, LimitPeriod, RequestType, Unit};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,10 +107,19 @@ async fn department_budgets_deny_by_name_reset_by_period_and_survive_a_restart()
     }
     // The organisation budgets its own departments: Sales a hard 500 a
     // month and 700 a contract year (from 1 November), the lab a soft 100.
-    ok(&acme
-        .call(budget(&acme, SALES, "500", month_cet(), false))
-        .await
-        .unwrap());
+    let monthly = budget(&acme, SALES, "500", month_cet(), false);
+    ok(&acme.call(monthly.clone()).await.unwrap());
+    // The same op id again is a retransmission; with other content (a
+    // budget a thousand times larger) it is refused and changes nothing.
+    ok(&acme.call(monthly.clone()).await.unwrap());
+    let Message::LimitSet(mut lifted) = monthly else {
+        unreachable!()
+    };
+    lifted.cap = Some(d("500000"));
+    let reused = acme.call(Message::LimitSet(lifted)).await.unwrap();
+    assert_eq!(admin_code(&reused), AdminCode::OP_ID_REUSED, "{reused:?}");
+    let sales = limits(&admin, SALES).await;
+    assert_eq!((sales.len(), sales[0].cap), (1, d("500")));
     let contract_year = LimitPeriod::Months {
         months: 12,
         anchor_ms: utc(2026, 11, 1, 0),

@@ -526,13 +526,7 @@ async fn alerts(conn: &Conn, mut after: u64, follow: bool) -> Result<(), String>
                 reckon_charging::timefmt::format_ms(a.at_ms),
                 a.account,
                 a.unit.as_str(),
-                match a.period_kind {
-                    0 => "lifetime".to_string(),
-                    1 => "monthly".into(),
-                    12 => "yearly".into(),
-                    13 => "fixed period".into(),
-                    n => format!("{n}-month"),
-                },
+                period_kind_text(a.period_kind),
                 a.threshold_pct,
                 a.used,
                 a.cap,
@@ -550,6 +544,17 @@ async fn alerts(conn: &Conn, mut after: u64, follow: bool) -> Result<(), String>
         }
         eprintln!("reckon: connection lost; resubscribing after alert {after}");
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// A period kind as people read it (SPEC 6.5: 0 lifetime, months, 13 fixed).
+fn period_kind_text(kind: u8) -> String {
+    match kind {
+        0 => "lifetime".into(),
+        1 => "monthly".into(),
+        12 => "yearly".into(),
+        13 => "fixed-period".into(),
+        n => format!("{n}-month"),
     }
 }
 
@@ -806,13 +811,7 @@ fn show(message: &Message) -> Result<(), String> {
                         period_kind,
                     }) => println!(
                         "    denied: the {} budget of account {account} is reached",
-                        match period_kind {
-                            0 => "lifetime".to_string(),
-                            1 => "monthly".into(),
-                            12 => "yearly".into(),
-                            13 => "fixed-period".into(),
-                            n => format!("{n}-month"),
-                        }
+                        period_kind_text(period_kind)
                     ),
                     None => {}
                 }

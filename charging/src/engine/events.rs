@@ -147,10 +147,7 @@ impl Engine {
                     granted: Vec::new(),
                     validity_time_s: 0,
                     final_unit_action: FinalUnitAction::None,
-                    denial: Some(match bound_by {
-                        Some((account, period)) => Denial::SpendControl { account, period },
-                        None => Denial::NoCredit,
-                    }),
+                    denial: Some(Denial::bounded_by(bound_by)),
                 }));
                 return answer;
             }

@@ -277,10 +277,7 @@ impl Engine {
             EngineRequest::Alerts { caller, after, max } => {
                 let ledger = &self.ledger.ledger;
                 let newest = ledger.last_alert();
-                let oldest = ledger
-                    .alerts_after(0, 1)
-                    .first()
-                    .map_or(newest + 1, |a| a.seq);
+                let oldest = ledger.oldest_alert();
                 // Scans at most `max` of anyone's alerts: a tenant's read
                 // costs the same whoever raised the rest.
                 let scanned = ledger.alerts_after(after, max);

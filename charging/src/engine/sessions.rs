@@ -199,10 +199,7 @@ impl Engine {
             if units.is_zero() || money.is_zero() {
                 if units.is_zero() && result == result_code::SUCCESS {
                     result = result_code::CREDIT_LIMIT_REACHED;
-                    denial = Some(match bound_by {
-                        Some((account, period)) => Denial::SpendControl { account, period },
-                        None => Denial::NoCredit,
-                    });
+                    denial = Some(Denial::bounded_by(bound_by));
                 }
                 if units.is_zero() {
                     continue;

@@ -162,6 +162,15 @@ pub enum Denial {
 }
 
 impl Denial {
+    /// Why nothing could be reserved: the spend control that bounded what
+    /// was available (`Availability::bound_by`), else no credit.
+    pub fn bounded_by(bound_by: Option<(AccountId, u8)>) -> Denial {
+        match bound_by {
+            Some((account, period)) => Denial::SpendControl { account, period },
+            None => Denial::NoCredit,
+        }
+    }
+
     /// The denial a refused ledger reservation stands for, if it is one.
     pub fn of(e: &LedgerError) -> Option<Denial> {
         match e {
